@@ -1,0 +1,162 @@
+// baton-generate: run one prompt through a model and print the continuation.
+//   baton-generate --model DIR --prompt "Once upon a time" --max-tokens 32
+//   baton-generate --model DIR --prompt-ids 1,2,3 --max-tokens 8 --temperature 0 --output json
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <sstream>
+
+#include "backend/backend.h"
+#include "common/cli.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "engine/generator.h"
+#include "model/tokenizer.h"
+
+namespace {
+
+struct Options {
+  std::string model;
+  std::string prompt;
+  std::string prompt_ids;
+  int max_tokens = 32;
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  int64_t seed = -1;
+  bool ignore_eos = false;
+  std::string output = "text";
+  std::string kv_cache_dtype = "auto";
+  int block_size = 16;
+  size_t kv_cache_memory = size_t{256} << 20;
+  int threads = 0;
+  std::string log_level = "warning";
+};
+
+baton::Result<std::vector<int>> parse_ids(const std::string& text) {
+  std::vector<int> ids;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      int v = std::stoi(item, &used);
+      if (used != item.size()) throw std::invalid_argument(item);
+      ids.push_back(v);
+    } catch (const std::exception&) {
+      return baton::make_error("--prompt-ids: '", item, "' is not an integer");
+    }
+  }
+  return ids;
+}
+
+baton::Status run(int argc, char** argv) {
+  using namespace baton;
+  Options o;
+  ArgParser args("baton-generate", "Generate a continuation of one prompt with a Hugging Face model directory.");
+  args.add({"--model"}, &o.model, "model directory (config.json, *.safetensors, tokenizer.json)");
+  args.add({"--prompt"}, &o.prompt, "prompt text");
+  args.add({"--prompt-ids"}, &o.prompt_ids, "prompt as comma-separated token ids");
+  args.add({"--max-tokens"}, &o.max_tokens, "tokens to generate");
+  args.add({"--temperature"}, &o.temperature, "0 = greedy");
+  args.add({"--top-k"}, &o.top_k, "top-k (0 = off)");
+  args.add({"--top-p"}, &o.top_p, "top-p");
+  args.add({"--min-p"}, &o.min_p, "min-p");
+  args.add({"--seed"}, &o.seed, "sampling seed (-1 = random)");
+  args.add_flag({"--ignore-eos"}, &o.ignore_eos, "keep generating after an end-of-sequence token");
+  args.add({"--output"}, &o.output, "text (streamed) or json (one line: token_ids, text)");
+  args.add({"--kv-cache-dtype", "--kv_cache_dtype"}, &o.kv_cache_dtype, "auto, fp32, bf16");
+  args.add({"--block-size"}, &o.block_size, "KV cache block size in tokens");
+  args.add({"--kv-cache-memory"}, &o.kv_cache_memory, "KV cache size in bytes");
+  args.add({"--threads"}, &o.threads, "compute threads (0 = all cores)");
+  args.add({"--log-level"}, &o.log_level, "debug, info, warning, error");
+  BATON_RETURN_IF_ERROR(args.parse(argc, argv));
+  if (args.help_requested()) return {};
+  BATON_ASSIGN_OR_RETURN(log::Level level, log::parse_level(o.log_level));
+  log::set_level(level);
+  if (o.model.empty()) return make_error("--model is required (a Hugging Face model directory)");
+  if (o.prompt.empty() == o.prompt_ids.empty()) return make_error("give exactly one of --prompt and --prompt-ids");
+  if (o.output != "text" && o.output != "json") return make_error("--output must be text or json");
+
+  std::optional<Tokenizer> tokenizer;
+  if (std::filesystem::exists(std::filesystem::path(o.model) / "tokenizer.json")) {
+    BATON_ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::load(o.model));
+    tokenizer.emplace(std::move(t));
+  }
+  std::vector<int> prompt;
+  if (!o.prompt_ids.empty()) {
+    BATON_ASSIGN_OR_RETURN(prompt, parse_ids(o.prompt_ids));
+  } else {
+    if (!tokenizer) return make_error(o.model, ": no tokenizer.json; pass --prompt-ids instead of --prompt");
+    BATON_ASSIGN_OR_RETURN(prompt, tokenizer->encode(o.prompt));
+  }
+
+  BackendOptions bo;
+  bo.block_size = o.block_size;
+  bo.kv_cache_bytes = o.kv_cache_memory;
+  bo.kv_dtype = o.kv_cache_dtype;
+  bo.num_threads = o.threads;
+  BATON_ASSIGN_OR_RETURN(auto backend, create_cpu_backend(o.model, bo));
+
+  SamplingParams sp;
+  sp.max_tokens = o.max_tokens;
+  sp.temperature = o.temperature;
+  sp.top_k = o.top_k;
+  sp.top_p = o.top_p;
+  sp.min_p = o.min_p;
+  sp.ignore_eos = o.ignore_eos;
+  if (o.seed >= 0) sp.seed = static_cast<uint64_t>(o.seed);
+
+  Generator gen(*backend);
+  std::optional<IncrementalDecoder> stream;
+  if (tokenizer && o.output == "text") stream.emplace(*tokenizer);
+  using Clock = std::chrono::steady_clock;
+  auto t0 = Clock::now();
+  std::optional<Clock::time_point> t_first;
+  BATON_ASSIGN_OR_RETURN(GenerationOutput out, gen.generate(prompt, sp, [&](int tok) {
+    if (!t_first) t_first = Clock::now();
+    if (stream) {
+      std::fputs(stream->add(tok).c_str(), stdout);
+      std::fflush(stdout);
+    } else if (o.output == "text") {
+      std::printf("%d ", tok);
+      std::fflush(stdout);
+    }
+  }));
+  auto t1 = Clock::now();
+
+  if (o.output == "json") {
+    Json j = {{"token_ids", out.token_ids}, {"finish_reason", out.finish_reason}};
+    j["text"] = tokenizer ? tokenizer->decode(out.token_ids, true) : "";
+    std::puts(j.dump().c_str());
+  } else {
+    if (stream) std::fputs(stream->flush().c_str(), stdout);
+    std::puts("");
+  }
+  double prefill_s = std::chrono::duration<double>(*t_first - t0).count();
+  double decode_s = std::chrono::duration<double>(t1 - *t_first).count();
+  size_t n_decode = out.token_ids.size() - 1;
+  std::fprintf(stderr, "prompt %zu tokens: %.1f ms (%.0f tok/s) | decode %zu tokens: %.1f ms (%.1f tok/s) | finish: %s\n",
+               prompt.size(), prefill_s * 1e3, prompt.size() / std::max(prefill_s, 1e-9), n_decode, decode_s * 1e3,
+               n_decode / std::max(decode_s, 1e-9), out.finish_reason.c_str());
+  return {};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    baton::Status s = run(argc, argv);
+    if (!s.ok()) {
+      std::fprintf(stderr, "baton-generate: %s\n", s.message().c_str());
+      return 1;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "baton-generate: internal error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

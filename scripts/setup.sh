@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything baton needs to build and test on Debian 12. Idempotent: a second run on a
+# ready machine installs nothing and takes a second or two.
+#   apt: compiler, CMake, Ninja, GoogleTest, Google Benchmark, JSON, PCRE2, ICU
+#   venv (.venv): the Python reference and client packages the tests compare against
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  build-essential cmake ninja-build pkg-config git ca-certificates
+  libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev libpcre2-dev libicu-dev
+  python3 python3-venv python3-pip
+)
+PY_PACKAGES=(tokenizers transformers)
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The venv uses Debian's python3 so that it does not depend on whatever else is on PATH.
+PY=/usr/bin/python3
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import tokenizers, transformers" 2>/dev/null; then
+  echo "setup: installing ${PY_PACKAGES[*]} into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q "${PY_PACKAGES[@]}"
+fi

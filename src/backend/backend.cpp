@@ -1,0 +1,34 @@
+#include "backend/backend.h"
+
+namespace baton {
+
+const char* kv_dtype_name(KvDtype t) { return t == KvDtype::kF32 ? "fp32" : "bf16"; }
+size_t kv_dtype_size(KvDtype t) { return t == KvDtype::kF32 ? 4 : 2; }
+
+Result<KvDtype> parse_kv_dtype(const std::string& name, KvDtype auto_dtype) {
+  if (name == "auto") return auto_dtype;
+  if (name == "fp32" || name == "float32" || name == "float") return KvDtype::kF32;
+  if (name == "bf16" || name == "bfloat16") return KvDtype::kBF16;
+  return make_error("kv cache dtype '", name, "' is not supported (auto, fp32, bf16)");
+}
+
+Status validate_batch(const Batch& batch, const KvCacheSpec& spec, int max_positions) {
+  size_t total = 0;
+  for (size_t i = 0; i < batch.seqs.size(); ++i) {
+    const SeqBatch& s = batch.seqs[i];
+    if (s.n_tokens <= 0 || s.n_past < 0) return make_error("batch seq ", i, ": bad token counts");
+    int64_t len = static_cast<int64_t>(s.n_past) + s.n_tokens;
+    if (len > max_positions) return make_error("batch seq ", i, ": ", len, " positions exceed the model's ", max_positions);
+    int64_t blocks_needed = (len + spec.block_size - 1) / spec.block_size;
+    if (static_cast<int64_t>(s.block_table.size()) < blocks_needed)
+      return make_error("batch seq ", i, ": block table has ", s.block_table.size(), " blocks, needs ", blocks_needed);
+    for (int64_t b = 0; b < blocks_needed; ++b)
+      if (s.block_table[b] < 0 || s.block_table[b] >= spec.num_blocks)
+        return make_error("batch seq ", i, ": block id ", s.block_table[b], " out of range");
+    total += static_cast<size_t>(s.n_tokens);
+  }
+  if (total != batch.tokens.size()) return make_error("batch: ", batch.tokens.size(), " tokens but seqs add up to ", total);
+  return {};
+}
+
+}  // namespace baton

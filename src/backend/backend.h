@@ -1,0 +1,72 @@
+// The one interface between the engine and the hardware that runs the model (STYLE.md 2).
+//
+// A backend owns the model's weights and the paged KV cache. The engine owns everything else:
+// which blocks belong to which sequence (block tables) and what runs in each step. A step is a
+// batch of sequences, each contributing some new tokens (a prompt chunk, or one decode token);
+// the backend writes their K/V into the cache at the slots the block tables name and returns
+// logits for the last new token of each sequence that asks for them.
+//
+// KV layout per layer (DESIGN.md section 2): [num_blocks][2 (K,V)][kv_heads][block_size][head_dim],
+// so one TP rank's head slice of a block is one contiguous range.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "common/result.h"
+#include "model/config.h"
+
+namespace baton {
+
+enum class KvDtype { kF32, kBF16 };
+const char* kv_dtype_name(KvDtype t);
+size_t kv_dtype_size(KvDtype t);
+// "auto" picks the backend's compute dtype (fp32 on the CPU).
+Result<KvDtype> parse_kv_dtype(const std::string& name, KvDtype auto_dtype);
+
+struct KvCacheSpec {
+  int num_blocks = 0;
+  int block_size = 16;
+  KvDtype dtype = KvDtype::kF32;
+  size_t bytes_per_block = 0;  // all layers, K and V
+};
+
+// One sequence's part of a step.
+struct SeqBatch {
+  int n_tokens = 0;                      // new tokens in this step
+  int n_past = 0;                        // tokens already in the cache; new positions start here
+  std::span<const int32_t> block_table;  // covers n_past + n_tokens slots
+  bool need_logits = true;               // return logits for the last new token
+};
+
+struct Batch {
+  std::span<const int32_t> tokens;  // new tokens of all sequences, sequence after sequence
+  std::span<const SeqBatch> seqs;
+};
+
+struct BackendOptions {
+  int block_size = 16;
+  size_t kv_cache_bytes = size_t{256} << 20;  // the KV pool; blocks = bytes / bytes_per_block
+  std::string kv_dtype = "auto";
+  int num_threads = 0;  // 0: one per hardware thread
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual const KvCacheSpec& kv_spec() const = 0;
+  // logits: one row of vocab_size floats per sequence with need_logits, in batch order.
+  // Errors on an inconsistent batch (a block id out of range, a table too short); never crashes.
+  virtual Status forward(const Batch& batch, std::span<float> logits) = 0;
+};
+
+// Loads config.json and the safetensors of `model_dir` and builds a CPU backend.
+Result<std::unique_ptr<Backend>> create_cpu_backend(const std::string& model_dir, const BackendOptions& options);
+
+// Checks a batch against a KV spec: token counts, block ids and table lengths.
+Status validate_batch(const Batch& batch, const KvCacheSpec& spec, int max_positions);
+
+}  // namespace baton

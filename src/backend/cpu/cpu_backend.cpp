@@ -1,0 +1,328 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <cmath>
+#include <cstring>
+#include <numbers>
+
+#include "backend/cpu/kernels.h"
+#include "common/float16.h"
+#include "common/log.h"
+#include "model/safetensors.h"
+
+namespace baton {
+
+Result<std::unique_ptr<Backend>> create_cpu_backend(const std::string& model_dir, const BackendOptions& options) {
+  BATON_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::load(model_dir));
+  BATON_ASSIGN_OR_RETURN(WeightStore store, WeightStore::open_dir(model_dir));
+  auto tensors = ModelTensors::find(config, store);
+  if (!tensors.ok()) return make_error(model_dir, ": ", tensors.error());
+  BATON_ASSIGN_OR_RETURN(auto backend, cpu::CpuBackend::create(config, *tensors, options));
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+namespace cpu {
+namespace {
+
+std::vector<float> to_f32(const TensorView* t) {
+  std::vector<float> v(static_cast<size_t>(t->numel()));
+  convert_to_f32(*t, v);
+  return v;
+}
+
+void append_f32(std::vector<float>& dst, const TensorView* t) {
+  std::vector<float> v = to_f32(t);
+  dst.insert(dst.end(), v.begin(), v.end());
+}
+
+std::vector<float> rope_inv_freq(const ModelConfig& c) {
+  const int half = c.head_dim / 2;
+  std::vector<float> inv(half);
+  for (int i = 0; i < half; ++i)
+    inv[i] = static_cast<float>(1.0 / std::pow(c.rope.theta, (2.0 * i) / c.head_dim));
+  const RopeConfig& r = c.rope;
+  if (r.type == RopeConfig::Type::kLinear) {
+    for (float& f : inv) f = static_cast<float>(f / r.factor);
+  } else if (r.type == RopeConfig::Type::kLlama3) {
+    const double low_wavelen = r.original_max_position / r.low_freq_factor;
+    const double high_wavelen = r.original_max_position / r.high_freq_factor;
+    for (float& f : inv) {
+      double wavelen = 2 * std::numbers::pi / f;
+      if (wavelen > low_wavelen) {
+        f = static_cast<float>(f / r.factor);
+      } else if (wavelen >= high_wavelen) {
+        double smooth = (r.original_max_position / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+        f = static_cast<float>((1 - smooth) * f / r.factor + smooth * f);
+      }
+    }
+  }
+  // transformers keeps inv_freq in the checkpoint's dtype when it loads a bf16 model, and its
+  // reference outputs (and the model's training) used those rounded frequencies; so do we.
+  if (c.dtype == "bfloat16")
+    for (float& f : inv) f = bf16_to_f32(f32_to_bf16(f));
+  return inv;
+}
+
+template <class T>
+inline void load_row(const T* src, float* dst, int n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(dst, src, sizeof(float) * n);
+  } else {
+    for (int i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+  }
+}
+
+template <class T>
+inline void store_row(const float* src, T* dst, int n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(dst, src, sizeof(float) * n);
+  } else {
+    for (int i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+  }
+}
+
+// One query row against one sequence's cached keys and values of KV head g.
+template <class T>
+void attend_one(const float* q, float* out, const std::byte* layer_kv, std::span<const int32_t> table, int first,
+                int last, int g, int kv_heads, int block_size, int head_dim, float scale, std::vector<float>& scores,
+                std::vector<float>& row) {
+  const size_t head_stride = static_cast<size_t>(block_size) * head_dim;  // elements
+  const size_t block_stride = 2 * kv_heads * head_stride;
+  const T* base = reinterpret_cast<const T*>(layer_kv);
+  const int n = last - first + 1;
+  scores.resize(n);
+  row.resize(head_dim);
+  float max_s = -INFINITY;
+  for (int j = first; j <= last; ++j) {
+    const T* k = base + table[j / block_size] * block_stride + g * head_stride + (j % block_size) * head_dim;
+    float s;
+    if constexpr (std::is_same_v<T, float>) {
+      s = dot(q, k, head_dim);
+    } else {
+      load_row(k, row.data(), head_dim);
+      s = dot(q, row.data(), head_dim);
+    }
+    s *= scale;
+    scores[j - first] = s;
+    max_s = std::max(max_s, s);
+  }
+  float sum = 0.f;
+  for (float& s : scores) {
+    s = std::exp(s - max_s);
+    sum += s;
+  }
+  const float inv_sum = 1.0f / sum;
+  std::memset(out, 0, sizeof(float) * head_dim);
+  for (int j = first; j <= last; ++j) {
+    const T* v = base + table[j / block_size] * block_stride + (kv_heads + g) * head_stride + (j % block_size) * head_dim;
+    float p = scores[j - first] * inv_sum;
+    if constexpr (std::is_same_v<T, float>) {
+      axpy(p, v, out, head_dim);
+    } else {
+      load_row(v, row.data(), head_dim);
+      axpy(p, row.data(), out, head_dim);
+    }
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& c, const ModelTensors& t,
+                                                       const BackendOptions& options) {
+  if (options.block_size <= 0 || options.block_size > 1024)
+    return make_error("--block-size must be in 1..1024 (got ", options.block_size, ")");
+  BATON_ASSIGN_OR_RETURN(KvDtype kv_dtype, parse_kv_dtype(options.kv_dtype, KvDtype::kF32));
+  std::unique_ptr<CpuBackend> b(new CpuBackend(c, options.num_threads));
+
+  b->embed_ = to_f32(t.embed);
+  b->final_norm_ = to_f32(t.final_norm);
+  if (t.lm_head != t.embed) b->lm_head_ = to_f32(t.lm_head);
+  for (const LayerTensors& lt : t.layers) {
+    Layer l;
+    l.attn_norm = to_f32(lt.attn_norm);
+    append_f32(l.w_qkv, lt.wq);
+    append_f32(l.w_qkv, lt.wk);
+    append_f32(l.w_qkv, lt.wv);
+    if (lt.bq) {
+      append_f32(l.b_qkv, lt.bq);
+      append_f32(l.b_qkv, lt.bk);
+      append_f32(l.b_qkv, lt.bv);
+    }
+    if (lt.q_norm) {
+      l.q_norm = to_f32(lt.q_norm);
+      l.k_norm = to_f32(lt.k_norm);
+    }
+    l.wo = to_f32(lt.wo);
+    l.mlp_norm = to_f32(lt.mlp_norm);
+    append_f32(l.w_gate_up, lt.w_gate);
+    append_f32(l.w_gate_up, lt.w_up);
+    l.w_down = to_f32(lt.w_down);
+    b->layers_.push_back(std::move(l));
+  }
+  b->inv_freq_ = rope_inv_freq(c);
+
+  KvCacheSpec& kv = b->kv_spec_;
+  kv.block_size = options.block_size;
+  kv.dtype = kv_dtype;
+  const size_t layer_block_bytes = 2 * static_cast<size_t>(c.num_kv_heads) * options.block_size * c.head_dim *
+                                   kv_dtype_size(kv_dtype);
+  kv.bytes_per_block = layer_block_bytes * c.num_layers;
+  kv.num_blocks = static_cast<int>(std::min<size_t>(options.kv_cache_bytes / kv.bytes_per_block, 1 << 30));
+  if (kv.num_blocks < 1)
+    return make_error("KV cache budget of ", options.kv_cache_bytes, " bytes holds no block (one block needs ",
+                      kv.bytes_per_block, " bytes)");
+  b->kv_layer_bytes_ = layer_block_bytes * kv.num_blocks;
+  b->kv_.assign(b->kv_layer_bytes_ * c.num_layers, std::byte{0});
+  log::info("cpu backend: ", c.architecture_name, ", ", c.num_layers, " layers, KV cache ", kv.num_blocks, " blocks x ",
+            kv.block_size, " tokens (", kv_dtype_name(kv.dtype), ", ", (b->kv_.size() >> 20), " MiB), ", b->pool_.size(),
+            " threads");
+  return b;
+}
+
+void CpuBackend::compute_rope_tables(std::span<const int> positions) {
+  const int half = config_.head_dim / 2;
+  cos_.resize(positions.size() * half);
+  sin_.resize(positions.size() * half);
+  for (size_t t = 0; t < positions.size(); ++t) {
+    const float p = static_cast<float>(positions[t]);
+    for (int i = 0; i < half; ++i) {
+      float angle = p * inv_freq_[i];  // fp32, as transformers computes it
+      cos_[t * half + i] = std::cos(angle);
+      sin_[t * half + i] = std::sin(angle);
+    }
+  }
+}
+
+void CpuBackend::write_kv(int layer, const float* qkv, const std::vector<int>& tok_seq, const std::vector<int>& tok_pos,
+                          const Batch& batch) {
+  const ModelConfig& c = config_;
+  const int D = c.head_dim, KVH = c.num_kv_heads, bs = kv_spec_.block_size;
+  const size_t row = static_cast<size_t>(c.q_dim() + 2 * c.kv_dim());
+  const size_t elem = kv_dtype_size(kv_spec_.dtype);
+  const size_t head_stride = static_cast<size_t>(bs) * D * elem;
+  const size_t block_stride = 2 * KVH * head_stride;
+  std::byte* base = kv_layer(layer);
+  for (size_t t = 0; t < tok_seq.size(); ++t) {
+    const SeqBatch& s = batch.seqs[tok_seq[t]];
+    const int pos = tok_pos[t];
+    std::byte* block = base + static_cast<size_t>(s.block_table[pos / bs]) * block_stride;
+    const float* k = qkv + t * row + c.q_dim();
+    const float* v = k + c.kv_dim();
+    for (int g = 0; g < KVH; ++g) {
+      std::byte* kd = block + g * head_stride + static_cast<size_t>(pos % bs) * D * elem;
+      std::byte* vd = kd + KVH * head_stride;
+      if (kv_spec_.dtype == KvDtype::kF32) {
+        store_row(k + g * D, reinterpret_cast<float*>(kd), D);
+        store_row(v + g * D, reinterpret_cast<float*>(vd), D);
+      } else {
+        store_row(k + g * D, reinterpret_cast<uint16_t*>(kd), D);
+        store_row(v + g * D, reinterpret_cast<uint16_t*>(vd), D);
+      }
+    }
+  }
+}
+
+void CpuBackend::attention(int layer, const float* qkv, float* out, const std::vector<int>& tok_seq,
+                           const std::vector<int>& tok_pos, const Batch& batch) {
+  const ModelConfig& c = config_;
+  const int D = c.head_dim, H = c.num_heads, KVH = c.num_kv_heads, group = H / KVH;
+  const size_t row = static_cast<size_t>(c.q_dim() + 2 * c.kv_dim());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const std::byte* base = kv_layer(layer);
+  const size_t n_tasks = tok_seq.size() * H;
+  pool_.parallel_for(n_tasks, 1, [&](size_t b, size_t e) {
+    thread_local std::vector<float> scores, tmp;
+    for (size_t task = b; task < e; ++task) {
+      const size_t t = task / H;
+      const int h = static_cast<int>(task % H);
+      const SeqBatch& s = batch.seqs[tok_seq[t]];
+      const int pos = tok_pos[t];
+      const int first = c.sliding_window > 0 ? std::max(0, pos - c.sliding_window + 1) : 0;
+      const float* q = qkv + t * row + h * D;
+      float* o = out + t * c.q_dim() + h * D;
+      if (kv_spec_.dtype == KvDtype::kF32) {
+        attend_one<float>(q, o, base, s.block_table, first, pos, h / group, KVH, kv_spec_.block_size, D, scale, scores, tmp);
+      } else {
+        attend_one<uint16_t>(q, o, base, s.block_table, first, pos, h / group, KVH, kv_spec_.block_size, D, scale, scores,
+                             tmp);
+      }
+    }
+  });
+}
+
+Status CpuBackend::forward(const Batch& batch, std::span<float> logits) {
+  const ModelConfig& c = config_;
+  BATON_RETURN_IF_ERROR(validate_batch(batch, kv_spec_, c.max_position_embeddings));
+  size_t n_logits = 0;
+  for (const SeqBatch& s : batch.seqs) n_logits += s.need_logits ? 1 : 0;
+  if (logits.size() != n_logits * c.vocab_size)
+    return make_error("forward: logits buffer holds ", logits.size(), " floats, needs ", n_logits * c.vocab_size);
+  for (int32_t tok : batch.tokens)
+    if (tok < 0 || tok >= c.vocab_size) return make_error("token id ", tok, " is outside the vocabulary (", c.vocab_size, ")");
+
+  const int T = static_cast<int>(batch.tokens.size());
+  const int Hd = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+  const int qkv_n = c.q_dim() + 2 * c.kv_dim();
+  std::vector<int> tok_seq(T), tok_pos(T);
+  for (int t = 0, si = 0; si < static_cast<int>(batch.seqs.size()); ++si)
+    for (int j = 0; j < batch.seqs[si].n_tokens; ++j, ++t) {
+      tok_seq[t] = si;
+      tok_pos[t] = batch.seqs[si].n_past + j;
+    }
+
+  x_.resize(static_cast<size_t>(T) * Hd);
+  h_.resize(static_cast<size_t>(T) * Hd);
+  qkv_.resize(static_cast<size_t>(T) * qkv_n);
+  attn_.resize(static_cast<size_t>(T) * c.q_dim());
+  gate_up_.resize(static_cast<size_t>(T) * 2 * I);
+  act_.resize(static_cast<size_t>(T) * I);
+  for (int t = 0; t < T; ++t)
+    std::memcpy(&x_[static_cast<size_t>(t) * Hd], &embed_[static_cast<size_t>(batch.tokens[t]) * Hd], sizeof(float) * Hd);
+  compute_rope_tables(tok_pos);
+
+  const int half = D / 2;
+  for (int li = 0; li < c.num_layers; ++li) {
+    const Layer& L = layers_[li];
+    for (int t = 0; t < T; ++t) rmsnorm(&x_[size_t(t) * Hd], L.attn_norm.data(), &h_[size_t(t) * Hd], Hd, c.rms_norm_eps);
+    matmul(pool_, h_.data(), T, Hd, L.w_qkv.data(), qkv_n, qkv_.data(), false, L.b_qkv.empty() ? nullptr : L.b_qkv.data());
+    for (int t = 0; t < T; ++t) {
+      float* row = &qkv_[size_t(t) * qkv_n];
+      const float* cs = &cos_[size_t(t) * half];
+      const float* sn = &sin_[size_t(t) * half];
+      for (int h = 0; h < c.num_heads + c.num_kv_heads; ++h) {
+        float* head = row + h * D;
+        if (c.qk_norm) {
+          const float* w = h < c.num_heads ? L.q_norm.data() : L.k_norm.data();
+          rmsnorm(head, w, head, D, c.rms_norm_eps);
+        }
+        rope(head, cs, sn, D);
+      }
+    }
+    write_kv(li, qkv_.data(), tok_seq, tok_pos, batch);
+    attention(li, qkv_.data(), attn_.data(), tok_seq, tok_pos, batch);
+    matmul(pool_, attn_.data(), T, c.q_dim(), L.wo.data(), Hd, x_.data(), true);
+
+    for (int t = 0; t < T; ++t) rmsnorm(&x_[size_t(t) * Hd], L.mlp_norm.data(), &h_[size_t(t) * Hd], Hd, c.rms_norm_eps);
+    matmul(pool_, h_.data(), T, Hd, L.w_gate_up.data(), 2 * I, gate_up_.data(), false);
+    for (int t = 0; t < T; ++t) {
+      const float* gu = &gate_up_[size_t(t) * 2 * I];
+      silu_mul(gu, gu + I, &act_[size_t(t) * I], I);
+    }
+    matmul(pool_, act_.data(), T, I, L.w_down.data(), Hd, x_.data(), true);
+  }
+
+  // Final norm and lm_head for the last new token of each sequence that wants logits.
+  last_.resize(n_logits * Hd);
+  size_t r = 0;
+  for (int t = 0, si = 0; si < static_cast<int>(batch.seqs.size()); ++si) {
+    t += batch.seqs[si].n_tokens;
+    if (!batch.seqs[si].need_logits) continue;
+    rmsnorm(&x_[size_t(t - 1) * Hd], final_norm_.data(), &last_[r * Hd], Hd, c.rms_norm_eps);
+    ++r;
+  }
+  const float* head = lm_head_.empty() ? embed_.data() : lm_head_.data();
+  matmul(pool_, last_.data(), static_cast<int>(n_logits), Hd, head, c.vocab_size, logits.data(), false);
+  return {};
+}
+
+}  // namespace cpu
+}  // namespace baton
