@@ -176,6 +176,15 @@ Status write_random_model(const std::string& dir, const RandomModelOptions& o) {
                 KV = int64_t{o.num_kv_heads} * head_dim;
   const bool qwen2 = o.architecture == "Qwen2ForCausalLM", qwen3 = o.architecture == "Qwen3ForCausalLM";
   add("model.embed_tokens.weight", {vocab_size, H}, false);
+  // Zero the rows of single non-ASCII and control bytes: their logits are then 0 while real
+  // tokens' are random around it, so greedy noise is readable text rather than broken UTF-8.
+  auto mute_raw_bytes = [&](TensorData& t) {
+    const size_t row = static_cast<size_t>(H) * dtype_size(t.dtype);
+    for (int b = 0; b < 256; ++b)
+      if (b >= 0x80 || (b < 0x20 && b != '\n'))
+        std::memset(t.bytes.data() + static_cast<size_t>(vocab[byte_level_char(static_cast<unsigned char>(b))].get<int>()) * row, 0, row);
+  };
+  mute_raw_bytes(tensors.back());
   for (int l = 0; l < o.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     add(p + "input_layernorm.weight", {H}, true);
@@ -198,7 +207,10 @@ Status write_random_model(const std::string& dir, const RandomModelOptions& o) {
     add(p + "mlp.down_proj.weight", {H, I}, false);
   }
   add("model.norm.weight", {H}, true);
-  if (!o.tie_word_embeddings) add("lm_head.weight", {vocab_size, H}, false);
+  if (!o.tie_word_embeddings) {
+    add("lm_head.weight", {vocab_size, H}, false);
+    mute_raw_bytes(tensors.back());
+  }
   return write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors);
 }
 

@@ -21,7 +21,7 @@ struct RandomModelOptions {
   int head_dim = 0;  // 0: hidden_size / num_heads
   int max_position_embeddings = 4096;
   int num_merges = 1000;  // BPE merges learned from the built-in text (fewer if it runs out)
-  bool tie_word_embeddings = true;
+  bool tie_word_embeddings = false;  // untied: tied random weights just repeat the last token
   std::string dtype = "bfloat16";  // or float32
   uint64_t seed = 1234;
 };

@@ -1,0 +1,73 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <numeric>
+
+#include "common/cli.h"
+#include "common/thread_pool.h"
+#include "common/utf8.h"
+
+namespace baton {
+namespace {
+
+TEST(Utf8Test, ValidationAndLossy) {
+  EXPECT_TRUE(utf8::is_valid("héllo 日本 🤖"));
+  EXPECT_EQ(utf8::find_invalid(std::string("ab\xc3", 3)), 2u);
+  EXPECT_FALSE(utf8::is_valid("\xed\xa0\x80"));  // surrogate
+  EXPECT_FALSE(utf8::is_valid("\xc0\xaf"));      // overlong
+  EXPECT_EQ(utf8::lossy("a\xffz"), "a\xEF\xBF\xBDz");
+  EXPECT_EQ(utf8::lossy("\xe2\x82"), "\xEF\xBF\xBD");  // one U+FFFD for a cut sequence
+}
+
+TEST(Utf8Test, IncompleteSuffix) {
+  EXPECT_EQ(utf8::incomplete_suffix("abc"), 0u);
+  EXPECT_EQ(utf8::incomplete_suffix("ab\xe6\x97"), 2u);
+  EXPECT_EQ(utf8::incomplete_suffix("ab\xe6\x97\xa5"), 0u);
+  EXPECT_EQ(utf8::incomplete_suffix("\xf0\x9f\xa4"), 3u);
+}
+
+TEST(ThreadPoolTest, ParallelForCoversEveryIndexOnce) {
+  ThreadPool pool(4);
+  for (size_t n : {0ul, 1ul, 7ul, 1000ul, 100003ul}) {
+    std::vector<std::atomic<int>> hits(n);
+    for (int rep = 0; rep < 3; ++rep)
+      pool.parallel_for(n, 1, [&](size_t b, size_t e) {
+        for (size_t i = b; i < e; ++i) hits[i].fetch_add(1);
+      });
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 3) << i;
+  }
+}
+
+TEST(ThreadPoolTest, ManySmallJobsInARow) {
+  ThreadPool pool(3);
+  std::atomic<long> sum{0};
+  for (int job = 0; job < 2000; ++job) pool.run(5, [&](int i) { sum.fetch_add(i); });
+  EXPECT_EQ(sum.load(), 2000L * 10);
+}
+
+TEST(ArgParserTest, ParsesAliasesAndReportsErrors) {
+  std::string dtype = "auto";
+  int tp = 1;
+  bool flag = false;
+  ArgParser p("prog", "test");
+  p.add({"--kv_cache_dtype", "--kv-cache-dtype"}, &dtype, "kv dtype");
+  p.add({"-tp", "--tensor-parallel-size"}, &tp, "tp");
+  p.add_flag({"--ignore-eos"}, &flag, "flag");
+  const char* ok[] = {"prog", "--kv_cache_dtype", "fp8", "-tp", "8", "--ignore-eos"};
+  ASSERT_TRUE(p.parse(6, ok).ok());
+  EXPECT_EQ(dtype, "fp8");
+  EXPECT_EQ(tp, 8);
+  EXPECT_TRUE(flag);
+  const char* eq[] = {"prog", "--kv-cache-dtype=bf16"};
+  ASSERT_TRUE(p.parse(2, eq).ok());
+  EXPECT_EQ(dtype, "bf16");
+  const char* bad_int[] = {"prog", "-tp", "eight"};
+  EXPECT_EQ(p.parse(3, bad_int).message(), "-tp: 'eight' is not an integer");
+  const char* unknown[] = {"prog", "--nope"};
+  EXPECT_EQ(p.parse(2, unknown).message(), "unknown argument '--nope' (see --help)");
+  const char* missing[] = {"prog", "-tp"};
+  EXPECT_EQ(p.parse(2, missing).message(), "-tp: missing value");
+}
+
+}  // namespace
+}  // namespace baton
