@@ -12,7 +12,7 @@
 #include "common/cli.h"
 #include "common/json.h"
 #include "common/log.h"
-#include "engine/generator.h"
+#include "engine/engine.h"
 #include "model/tokenizer.h"
 
 namespace {
@@ -110,38 +110,51 @@ baton::Status run(int argc, char** argv) {
   sp.ignore_eos = o.ignore_eos;
   if (o.seed >= 0) sp.seed = static_cast<uint64_t>(o.seed);
 
-  Generator gen(*backend);
-  std::optional<IncrementalDecoder> stream;
-  if (tokenizer && o.output == "text") stream.emplace(*tokenizer);
+  std::shared_ptr<const Tokenizer> tok_ptr;
+  if (tokenizer) tok_ptr = std::make_shared<const Tokenizer>(std::move(*tokenizer));
+  BATON_ASSIGN_OR_RETURN(auto engine, Engine::create(std::move(backend), tok_ptr, EngineConfig{}));
+
   using Clock = std::chrono::steady_clock;
   auto t0 = Clock::now();
   std::optional<Clock::time_point> t_first;
-  BATON_ASSIGN_OR_RETURN(GenerationOutput out, gen.generate(prompt, sp, [&](int tok) {
+  std::vector<int> token_ids;
+  std::string text, finish_reason, error;
+  Request req;
+  req.prompt = prompt;
+  req.params = sp;
+  BATON_RETURN_IF_ERROR(engine->add_request(std::move(req), [&](RequestOutput&& out) {
     if (!t_first) t_first = Clock::now();
-    if (stream) {
-      std::fputs(stream->add(tok).c_str(), stdout);
-      std::fflush(stdout);
-    } else if (o.output == "text") {
-      std::printf("%d ", tok);
+    token_ids.insert(token_ids.end(), out.token_ids.begin(), out.token_ids.end());
+    text += out.text;
+    if (o.output == "text") {
+      if (tok_ptr) {
+        std::fputs(out.text.c_str(), stdout);
+      } else {
+        for (int t : out.token_ids) std::printf("%d ", t);
+      }
       std::fflush(stdout);
     }
+    if (out.finished) {
+      finish_reason = out.finish_reason;
+      error = out.error;
+    }
   }));
+  engine->run_until_idle();
   auto t1 = Clock::now();
+  if (finish_reason == "error") return make_error(error);
 
   if (o.output == "json") {
-    Json j = {{"token_ids", out.token_ids}, {"finish_reason", out.finish_reason}};
-    j["text"] = tokenizer ? tokenizer->decode(out.token_ids, true) : "";
+    Json j = {{"token_ids", token_ids}, {"finish_reason", finish_reason}, {"text", text}};
     std::puts(j.dump().c_str());
   } else {
-    if (stream) std::fputs(stream->flush().c_str(), stdout);
     std::puts("");
   }
   double prefill_s = std::chrono::duration<double>(*t_first - t0).count();
   double decode_s = std::chrono::duration<double>(t1 - *t_first).count();
-  size_t n_decode = out.token_ids.size() - 1;
+  size_t n_decode = token_ids.size() - 1;
   std::fprintf(stderr, "prompt %zu tokens: %.1f ms (%.0f tok/s) | decode %zu tokens: %.1f ms (%.1f tok/s) | finish: %s\n",
                prompt.size(), prefill_s * 1e3, prompt.size() / std::max(prefill_s, 1e-9), n_decode, decode_s * 1e3,
-               n_decode / std::max(decode_s, 1e-9), out.finish_reason.c_str());
+               n_decode / std::max(decode_s, 1e-9), finish_reason.c_str());
   return {};
 }
 

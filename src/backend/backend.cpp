@@ -2,14 +2,30 @@
 
 namespace baton {
 
-const char* kv_dtype_name(KvDtype t) { return t == KvDtype::kF32 ? "fp32" : "bf16"; }
-size_t kv_dtype_size(KvDtype t) { return t == KvDtype::kF32 ? 4 : 2; }
+const char* kv_dtype_name(KvDtype t) {
+  switch (t) {
+    case KvDtype::kF32: return "fp32";
+    case KvDtype::kBF16: return "bf16";
+    case KvDtype::kFP8: return "fp8_e4m3";
+  }
+  return "?";
+}
+
+size_t kv_dtype_size(KvDtype t) {
+  switch (t) {
+    case KvDtype::kF32: return 4;
+    case KvDtype::kBF16: return 2;
+    case KvDtype::kFP8: return 1;
+  }
+  return 0;
+}
 
 Result<KvDtype> parse_kv_dtype(const std::string& name, KvDtype auto_dtype) {
   if (name == "auto") return auto_dtype;
   if (name == "fp32" || name == "float32" || name == "float") return KvDtype::kF32;
   if (name == "bf16" || name == "bfloat16") return KvDtype::kBF16;
-  return make_error("kv cache dtype '", name, "' is not supported (auto, fp32, bf16)");
+  if (name == "fp8" || name == "fp8_e4m3") return KvDtype::kFP8;
+  return make_error("kv cache dtype '", name, "' is not supported (auto, fp32, bf16, fp8)");
 }
 
 Status validate_batch(const Batch& batch, const KvCacheSpec& spec, int max_positions) {

@@ -20,10 +20,10 @@
 
 namespace baton {
 
-enum class KvDtype { kF32, kBF16 };
+enum class KvDtype { kF32, kBF16, kFP8 };  // kFP8: e4m3 with per-layer K and V scales
 const char* kv_dtype_name(KvDtype t);
 size_t kv_dtype_size(KvDtype t);
-// "auto" picks the backend's compute dtype (fp32 on the CPU).
+// "auto" picks the backend's compute dtype (fp32 on the CPU); "fp8" is e4m3.
 Result<KvDtype> parse_kv_dtype(const std::string& name, KvDtype auto_dtype);
 
 struct KvCacheSpec {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <random>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "common/result.h"
@@ -22,6 +23,13 @@ struct SamplingParams {
   int max_tokens = 16;
   bool ignore_eos = false;
   std::vector<int> stop_token_ids;
+  std::vector<std::string> stop;          // stop strings, matched on the output text
+  bool include_stop_str_in_output = false;
+  float repetition_penalty = 1.0f;        // HF style: prompt and output tokens
+  float presence_penalty = 0.0f;          // OpenAI style: output tokens
+  float frequency_penalty = 0.0f;         // OpenAI style: output tokens, per occurrence
+  int logprobs = -1;                      // -1: none; N >= 0: chosen token + top N
+  bool skip_special_tokens = true;
 
   // One-line errors for out-of-range values ("temperature must be >= 0").
   Status validate() const;
@@ -37,5 +45,17 @@ class Sampler {
 };
 
 int argmax(std::span<const float> v);
+
+// Applies repetition, presence and frequency penalties in place (vLLM's semantics).
+void apply_penalties(std::span<float> logits, std::span<const int> prompt, std::span<const int> output,
+                     const SamplingParams& params);
+
+struct TokenLogprob {
+  int token = 0;
+  float logprob = 0;
+  std::vector<std::pair<int, float>> top;  // best first
+};
+// log-softmax of `logits` for `token` and the top_n best tokens.
+TokenLogprob compute_logprobs(std::span<const float> logits, int token, int top_n);
 
 }  // namespace baton

@@ -33,6 +33,20 @@ Result<ModelTensors> ModelTensors::find(const ModelConfig& c, const WeightStore&
     BATON_ASSIGN_OR_RETURN(l.w_gate, store.get(p + "mlp.gate_proj.weight", {I, H}));
     BATON_ASSIGN_OR_RETURN(l.w_up, store.get(p + "mlp.up_proj.weight", {I, H}));
     BATON_ASSIGN_OR_RETURN(l.w_down, store.get(p + "mlp.down_proj.weight", {H, I}));
+    // fp8 KV scales, where quantization tools put them (the names vLLM reads).
+    const std::pair<const char*, const char*> scale_names[] = {
+        {"self_attn.k_scale", "self_attn.v_scale"},
+        {"self_attn.attn.k_scale", "self_attn.attn.v_scale"},
+        {"self_attn.k_proj.k_scale", "self_attn.v_proj.v_scale"}};
+    for (auto [k_name, v_name] : scale_names) {
+      const TensorView* k = store.find(p + k_name);
+      const TensorView* v = store.find(p + v_name);
+      if (!k || !v) continue;
+      if (k->numel() != 1 || v->numel() != 1) return make_error("layer ", i, ": k_scale and v_scale must be scalars");
+      l.k_scale = k;
+      l.v_scale = v;
+      break;
+    }
     t.layers.push_back(l);
   }
   return t;

@@ -25,6 +25,8 @@ struct LayerTensors {
   const TensorView* w_gate = nullptr;     // [intermediate, hidden]
   const TensorView* w_up = nullptr;       // [intermediate, hidden]
   const TensorView* w_down = nullptr;     // [hidden, intermediate]
+  const TensorView* k_scale = nullptr;    // fp8 KV scale, a scalar; optional
+  const TensorView* v_scale = nullptr;    // fp8 KV scale, a scalar; optional
 };
 
 struct ModelTensors {

@@ -6,7 +6,7 @@
 #include <fstream>
 
 #include "backend/backend.h"
-#include "engine/generator.h"
+#include "engine/engine_test_util.h"
 #include "model/random_model.h"
 #include "model/safetensors.h"
 #include "test_util.h"
@@ -31,20 +31,19 @@ class ArchitectureTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(ArchitectureTest, LoadsAndGeneratesDeterministically) {
   testing::TempDir dir;
   ASSERT_TRUE(write_random_model(dir.path(), small(GetParam())).ok());
-  auto backend = create_cpu_backend(dir.path(), {});
-  ASSERT_TRUE(backend.ok()) << backend.error();
-  Generator gen(**backend);
-  SamplingParams sp;
-  sp.temperature = 0;
-  sp.max_tokens = 10;
-  sp.ignore_eos = true;
+  auto h = testing::EngineHarness::make(dir.path());
+  ASSERT_TRUE(h);
   std::vector<int> prompt = {5, 17, 42, 99};
-  auto a = gen.generate(prompt, sp);
-  auto b = gen.generate(prompt, sp);
-  ASSERT_TRUE(a.ok() && b.ok());
-  EXPECT_EQ(a->token_ids.size(), 10u);
-  EXPECT_EQ(a->token_ids, b->token_ids);
-  for (float v : a->last_prompt_logits) ASSERT_TRUE(std::isfinite(v));
+  SamplingParams sp = testing::greedy(10);
+  sp.logprobs = 0;
+  uint64_t a = h->add(prompt, sp);
+  h->engine->run_until_idle();
+  uint64_t b = h->add(prompt, sp);
+  h->engine->run_until_idle();
+  EXPECT_EQ(h->results[a].tokens.size(), 10u);
+  EXPECT_EQ(h->results[a].tokens, h->results[b].tokens);
+  ASSERT_EQ(h->results[a].logprobs.size(), 10u);
+  for (const auto& lp : h->results[a].logprobs) ASSERT_TRUE(std::isfinite(lp.logprob) && lp.logprob <= 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, ArchitectureTest,

@@ -5,15 +5,27 @@
 #include <cmath>
 
 #include "backend/backend.h"
-#include "engine/generator.h"
-#include "test_util.h"
+#include "engine/engine_test_util.h"
+#include "engine/sampler.h"
 
 namespace baton {
 namespace {
 
 class GoldensTest : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(GoldensTest, GreedyIdsAndLogitsMatchTransformers) {
+// Logits after the prompt's last token, from one forward pass over blocks 0..n.
+std::vector<float> prompt_logits(Backend& b, const std::vector<int>& prompt) {
+  std::vector<int32_t> table;
+  for (int i = 0; i * b.kv_spec().block_size < static_cast<int>(prompt.size()); ++i) table.push_back(i);
+  std::vector<int32_t> toks(prompt.begin(), prompt.end());
+  SeqBatch s{static_cast<int>(toks.size()), 0, table, true};
+  std::vector<float> logits(b.config().vocab_size);
+  Status st = b.forward({toks, std::span<const SeqBatch>(&s, 1)}, logits);
+  EXPECT_TRUE(st.ok()) << st.message();
+  return logits;
+}
+
+TEST_P(GoldensTest, LastLogitsMatchTransformers) {
   BATON_REQUIRE_MODELS();
   const std::string model = GetParam();
   Json goldens = testing::load_goldens();
@@ -22,33 +34,43 @@ TEST_P(GoldensTest, GreedyIdsAndLogitsMatchTransformers) {
   opts.kv_cache_bytes = 32 << 20;
   auto backend = create_cpu_backend(testing::models_dir() + "/" + model, opts);
   ASSERT_TRUE(backend.ok()) << backend.error();
-  Generator gen(**backend);
   int case_no = 0;
   for (const auto& c : goldens[model]) {
     SCOPED_TRACE("case " + std::to_string(case_no++));
-    std::vector<int> prompt = c["prompt_ids"].get<std::vector<int>>();
-    std::vector<int> want = c["greedy_ids"].get<std::vector<int>>();
-    SamplingParams sp;
-    sp.temperature = 0;
-    sp.max_tokens = static_cast<int>(want.size());
-    sp.ignore_eos = true;
-    auto out = gen.generate(prompt, sp);
-    ASSERT_TRUE(out.ok()) << out.error();
-    EXPECT_EQ(out->token_ids, want);
-
-    const auto& logits = out->last_prompt_logits;
+    auto logits = prompt_logits(**backend, c["prompt_ids"].get<std::vector<int>>());
     auto top_ids = c["last_logits_top5_ids"].get<std::vector<int>>();
     auto top_vals = c["last_logits_top5"].get<std::vector<double>>();
-    for (size_t k = 0; k < top_ids.size(); ++k) {
-      double got = logits[top_ids[k]];
-      EXPECT_NEAR(got, top_vals[k], 1e-3 * std::max(1.0, std::abs(top_vals[k])))
+    for (size_t k = 0; k < top_ids.size(); ++k)
+      EXPECT_NEAR(logits[top_ids[k]], top_vals[k], 1e-3 * std::max(1.0, std::abs(top_vals[k])))
           << "logit of id " << top_ids[k];
-    }
     EXPECT_EQ(argmax(logits), top_ids[0]);
     auto first8 = c["logits_first8_of_last"].get<std::vector<double>>();
     for (size_t k = 0; k < first8.size(); ++k)
       EXPECT_NEAR(logits[k], first8[k], 1e-3 * std::max(1.0, std::abs(first8[k]))) << "logit " << k;
-    EXPECT_EQ(gen.blocks().num_free(), gen.blocks().num_total());
+  }
+}
+
+// Greedy continuations through the engine, all prompts in one batch and each alone.
+TEST_P(GoldensTest, GreedyIdsMatchTransformers) {
+  BATON_REQUIRE_MODELS();
+  const std::string model = GetParam();
+  Json goldens = testing::load_goldens();
+  for (bool batched : {true, false}) {
+    auto h = testing::EngineHarness::make(model);
+    ASSERT_TRUE(h);
+    std::vector<std::pair<uint64_t, std::vector<int>>> want;
+    for (const auto& c : goldens[model]) {
+      auto greedy_ids = c["greedy_ids"].get<std::vector<int>>();
+      uint64_t id = h->add(c["prompt_ids"].get<std::vector<int>>(), testing::greedy(static_cast<int>(greedy_ids.size())));
+      want.emplace_back(id, greedy_ids);
+      if (!batched) h->engine->run_until_idle();
+    }
+    h->engine->run_until_idle();
+    for (const auto& [id, ids] : want) {
+      EXPECT_EQ(h->results[id].tokens, ids) << (batched ? "batched" : "alone");
+      EXPECT_EQ(h->results[id].finish_reason, "length");
+    }
+    EXPECT_EQ(h->engine->stats().blocks_free, h->engine->stats().blocks_total);
   }
 }
 

@@ -6,7 +6,6 @@
 #include <random>
 
 #include "backend/backend.h"
-#include "engine/generator.h"
 #include "engine/sampler.h"
 #include "test_util.h"
 

@@ -4,7 +4,6 @@
 
 #include <map>
 
-#include "engine/block_manager.h"
 
 namespace baton {
 namespace {
@@ -73,25 +72,6 @@ TEST(SamplerTest, ValidateRejectsOutOfRange) {
   p = {};
   p.max_tokens = 0;
   EXPECT_FALSE(p.validate().ok());
-}
-
-TEST(BlockManagerTest, AccountingStaysExact) {
-  BlockManager m(10, 16);
-  std::vector<int32_t> a, b;
-  EXPECT_TRUE(m.ensure_capacity(a, 17));  // 2 blocks
-  EXPECT_EQ(a.size(), 2u);
-  EXPECT_TRUE(m.ensure_capacity(a, 32));  // still 2
-  EXPECT_EQ(a.size(), 2u);
-  EXPECT_TRUE(m.ensure_capacity(b, 16 * 8));
-  EXPECT_EQ(m.num_free(), 0);
-  EXPECT_FALSE(m.ensure_capacity(a, 33));  // no room: unchanged
-  EXPECT_EQ(a.size(), 2u);
-  EXPECT_EQ(m.num_free() + m.num_used(), m.num_total());
-  m.release(b);
-  EXPECT_TRUE(b.empty());
-  EXPECT_EQ(m.num_free(), 8);
-  m.release(a);
-  EXPECT_EQ(m.num_free(), 10);
 }
 
 }  // namespace

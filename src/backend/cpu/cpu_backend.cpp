@@ -6,6 +6,7 @@
 
 #include "backend/cpu/kernels.h"
 #include "common/float16.h"
+#include "common/float8.h"
 #include "common/log.h"
 #include "model/safetensors.h"
 
@@ -62,46 +63,64 @@ std::vector<float> rope_inv_freq(const ModelConfig& c) {
   return inv;
 }
 
+// How each KV cache dtype stores a row: fp32 as is, bf16 rounded, fp8 e4m3 divided by the
+// layer's scale. load() returns the stored value before the scale is applied back.
 template <class T>
-inline void load_row(const T* src, float* dst, int n) {
-  if constexpr (std::is_same_v<T, float>) {
-    std::memcpy(dst, src, sizeof(float) * n);
-  } else {
-    for (int i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
-  }
-}
-
-template <class T>
-inline void store_row(const float* src, T* dst, int n) {
-  if constexpr (std::is_same_v<T, float>) {
-    std::memcpy(dst, src, sizeof(float) * n);
-  } else {
+struct KvCodec;
+template <>
+struct KvCodec<float> {
+  static void store(const float* src, float* dst, int n, float) { std::memcpy(dst, src, sizeof(float) * n); }
+  static void load(const float* src, float* dst, int n) { std::memcpy(dst, src, sizeof(float) * n); }
+};
+template <>
+struct KvCodec<uint16_t> {
+  static void store(const float* src, uint16_t* dst, int n, float) {
     for (int i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
   }
-}
+  static void load(const uint16_t* src, float* dst, int n) {
+    for (int i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+  }
+};
+template <>
+struct KvCodec<uint8_t> {
+  static void store(const float* src, uint8_t* dst, int n, float scale) {
+    const float inv = 1.0f / scale;
+    for (int i = 0; i < n; ++i) dst[i] = f32_to_fp8_e4m3(src[i] * inv);
+  }
+  static void load(const uint8_t* src, float* dst, int n) {
+    for (int i = 0; i < n; ++i) dst[i] = fp8_e4m3_to_f32(src[i]);
+  }
+};
 
-// One query row against one sequence's cached keys and values of KV head g.
+struct AttentionShape {
+  int kv_heads, block_size, head_dim;
+  float scale;            // 1/sqrt(head_dim)
+  float k_scale, v_scale;  // KV cache dequantization (1 unless fp8)
+};
+
+// One query row against one sequence's cached keys and values of KV head g, positions
+// [first, last].
 template <class T>
 void attend_one(const float* q, float* out, const std::byte* layer_kv, std::span<const int32_t> table, int first,
-                int last, int g, int kv_heads, int block_size, int head_dim, float scale, std::vector<float>& scores,
-                std::vector<float>& row) {
-  const size_t head_stride = static_cast<size_t>(block_size) * head_dim;  // elements
-  const size_t block_stride = 2 * kv_heads * head_stride;
+                int last, int g, const AttentionShape& a, std::vector<float>& scores, std::vector<float>& row) {
+  const size_t head_stride = static_cast<size_t>(a.block_size) * a.head_dim;  // elements
+  const size_t block_stride = 2 * a.kv_heads * head_stride;
   const T* base = reinterpret_cast<const T*>(layer_kv);
   const int n = last - first + 1;
   scores.resize(n);
-  row.resize(head_dim);
+  row.resize(a.head_dim);
+  const float score_scale = a.scale * a.k_scale;
   float max_s = -INFINITY;
   for (int j = first; j <= last; ++j) {
-    const T* k = base + table[j / block_size] * block_stride + g * head_stride + (j % block_size) * head_dim;
+    const T* k = base + table[j / a.block_size] * block_stride + g * head_stride + (j % a.block_size) * a.head_dim;
     float s;
     if constexpr (std::is_same_v<T, float>) {
-      s = dot(q, k, head_dim);
+      s = dot(q, k, a.head_dim);
     } else {
-      load_row(k, row.data(), head_dim);
-      s = dot(q, row.data(), head_dim);
+      KvCodec<T>::load(k, row.data(), a.head_dim);
+      s = dot(q, row.data(), a.head_dim);
     }
-    s *= scale;
+    s *= score_scale;
     scores[j - first] = s;
     max_s = std::max(max_s, s);
   }
@@ -110,18 +129,24 @@ void attend_one(const float* q, float* out, const std::byte* layer_kv, std::span
     s = std::exp(s - max_s);
     sum += s;
   }
-  const float inv_sum = 1.0f / sum;
-  std::memset(out, 0, sizeof(float) * head_dim);
+  const float weight = a.v_scale / sum;
+  std::memset(out, 0, sizeof(float) * a.head_dim);
   for (int j = first; j <= last; ++j) {
-    const T* v = base + table[j / block_size] * block_stride + (kv_heads + g) * head_stride + (j % block_size) * head_dim;
-    float p = scores[j - first] * inv_sum;
+    const T* v = base + table[j / a.block_size] * block_stride + (a.kv_heads + g) * head_stride +
+                 (j % a.block_size) * a.head_dim;
+    float p = scores[j - first] * weight;
     if constexpr (std::is_same_v<T, float>) {
-      axpy(p, v, out, head_dim);
+      axpy(p, v, out, a.head_dim);
     } else {
-      load_row(v, row.data(), head_dim);
-      axpy(p, row.data(), out, head_dim);
+      KvCodec<T>::load(v, row.data(), a.head_dim);
+      axpy(p, row.data(), out, a.head_dim);
     }
   }
+}
+
+template <class T>
+void store_kv_row(const float* src, std::byte* dst, int n, float scale) {
+  KvCodec<T>::store(src, reinterpret_cast<T*>(dst), n, scale);
 }
 
 }  // namespace
@@ -156,6 +181,11 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& c, con
     append_f32(l.w_gate_up, lt.w_gate);
     append_f32(l.w_gate_up, lt.w_up);
     l.w_down = to_f32(lt.w_down);
+    if (lt.k_scale) {
+      l.k_scale = to_f32(lt.k_scale)[0];
+      l.v_scale = to_f32(lt.v_scale)[0];
+      if (!(l.k_scale > 0 && l.v_scale > 0)) return make_error("layer ", b->layers_.size(), ": KV scales must be positive");
+    }
     b->layers_.push_back(std::move(l));
   }
   b->inv_freq_ = rope_inv_freq(c);
@@ -201,6 +231,7 @@ void CpuBackend::write_kv(int layer, const float* qkv, const std::vector<int>& t
   const size_t head_stride = static_cast<size_t>(bs) * D * elem;
   const size_t block_stride = 2 * KVH * head_stride;
   std::byte* base = kv_layer(layer);
+  const Layer& L = layers_[layer];
   for (size_t t = 0; t < tok_seq.size(); ++t) {
     const SeqBatch& s = batch.seqs[tok_seq[t]];
     const int pos = tok_pos[t];
@@ -210,12 +241,19 @@ void CpuBackend::write_kv(int layer, const float* qkv, const std::vector<int>& t
     for (int g = 0; g < KVH; ++g) {
       std::byte* kd = block + g * head_stride + static_cast<size_t>(pos % bs) * D * elem;
       std::byte* vd = kd + KVH * head_stride;
-      if (kv_spec_.dtype == KvDtype::kF32) {
-        store_row(k + g * D, reinterpret_cast<float*>(kd), D);
-        store_row(v + g * D, reinterpret_cast<float*>(vd), D);
-      } else {
-        store_row(k + g * D, reinterpret_cast<uint16_t*>(kd), D);
-        store_row(v + g * D, reinterpret_cast<uint16_t*>(vd), D);
+      switch (kv_spec_.dtype) {
+        case KvDtype::kF32:
+          store_kv_row<float>(k + g * D, kd, D, L.k_scale);
+          store_kv_row<float>(v + g * D, vd, D, L.v_scale);
+          break;
+        case KvDtype::kBF16:
+          store_kv_row<uint16_t>(k + g * D, kd, D, L.k_scale);
+          store_kv_row<uint16_t>(v + g * D, vd, D, L.v_scale);
+          break;
+        case KvDtype::kFP8:
+          store_kv_row<uint8_t>(k + g * D, kd, D, L.k_scale);
+          store_kv_row<uint8_t>(v + g * D, vd, D, L.v_scale);
+          break;
       }
     }
   }
@@ -226,7 +264,8 @@ void CpuBackend::attention(int layer, const float* qkv, float* out, const std::v
   const ModelConfig& c = config_;
   const int D = c.head_dim, H = c.num_heads, KVH = c.num_kv_heads, group = H / KVH;
   const size_t row = static_cast<size_t>(c.q_dim() + 2 * c.kv_dim());
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const AttentionShape shape{KVH, kv_spec_.block_size, D, 1.0f / std::sqrt(static_cast<float>(D)),
+                             layers_[layer].k_scale, layers_[layer].v_scale};
   const std::byte* base = kv_layer(layer);
   const size_t n_tasks = tok_seq.size() * H;
   pool_.parallel_for(n_tasks, 1, [&](size_t b, size_t e) {
@@ -239,11 +278,16 @@ void CpuBackend::attention(int layer, const float* qkv, float* out, const std::v
       const int first = c.sliding_window > 0 ? std::max(0, pos - c.sliding_window + 1) : 0;
       const float* q = qkv + t * row + h * D;
       float* o = out + t * c.q_dim() + h * D;
-      if (kv_spec_.dtype == KvDtype::kF32) {
-        attend_one<float>(q, o, base, s.block_table, first, pos, h / group, KVH, kv_spec_.block_size, D, scale, scores, tmp);
-      } else {
-        attend_one<uint16_t>(q, o, base, s.block_table, first, pos, h / group, KVH, kv_spec_.block_size, D, scale, scores,
-                             tmp);
+      switch (kv_spec_.dtype) {
+        case KvDtype::kF32:
+          attend_one<float>(q, o, base, s.block_table, first, pos, h / group, shape, scores, tmp);
+          break;
+        case KvDtype::kBF16:
+          attend_one<uint16_t>(q, o, base, s.block_table, first, pos, h / group, shape, scores, tmp);
+          break;
+        case KvDtype::kFP8:
+          attend_one<uint8_t>(q, o, base, s.block_table, first, pos, h / group, shape, scores, tmp);
+          break;
       }
     }
   });

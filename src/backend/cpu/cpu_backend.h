@@ -1,5 +1,5 @@
 // The CPU backend: fp32 compute over fp32 copies of the weights, paged KV cache in host memory
-// (fp32 or bf16), the engine's thread pool for every kernel. Runs everywhere; CI tests it.
+// (fp32, bf16 or fp8 e4m3), the engine's thread pool for every kernel. Runs everywhere; CI tests it.
 //
 // Not thread-safe: one engine loop calls forward() at a time.
 #pragma once
@@ -25,6 +25,7 @@ class CpuBackend : public Backend {
  private:
   struct Layer {
     std::vector<float> attn_norm, w_qkv, b_qkv, q_norm, k_norm, wo, mlp_norm, w_gate_up, w_down;
+    float k_scale = 1.0f, v_scale = 1.0f;  // fp8 KV cache scales (from the checkpoint, else 1)
   };
 
   CpuBackend(const ModelConfig& config, int num_threads) : config_(config), pool_(num_threads) {}
