@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libpcre2-dev libicu-dev
+  nlohmann-json3-dev libpcre2-dev libicu-dev libboost1.81-dev
   python3 python3-venv python3-pip
 )
-PY_PACKAGES=(tokenizers transformers)
+PY_PACKAGES=(tokenizers transformers jinja2 openai)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
@@ -33,7 +33,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import tokenizers, transformers" 2>/dev/null; then
+if ! .venv/bin/python -c "import tokenizers, transformers, jinja2, openai" 2>/dev/null; then
   echo "setup: installing ${PY_PACKAGES[*]} into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "${PY_PACKAGES[@]}"

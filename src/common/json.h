@@ -9,7 +9,8 @@
 
 namespace baton {
 
-using Json = nlohmann::json;
+// Ordered: keys keep their order (chat tools, API responses), as Python dicts do.
+using Json = nlohmann::ordered_json;
 
 // Parses text; the error says where ("config.json: parse error at byte 12: ...").
 Result<Json> parse_json(std::string_view text, const std::string& what);
