@@ -1,0 +1,159 @@
+// baton-server: the engine behind an OpenAI-compatible HTTP API. Flags follow vLLM and ATOM:
+//   baton-server --model DIR [--host 0.0.0.0] [--port 8000] [--block-size 16] [-tp 1]
+//     [--kv_cache_dtype auto|bf16|fp8] [--max-num-seqs 256] [--max-model-len N]
+//     [--served-model-name NAME] [--api-key KEY] [--kv-transfer-config JSON]
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "backend/backend.h"
+#include "common/cli.h"
+#include "common/log.h"
+#include "disagg/kv_transfer_config.h"
+#include "engine/engine.h"
+#include "model/chat_template.h"
+#include "model/tokenizer.h"
+#include "server/http.h"
+#include "server/openai_server.h"
+
+namespace {
+
+struct Options {
+  std::string model;
+  std::string host = "0.0.0.0";
+  int port = 8000;
+  int block_size = 16;
+  int tensor_parallel_size = 1;
+  std::string kv_cache_dtype = "auto";
+  int max_num_seqs = 256;
+  int max_model_len = 0;
+  int max_num_batched_tokens = 2048;
+  size_t kv_cache_memory = size_t{1} << 30;
+  double gpu_memory_utilization = 0.9;
+  std::string served_model_name;
+  std::string api_key;
+  std::string kv_transfer_config;
+  std::string log_level = "info";
+  int threads = 0;
+  int http_threads = 2;
+  size_t max_body_bytes = size_t{32} << 20;
+  bool no_prefix_caching = false;
+};
+
+volatile std::sig_atomic_t g_stop = 0;
+
+baton::Status run(int argc, char** argv) {
+  using namespace baton;
+  Options o;
+  ArgParser args("baton-server", "Serve a Hugging Face model over an OpenAI-compatible HTTP API.");
+  args.add({"--model"}, &o.model, "model directory (config.json, *.safetensors, tokenizer.json)");
+  args.add({"--host"}, &o.host, "listening address");
+  args.add({"--port"}, &o.port, "HTTP port (in a P/D role, http_port in --kv-transfer-config wins)");
+  args.add({"--block-size"}, &o.block_size, "KV cache block size in tokens");
+  args.add({"-tp", "--tensor-parallel-size"}, &o.tensor_parallel_size, "tensor-parallel ranks");
+  args.add({"--kv_cache_dtype", "--kv-cache-dtype"}, &o.kv_cache_dtype, "auto, fp32, bf16, fp8");
+  args.add({"--max-num-seqs"}, &o.max_num_seqs, "most requests in a batch");
+  args.add({"--max-model-len"}, &o.max_model_len, "context length (0: the model's)");
+  args.add({"--max-num-batched-tokens"}, &o.max_num_batched_tokens, "token budget of one step (chunked prefill)");
+  args.add({"--kv-cache-memory"}, &o.kv_cache_memory, "KV cache size in bytes (CPU backend)");
+  args.add({"--gpu-memory-utilization"}, &o.gpu_memory_utilization, "fraction of GPU memory to use (CUDA backend)");
+  args.add({"--served-model-name"}, &o.served_model_name, "model name in the API (default: the directory's name)");
+  args.add({"--api-key"}, &o.api_key, "require 'Authorization: Bearer KEY'");
+  args.add({"--kv-transfer-config"}, &o.kv_transfer_config, "P/D role as JSON (kv_role, proxy_ip, proxy_ping_port, http_port)");
+  args.add({"--log-level"}, &o.log_level, "debug, info, warning, error");
+  args.add({"--threads"}, &o.threads, "compute threads (0: all cores)");
+  args.add({"--http-threads"}, &o.http_threads, "threads serving HTTP connections");
+  args.add({"--max-body-bytes"}, &o.max_body_bytes, "largest request body accepted (413 above)");
+  args.add_flag({"--no-enable-prefix-caching"}, &o.no_prefix_caching, "turn prefix caching off");
+  BATON_RETURN_IF_ERROR(args.parse(argc, argv));
+  if (args.help_requested()) return {};
+  BATON_ASSIGN_OR_RETURN(log::Level level, log::parse_level(o.log_level));
+  log::set_level(level);
+  if (o.model.empty()) return make_error("--model is required (a Hugging Face model directory)");
+  if (!std::filesystem::is_directory(o.model)) return make_error("--model ", o.model, ": not a directory");
+  if (o.tensor_parallel_size != 1)
+    return make_error("-tp ", o.tensor_parallel_size, ": this build runs tensor parallelism 1 only");
+  BATON_ASSIGN_OR_RETURN(KvTransferConfig kv, KvTransferConfig::parse(o.kv_transfer_config));
+  if (kv.role != KvRole::kColocated)
+    return make_error("--kv-transfer-config: kv_role '", kv_role_name(kv.role),
+                      "' needs the P/D connector, which is not in this build yet");
+  if (kv.http_port) o.port = *kv.http_port;
+
+  const auto t0 = std::chrono::steady_clock::now();
+  log::info("loading model from ", o.model);
+  std::shared_ptr<const Tokenizer> tokenizer;
+  std::optional<ChatTemplate> chat_template;
+  if (std::filesystem::exists(std::filesystem::path(o.model) / "tokenizer.json")) {
+    BATON_ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::load(o.model));
+    tokenizer = std::make_shared<const Tokenizer>(std::move(t));
+    auto tmpl = ChatTemplate::load(o.model);
+    if (tmpl.ok()) {
+      chat_template.emplace(std::move(*tmpl));
+    } else {
+      log::warn("no usable chat template (", tmpl.error(), "); /v1/chat/completions will refuse requests");
+    }
+  } else {
+    log::warn(o.model, " has no tokenizer.json: prompts must be token ids");
+  }
+  BackendOptions bo;
+  bo.block_size = o.block_size;
+  bo.kv_cache_bytes = o.kv_cache_memory;
+  bo.kv_dtype = o.kv_cache_dtype;
+  bo.num_threads = o.threads;
+  BATON_ASSIGN_OR_RETURN(auto backend, create_cpu_backend(o.model, bo));
+  EngineConfig ec;
+  ec.max_num_seqs = o.max_num_seqs;
+  ec.max_model_len = o.max_model_len;
+  ec.max_num_batched_tokens = o.max_num_batched_tokens;
+  ec.enable_prefix_caching = !o.no_prefix_caching;
+  BATON_ASSIGN_OR_RETURN(auto engine, Engine::create(std::move(backend), tokenizer, ec));
+  log::info("model loaded in ", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+            " s; max model length ", engine->max_model_len());
+
+  ApiServerConfig api;
+  std::string base = std::filesystem::path(o.model).lexically_normal().filename().string();
+  if (base.empty()) base = std::filesystem::path(o.model).lexically_normal().parent_path().filename().string();
+  api.served_model_names = {o.served_model_name.empty() ? base : o.served_model_name};
+  if (o.served_model_name.empty() && o.model != base) api.served_model_names.push_back(o.model);
+  api.api_key = o.api_key;
+  OpenAiServer openai_server(*engine, tokenizer, std::move(chat_template), api);
+
+  http::ServerConfig hc;
+  hc.host = o.host;
+  hc.port = o.port;
+  hc.threads = o.http_threads;
+  hc.max_body_bytes = o.max_body_bytes;
+  http::Server server(hc);
+  openai_server.install(server);
+  engine->start();
+  BATON_RETURN_IF_ERROR(server.start());
+  // The port line is machine-read by tests and scripts (with --port 0 the OS picks the port).
+  std::printf("baton-server listening on %s:%d serving '%s'\n", o.host.c_str(), server.port(), api.served_model_names[0].c_str());
+  std::fflush(stdout);
+
+  std::signal(SIGINT, [](int) { g_stop = 1; });
+  std::signal(SIGTERM, [](int) { g_stop = 1; });
+  std::signal(SIGPIPE, SIG_IGN);
+  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  log::info("shutting down");
+  engine->stop();  // every open request gets a final event
+  server.stop();
+  return {};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    baton::Status s = run(argc, argv);
+    if (!s.ok()) {
+      std::fprintf(stderr, "baton-server: %s\n", s.message().c_str());
+      return 1;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "baton-server: internal error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

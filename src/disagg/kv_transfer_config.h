@@ -1,0 +1,29 @@
+// --kv-transfer-config: the JSON that puts a server into a P/D role, with ATOM's keys
+// (kv_role, proxy_ip, proxy_ping_port, http_port, and ATOM's spelling http_prt) plus ours.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "common/result.h"
+
+namespace baton {
+
+enum class KvRole { kColocated, kProducer, kConsumer };
+const char* kv_role_name(KvRole r);
+
+struct KvTransferConfig {
+  KvRole role = KvRole::kColocated;
+  std::string proxy_ip;            // where the proxy's registration socket is
+  int proxy_ping_port = 36367;
+  std::optional<int> http_port;    // overrides --port in a P/D role
+  int handshake_port = 0;          // 0: any free port
+  std::string transport = "auto";  // auto, tcp, ucx, cuda_ipc
+  double kv_timeout_s = 120;       // prefill keeps unread blocks this long
+  std::string token;               // deployment token (registration and transfer handshakes)
+
+  // Parses the JSON text ("" -> colocated). Unknown keys are refused, so that typos are seen.
+  static Result<KvTransferConfig> parse(const std::string& json_text);
+};
+
+}  // namespace baton

@@ -1,0 +1,299 @@
+#include "server/openai_server.h"
+
+#include <boost/asio/experimental/concurrent_channel.hpp>
+#include <chrono>
+#include <random>
+
+#include "common/log.h"
+
+namespace baton {
+
+namespace asio = http::asio;
+using asio::awaitable;
+using openai::ApiError;
+using openai::Endpoint;
+
+namespace {
+
+struct Event {
+  int index;
+  RequestOutput out;
+};
+using Channel = asio::experimental::concurrent_channel<void(boost::system::error_code, Event)>;
+
+std::string random_id(const char* prefix) {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%s%016llx", prefix, static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Built by a function, not braces: g++ 12 miscompiles aggregate string members in coroutines.
+ApiError api_error(int status, std::string message, std::string param = "", std::string type = "invalid_request_error") {
+  ApiError e;
+  e.status = status;
+  e.message = std::move(message);
+  e.param = std::move(param);
+  e.type = std::move(type);
+  return e;
+}
+
+std::string sse(const Json& j) { return "data: " + j.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n\n"; }
+
+}  // namespace
+
+OpenAiServer::OpenAiServer(Engine& engine, std::shared_ptr<const Tokenizer> tokenizer,
+                           std::optional<ChatTemplate> chat_template, ApiServerConfig config)
+    : engine_(engine),
+      tokenizer_(std::move(tokenizer)),
+      chat_template_(std::move(chat_template)),
+      config_(std::move(config)),
+      started_at_(unix_now()) {
+  Engine* e = &engine_;
+  metrics_.add_gauge("baton:num_requests_running", "Requests in the running batch.", [e] { return e->stats().running; });
+  metrics_.add_gauge("baton:num_requests_waiting", "Requests queued or waiting for KV.", [e] { return e->stats().waiting; });
+  metrics_.add_gauge("baton:kv_blocks_total", "KV cache blocks in the pool.", [e] { return e->stats().blocks_total; });
+  metrics_.add_gauge("baton:kv_blocks_free", "KV cache blocks free (including cached prefixes).", [e] { return e->stats().blocks_free; });
+  metrics_.add_gauge("baton:kv_blocks_used", "KV cache blocks held by requests.", [e] {
+    auto s = e->stats();
+    return s.blocks_total - s.blocks_free;
+  });
+  metrics_.add_gauge("baton:prompt_tokens_total", "Prompt tokens computed.", [e] { return double(e->stats().prompt_tokens); }, true);
+  metrics_.add_gauge("baton:generation_tokens_total", "Tokens generated.", [e] { return double(e->stats().generation_tokens); }, true);
+  metrics_.add_gauge("baton:prefix_cache_hit_blocks_total", "KV blocks served from the prefix cache.",
+                     [e] { return double(e->stats().prefix_hit_blocks); }, true);
+  metrics_.add_gauge("baton:num_preemptions_total", "Requests preempted for lack of KV blocks.",
+                     [e] { return double(e->stats().preemptions); }, true);
+}
+
+bool OpenAiServer::authorized(const http::Request& req) const {
+  if (config_.api_key.empty()) return true;
+  auto it = req.find(http::beast::http::field::authorization);
+  return it != req.end() && it->value() == "Bearer " + config_.api_key;
+}
+
+awaitable<void> OpenAiServer::send_error(http::Responder& res, const ApiError& e) {
+  if (e.status >= 400 && e.status < 500) metrics_.requests_rejected.fetch_add(1);
+  co_await res.send(static_cast<http::Status>(e.status), "application/json", openai::error_body(e));
+}
+
+std::string OpenAiServer::token_text(int id) const {
+  if (!tokenizer_) return "token_id:" + std::to_string(id);
+  int one[1] = {id};
+  return tokenizer_->decode(one, false);
+}
+
+std::variant<std::vector<std::vector<int>>, ApiError> OpenAiServer::prompts_of(const openai::ApiRequest& r) const {
+  std::vector<std::vector<int>> out;
+  auto need_tokenizer = [&]() -> std::optional<ApiError> {
+    if (tokenizer_) return std::nullopt;
+    return api_error(400, "this model has no tokenizer.json: send the prompt as token ids", "prompt");
+  };
+  if (r.endpoint == Endpoint::kChat) {
+    if (auto e = need_tokenizer()) return *e;
+    if (!chat_template_) return api_error(400, "this model has no chat template; use /v1/completions", "messages");
+    Json extra = r.chat_template_kwargs.is_object() ? r.chat_template_kwargs : Json::object();
+    if (!r.tools.is_null()) extra["tools"] = r.tools;
+    auto text = chat_template_->render(r.messages, r.add_generation_prompt, extra);
+    if (!text.ok()) return api_error(400, text.error(), "messages");
+    auto ids = tokenizer_->encode(*text, /*add_special_tokens=*/false);  // the template has the specials
+    if (!ids.ok()) return api_error(400, ids.error(), "messages");
+    out.push_back(std::move(*ids));
+    return out;
+  }
+  for (const auto& p : r.prompts) {
+    if (const auto* ids = std::get_if<std::vector<int>>(&p)) {
+      out.push_back(*ids);
+      continue;
+    }
+    if (auto e = need_tokenizer()) return *e;
+    auto ids = tokenizer_->encode(std::get<std::string>(p), /*add_special_tokens=*/true);
+    if (!ids.ok()) return api_error(400, ids.error(), "prompt");
+    out.push_back(std::move(*ids));
+  }
+  return out;
+}
+
+awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder& res, Endpoint endpoint) {
+  using Clock = std::chrono::steady_clock;
+  const auto arrival = Clock::now();
+  if (!authorized(req)) co_return co_await send_error(res, api_error(401, "invalid or missing API key", "", "authentication_error"));
+  auto parsed = openai::parse_request(req.body(), endpoint);
+  if (auto* e = std::get_if<ApiError>(&parsed)) co_return co_await send_error(res, *e);
+  openai::ApiRequest& r = std::get<openai::ApiRequest>(parsed);
+
+  const auto& names = config_.served_model_names;
+  if (!r.model.empty() && std::find(names.begin(), names.end(), r.model) == names.end())
+    co_return co_await send_error(res, api_error(400, "the model '" + r.model + "' does not exist; this server serves '" + names[0] + "'",
+                                                  "model"));
+  const std::string model_name = names[0];
+
+  auto prompts_or = prompts_of(r);
+  if (auto* e = std::get_if<ApiError>(&prompts_or)) co_return co_await send_error(res, *e);
+  auto& prompts = std::get<std::vector<std::vector<int>>>(prompts_or);
+  const int max_len = engine_.max_model_len();
+  for (const auto& p : prompts) {
+    const int64_t want = static_cast<int64_t>(p.size()) + (r.max_tokens_given ? r.params.max_tokens : 1);
+    if (static_cast<int>(p.size()) >= max_len || want > max_len)
+      co_return co_await send_error(
+          res, api_error(400,
+                         "this model's maximum context length is " + std::to_string(max_len) + " tokens; the request has " +
+                             std::to_string(p.size()) + " prompt tokens" +
+                             (r.max_tokens_given ? " and asks for " + std::to_string(r.params.max_tokens) + " more" : ""),
+                         r.max_tokens_given && static_cast<int>(p.size()) < max_len ? "max_tokens" : "prompt"));
+  }
+
+  // Hand the prompts to the engine; its outputs come back on the channel.
+  auto executor = co_await asio::this_coro::executor;
+  auto chan = std::make_shared<Channel>(executor, 256);
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Request er;
+    er.prompt = std::move(prompts[i]);
+    er.params = r.params;
+    if (!r.max_tokens_given) er.params.max_tokens = max_len - static_cast<int>(er.prompt.size());
+    auto id = engine_.add_request(std::move(er), [chan, i](RequestOutput&& out) {
+      chan->async_send(boost::system::error_code{}, Event{static_cast<int>(i), std::move(out)}, asio::detached);
+    });
+    if (!id.ok()) {
+      for (uint64_t done : ids) engine_.abort(done);
+      co_return co_await send_error(res, api_error(400, id.error()));
+    }
+    ids.push_back(*id);
+  }
+  auto abort_all = [&] {
+    for (uint64_t id : ids) engine_.abort(id);
+  };
+
+  const std::string rid = random_id(endpoint == Endpoint::kChat ? "chatcmpl-" : "cmpl-");
+  const int64_t created = unix_now();
+  const bool with_logprobs = r.params.logprobs >= 0;
+  const openai::TokenText text_of = [this](int id) { return token_text(id); };
+  std::vector<openai::Choice> choices(ids.size());
+  openai::Usage usage;
+  size_t finished = 0;
+  std::optional<Clock::time_point> first_token_at;
+  std::string error;
+  bool streaming = r.stream;
+  if (streaming) {
+    if (!co_await res.start_stream("text/event-stream")) {
+      abort_all();
+      co_return;
+    }
+    if (endpoint == Endpoint::kChat) {
+      for (size_t i = 0; i < ids.size(); ++i) {
+        openai::Choice role;
+        role.index = static_cast<int>(i);
+        if (!co_await res.write_chunk(sse(openai::chat_chunk(rid, created, model_name, role, true, false, text_of)))) {
+          abort_all();
+          co_return;
+        }
+      }
+    }
+  }
+
+  while (finished < ids.size()) {
+    auto [ec, ev] = co_await chan->async_receive(asio::as_tuple(asio::use_awaitable));
+    if (ec) break;
+    if (!first_token_at && !ev.out.token_ids.empty()) first_token_at = Clock::now();
+    openai::Choice& c = choices[ev.index];
+    c.index = ev.index;
+    if (ev.out.finished) {
+      ++finished;
+      c.finish_reason = ev.out.finish_reason;
+      usage.prompt_tokens += ev.out.prompt_tokens;
+      usage.completion_tokens += ev.out.completion_tokens;
+      usage.cached_tokens += ev.out.cached_tokens;
+      if (ev.out.finish_reason == "error" || ev.out.finish_reason == "abort")
+        error = ev.out.error.empty() ? "the request was aborted" : ev.out.error;
+      if (ev.out.finish_reason == "stop") metrics_.requests_ok.fetch_add(1);
+      if (ev.out.finish_reason == "length") metrics_.requests_length.fetch_add(1);
+      if (ev.out.finish_reason == "abort") metrics_.requests_aborted.fetch_add(1);
+      if (ev.out.finish_reason == "error") metrics_.requests_error.fetch_add(1);
+    }
+    if (!streaming) {
+      c.text += ev.out.text;
+      c.token_ids.insert(c.token_ids.end(), ev.out.token_ids.begin(), ev.out.token_ids.end());
+      c.logprobs.insert(c.logprobs.end(), ev.out.logprobs.begin(), ev.out.logprobs.end());
+      continue;
+    }
+    if (!error.empty()) continue;
+    openai::Choice delta;
+    delta.index = ev.index;
+    delta.text = ev.out.text;
+    delta.logprobs = ev.out.logprobs;
+    delta.finish_reason = ev.out.finished ? ev.out.finish_reason : "";
+    if (delta.text.empty() && delta.finish_reason.empty() && delta.logprobs.empty()) continue;  // text held back
+    Json chunk = endpoint == Endpoint::kChat
+                     ? openai::chat_chunk(rid, created, model_name, delta, false, with_logprobs, text_of)
+                     : openai::completion_chunk(rid, created, model_name, delta, with_logprobs, text_of);
+    if (!co_await res.write_chunk(sse(chunk))) {
+      log::info("request ", rid, ": client went away mid-stream; aborting");
+      abort_all();
+      chan->close();
+      co_return;
+    }
+  }
+  chan->close();
+
+  const auto done_at = Clock::now();
+  if (first_token_at) {
+    metrics_.ttft_s.observe(std::chrono::duration<double>(*first_token_at - arrival).count());
+    if (usage.completion_tokens > 1)
+      metrics_.tpot_s.observe(std::chrono::duration<double>(done_at - *first_token_at).count() /
+                              (usage.completion_tokens - static_cast<int>(ids.size())));
+  }
+  metrics_.e2e_s.observe(std::chrono::duration<double>(done_at - arrival).count());
+
+  if (streaming) {
+    if (!error.empty()) {
+      co_await res.write_chunk(sse(Json::parse(openai::error_body(api_error(500, error, "", "internal_error")))));
+    } else if (r.include_usage) {
+      co_await res.write_chunk(sse(openai::usage_chunk(rid, created, model_name, endpoint, usage)));
+    }
+    co_await res.write_chunk("data: [DONE]\n\n");
+    co_await res.end_stream();
+    co_return;
+  }
+  if (!error.empty()) co_return co_await send_error(res, api_error(500, error, "", "internal_error"));
+  Json body = endpoint == Endpoint::kChat
+                  ? openai::chat_response(rid, created, model_name, choices, usage, with_logprobs, text_of)
+                  : openai::completion_response(rid, created, model_name, choices, usage, with_logprobs, text_of);
+  co_await res.send(http::Status::ok, "application/json", body.dump(-1, ' ', false, Json::error_handler_t::replace));
+}
+
+std::string OpenAiServer::models_json() const {
+  Json data = Json::array();
+  for (const auto& name : config_.served_model_names)
+    data.push_back({{"id", name}, {"object", "model"}, {"created", started_at_}, {"owned_by", "baton"},
+                    {"root", config_.served_model_names[0]}, {"max_model_len", engine_.max_model_len()}});
+  return Json({{"object", "list"}, {"data", data}}).dump();
+}
+
+void OpenAiServer::install(http::Server& server) {
+  server.set_error_formatter([](http::Status s, const std::string& msg) {
+    return openai::error_body(api_error(static_cast<int>(s), msg, "", static_cast<int>(s) == 404 ? "not_found_error" : "invalid_request_error"));
+  });
+  server.route("POST", "/v1/completions", [this](const http::Request& req, http::Responder& res) {
+    return generate(req, res, Endpoint::kCompletions);
+  });
+  server.route("POST", "/v1/chat/completions", [this](const http::Request& req, http::Responder& res) {
+    return generate(req, res, Endpoint::kChat);
+  });
+  server.route("GET", "/v1/models", [this](const http::Request& req, http::Responder& res) -> awaitable<void> {
+    if (!authorized(req)) co_return co_await send_error(res, api_error(401, "invalid or missing API key", "", "authentication_error"));
+    co_await res.send(http::Status::ok, "application/json", models_json());
+  });
+  server.route("GET", "/health", [](const http::Request&, http::Responder& res) -> awaitable<void> {
+    co_await res.send(http::Status::ok, "application/json", std::string(R"({"status":"ok"})"));
+  });
+  server.route("GET", "/metrics", [this](const http::Request&, http::Responder& res) -> awaitable<void> {
+    co_await res.send(http::Status::ok, "text/plain; version=0.0.4", metrics_.render());
+  });
+}
+
+}  // namespace baton

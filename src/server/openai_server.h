@@ -1,0 +1,50 @@
+// The OpenAI-compatible API over an Engine: /v1/completions, /v1/chat/completions (streamed as
+// SSE or whole), /v1/models, /health, /metrics. Handlers hand requests to the engine thread and
+// wait for its outputs on an asio channel, so no HTTP thread ever blocks; a client that goes
+// away mid-stream has its requests aborted (their KV blocks return to the pool).
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+#include "model/chat_template.h"
+#include "model/tokenizer.h"
+#include "server/http.h"
+#include "server/metrics.h"
+#include "server/openai_protocol.h"
+
+namespace baton {
+
+struct ApiServerConfig {
+  std::vector<std::string> served_model_names;  // the first is reported by /v1/models
+  std::string api_key;                          // empty: no authentication
+};
+
+class OpenAiServer {
+ public:
+  OpenAiServer(Engine& engine, std::shared_ptr<const Tokenizer> tokenizer, std::optional<ChatTemplate> chat_template,
+               ApiServerConfig config);
+  void install(http::Server& server);
+  Metrics& metrics() { return metrics_; }
+
+ private:
+  http::asio::awaitable<void> generate(const http::Request& req, http::Responder& res, openai::Endpoint endpoint);
+  http::asio::awaitable<void> send_error(http::Responder& res, const openai::ApiError& e);
+  bool authorized(const http::Request& req) const;
+  // Tokenized prompts for the request, or an error to send.
+  std::variant<std::vector<std::vector<int>>, openai::ApiError> prompts_of(const openai::ApiRequest& r) const;
+  std::string token_text(int id) const;
+  std::string models_json() const;
+
+  Engine& engine_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  std::optional<ChatTemplate> chat_template_;
+  ApiServerConfig config_;
+  Metrics metrics_;
+  int64_t started_at_;
+};
+
+}  // namespace baton
