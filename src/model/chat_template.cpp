@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <charconv>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -45,6 +46,15 @@ using Args = std::vector<Value>;
 using Kwargs = std::vector<std::pair<std::string, Value>>;
 using Func = std::function<Result<Value>(Args&, Kwargs&)>;
 
+// Every list and dict made during one render, so that render() can break reference cycles a
+// template may build (`set ns.x = ns`) before letting go of them.
+struct Arena {
+  std::vector<std::shared_ptr<List>> lists;
+  std::vector<std::shared_ptr<Dict>> dicts;
+  ~Arena();
+};
+thread_local Arena* g_arena = nullptr;
+
 struct Value {
   enum class Kind { kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kFunc };
   Kind kind = Kind::kUndefined;
@@ -61,8 +71,18 @@ struct Value {
   static Value integer(int64_t v) { Value x = make(Kind::kInt); x.i = v; return x; }
   static Value real(double v) { Value x = make(Kind::kFloat); x.f = v; return x; }
   static Value str(std::string v) { Value x = make(Kind::kString); x.s = std::move(v); return x; }
-  static Value of_list(List v) { Value x = make(Kind::kList); x.list = std::make_shared<List>(std::move(v)); return x; }
-  static Value of_dict(Dict v) { Value x = make(Kind::kDict); x.dict = std::make_shared<Dict>(std::move(v)); return x; }
+  static Value of_list(List v) {
+    Value x = make(Kind::kList);
+    x.list = std::make_shared<List>(std::move(v));
+    if (g_arena) g_arena->lists.push_back(x.list);
+    return x;
+  }
+  static Value of_dict(Dict v) {
+    Value x = make(Kind::kDict);
+    x.dict = std::make_shared<Dict>(std::move(v));
+    if (g_arena) g_arena->dicts.push_back(x.dict);
+    return x;
+  }
   static Value function(Func fn) { Value x = make(Kind::kFunc); x.func = std::make_shared<Func>(std::move(fn)); return x; }
   static Value make(Kind k) { Value x; x.kind = k; return x; }
 
@@ -115,7 +135,11 @@ struct Value {
     }
   }
 
-  Json to_json() const {
+  // Containers may be cyclic (`set ns.x = ns`): output stops at this depth, as Python prints [...].
+  static constexpr int kMaxNesting = 32;
+
+  Json to_json(int depth = 0) const {
+    if (depth > kMaxNesting) return "...";
     switch (kind) {
       case Kind::kUndefined:
       case Kind::kNone:
@@ -126,12 +150,12 @@ struct Value {
       case Kind::kString: return s;
       case Kind::kList: {
         auto a = Json::array();
-        for (const auto& e : *list) a.push_back(e.to_json());
+        for (const auto& e : *list) a.push_back(e.to_json(depth + 1));
         return a;
       }
       case Kind::kDict: {
         auto o = Json::object();
-        for (const auto& [k, v] : *dict) o[k] = v.to_json();
+        for (const auto& [k, v] : *dict) o[k] = v.to_json(depth + 1);
         return o;
       }
     }
@@ -139,7 +163,8 @@ struct Value {
   }
 
   // Jinja's str(): Python spellings for None/True/False and containers.
-  std::string to_string() const {
+  std::string to_string(int depth = 0) const {
+    if (depth > kMaxNesting) return "[...]";
     switch (kind) {
       case Kind::kUndefined: return "";
       case Kind::kNone: return "None";
@@ -154,20 +179,20 @@ struct Value {
       case Kind::kString: return s;
       case Kind::kList: {
         std::string r = "[";
-        for (size_t k = 0; k < list->size(); ++k) r += (k ? ", " : "") + (*list)[k].repr();
+        for (size_t k = 0; k < list->size(); ++k) r += (k ? ", " : "") + (*list)[k].repr(depth + 1);
         return r + "]";
       }
       case Kind::kDict: {
         std::string r = "{";
         size_t k = 0;
-        for (const auto& [key, v] : *dict) r += (k++ ? ", " : "") + str(key).repr() + ": " + v.repr();
+        for (const auto& [key, v] : *dict) r += (k++ ? ", " : "") + str(key).repr() + ": " + v.repr(depth + 1);
         return r + "}";
       }
       case Kind::kFunc: return "<function>";
     }
     return "";
   }
-  std::string repr() const {
+  std::string repr(int depth = 0) const {
     if (kind == Kind::kString) {
       std::string r = "'";
       for (char c : s) {
@@ -177,12 +202,18 @@ struct Value {
       }
       return r + "'";
     }
-    return to_string();
+    return to_string(depth);
   }
 };
 
-bool equal(const Value& a, const Value& b) {
+Arena::~Arena() {
+  for (auto& l : lists) l->clear();
+  for (auto& d : dicts) d->clear();
+}
+
+bool equal(const Value& a, const Value& b, int depth = 0) {
   using K = Value::Kind;
+  if (depth > Value::kMaxNesting) return false;
   if (a.is_number() && b.is_number()) return a.number() == b.number();
   if ((a.kind == K::kBool || b.kind == K::kBool) && (a.is_number() || b.is_number() || a.kind == b.kind))
     return a.number() == b.number();
@@ -192,13 +223,13 @@ bool equal(const Value& a, const Value& b) {
     case K::kList:
       if (a.list->size() != b.list->size()) return false;
       for (size_t k = 0; k < a.list->size(); ++k)
-        if (!equal((*a.list)[k], (*b.list)[k])) return false;
+        if (!equal((*a.list)[k], (*b.list)[k], depth + 1)) return false;
       return true;
     case K::kDict:
       if (a.dict->size() != b.dict->size()) return false;
       for (const auto& [key, v] : *a.dict) {
         const Value* o = b.find(key);
-        if (!o || !equal(v, *o)) return false;
+        if (!o || !equal(v, *o, depth + 1)) return false;
       }
       return true;
     default: return true;
@@ -208,6 +239,8 @@ bool equal(const Value& a, const Value& b) {
 // ---- rendering context ----------------------------------------------------------------------
 
 enum class LoopSignal { kNone, kBreak, kContinue };
+constexpr int kMaxDepth = 64;                      // nested loops at render time
+constexpr size_t kMaxOutput = size_t{16} << 20;    // rendered prompt size
 
 struct Context {
   std::vector<std::unordered_map<std::string, Value>> scopes;
@@ -482,6 +515,7 @@ struct Binary : Expr {
       }
     }
     if (op == "*" && a.kind == K::kString && b.kind == K::kInt) {
+      if (b.i > 0 && a.s.size() * static_cast<uint64_t>(b.i) > kMaxOutput) return error_at(line, "string repetition too large");
       std::string out;
       for (int64_t k = 0; k < b.i; ++k) out += a.s;
       return Value::str(std::move(out));
@@ -490,24 +524,41 @@ struct Binary : Expr {
       return error_at(line, "unsupported operands for " + op + ": " + a.repr() + ", " + b.repr());
     const bool ints = a.kind != K::kFloat && b.kind != K::kFloat;
     const double x = a.number(), y = b.number();
-    if (op == "+") return ints ? Value::integer(static_cast<int64_t>(x + y)) : Value::real(x + y);
-    if (op == "-") return ints ? Value::integer(static_cast<int64_t>(x - y)) : Value::real(x - y);
-    if (op == "*") return ints ? Value::integer(static_cast<int64_t>(x * y)) : Value::real(x * y);
-    if (y == 0 && (op == "/" || op == "//" || op == "%")) return error_at(line, "division by zero");
-    if (op == "/") return Value::real(x / y);
-    if (op == "//") return ints ? Value::integer(static_cast<int64_t>(std::floor(x / y))) : Value::real(std::floor(x / y));
-    if (op == "%") {
-      double m = x - std::floor(x / y) * y;
-      return ints ? Value::integer(static_cast<int64_t>(m)) : Value::real(m);
+    if (ints) {
+      const int64_t p = a.kind == K::kBool ? a.b : a.i, q = b.kind == K::kBool ? b.b : b.i;
+      int64_t out = 0;
+      bool overflow = false;
+      if (op == "+") overflow = __builtin_add_overflow(p, q, &out);
+      if (op == "-") overflow = __builtin_sub_overflow(p, q, &out);
+      if (op == "*") overflow = __builtin_mul_overflow(p, q, &out);
+      if (op == "+" || op == "-" || op == "*") {
+        if (overflow) return error_at(line, "integer overflow in " + op);
+        return Value::integer(out);
+      }
+      if (q == 0 && (op == "/" || op == "//" || op == "%")) return error_at(line, "division by zero");
+      if (op == "//" || op == "%") {
+        if (p == INT64_MIN && q == -1) return error_at(line, "integer overflow in " + op);
+        int64_t d = p / q, m = p % q;
+        if (m != 0 && ((m < 0) != (q < 0))) {  // Python floors
+          --d;
+          m += q;
+        }
+        return Value::integer(op == "//" ? d : m);
+      }
     }
+    if (y == 0 && (op == "/" || op == "//" || op == "%")) return error_at(line, "division by zero");
+    if (op == "+") return Value::real(x + y);
+    if (op == "-") return Value::real(x - y);
+    if (op == "*") return Value::real(x * y);
+    if (op == "/") return Value::real(x / y);
+    if (op == "//") return Value::real(std::floor(x / y));
+    if (op == "%") return Value::real(x - std::floor(x / y) * y);
     return error_at(line, "unknown operator " + op);
   }
 };
 
 // ---- nodes ----------------------------------------------------------------------------------
 
-constexpr int kMaxDepth = 64;
-constexpr size_t kMaxOutput = size_t{16} << 20;
 
 struct Sequence : Node {
   std::vector<NodePtr> children;
@@ -814,10 +865,15 @@ Result<Value> apply_filter(const std::string& name, Value v, Args& args, Kwargs&
         return Value::integer(0);
       }
     }
-    return Value::integer(static_cast<int64_t>(v.number()));
+    double d = v.number();
+    if (!(d > -9.2e18 && d < 9.2e18)) return Value::integer(0);
+    return Value::integer(static_cast<int64_t>(d));
   }
   if (name == "float") return Value::real(v.kind == K::kString ? std::strtod(v.s.c_str(), nullptr) : v.number());
-  if (name == "abs") return v.kind == K::kInt ? Value::integer(std::llabs(v.i)) : Value::real(std::fabs(v.number()));
+  if (name == "abs") {
+    if (v.kind == K::kInt && v.i != INT64_MIN) return Value::integer(v.i < 0 ? -v.i : v.i);
+    return Value::real(std::fabs(v.number()));
+  }
   if (name == "tojson") {
     int indent = -1;
     if (const Value* ind = kwarg("indent", 0); ind && ind->kind == K::kInt) indent = static_cast<int>(ind->i);
@@ -929,7 +985,7 @@ Result<Value> apply_filter(const std::string& name, Value v, Args& args, Kwargs&
     return Value::of_list(std::move(out));
   }
   if (name == "indent") {
-    int width = args.empty() ? 4 : static_cast<int>(args[0].number());
+    int width = args.empty() ? 4 : static_cast<int>(std::clamp(args[0].number(), 0.0, 64.0));
     std::string pad(width, ' '), s = v.to_string(), out;
     for (size_t k = 0; k < s.size(); ++k) {
       out += s[k];
@@ -1240,6 +1296,12 @@ class ExprParser {
     return l;
   }
   Result<ExprPtr> parse_unary() {
+    // Each nesting level of the grammar passes here: bound it so no input overflows the stack.
+    struct DepthGuard {
+      int& d;
+      ~DepthGuard() { --d; }
+    } guard{++depth_};
+    if (depth_ > 100) return error_at(peek().line, "expression nested too deeply");
     if (is_op("-") || is_op("+")) {
       Token op = next();
       auto u = node<Unary>(op.line);
@@ -1361,8 +1423,13 @@ class ExprParser {
         while (peek().type == Token::Type::kString) s += next().text;  // adjacent literals join
         return lit(Value::str(s));
       }
-      case Token::Type::kInt: return lit(Value::integer(std::stoll(tok.text)));
-      case Token::Type::kFloat: return lit(Value::real(std::stod(tok.text)));
+      case Token::Type::kInt: {
+        int64_t v = 0;
+        auto [ptr, ec] = std::from_chars(tok.text.data(), tok.text.data() + tok.text.size(), v);
+        if (ec != std::errc()) return error_at(tok.line, "integer literal " + tok.text.substr(0, 30) + " is too large");
+        return lit(Value::integer(v));
+      }
+      case Token::Type::kFloat: return lit(Value::real(std::strtod(tok.text.c_str(), nullptr)));
       case Token::Type::kName: {
         if (tok.text == "true" || tok.text == "True") return lit(Value::boolean(true));
         if (tok.text == "false" || tok.text == "False") return lit(Value::boolean(false));
@@ -1420,6 +1487,7 @@ class ExprParser {
 
   std::vector<Token> t_;
   size_t p_ = 0;
+  int depth_ = 0;
 };
 
 class TemplateParser {
@@ -1469,6 +1537,11 @@ class TemplateParser {
   }
 
   Result<NodePtr> parse_statement(const std::string& word, ExprParser& ep, int line) {
+    struct DepthGuard {
+      int& d;
+      ~DepthGuard() { --d; }
+    } guard{++depth_};
+    if (depth_ > 100) return error_at(line, "blocks nested too deeply");
     if (word == "if") {
       auto n = std::make_unique<IfNode>();
       n->line = line;
@@ -1555,6 +1628,7 @@ class TemplateParser {
   std::vector<Piece> pieces_;
   size_t pos_ = 0;
   std::unique_ptr<ExprParser> current_;
+  int depth_ = 0;
 };
 
 }  // namespace jinja
@@ -1622,6 +1696,11 @@ Result<ChatTemplate> ChatTemplate::load(const std::string& model_dir) {
 }
 
 Result<std::string> ChatTemplate::render(const Json& messages, bool add_generation_prompt, const Json& extra) const {
+  jinja::Arena arena;  // declared before ctx: destroyed after it, breaking any cycles
+  jinja::g_arena = &arena;
+  struct ResetArena {
+    ~ResetArena() { jinja::g_arena = nullptr; }
+  } reset_arena;
   jinja::Context ctx;
   ctx.scopes.emplace_back();
   ctx.set("messages", Value::from_json(messages));

@@ -114,13 +114,13 @@ awaitable<void> Server::serve(tcp::socket socket) {
       dummy.version(11);
       dummy.keep_alive(false);
       Responder r(stream, dummy);
-      if (ec == http::error::body_limit) {
-        co_await r.send(Status::payload_too_large, "application/json",
-                        error_body_(Status::payload_too_large,
-                                    "request body exceeds the limit of " + std::to_string(config_.max_body_bytes) + " bytes"));
-      } else {
-        co_await r.send(Status::bad_request, "application/json", error_body_(Status::bad_request, "malformed HTTP request: " + ec.message()));
-      }
+      // Named locals, not temporaries, across co_await: g++ 12 destroys some temporaries twice.
+      const bool too_large = ec == http::error::body_limit;
+      const Status status = too_large ? Status::payload_too_large : Status::bad_request;
+      std::string body = error_body_(status, too_large ? "request body exceeds the limit of " +
+                                                             std::to_string(config_.max_body_bytes) + " bytes"
+                                                       : "malformed HTTP request: " + ec.message());
+      co_await r.send(status, "application/json", std::move(body));
       // Lingering close: read and drop what the client is still sending, so that it sees the
       // error response rather than a connection reset.
       beast::error_code ignored;
@@ -141,14 +141,15 @@ awaitable<void> Server::serve(tcp::socket socket) {
     if (size_t q = path.find('?'); q != std::string::npos) path.resize(q);
     auto route = routes_.find(path);
     if (route == routes_.end()) {
-      co_await responder.send(Status::not_found, "application/json",
-                              error_body_(Status::not_found, "no route for " + std::string(req.method_string()) + " " + path));
+      std::string body = error_body_(Status::not_found, "no route for " + std::string(req.method_string()) + " " + path);
+      co_await responder.send(Status::not_found, "application/json", std::move(body));
     } else {
       auto h = route->second.find(std::string(req.method_string()));
       if (h == route->second.end()) h = route->second.find("*");
       if (h == route->second.end()) {
-        co_await responder.send(Status::method_not_allowed, "application/json",
-                                error_body_(Status::method_not_allowed, std::string(req.method_string()) + " is not allowed on " + path));
+        std::string body =
+            error_body_(Status::method_not_allowed, std::string(req.method_string()) + " is not allowed on " + path);
+        co_await responder.send(Status::method_not_allowed, "application/json", std::move(body));
       } else {
         bool threw = false;
         try {
@@ -158,9 +159,10 @@ awaitable<void> Server::serve(tcp::socket socket) {
           threw = true;
         }
         if (threw && responder.responded()) break;  // mid-stream: the connection is unusable
-        if (!responder.responded())
-          co_await responder.send(Status::internal_server_error, "application/json",
-                                  error_body_(Status::internal_server_error, "no response"));
+        if (!responder.responded()) {
+          std::string body = error_body_(Status::internal_server_error, threw ? "internal error" : "no response");
+          co_await responder.send(Status::internal_server_error, "application/json", std::move(body));
+        }
       }
     }
     if (!responder.keep_alive() || !req.keep_alive()) break;

@@ -9,17 +9,17 @@
 namespace baton {
 
 namespace asio = http::asio;
+
+struct OpenAiServer::Event {
+  int index;
+  RequestOutput out;
+};
 using asio::awaitable;
 using openai::ApiError;
 using openai::Endpoint;
 
 namespace {
 
-struct Event {
-  int index;
-  RequestOutput out;
-};
-using Channel = asio::experimental::concurrent_channel<void(boost::system::error_code, Event)>;
 
 std::string random_id(const char* prefix) {
   static thread_local std::mt19937_64 rng(std::random_device{}());
@@ -78,7 +78,8 @@ bool OpenAiServer::authorized(const http::Request& req) const {
 
 awaitable<void> OpenAiServer::send_error(http::Responder& res, const ApiError& e) {
   if (e.status >= 400 && e.status < 500) metrics_.requests_rejected.fetch_add(1);
-  co_await res.send(static_cast<http::Status>(e.status), "application/json", openai::error_body(e));
+  std::string body = openai::error_body(e);
+  co_await res.send(static_cast<http::Status>(e.status), "application/json", std::move(body));
 }
 
 std::string OpenAiServer::token_text(int id) const {
@@ -118,39 +119,33 @@ std::variant<std::vector<std::vector<int>>, ApiError> OpenAiServer::prompts_of(c
   return out;
 }
 
-awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder& res, Endpoint endpoint) {
-  using Clock = std::chrono::steady_clock;
-  const auto arrival = Clock::now();
-  if (!authorized(req)) co_return co_await send_error(res, api_error(401, "invalid or missing API key", "", "authentication_error"));
+// Everything before the first await: parse, check, tokenize, hand to the engine. Kept out of the
+// coroutine so that no complex temporaries live across a co_await (g++ 12 destroys some twice).
+std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Request& req, Endpoint endpoint,
+                                                                   std::shared_ptr<Channel> chan) {
+  if (!authorized(req)) return api_error(401, "invalid or missing API key", "", "authentication_error");
   auto parsed = openai::parse_request(req.body(), endpoint);
-  if (auto* e = std::get_if<ApiError>(&parsed)) co_return co_await send_error(res, *e);
-  openai::ApiRequest& r = std::get<openai::ApiRequest>(parsed);
-
+  if (auto* e = std::get_if<ApiError>(&parsed)) return *e;
+  Started st;
+  st.request = std::move(std::get<openai::ApiRequest>(parsed));
+  const openai::ApiRequest& r = st.request;
   const auto& names = config_.served_model_names;
   if (!r.model.empty() && std::find(names.begin(), names.end(), r.model) == names.end())
-    co_return co_await send_error(res, api_error(400, "the model '" + r.model + "' does not exist; this server serves '" + names[0] + "'",
-                                                  "model"));
-  const std::string model_name = names[0];
+    return api_error(400, "the model '" + r.model + "' does not exist; this server serves '" + names[0] + "'", "model");
 
   auto prompts_or = prompts_of(r);
-  if (auto* e = std::get_if<ApiError>(&prompts_or)) co_return co_await send_error(res, *e);
+  if (auto* e = std::get_if<ApiError>(&prompts_or)) return *e;
   auto& prompts = std::get<std::vector<std::vector<int>>>(prompts_or);
   const int max_len = engine_.max_model_len();
   for (const auto& p : prompts) {
     const int64_t want = static_cast<int64_t>(p.size()) + (r.max_tokens_given ? r.params.max_tokens : 1);
-    if (static_cast<int>(p.size()) >= max_len || want > max_len)
-      co_return co_await send_error(
-          res, api_error(400,
-                         "this model's maximum context length is " + std::to_string(max_len) + " tokens; the request has " +
-                             std::to_string(p.size()) + " prompt tokens" +
-                             (r.max_tokens_given ? " and asks for " + std::to_string(r.params.max_tokens) + " more" : ""),
-                         r.max_tokens_given && static_cast<int>(p.size()) < max_len ? "max_tokens" : "prompt"));
+    if (static_cast<int>(p.size()) >= max_len || want > max_len) {
+      std::string msg = "this model's maximum context length is " + std::to_string(max_len) + " tokens; the request has " +
+                        std::to_string(p.size()) + " prompt tokens";
+      if (r.max_tokens_given) msg += " and asks for " + std::to_string(r.params.max_tokens) + " more";
+      return api_error(400, msg, r.max_tokens_given && static_cast<int>(p.size()) < max_len ? "max_tokens" : "prompt");
+    }
   }
-
-  // Hand the prompts to the engine; its outputs come back on the channel.
-  auto executor = co_await asio::this_coro::executor;
-  auto chan = std::make_shared<Channel>(executor, 256);
-  std::vector<uint64_t> ids;
   for (size_t i = 0; i < prompts.size(); ++i) {
     Request er;
     er.prompt = std::move(prompts[i]);
@@ -160,11 +155,28 @@ awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder
       chan->async_send(boost::system::error_code{}, Event{static_cast<int>(i), std::move(out)}, asio::detached);
     });
     if (!id.ok()) {
-      for (uint64_t done : ids) engine_.abort(done);
-      co_return co_await send_error(res, api_error(400, id.error()));
+      for (uint64_t done : st.ids) engine_.abort(done);
+      return api_error(400, id.error());
     }
-    ids.push_back(*id);
+    st.ids.push_back(*id);
   }
+  return st;
+}
+
+awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder& res, Endpoint endpoint) {
+  using Clock = std::chrono::steady_clock;
+  const auto arrival = Clock::now();
+  auto executor = co_await asio::this_coro::executor;
+  auto chan = std::make_shared<Channel>(executor, 256);
+  auto started = start(req, endpoint, chan);
+  if (auto* e = std::get_if<ApiError>(&started)) {
+    co_await send_error(res, *e);
+    co_return;
+  }
+  Started& st = std::get<Started>(started);
+  const openai::ApiRequest& r = st.request;
+  const std::vector<uint64_t>& ids = st.ids;
+  const std::string model_name = config_.served_model_names[0];
   auto abort_all = [&] {
     for (uint64_t id : ids) engine_.abort(id);
   };
@@ -180,7 +192,8 @@ awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder
   std::string error;
   bool streaming = r.stream;
   if (streaming) {
-    if (!co_await res.start_stream("text/event-stream")) {
+    std::string content_type = "text/event-stream";
+    if (!co_await res.start_stream(std::move(content_type))) {
       abort_all();
       co_return;
     }
@@ -188,7 +201,8 @@ awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder
       for (size_t i = 0; i < ids.size(); ++i) {
         openai::Choice role;
         role.index = static_cast<int>(i);
-        if (!co_await res.write_chunk(sse(openai::chat_chunk(rid, created, model_name, role, true, false, text_of)))) {
+        std::string chunk = sse(openai::chat_chunk(rid, created, model_name, role, true, false, text_of));
+        if (!co_await res.write_chunk(std::move(chunk))) {
           abort_all();
           co_return;
         }
@@ -228,12 +242,13 @@ awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder
     delta.logprobs = ev.out.logprobs;
     delta.finish_reason = ev.out.finished ? ev.out.finish_reason : "";
     if (delta.text.empty() && delta.finish_reason.empty() && delta.logprobs.empty()) continue;  // text held back
-    Json chunk = endpoint == Endpoint::kChat
-                     ? openai::chat_chunk(rid, created, model_name, delta, false, with_logprobs, text_of)
-                     : openai::completion_chunk(rid, created, model_name, delta, with_logprobs, text_of);
-    if (!co_await res.write_chunk(sse(chunk))) {
+    std::string chunk = sse(endpoint == Endpoint::kChat
+                                ? openai::chat_chunk(rid, created, model_name, delta, false, with_logprobs, text_of)
+                                : openai::completion_chunk(rid, created, model_name, delta, with_logprobs, text_of));
+    if (!co_await res.write_chunk(std::move(chunk))) {
       log::info("request ", rid, ": client went away mid-stream; aborting");
       abort_all();
+      metrics_.requests_aborted.fetch_add(ids.size() - finished);
       chan->close();
       co_return;
     }
@@ -250,20 +265,27 @@ awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder
   metrics_.e2e_s.observe(std::chrono::duration<double>(done_at - arrival).count());
 
   if (streaming) {
+    std::string tail;
     if (!error.empty()) {
-      co_await res.write_chunk(sse(Json::parse(openai::error_body(api_error(500, error, "", "internal_error")))));
+      tail = sse(Json::parse(openai::error_body(api_error(500, error, "", "internal_error"))));
     } else if (r.include_usage) {
-      co_await res.write_chunk(sse(openai::usage_chunk(rid, created, model_name, endpoint, usage)));
+      tail = sse(openai::usage_chunk(rid, created, model_name, endpoint, usage));
     }
-    co_await res.write_chunk("data: [DONE]\n\n");
+    tail += "data: [DONE]\n\n";
+    co_await res.write_chunk(std::move(tail));
     co_await res.end_stream();
     co_return;
   }
-  if (!error.empty()) co_return co_await send_error(res, api_error(500, error, "", "internal_error"));
+  if (!error.empty()) {
+    ApiError err = api_error(500, error, "", "internal_error");
+    co_await send_error(res, err);
+    co_return;
+  }
   Json body = endpoint == Endpoint::kChat
                   ? openai::chat_response(rid, created, model_name, choices, usage, with_logprobs, text_of)
                   : openai::completion_response(rid, created, model_name, choices, usage, with_logprobs, text_of);
-  co_await res.send(http::Status::ok, "application/json", body.dump(-1, ' ', false, Json::error_handler_t::replace));
+  std::string text = body.dump(-1, ' ', false, Json::error_handler_t::replace);
+  co_await res.send(http::Status::ok, "application/json", std::move(text));
 }
 
 std::string OpenAiServer::models_json() const {
@@ -285,14 +307,21 @@ void OpenAiServer::install(http::Server& server) {
     return generate(req, res, Endpoint::kChat);
   });
   server.route("GET", "/v1/models", [this](const http::Request& req, http::Responder& res) -> awaitable<void> {
-    if (!authorized(req)) co_return co_await send_error(res, api_error(401, "invalid or missing API key", "", "authentication_error"));
-    co_await res.send(http::Status::ok, "application/json", models_json());
+    if (!authorized(req)) {
+      ApiError err = api_error(401, "invalid or missing API key", "", "authentication_error");
+      co_await send_error(res, err);
+      co_return;
+    }
+    std::string body = models_json();
+    co_await res.send(http::Status::ok, "application/json", std::move(body));
   });
   server.route("GET", "/health", [](const http::Request&, http::Responder& res) -> awaitable<void> {
-    co_await res.send(http::Status::ok, "application/json", std::string(R"({"status":"ok"})"));
+    std::string body = R"({"status":"ok"})";
+    co_await res.send(http::Status::ok, "application/json", std::move(body));
   });
   server.route("GET", "/metrics", [this](const http::Request&, http::Responder& res) -> awaitable<void> {
-    co_await res.send(http::Status::ok, "text/plain; version=0.0.4", metrics_.render());
+    std::string body = metrics_.render();
+    co_await res.send(http::Status::ok, "text/plain; version=0.0.4", std::move(body));
   });
 }
 

@@ -4,7 +4,9 @@
 // away mid-stream has its requests aborted (their KV blocks return to the pool).
 #pragma once
 
+#include <boost/asio/experimental/concurrent_channel.hpp>
 #include <memory>
+#include <variant>
 #include <optional>
 #include <string>
 #include <vector>
@@ -31,6 +33,14 @@ class OpenAiServer {
   Metrics& metrics() { return metrics_; }
 
  private:
+  struct Event;
+  struct Started {
+    openai::ApiRequest request;
+    std::vector<uint64_t> ids;  // engine sequence ids, one per prompt
+  };
+  using Channel = http::asio::experimental::concurrent_channel<void(boost::system::error_code, Event)>;
+  std::variant<Started, openai::ApiError> start(const http::Request& req, openai::Endpoint endpoint,
+                                                std::shared_ptr<Channel> chan);
   http::asio::awaitable<void> generate(const http::Request& req, http::Responder& res, openai::Endpoint endpoint);
   http::asio::awaitable<void> send_error(http::Responder& res, const openai::ApiError& e);
   bool authorized(const http::Request& req) const;

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds a libFuzzer target with clang (ASan + UBSan) and runs it for a bounded time from its
+# committed seed corpus. New crashes are saved under build-fuzz/TARGET/ and fail the run;
+# keep each fixed crash as a regression input in tests/fuzz/corpus/TARGET/.
+#   scripts/fuzz.sh request_parser 30
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=${1:?usage: scripts/fuzz.sh TARGET SECONDS}
+SECONDS_TO_RUN=${2:-30}
+OUT=build-fuzz/$TARGET
+mkdir -p "$OUT/corpus"
+case "$TARGET" in
+  request_parser) SRCS="src/server/openai_protocol.cpp" ;;
+  chat_template) SRCS="src/model/chat_template.cpp" ;;
+  safetensors) SRCS="src/model/safetensors.cpp" ;;
+  *) echo "fuzz.sh: unknown target '$TARGET' (request_parser, chat_template, safetensors)" >&2; exit 2 ;;
+esac
+COMMON="src/common/json.cpp src/common/utf8.cpp src/common/mapped_file.cpp"
+if [ ! -x "$OUT/fuzzer" ] || [ -n "$(find src tests/fuzz -newer "$OUT/fuzzer" -name '*.[ch]*' | head -1)" ]; then
+  clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Isrc \
+    "tests/fuzz/${TARGET}_fuzz.cpp" $SRCS $COMMON -o "$OUT/fuzzer"
+fi
+cp -n tests/fuzz/corpus/"$TARGET"/* "$OUT/corpus/" 2>/dev/null || true
+# -rss_limit_mb bounds memory; -timeout catches hangs (a render that never ends is a bug).
+"$OUT/fuzzer" -max_total_time="$SECONDS_TO_RUN" -rss_limit_mb=2048 -timeout=10 -max_len=4096 \
+  -artifact_prefix="$OUT/" -print_final_stats=1 "$OUT/corpus" 2>&1 | tail -n 15

@@ -1,0 +1,77 @@
+"""Starts baton binaries on 127.0.0.1 with OS-picked ports for e2e tests, and stops them."""
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+
+
+class Proc:
+    """A child process whose stdout is scanned for 'listening on HOST:PORT'."""
+
+    def __init__(self, args, name, env=None):
+        self.name = name
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.port = None
+        self.stderr_lines = []
+        self._port_ready = threading.Event()
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        if not self._port_ready.wait(60):
+            self.stop()
+            raise RuntimeError(f"{name} did not start: {''.join(self.stderr_lines[-20:])}")
+        if self.port is None:
+            raise RuntimeError(f"{name} exited: {''.join(self.stderr_lines[-20:])}")
+
+    def _read_stdout(self):
+        for line in self.proc.stdout:
+            m = re.search(r"listening on [^ ]*:(\d+)", line)
+            if m and self.port is None:
+                self.port = int(m.group(1))
+                self._port_ready.set()
+        self._port_ready.set()
+
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(bin_dir, model, *extra):
+    return Proc([os.path.join(bin_dir, "baton-server"), "--model", model, "--host", "127.0.0.1", "--port", "0",
+                 "--kv-cache-memory", str(64 << 20), "--log-level", "warning", *extra], "baton-server")
+
+
+def metric(url, name):
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)
+
+
+def wait_until(cond, timeout=30, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
