@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libpcre2-dev libicu-dev libboost1.81-dev
+  nlohmann-json3-dev libpcre2-dev libicu-dev libboost1.81-dev libucx-dev ucx-utils
   python3 python3-venv python3-pip clang curl
 )
 PY_PACKAGES=(tokenizers transformers jinja2 openai)

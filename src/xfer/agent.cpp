@@ -1,0 +1,587 @@
+#include "xfer/agent.h"
+
+#include <cstring>
+
+#include "common/log.h"
+
+namespace baton::xfer {
+namespace {
+
+struct WireOp {
+  uint64_t region, offset, length;
+};
+
+std::string pack_ops(const std::vector<TransferOp>& ops) {
+  std::string out(ops.size() * sizeof(WireOp), '\0');
+  for (size_t i = 0; i < ops.size(); ++i) {
+    WireOp w{ops[i].remote_region, ops[i].remote_offset, ops[i].length};
+    std::memcpy(out.data() + i * sizeof(WireOp), &w, sizeof w);
+  }
+  return out;
+}
+
+Result<std::vector<WireOp>> unpack_ops(const std::string& payload) {
+  if (payload.size() % sizeof(WireOp) != 0) return make_error("malformed transfer request");
+  std::vector<WireOp> ops(payload.size() / sizeof(WireOp));
+  std::memcpy(ops.data(), payload.data(), payload.size());
+  return ops;
+}
+
+constexpr int kProtocolVersion = 1;
+
+}  // namespace
+
+// ---- Agent -----------------------------------------------------------------------------------
+
+Result<std::unique_ptr<Agent>> Agent::create(Config config) {
+  if (config.name.empty()) return make_error("transfer agent needs a name");
+  std::unique_ptr<Agent> a(new Agent(std::move(config)));
+  BATON_ASSIGN_OR_RETURN(a->listener_, Socket::listen(a->config_.host, a->config_.port, &a->port_));
+  const auto& t = a->config_.transports;
+  if (std::find(t.begin(), t.end(), "ucx") != t.end()) {
+    auto ucx = create_ucx_transport();
+    if (ucx.ok()) {
+      a->rma_ = std::move(*ucx);
+    } else {
+      log::warn("transfer agent ", a->config_.name, ": UCX unavailable (", ucx.error(), "); using TCP");
+    }
+  }
+  a->accept_thread_ = std::thread([p = a.get()] { p->accept_loop(); });
+  return a;
+}
+
+Agent::~Agent() {
+  {
+    std::lock_guard lock(serve_mutex_);
+    stopping_ = true;
+  }
+  listener_.shutdown();
+  if (accept_thread_.joinable()) accept_thread_.join();
+  {
+    std::lock_guard lock(sessions_mutex_);
+    sessions_.clear();
+  }
+  std::vector<std::unique_ptr<Served>> served;
+  {
+    std::lock_guard lock(serve_mutex_);  // serve() closes its socket under this lock
+    for (auto& conn : served_) conn->socket.shutdown();
+    served.swap(served_);
+  }
+  for (auto& conn : served) conn->thread.join();
+  std::unique_lock lock(regions_mutex_);
+  if (rma_)
+    for (auto& [id, r] : regions_) rma_->deregister_region(id);
+}
+
+AgentDesc Agent::describe() const {
+  AgentDesc d;
+  d.name = config_.name;
+  d.host = config_.host == "0.0.0.0" ? "127.0.0.1" : config_.host;
+  d.port = port_;
+  if (rma_) d.transports.push_back(rma_->name());
+  d.transports.push_back("tcp");
+  return d;
+}
+
+Result<MemoryDesc> Agent::register_memory(void* ptr, size_t n_bytes, MemoryKind kind, int device) {
+  if (!ptr || n_bytes == 0) return make_error("register_memory: empty region");
+  if (kind == MemoryKind::kCuda) return make_error("register_memory: CUDA memory needs the cuda_ipc transport (a CUDA build)");
+  std::unique_lock lock(regions_mutex_);
+  const uint64_t id = next_region_++;
+  MemoryDesc d;
+  d.agent = config_.name;
+  d.region = id;
+  d.address = reinterpret_cast<uint64_t>(ptr);
+  d.length = n_bytes;
+  d.kind = kind;
+  d.device = device;
+  if (rma_) {
+    auto key = rma_->register_region(id, ptr, n_bytes, kind);
+    if (key.ok()) {
+      d.keys[rma_->name()] = *key;
+    } else {
+      log::warn("region ", id, ": ", key.error(), "; served over TCP only");
+    }
+  }
+  regions_[id] = Region{static_cast<std::byte*>(ptr), n_bytes, d};
+  return d;
+}
+
+Status Agent::deregister_memory(uint64_t region) {
+  {
+    std::unique_lock lock(regions_mutex_);  // waits for reads being served from it
+    auto it = regions_.find(region);
+    if (it == regions_.end()) return make_error("region ", region, " is not registered");
+    if (rma_) rma_->deregister_region(region);
+    regions_.erase(it);
+  }
+  // Tell connected peers, so that they refuse RMA to it without asking.
+  const std::string payload = regions_json().dump();
+  std::lock_guard lock(serve_mutex_);
+  for (auto& conn : served_) {
+    std::lock_guard send_lock(conn->send_mutex);
+    (void)send_frame(conn->socket, MsgType::kRegions, 0, payload);
+  }
+  return {};
+}
+
+std::vector<MemoryDesc> Agent::regions() const {
+  std::shared_lock lock(regions_mutex_);
+  std::vector<MemoryDesc> out;
+  for (const auto& [id, r] : regions_) out.push_back(r.desc);
+  return out;
+}
+
+Json Agent::regions_json() const {
+  Json arr = Json::array();
+  for (const MemoryDesc& d : regions()) arr.push_back(d.to_json());
+  return arr;
+}
+
+Result<std::byte*> Agent::locate(uint64_t region, uint64_t offset, uint64_t len) const {
+  auto it = regions_.find(region);
+  if (it == regions_.end()) return make_error("region ", region, " is not registered with agent ", config_.name);
+  const Region& r = it->second;
+  if (offset > r.length || len > r.length - offset)
+    return make_error("range [", offset, ", ", offset + len, ") is outside region ", region, " (", r.length, " bytes)");
+  return r.ptr + offset;
+}
+
+void Agent::set_notification_handler(std::function<void(const std::string&, const std::string&)> handler) {
+  std::lock_guard lock(notify_mutex_);
+  notify_handler_ = std::move(handler);
+}
+
+void Agent::deliver(const std::string& peer, std::string message) {
+  std::function<void(const std::string&, const std::string&)> handler;
+  {
+    std::lock_guard lock(notify_mutex_);
+    handler = notify_handler_;
+    if (!handler) {
+      notifications_.emplace_back(peer, std::move(message));
+      notify_cv_.notify_all();
+      return;
+    }
+  }
+  handler(peer, message);
+}
+
+std::optional<std::pair<std::string, std::string>> Agent::next_notification(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(notify_mutex_);
+  if (!notify_cv_.wait_for(lock, timeout, [&] { return !notifications_.empty(); })) return std::nullopt;
+  auto n = std::move(notifications_.front());
+  notifications_.pop_front();
+  return n;
+}
+
+void Agent::accept_loop() {
+  for (;;) {
+    Socket s = listener_.accept();
+    if (!s.valid()) return;
+    std::lock_guard lock(serve_mutex_);
+    if (stopping_) return;
+    // Finished connections are reaped here, so a long-lived agent does not accumulate them.
+    for (auto it = served_.begin(); it != served_.end();) {
+      if (!(*it)->socket.valid()) {
+        (*it)->thread.join();
+        it = served_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    auto conn = std::make_unique<Served>();
+    conn->socket = std::move(s);
+    Served* raw = conn.get();
+    conn->thread = std::thread([this, raw] { serve(*raw); });
+    served_.push_back(std::move(conn));
+  }
+}
+
+// One peer's control connection, served in order: requests on it complete in the order sent.
+void Agent::serve(Served& conn) {
+  Socket& socket = conn.socket;
+  auto send_locked = [&](MsgType type, uint64_t id, const std::string& payload) {
+    std::lock_guard lock(conn.send_mutex);
+    return send_frame(socket, type, id, payload);
+  };
+  struct Done {  // marks the connection finished, for the accept loop to reap
+    Served& c;
+    std::mutex& m;
+    ~Done() {
+      std::lock_guard lock(m);
+      c.socket.shutdown();
+      c.socket = Socket();
+    }
+  } done{conn, serve_mutex_};
+  std::string peer = "?";
+  auto refuse = [&](const std::string& why) {
+    log::warn("transfer agent ", config_.name, ": refusing peer ", peer, ": ", why);
+    (void)send_locked(MsgType::kRefused, 0, why);
+  };
+  (void)socket.set_recv_timeout(config_.timeout);
+  auto hello = recv_header(socket);
+  if (!hello.ok() || hello->type != MsgType::kHello) return;
+  auto hello_payload = recv_payload(socket, *hello);
+  if (!hello_payload.ok()) return;
+  auto hj = parse_json(*hello_payload, "hello");
+  if (!hj.ok() || !hj->is_object()) return refuse("malformed hello");
+  peer = hj->value("agent", "?");
+  if (hj->value("version", 0) != kProtocolVersion) return refuse("protocol version mismatch");
+  if (!config_.token.empty() && hj->value("token", "") != config_.token) return refuse("wrong or missing deployment token");
+  Json welcome = {{"agent", config_.name}, {"regions", regions_json()}, {"version", kProtocolVersion}};
+  if (rma_) welcome[rma_->name()] = rma_->address();
+  if (!send_locked(MsgType::kWelcome, 0, welcome.dump()).ok()) return;
+  (void)socket.set_recv_timeout(std::chrono::milliseconds(0));  // idle sessions may wait long
+
+  std::vector<char> drain(1 << 16);
+  for (;;) {
+    auto h = recv_header(socket);
+    if (!h.ok()) break;
+    if (h->type == MsgType::kReadRequest || h->type == MsgType::kWriteRequest) {
+      auto payload = recv_payload(socket, *h);
+      if (!payload.ok()) break;
+      auto ops = unpack_ops(*payload);
+      if (!ops.ok()) break;
+      uint64_t total = 0;
+      for (const WireOp& op : *ops) total += op.length;
+      std::shared_lock lock(regions_mutex_);
+      std::vector<std::byte*> where;
+      std::string error;
+      for (const WireOp& op : *ops) {
+        auto p = locate(op.region, op.offset, op.length);
+        if (!p.ok()) {
+          error = p.error();
+          break;
+        }
+        where.push_back(*p);
+      }
+      Status st;
+      if (h->type == MsgType::kReadRequest) {
+        if (!error.empty()) {
+          st = send_locked(MsgType::kTransferError, h->id, error);
+        } else {
+          std::lock_guard send_lock(conn.send_mutex);
+          FrameHeader data{MsgType::kReadData, 0, h->id, total};
+          st = socket.send_all(&data, sizeof data);
+          for (size_t i = 0; i < where.size() && st.ok(); ++i) st = socket.send_all(where[i], (*ops)[i].length);
+        }
+      } else {
+        // The data follows the request: take it into the region, or drain it on error.
+        for (size_t i = 0; i < (*ops).size() && st.ok(); ++i) {
+          if (error.empty()) {
+            st = socket.recv_all(where[i], (*ops)[i].length);
+          } else {
+            for (uint64_t left = (*ops)[i].length; left > 0 && st.ok();) {
+              size_t k = std::min<uint64_t>(left, drain.size());
+              st = socket.recv_all(drain.data(), k);
+              left -= k;
+            }
+          }
+        }
+        if (st.ok())
+          st = error.empty() ? send_locked(MsgType::kWriteDone, h->id, "") : send_locked(MsgType::kTransferError, h->id, error);
+      }
+      if (!st.ok()) break;
+    } else if (h->type == MsgType::kNotify) {
+      auto payload = recv_payload(socket, *h);
+      if (!payload.ok()) break;
+      deliver(peer, std::move(*payload));
+    } else if (h->type == MsgType::kRegionsRequest) {
+      if (!recv_payload(socket, *h).ok()) break;
+      if (!send_locked(MsgType::kRegions, h->id, regions_json().dump()).ok()) break;
+    } else {
+      break;  // protocol violation: drop the peer
+    }
+  }
+}
+
+Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer) {
+  {
+    std::lock_guard lock(sessions_mutex_);
+    auto it = sessions_.find(peer.name);
+    if (it != sessions_.end() && !it->second->broken()) return it->second;
+    if (it != sessions_.end()) sessions_.erase(it);
+  }
+  BATON_ASSIGN_OR_RETURN(Socket s, Socket::connect(peer.host, peer.port, config_.timeout));
+  Json hello = {{"agent", config_.name}, {"token", config_.token}, {"version", kProtocolVersion}};
+  BATON_RETURN_IF_ERROR(send_frame(s, MsgType::kHello, 0, hello.dump()));
+  BATON_RETURN_IF_ERROR(s.set_recv_timeout(config_.timeout));
+  auto h = recv_header(s);
+  if (!h.ok()) return make_error("handshake with ", peer.name, " at ", peer.host, ":", peer.port, " failed: ", h.error());
+  BATON_ASSIGN_OR_RETURN(std::string payload, recv_payload(s, *h));
+  if (h->type == MsgType::kRefused) return make_error("peer ", peer.name, " refused the session: ", payload);
+  if (h->type != MsgType::kWelcome) return make_error("peer ", peer.name, " answered the handshake with message ", static_cast<int>(h->type));
+  BATON_ASSIGN_OR_RETURN(Json welcome, parse_json(payload, "welcome"));
+  BATON_RETURN_IF_ERROR(s.set_recv_timeout(std::chrono::milliseconds(0)));
+
+  std::shared_ptr<Session> session(new Session(*this, welcome.value("agent", peer.name), std::move(s)));
+  if (rma_ && welcome.contains(rma_->name()) && welcome[rma_->name()].is_string()) {
+    auto ep = rma_->connect(welcome[rma_->name()].get<std::string>());
+    if (ep.ok()) {
+      session->rma_ = std::move(*ep);
+      session->transport_ = rma_->name();
+    } else {
+      log::warn("session to ", peer.name, ": ", ep.error(), "; using TCP");
+    }
+  }
+  session->set_regions(welcome.value("regions", Json::array()));
+  session->reader_ = std::thread([p = session.get()] { p->reader_loop(); });
+  std::lock_guard lock(sessions_mutex_);
+  sessions_[peer.name] = session;
+  return session;
+}
+
+// ---- Session ---------------------------------------------------------------------------------
+
+Session::Session(Agent& agent, std::string peer, Socket socket)
+    : agent_(agent), peer_(std::move(peer)), socket_(std::move(socket)) {}
+
+Session::~Session() {
+  broken_ = true;
+  socket_.shutdown();
+  if (reader_.joinable()) reader_.join();
+}
+
+void Session::set_regions(const Json& regions) {
+  std::map<uint64_t, MemoryDesc> next;
+  for (const auto& j : regions) {
+    auto d = MemoryDesc::from_json(j);
+    if (d.ok()) next[d->region] = *d;
+  }
+  std::lock_guard lock(mutex_);
+  if (rma_) {
+    for (const auto& [id, d] : regions_)
+      if (!next.count(id)) rma_->remove_region(id);
+    for (const auto& [id, d] : next)
+      if (!regions_.count(id)) (void)rma_->add_region(d);
+  }
+  regions_ = std::move(next);
+}
+
+std::vector<MemoryDesc> Session::remote_regions() const {
+  std::lock_guard lock(mutex_);
+  std::vector<MemoryDesc> out;
+  for (const auto& [id, d] : regions_) out.push_back(d);
+  return out;
+}
+
+Status Session::refresh_regions() {
+  if (broken_) return make_error("session to ", peer_, " is broken");
+  {
+    std::lock_guard lock(mutex_);
+    regions_reply_.reset();
+  }
+  {
+    std::lock_guard lock(send_mutex_);
+    BATON_RETURN_IF_ERROR(send_frame(socket_, MsgType::kRegionsRequest, 0, ""));
+  }
+  std::unique_lock lock(mutex_);
+  if (!cv_.wait_for(lock, agent_.config_.timeout, [&] { return regions_reply_.has_value() || broken_.load(); }))
+    return make_error("peer ", peer_, " did not answer within ", agent_.config_.timeout.count(), " ms");
+  if (!regions_reply_) return make_error("session to ", peer_, " broke");
+  std::string reply = *regions_reply_;
+  lock.unlock();
+  BATON_ASSIGN_OR_RETURN(Json j, parse_json(reply, "regions"));
+  set_regions(j);
+  return {};
+}
+
+Result<TransferId> Session::read(const std::vector<TransferOp>& ops) { return start(ops, true); }
+Result<TransferId> Session::write(const std::vector<TransferOp>& ops) { return start(ops, false); }
+
+Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool is_read) {
+  if (broken_) return make_error("session to ", peer_, " is broken; connect again");
+  const std::vector<TransferOp> ops = coalesce(raw_ops);
+  static std::atomic<TransferId> next_id{1};
+  const TransferId id = next_id.fetch_add(1);
+
+  // Check both ends of every op before anything moves.
+  std::vector<std::pair<std::byte*, uint64_t>> local;
+  std::vector<RmaOp> rma_ops;
+  std::shared_lock local_lock(agent_.regions_mutex_);
+  {
+    std::lock_guard lock(mutex_);
+    for (const TransferOp& op : ops) {
+      auto p = agent_.locate(op.local_region, op.local_offset, op.length);
+      if (!p.ok()) return make_error("local ", p.error());
+      auto r = regions_.find(op.remote_region);
+      if (r == regions_.end()) return make_error("peer ", peer_, " has no region ", op.remote_region, " (or revoked it)");
+      if (op.remote_offset > r->second.length || op.length > r->second.length - op.remote_offset)
+        return make_error("range [", op.remote_offset, ", ", op.remote_offset + op.length, ") is outside region ",
+                          op.remote_region, " of ", peer_, " (", r->second.length, " bytes)");
+      local.emplace_back(*p, op.length);
+      rma_ops.push_back({*p, r->second.address + op.remote_offset, op.remote_region, op.length});
+    }
+    transfers_[id].started = Clock::now();
+  }
+  std::unique_lock rma_lock(mutex_);
+  if (rma_) {
+    auto handle = rma_->start(rma_ops, !is_read);
+    if (!handle.ok()) {
+      transfers_.erase(id);
+      return handle.error().empty() ? make_error("transfer failed") : make_error(handle.error());
+    }
+    transfers_[id].rma_handle = *handle;
+    return id;
+  }
+  rma_lock.unlock();
+  // TCP: the peer serves the request on its connection thread, in order.
+  std::lock_guard send_lock(send_mutex_);
+  {
+    std::lock_guard lock(mutex_);
+    pending_.push_back({id, is_read, is_read ? local : decltype(local){}});
+  }
+  Status st = send_frame(socket_, is_read ? MsgType::kReadRequest : MsgType::kWriteRequest, id, pack_ops(ops));
+  if (!is_read)
+    for (size_t i = 0; i < local.size() && st.ok(); ++i) st = socket_.send_all(local[i].first, local[i].second);
+  if (!st.ok()) {
+    fail_all(st.message());
+    return make_error("transfer to ", peer_, " failed: ", st.message());
+  }
+  return id;
+}
+
+void Session::reader_loop() {
+  for (;;) {
+    auto h = recv_header(socket_);
+    if (!h.ok()) return fail_all(h.error());
+    if (h->type == MsgType::kRegions && h->id == 0) {  // the peer revoked or added regions
+      auto payload = recv_payload(socket_, *h);
+      if (!payload.ok()) return fail_all(payload.error());
+      if (auto j = parse_json(*payload, "regions"); j.ok()) set_regions(*j);
+      continue;
+    }
+    if (h->type == MsgType::kRegions) {
+      auto payload = recv_payload(socket_, *h);
+      if (!payload.ok()) return fail_all(payload.error());
+      std::lock_guard lock(mutex_);
+      regions_reply_ = std::move(*payload);
+      cv_.notify_all();
+      continue;
+    }
+    Pending p;
+    {
+      std::lock_guard lock(mutex_);
+      if (pending_.empty() || pending_.front().id != h->id) return fail_all("peer answered a transfer that was not asked for");
+      p = std::move(pending_.front());
+      pending_.pop_front();
+    }
+    std::string error;
+    if (h->type == MsgType::kReadData) {
+      uint64_t expect = 0;
+      for (auto& [ptr, n] : p.local) expect += n;
+      if (h->length != expect) return fail_all("peer sent a read answer of the wrong size");
+      std::shared_lock local_lock(agent_.regions_mutex_);  // the destination stays registered
+      for (auto& [ptr, n] : p.local) {
+        Status st = socket_.recv_all(ptr, n);
+        if (!st.ok()) return fail_all(st.message());
+      }
+    } else if (h->type == MsgType::kTransferError) {
+      auto payload = recv_payload(socket_, *h);
+      if (!payload.ok()) return fail_all(payload.error());
+      error = "peer " + peer_ + " refused the transfer: " + *payload;
+    } else if (h->type != MsgType::kWriteDone) {
+      return fail_all("unexpected message from peer");
+    }
+    std::lock_guard lock(mutex_);
+    auto it = transfers_.find(p.id);
+    if (it != transfers_.end()) {
+      it->second.state = error.empty() ? TransferState::kDone : TransferState::kFailed;
+      it->second.error = error;
+    }
+    cv_.notify_all();
+  }
+}
+
+void Session::fail_all(const std::string& why) {
+  broken_ = true;
+  socket_.shutdown();
+  std::unique_ptr<RmaEndpoint> rma;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, t] : transfers_)
+      if (t.state == TransferState::kPending) {
+        t.state = TransferState::kFailed;
+        t.error = "session to " + peer_ + " failed: " + why;
+      }
+    pending_.clear();
+    rma = std::move(rma_);
+    cv_.notify_all();
+  }
+  // Closing the endpoint cancels its transfers: once fail_all returns, no late reply can
+  // write into local memory the caller may free.
+  rma.reset();
+}
+
+TransferState Session::poll(TransferId id, std::string* error) {
+  std::lock_guard lock(mutex_);
+  auto it = transfers_.find(id);
+  if (it == transfers_.end()) {
+    if (error) *error = "unknown transfer " + std::to_string(id);
+    return TransferState::kFailed;
+  }
+  Transfer& t = it->second;
+  if (t.state == TransferState::kPending && t.rma_handle && rma_) {
+    t.state = rma_->poll(t.rma_handle, &t.error);
+    if (t.state == TransferState::kFailed) t.error = "transfer with " + peer_ + ": " + t.error;
+  }
+  if (t.state != TransferState::kPending && error) *error = t.error;
+  return t.state;
+}
+
+Status Session::wait(TransferId id) { return wait(id, agent_.config_.timeout); }
+
+Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  std::string error;
+  for (int spins = 0;; ++spins) {
+    TransferState s = poll(id, &error);
+    if (s != TransferState::kPending) {
+      std::lock_guard lock(mutex_);
+      auto it = transfers_.find(id);
+      if (it != transfers_.end()) {
+        if (it->second.rma_handle && rma_) rma_->release(it->second.rma_handle);
+        transfers_.erase(it);
+      }
+      if (s == TransferState::kDone) return {};
+      return make_error(error);
+    }
+    if (Clock::now() >= deadline) {
+      // A stalled peer: the session cannot be trusted any more (answers may still arrive).
+      fail_all("no completion within " + std::to_string(timeout.count()) + " ms");
+      continue;  // poll() now reports the failure
+    }
+    std::unique_lock lock(mutex_);
+    if (rma_ || transport_ != "tcp") {
+      lock.unlock();
+      if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    } else {
+      cv_.wait_until(lock, std::min(deadline, Clock::now() + std::chrono::milliseconds(100)));
+    }
+  }
+}
+
+Status Session::notify(const std::string& message) {
+  if (broken_) return make_error("session to ", peer_, " is broken");
+  if (transport_ != "tcp") {
+    // RMA transfers complete on our side only: wait for them before telling the owner.
+    std::vector<TransferId> earlier;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& [id, t] : transfers_)
+        if (t.state == TransferState::kPending) earlier.push_back(id);
+    }
+    for (TransferId id : earlier) {
+      std::string err;
+      const auto deadline = Clock::now() + agent_.config_.timeout;
+      while (poll(id, &err) == TransferState::kPending) {
+        if (Clock::now() >= deadline) return make_error("notify: earlier transfer did not complete");
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+      }
+    }
+  }
+  std::lock_guard lock(send_mutex_);
+  return send_frame(socket_, MsgType::kNotify, 0, message);
+}
+
+}  // namespace baton::xfer

@@ -1,0 +1,174 @@
+// The transfer engine's entry point: one Agent per TP rank (DESIGN.md section 2).
+//
+//   Agent::create({name, host, port, token})      listens for peers on its control port
+//   register_memory(ptr, bytes) -> MemoryDesc      grants peers access to exactly that range
+//   connect(peer AgentDesc) -> Session             one handshake per peer, cached and reused
+//   Session::read/write(batch) -> TransferId       one-sided: the owner's threads do no work
+//   Session::wait(id, timeout), poll(id)           completion; a dead or stalled peer fails
+//                                                  the transfer within the timeout
+//   Session::notify(bytes)                         delivered to the peer after every transfer
+//                                                  issued before it has completed
+//
+// Every access is checked against the owner's registered regions: a peer can touch only what
+// it was granted, and never after deregister_memory() returns. With a deployment token set, a
+// peer without it is refused at the handshake. Bytes move over UCX when both sides have it
+// (shared memory on one host, RDMA where present), else over the control connection (TCP).
+// All methods are thread-safe.
+//
+// Known limit: when a UCX transfer times out (a stalled owner), its session is closed, but a
+// late reply may still land in the local destination once the owner resumes; destinations must
+// stay allocated (as a KV pool does) while the agent lives. The TCP path has no such window.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <thread>
+#include <vector>
+
+#include "xfer/socket.h"
+#include "xfer/transport.h"
+#include "xfer/types.h"
+
+namespace baton::xfer {
+
+class Agent;
+
+class Session {
+ public:
+  ~Session();
+  const std::string& peer() const { return peer_; }
+  // "ucx" or "tcp": how bytes move on this session.
+  const std::string& transport() const { return transport_; }
+  std::vector<MemoryDesc> remote_regions() const;
+  // Asks the peer for its current regions (after it registered more).
+  Status refresh_regions();
+
+  Result<TransferId> read(const std::vector<TransferOp>& ops);
+  Result<TransferId> write(const std::vector<TransferOp>& ops);
+  TransferState poll(TransferId id, std::string* error = nullptr);
+  Status wait(TransferId id, std::chrono::milliseconds timeout);
+  Status wait(TransferId id);  // the agent's default timeout
+  Status notify(const std::string& message);
+
+  // True once the connection failed; the agent builds a new session on the next connect().
+  bool broken() const { return broken_.load(); }
+
+ private:
+  friend class Agent;
+  struct Pending {
+    TransferId id;
+    bool is_read;
+    std::vector<std::pair<std::byte*, uint64_t>> local;  // destination ranges for read data
+  };
+  struct Transfer {
+    TransferState state = TransferState::kPending;
+    std::string error;
+    uint64_t rma_handle = 0;  // UCX transfers
+    Clock::time_point started;
+  };
+
+  Session(Agent& agent, std::string peer, Socket socket);
+  Result<TransferId> start(const std::vector<TransferOp>& ops, bool is_read);
+  void reader_loop();
+  void fail_all(const std::string& why);
+  void set_regions(const Json& regions);
+
+  Agent& agent_;
+  std::string peer_;
+  std::string transport_ = "tcp";
+  Socket socket_;
+  std::mutex send_mutex_;
+  std::unique_ptr<RmaEndpoint> rma_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  std::map<uint64_t, MemoryDesc> regions_;
+  std::deque<Pending> pending_;  // TCP requests in the order the peer answers them
+  std::map<TransferId, Transfer> transfers_;
+  std::optional<std::string> regions_reply_;
+  std::atomic<bool> broken_{false};
+  std::thread reader_;
+};
+
+class Agent {
+ public:
+  struct Config {
+    std::string name;
+    std::string host = "127.0.0.1";  // control address peers connect to
+    int port = 0;                    // 0: any free port
+    std::string token;               // deployment token; empty: none required
+    std::vector<std::string> transports = {"ucx", "tcp"};
+    std::chrono::milliseconds timeout{10000};  // transfers and handshakes
+  };
+
+  static Result<std::unique_ptr<Agent>> create(Config config);
+  ~Agent();
+
+  Result<MemoryDesc> register_memory(void* ptr, size_t n_bytes, MemoryKind kind = MemoryKind::kHost, int device = 0);
+  // Waits for reads being served from the region, then revokes it; peers are told.
+  Status deregister_memory(uint64_t region);
+  std::vector<MemoryDesc> regions() const;
+
+  AgentDesc describe() const;
+  Result<std::shared_ptr<Session>> connect(const AgentDesc& peer);
+
+  // Messages peers sent with Session::notify. The handler runs on a connection thread.
+  void set_notification_handler(std::function<void(const std::string& peer, const std::string& message)> handler);
+  std::optional<std::pair<std::string, std::string>> next_notification(std::chrono::milliseconds timeout);
+
+  const Config& config() const { return config_; }
+  RmaTransport* rma() const { return rma_.get(); }
+
+ private:
+  friend class Session;
+  struct Region {
+    std::byte* ptr;
+    size_t length;
+    MemoryDesc desc;
+  };
+  explicit Agent(Config config) : config_(std::move(config)) {}
+  // One accepted peer connection. Its thread serves requests; deregister_memory() also sends
+  // on it, so sends take send_mutex.
+  struct Served {
+    Socket socket;
+    std::mutex send_mutex;
+    std::thread thread;
+  };
+  void accept_loop();
+  void serve(Served& conn);
+  Json regions_json() const;
+  // Validates [offset, offset+len) of a region; returns its memory or an error.
+  Result<std::byte*> locate(uint64_t region, uint64_t offset, uint64_t len) const;
+  void deliver(const std::string& peer, std::string message);
+
+  Config config_;
+  int port_ = 0;
+  Socket listener_;
+  std::thread accept_thread_;
+  std::unique_ptr<RmaTransport> rma_;
+
+  mutable std::shared_mutex regions_mutex_;  // shared while serving, exclusive to deregister
+  std::map<uint64_t, Region> regions_;
+  uint64_t next_region_ = 1;
+
+  std::mutex sessions_mutex_;
+  std::map<std::string, std::shared_ptr<Session>> sessions_;
+
+  std::mutex serve_mutex_;
+  std::vector<std::unique_ptr<Served>> served_;
+  bool stopping_ = false;
+
+  std::mutex notify_mutex_;
+  std::condition_variable notify_cv_;
+  std::deque<std::pair<std::string, std::string>> notifications_;
+  std::function<void(const std::string&, const std::string&)> notify_handler_;
+};
+
+}  // namespace baton::xfer

@@ -1,0 +1,51 @@
+// One-sided (RMA) transports behind one interface (DESIGN.md section 2). The agent's control
+// channel carries handshakes, descriptors and notifications; an RMA transport moves the bytes
+// without the owner's CPU. The built-in TCP path (agent.cpp) serves when no RMA transport can.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "xfer/types.h"
+
+namespace baton::xfer {
+
+struct RmaOp {
+  void* local = nullptr;
+  uint64_t remote_address = 0;
+  uint64_t remote_region = 0;
+  uint64_t length = 0;
+};
+
+// A connection to one peer's RMA endpoint. Thread-safe.
+class RmaEndpoint {
+ public:
+  virtual ~RmaEndpoint() = default;
+  // Learns a peer region's key (from its MemoryDesc.keys).
+  virtual Status add_region(const MemoryDesc& remote) = 0;
+  virtual void remove_region(uint64_t region) = 0;
+  // Starts reads (write = false) or writes of every op; returns a handle for poll().
+  virtual Result<uint64_t> start(const std::vector<RmaOp>& ops, bool write) = 0;
+  virtual TransferState poll(uint64_t handle, std::string* error) = 0;
+  // Forgets a handle (after it finished, or when its waiter gave up).
+  virtual void release(uint64_t handle) = 0;
+};
+
+class RmaTransport {
+ public:
+  virtual ~RmaTransport() = default;
+  virtual const char* name() const = 0;
+  // Makes [addr, addr+len) reachable by peers; returns the key blob (hex) peers need.
+  virtual Result<std::string> register_region(uint64_t region, void* addr, size_t len, MemoryKind kind) = 0;
+  virtual void deregister_region(uint64_t region) = 0;
+  virtual std::string address() const = 0;  // hex; peers connect with it
+  virtual Result<std::unique_ptr<RmaEndpoint>> connect(const std::string& peer_address) = 0;
+};
+
+// UCX (UCP RMA): shared memory on one host, RDMA verbs where present, TCP otherwise.
+Result<std::unique_ptr<RmaTransport>> create_ucx_transport();
+
+}  // namespace baton::xfer

@@ -1,0 +1,85 @@
+#include "xfer/types.h"
+
+namespace baton::xfer {
+
+Json MemoryDesc::to_json() const {
+  return {{"agent", agent}, {"region", region}, {"address", address}, {"length", length},
+          {"kind", kind == MemoryKind::kCuda ? "cuda" : "host"}, {"device", device}, {"keys", keys}};
+}
+
+Result<MemoryDesc> MemoryDesc::from_json(const Json& j) {
+  MemoryDesc d;
+  const std::string what = "memory descriptor";
+  if (!j.is_object()) return make_error(what, ": expected an object");
+  BATON_ASSIGN_OR_RETURN(d.agent, json_get<std::string>(j, "agent", what));
+  BATON_ASSIGN_OR_RETURN(d.region, json_get<uint64_t>(j, "region", what));
+  BATON_ASSIGN_OR_RETURN(d.address, json_get<uint64_t>(j, "address", what));
+  BATON_ASSIGN_OR_RETURN(d.length, json_get<uint64_t>(j, "length", what));
+  BATON_ASSIGN_OR_RETURN(std::string kind, json_get_or<std::string>(j, "kind", "host", what));
+  if (kind != "host" && kind != "cuda") return make_error(what, ": unknown kind '", kind, "'");
+  d.kind = kind == "cuda" ? MemoryKind::kCuda : MemoryKind::kHost;
+  BATON_ASSIGN_OR_RETURN(d.device, json_get_or<int>(j, "device", 0, what));
+  if (auto it = j.find("keys"); it != j.end() && it->is_object()) d.keys = *it;
+  return d;
+}
+
+Json AgentDesc::to_json() const { return {{"name", name}, {"host", host}, {"port", port}, {"transports", transports}}; }
+
+Result<AgentDesc> AgentDesc::from_json(const Json& j) {
+  AgentDesc d;
+  const std::string what = "agent descriptor";
+  if (!j.is_object()) return make_error(what, ": expected an object");
+  BATON_ASSIGN_OR_RETURN(d.name, json_get<std::string>(j, "name", what));
+  BATON_ASSIGN_OR_RETURN(d.host, json_get<std::string>(j, "host", what));
+  BATON_ASSIGN_OR_RETURN(d.port, json_get<int>(j, "port", what));
+  BATON_ASSIGN_OR_RETURN(d.transports, json_get_or<std::vector<std::string>>(j, "transports", {}, what));
+  if (d.port <= 0 || d.port > 65535) return make_error(what, ": bad port ", d.port);
+  return d;
+}
+
+std::vector<TransferOp> coalesce(const std::vector<TransferOp>& ops) {
+  std::vector<TransferOp> out;
+  for (const TransferOp& op : ops) {
+    if (op.length == 0) continue;
+    if (!out.empty()) {
+      TransferOp& last = out.back();
+      if (last.local_region == op.local_region && last.remote_region == op.remote_region &&
+          last.local_offset + last.length == op.local_offset && last.remote_offset + last.length == op.remote_offset) {
+        last.length += op.length;
+        continue;
+      }
+    }
+    out.push_back(op);
+  }
+  return out;
+}
+
+std::string to_hex(const void* data, size_t n) {
+  static const char* digits = "0123456789abcdef";
+  std::string out(2 * n, '0');
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) {
+    out[2 * i] = digits[p[i] >> 4];
+    out[2 * i + 1] = digits[p[i] & 15];
+  }
+  return out;
+}
+
+Result<std::string> from_hex(const std::string& hex) {
+  if (hex.size() % 2) return make_error("odd-length hex string");
+  std::string out(hex.size() / 2, '\0');
+  auto val = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < out.size(); ++i) {
+    int hi = val(hex[2 * i]), lo = val(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return make_error("invalid hex string");
+    out[i] = static_cast<char>(hi * 16 + lo);
+  }
+  return out;
+}
+
+}  // namespace baton::xfer

@@ -1,0 +1,10 @@
+// Built when UCX is absent: the agent falls back to its TCP path.
+#include "xfer/transport.h"
+
+namespace baton::xfer {
+
+Result<std::unique_ptr<RmaTransport>> create_ucx_transport() {
+  return make_error("this build has no UCX (install libucx-dev and rebuild)");
+}
+
+}  // namespace baton::xfer

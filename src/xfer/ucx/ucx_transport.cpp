@@ -1,0 +1,259 @@
+// The UCX transport: one UCP context and worker per agent, progressed by its own thread, RMA
+// get/put with packed rkeys.
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "common/log.h"
+#include "xfer/transport.h"
+
+namespace baton::xfer {
+
+namespace {
+
+struct Batch {
+  std::atomic<int> remaining{0};
+  std::atomic<bool> failed{false};
+  std::mutex m;
+  std::string error;
+};
+
+// Each request holds its own reference to its batch, so a callback that runs after the
+// endpoint is gone (cancelled on close) still finds live memory.
+void on_done(void* request, ucs_status_t status, void* user_data) {
+  auto* ref = static_cast<std::shared_ptr<Batch>*>(user_data);
+  Batch* b = ref->get();
+  if (status != UCS_OK) {
+    std::lock_guard lock(b->m);
+    if (b->error.empty()) b->error = std::string("UCX transfer failed: ") + ucs_status_string(status);
+    b->failed = true;
+  }
+  b->remaining.fetch_sub(1);
+  delete ref;
+  ucp_request_free(request);
+}
+
+class UcxEndpoint : public RmaEndpoint {
+ public:
+  UcxEndpoint(ucp_worker_h worker, ucp_ep_h ep) : worker_(worker), ep_(ep) {}
+  ~UcxEndpoint() override {
+    std::lock_guard lock(m_);
+    for (auto& [id, rkey] : rkeys_) ucp_rkey_destroy(rkey);
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    ucs_status_ptr_t r = ucp_ep_close_nbx(ep_, &p);
+    if (UCS_PTR_IS_PTR(r)) {
+      // Bounded: an unresponsive peer must not hang the caller (the request is then leaked).
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+      while (ucp_request_check_status(r) == UCS_INPROGRESS && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::microseconds(50));  // the progress thread drives it
+      if (ucp_request_check_status(r) != UCS_INPROGRESS) ucp_request_free(r);
+    }
+  }
+
+  Status add_region(const MemoryDesc& remote) override {
+    auto it = remote.keys.find("ucx");
+    if (it == remote.keys.end() || !it->is_string()) return make_error("region ", remote.region, " has no UCX key");
+    BATON_ASSIGN_OR_RETURN(std::string blob, from_hex(it->get<std::string>()));
+    ucp_rkey_h rkey;
+    ucs_status_t st = ucp_ep_rkey_unpack(ep_, blob.data(), &rkey);
+    if (st != UCS_OK) return make_error("cannot unpack UCX key of region ", remote.region, ": ", ucs_status_string(st));
+    std::lock_guard lock(m_);
+    if (auto old = rkeys_.find(remote.region); old != rkeys_.end()) ucp_rkey_destroy(old->second);
+    rkeys_[remote.region] = rkey;
+    return {};
+  }
+
+  void remove_region(uint64_t region) override {
+    std::lock_guard lock(m_);
+    if (auto it = rkeys_.find(region); it != rkeys_.end()) {
+      ucp_rkey_destroy(it->second);
+      rkeys_.erase(it);
+    }
+  }
+
+  Result<uint64_t> start(const std::vector<RmaOp>& ops, bool write) override {
+    auto batch = std::make_shared<Batch>();
+    batch->remaining = static_cast<int>(ops.size());
+    std::lock_guard lock(m_);
+    for (const RmaOp& op : ops) {
+      auto it = rkeys_.find(op.remote_region);
+      if (it == rkeys_.end()) return make_error("no UCX key for remote region ", op.remote_region);
+    }
+    uint64_t handle = next_handle_++;
+    batches_[handle] = batch;
+    for (const RmaOp& op : ops) {
+      ucp_request_param_t p{};
+      p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+      p.cb.send = on_done;
+      auto* ref = new std::shared_ptr<Batch>(batch);
+      p.user_data = ref;
+      ucp_rkey_h rkey = rkeys_[op.remote_region];
+      ucs_status_ptr_t r = write ? ucp_put_nbx(ep_, op.local, op.length, op.remote_address, rkey, &p)
+                                 : ucp_get_nbx(ep_, op.local, op.length, op.remote_address, rkey, &p);
+      if (r == nullptr || UCS_PTR_IS_ERR(r)) delete ref;  // no callback will come
+      if (r == nullptr) {
+        batch->remaining.fetch_sub(1);  // completed in place
+      } else if (UCS_PTR_IS_ERR(r)) {
+        std::lock_guard bl(batch->m);
+        batch->error = std::string("UCX ") + (write ? "put" : "get") + " failed: " + ucs_status_string(UCS_PTR_STATUS(r));
+        batch->failed = true;
+        batch->remaining.fetch_sub(1);
+      }
+    }
+    return handle;
+  }
+
+  TransferState poll(uint64_t handle, std::string* error) override {
+    std::shared_ptr<Batch> b;
+    {
+      std::lock_guard lock(m_);
+      auto it = batches_.find(handle);
+      if (it == batches_.end()) {
+        if (error) *error = "unknown transfer";
+        return TransferState::kFailed;
+      }
+      b = it->second;
+    }
+    if (b->remaining.load() > 0) return TransferState::kPending;
+    if (b->failed) {
+      std::lock_guard bl(b->m);
+      if (error) *error = b->error;
+      return TransferState::kFailed;
+    }
+    return TransferState::kDone;
+  }
+
+  void release(uint64_t handle) override {
+    std::lock_guard lock(m_);
+    auto it = batches_.find(handle);
+    if (it == batches_.end()) return;
+    batches_.erase(it);  // requests still in flight hold their own references
+  }
+
+ private:
+  ucp_worker_h worker_;
+  ucp_ep_h ep_;
+  std::mutex m_;
+  std::unordered_map<uint64_t, ucp_rkey_h> rkeys_;
+  std::unordered_map<uint64_t, std::shared_ptr<Batch>> batches_;
+  uint64_t next_handle_ = 1;
+};
+
+class UcxTransport : public RmaTransport {
+ public:
+  ~UcxTransport() override {
+    stop_ = true;
+    if (progress_.joinable()) progress_.join();
+    for (auto& [id, memh] : memh_) ucp_mem_unmap(context_, memh);
+    if (worker_) ucp_worker_destroy(worker_);
+    if (context_) ucp_cleanup(context_);
+  }
+
+  Status init() {
+    ucp_config_t* config = nullptr;
+    ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
+    if (st != UCS_OK) return make_error("UCX config: ", ucs_status_string(st));
+    // UCX's own TCP transport (1.13) trips internal assertions when peers die; our control
+    // connection already covers TCP. Use shared memory and RDMA unless the operator says else.
+    if (!std::getenv("UCX_TLS")) ucp_config_modify(config, "TLS", "^tcp");
+    ucp_params_t params{};
+    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+    params.features = UCP_FEATURE_RMA;
+    params.mt_workers_shared = 1;
+    st = ucp_init(&params, config, &context_);
+    ucp_config_release(config);
+    if (st != UCS_OK) return make_error("UCX init: ", ucs_status_string(st));
+    ucp_worker_params_t wp{};
+    wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    wp.thread_mode = UCS_THREAD_MODE_MULTI;
+    st = ucp_worker_create(context_, &wp, &worker_);
+    if (st != UCS_OK) return make_error("UCX worker: ", ucs_status_string(st));
+    ucp_address_t* addr = nullptr;
+    size_t len = 0;
+    st = ucp_worker_get_address(worker_, &addr, &len);
+    if (st != UCS_OK) return make_error("UCX address: ", ucs_status_string(st));
+    address_ = to_hex(addr, len);
+    ucp_worker_release_address(worker_, addr);
+    // Transports without hardware RMA (UCX over TCP) need the target to progress: one thread
+    // progresses this worker for every endpoint and every served region.
+    progress_ = std::thread([this] {
+      while (!stop_) {
+        if (ucp_worker_progress(worker_) == 0) std::this_thread::sleep_for(std::chrono::microseconds(20));
+      }
+    });
+    return {};
+  }
+
+  const char* name() const override { return "ucx"; }
+  std::string address() const override { return address_; }
+
+  Result<std::string> register_region(uint64_t region, void* addr, size_t len, MemoryKind kind) override {
+    if (kind != MemoryKind::kHost) return make_error("this UCX build registers host memory only");
+    ucp_mem_map_params_t mp{};
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    mp.address = addr;
+    mp.length = len;
+    ucp_mem_h memh;
+    ucs_status_t st = ucp_mem_map(context_, &mp, &memh);
+    if (st != UCS_OK) return make_error("UCX cannot register ", len, " bytes: ", ucs_status_string(st));
+    void* rkey_buf = nullptr;
+    size_t rkey_len = 0;
+    st = ucp_rkey_pack(context_, memh, &rkey_buf, &rkey_len);
+    if (st != UCS_OK) {
+      ucp_mem_unmap(context_, memh);
+      return make_error("UCX rkey pack: ", ucs_status_string(st));
+    }
+    std::string key = to_hex(rkey_buf, rkey_len);
+    ucp_rkey_buffer_release(rkey_buf);
+    std::lock_guard lock(m_);
+    memh_[region] = memh;
+    return key;
+  }
+
+  void deregister_region(uint64_t region) override {
+    std::lock_guard lock(m_);
+    if (auto it = memh_.find(region); it != memh_.end()) {
+      ucp_mem_unmap(context_, it->second);
+      memh_.erase(it);
+    }
+  }
+
+  Result<std::unique_ptr<RmaEndpoint>> connect(const std::string& peer_address) override {
+    BATON_ASSIGN_OR_RETURN(std::string blob, from_hex(peer_address));
+    ucp_ep_params_t ep{};
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    ep.address = reinterpret_cast<const ucp_address_t*>(blob.data());
+    // Shared-memory transports cannot report peer failure; the control connection does.
+    ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+    ucp_ep_h h;
+    ucs_status_t st = ucp_ep_create(worker_, &ep, &h);
+    if (st != UCS_OK) return make_error("UCX endpoint: ", ucs_status_string(st));
+    return std::unique_ptr<RmaEndpoint>(std::make_unique<UcxEndpoint>(worker_, h));
+  }
+
+ private:
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  std::string address_;
+  std::mutex m_;
+  std::unordered_map<uint64_t, ucp_mem_h> memh_;
+  std::atomic<bool> stop_{false};
+  std::thread progress_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<RmaTransport>> create_ucx_transport() {
+  auto t = std::make_unique<UcxTransport>();
+  BATON_RETURN_IF_ERROR(t->init());
+  return std::unique_ptr<RmaTransport>(std::move(t));
+}
+
+}  // namespace baton::xfer
