@@ -315,7 +315,8 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer) {
   BATON_RETURN_IF_ERROR(s.set_recv_timeout(std::chrono::milliseconds(0)));
 
   std::shared_ptr<Session> session(new Session(*this, welcome.value("agent", peer.name), std::move(s)));
-  if (rma_ && welcome.contains(rma_->name()) && welcome[rma_->name()].is_string()) {
+  if (rma_ && rma_degraded_) log::warn("session to ", peer.name, ": UCX degraded by an earlier peer failure; using TCP");
+  if (rma_ && !rma_degraded_ && welcome.contains(rma_->name()) && welcome[rma_->name()].is_string()) {
     auto ep = rma_->connect(welcome[rma_->name()].get<std::string>());
     if (ep.ok()) {
       session->rma_ = std::move(*ep);
@@ -506,6 +507,9 @@ void Session::fail_all(const std::string& why) {
       }
     pending_.clear();
     rma = std::move(rma_);
+    if (rma)
+      for (auto& [id, t] : transfers_)
+        if (t.rma_handle) agent_.rma_degraded_ = true;
     cv_.notify_all();
   }
   // Closing the endpoint cancels its transfers: once fail_all returns, no late reply can

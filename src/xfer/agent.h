@@ -18,6 +18,7 @@
 // Known limit: when a UCX transfer times out (a stalled owner), its session is closed, but a
 // late reply may still land in the local destination once the owner resumes; destinations must
 // stay allocated (as a KV pool does) while the agent lives. The TCP path has no such window.
+// After such a failure the agent opens new sessions over TCP.
 #pragma once
 
 #include <chrono>
@@ -153,6 +154,9 @@ class Agent {
   Socket listener_;
   std::thread accept_thread_;
   std::unique_ptr<RmaTransport> rma_;
+  // Set when an RMA session died with transfers in flight: UCX 1.13's worker can be left
+  // unable to reach new peers, so new sessions use TCP from then on.
+  std::atomic<bool> rma_degraded_{false};
 
   mutable std::shared_mutex regions_mutex_;  // shared while serving, exclusive to deregister
   std::map<uint64_t, Region> regions_;

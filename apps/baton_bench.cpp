@@ -1,0 +1,147 @@
+// baton-bench: measurements.
+//   baton-bench xfer [--transport ucx|tcp] [--sizes 4096,...] [--batches 1,16,...] [--json FILE]
+//     Bandwidth and latency of transfer-engine reads between two processes on this host: this
+//     process forks a peer that registers host memory, then reads batches of non-adjacent ranges
+//     from it. Prints a table and, with --json, writes the rows.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "common/cli.h"
+#include "common/json.h"
+#include "xfer/agent.h"
+
+namespace baton {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<uint64_t> parse_list(const std::string& s) {
+  std::vector<uint64_t> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(std::stoull(item));
+  return v;
+}
+
+Status xfer_bench(int argc, char** argv) {
+  std::string transport = "ucx", sizes_s = "4096,16384,65536,262144,1048576,4194304,16777216,67108864",
+              batches_s = "1,16,128,1024", json_path;
+  size_t region_bytes = size_t{1} << 30;
+  double seconds = 0.5;
+  ArgParser args("baton-bench xfer", "Transfer engine read bandwidth and latency between two local processes.");
+  args.add({"--transport"}, &transport, "ucx or tcp");
+  args.add({"--sizes"}, &sizes_s, "range sizes in bytes");
+  args.add({"--batches"}, &batches_s, "ranges per batch");
+  args.add({"--region-bytes"}, &region_bytes, "bytes the peer registers");
+  args.add({"--seconds"}, &seconds, "time per measurement");
+  args.add({"--json"}, &json_path, "write results here");
+  BATON_RETURN_IF_ERROR(args.parse(argc, argv));
+  if (args.help_requested()) return {};
+  if (transport != "ucx" && transport != "tcp") return make_error("--transport must be ucx or tcp");
+  const auto transports = transport == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "tcp"};
+
+  int pipefd[2];
+  if (pipe(pipefd) != 0) return make_error("pipe failed");
+  pid_t child = fork();
+  if (child == 0) {  // the owner
+    close(pipefd[0]);
+    xfer::Agent::Config c;
+    c.name = "bench-owner";
+    c.transports = transports;
+    auto agent = xfer::Agent::create(c);
+    std::vector<uint8_t> mem(region_bytes, 1);
+    auto d = agent.ok() ? (*agent)->register_memory(mem.data(), mem.size()) : Result<xfer::MemoryDesc>(Error{"no agent"});
+    std::string line = d.ok() ? Json({{"agent", (*agent)->describe().to_json()}, {"region", d->to_json()}}).dump() : "{}";
+    line += "\n";
+    (void)!write(pipefd[1], line.data(), line.size());
+    close(pipefd[1]);
+    if (agent.ok()) (*agent)->next_notification(std::chrono::hours(1));
+    _exit(0);
+  }
+  close(pipefd[1]);
+  std::string line;
+  char ch;
+  while (read(pipefd[0], &ch, 1) == 1 && ch != '\n') line += ch;
+  close(pipefd[0]);
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  } reap{child};
+  BATON_ASSIGN_OR_RETURN(Json peer, parse_json(line, "peer"));
+  if (!peer.contains("agent")) return make_error("the peer process could not start an agent");
+  BATON_ASSIGN_OR_RETURN(xfer::AgentDesc peer_agent, xfer::AgentDesc::from_json(peer["agent"]));
+  BATON_ASSIGN_OR_RETURN(xfer::MemoryDesc peer_region, xfer::MemoryDesc::from_json(peer["region"]));
+
+  xfer::Agent::Config c;
+  c.name = "bench-reader";
+  c.transports = transports;
+  BATON_ASSIGN_OR_RETURN(auto agent, xfer::Agent::create(c));
+  std::vector<uint8_t> local(region_bytes, 0);
+  BATON_ASSIGN_OR_RETURN(xfer::MemoryDesc mine, agent->register_memory(local.data(), local.size()));
+  BATON_ASSIGN_OR_RETURN(auto session, agent->connect(peer_agent));
+
+  Json rows = Json::array();
+  std::printf("transport: %s\n| size | batch | GB/s | us/batch | batches |\n|---|---|---|---|---|\n", session->transport().c_str());
+  for (uint64_t size : parse_list(sizes_s)) {
+    for (uint64_t batch : parse_list(batches_s)) {
+      // Ranges 2*size apart so that none coalesce; skip what does not fit the region.
+      if (2 * size * batch > region_bytes) continue;
+      std::vector<xfer::TransferOp> ops;
+      for (uint64_t i = 0; i < batch; ++i) ops.push_back({mine.region, 2 * i * size, peer_region.region, 2 * i * size, size});
+      auto run_once = [&]() -> Status {
+        BATON_ASSIGN_OR_RETURN(xfer::TransferId id, session->read(ops));
+        return session->wait(id);
+      };
+      BATON_RETURN_IF_ERROR(run_once());  // warm-up (wireup, first touch)
+      int n = 0;
+      const auto t0 = Clock::now();
+      double elapsed = 0;
+      while (elapsed < seconds || n < 3) {
+        BATON_RETURN_IF_ERROR(run_once());
+        ++n;
+        elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+      }
+      const double gbps = static_cast<double>(size * batch * n) / elapsed / 1e9;
+      const double us = elapsed / n * 1e6;
+      std::printf("| %llu | %llu | %.2f | %.1f | %d |\n", static_cast<unsigned long long>(size),
+                  static_cast<unsigned long long>(batch), gbps, us, n);
+      std::fflush(stdout);
+      rows.push_back({{"transport", session->transport()}, {"size", size}, {"batch", batch}, {"gb_per_s", gbps},
+                      {"us_per_batch", us}, {"batches", n}});
+    }
+  }
+  (void)session->notify("exit");
+  if (!json_path.empty()) {
+    std::ofstream f(json_path);
+    f << rows.dump(2) << "\n";
+    if (!f) return make_error(json_path, ": write failed");
+  }
+  return {};
+}
+
+}  // namespace
+}  // namespace baton
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "xfer") != 0) {
+    std::fprintf(stderr, "usage: baton-bench xfer [options] (see baton-bench xfer --help)\n");
+    return 1;
+  }
+  baton::Status s = baton::xfer_bench(argc - 1, argv + 1);
+  if (!s.ok()) {
+    std::fprintf(stderr, "baton-bench: %s\n", s.message().c_str());
+    return 1;
+  }
+  return 0;
+}
