@@ -556,9 +556,13 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
       continue;  // poll() now reports the failure
     }
     std::unique_lock lock(mutex_);
-    if (rma_ || transport_ != "tcp") {
+    if (rma_) {
+      rma_->progress();
       lock.unlock();
-      if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(20));
+      if (spins > 100000) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    } else if (transport_ != "tcp") {
+      lock.unlock();
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
     } else {
       cv_.wait_until(lock, std::min(deadline, Clock::now() + std::chrono::milliseconds(100)));
     }

@@ -30,6 +30,8 @@ class RmaEndpoint {
   // Starts reads (write = false) or writes of every op; returns a handle for poll().
   virtual Result<uint64_t> start(const std::vector<RmaOp>& ops, bool write) = 0;
   virtual TransferState poll(uint64_t handle, std::string* error) = 0;
+  // Drives the transport from a waiting thread (lower latency than the background progress).
+  virtual void progress() {}
   // Forgets a handle (after it finished, or when its waiter gave up).
   virtual void release(uint64_t handle) = 0;
 };

@@ -2,6 +2,8 @@
 // get/put with packed rkeys.
 #include <ucp/api/ucp.h>
 
+#include <poll.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -69,6 +71,8 @@ class UcxEndpoint : public RmaEndpoint {
     rkeys_[remote.region] = rkey;
     return {};
   }
+
+  void progress() override { ucp_worker_progress(worker_); }
 
   void remove_region(uint64_t region) override {
     std::lock_guard lock(m_);
@@ -165,7 +169,7 @@ class UcxTransport : public RmaTransport {
     if (!std::getenv("UCX_TLS")) ucp_config_modify(config, "TLS", "^tcp");
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-    params.features = UCP_FEATURE_RMA;
+    params.features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
     params.mt_workers_shared = 1;
     st = ucp_init(&params, config, &context_);
     ucp_config_release(config);
@@ -183,9 +187,22 @@ class UcxTransport : public RmaTransport {
     ucp_worker_release_address(worker_, addr);
     // Transports without hardware RMA (UCX over TCP) need the target to progress: one thread
     // progresses this worker for every endpoint and every served region.
-    progress_ = std::thread([this] {
+    int efd = -1;
+    if (ucp_worker_get_efd(worker_, &efd) != UCS_OK) efd = -1;
+    progress_ = std::thread([this, efd] {
+      // Event-driven: sleep on the worker's event fd until UCX has work (a peer's request to
+      // serve, a completion), so the owner answers at once without burning a core.
       while (!stop_) {
-        if (ucp_worker_progress(worker_) == 0) std::this_thread::sleep_for(std::chrono::microseconds(20));
+        while (ucp_worker_progress(worker_) != 0) {
+        }
+        if (efd < 0) {
+          std::this_thread::sleep_for(std::chrono::microseconds(50));
+          continue;
+        }
+        ucs_status_t st = ucp_worker_arm(worker_);
+        if (st == UCS_ERR_BUSY) continue;
+        pollfd p{efd, POLLIN, 0};
+        ::poll(&p, 1, 5);  // bounded, so stop_ is seen
       }
     });
     return {};
