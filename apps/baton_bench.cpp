@@ -36,6 +36,7 @@ Status xfer_bench(int argc, char** argv) {
               batches_s = "1,16,128,1024", json_path;
   size_t region_bytes = size_t{1} << 30;
   double seconds = 0.5;
+  bool shared = false;
   ArgParser args("baton-bench xfer", "Transfer engine read bandwidth and latency between two local processes.");
   args.add({"--transport"}, &transport, "ucx or tcp");
   args.add({"--sizes"}, &sizes_s, "range sizes in bytes");
@@ -43,6 +44,7 @@ Status xfer_bench(int argc, char** argv) {
   args.add({"--region-bytes"}, &region_bytes, "bytes the peer registers");
   args.add({"--seconds"}, &seconds, "time per measurement");
   args.add({"--json"}, &json_path, "write results here");
+  args.add_flag({"--shared"}, &shared, "regions from Agent::allocate_memory (UCX shared memory), as a KV pool uses");
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
   if (args.help_requested()) return {};
   if (transport != "ucx" && transport != "tcp") return make_error("--transport must be ucx or tcp");
@@ -57,8 +59,20 @@ Status xfer_bench(int argc, char** argv) {
     c.name = "bench-owner";
     c.transports = transports;
     auto agent = xfer::Agent::create(c);
-    std::vector<uint8_t> mem(region_bytes, 1);
-    auto d = agent.ok() ? (*agent)->register_memory(mem.data(), mem.size()) : Result<xfer::MemoryDesc>(Error{"no agent"});
+    std::vector<uint8_t> mem;
+    Result<xfer::MemoryDesc> d = Error{"no agent"};
+    if (agent.ok() && shared) {
+      auto a = (*agent)->allocate_memory(region_bytes);
+      if (a.ok()) {
+        std::memset(a->first, 1, region_bytes);
+        d = a->second;
+      } else {
+        d = Error{a.error()};
+      }
+    } else if (agent.ok()) {
+      mem.assign(region_bytes, 1);
+      d = (*agent)->register_memory(mem.data(), mem.size());
+    }
     std::string line = d.ok() ? Json({{"agent", (*agent)->describe().to_json()}, {"region", d->to_json()}}).dump() : "{}";
     line += "\n";
     (void)!write(pipefd[1], line.data(), line.size());
@@ -88,11 +102,18 @@ Status xfer_bench(int argc, char** argv) {
   c.transports = transports;
   BATON_ASSIGN_OR_RETURN(auto agent, xfer::Agent::create(c));
   std::vector<uint8_t> local(region_bytes, 0);
-  BATON_ASSIGN_OR_RETURN(xfer::MemoryDesc mine, agent->register_memory(local.data(), local.size()));
+  xfer::MemoryDesc mine;
+  if (shared) {
+    BATON_ASSIGN_OR_RETURN(auto a, agent->allocate_memory(region_bytes));
+    std::memset(a.first, 0, region_bytes);
+    mine = a.second;
+  } else {
+    BATON_ASSIGN_OR_RETURN(mine, agent->register_memory(local.data(), local.size()));
+  }
   BATON_ASSIGN_OR_RETURN(auto session, agent->connect(peer_agent));
 
   Json rows = Json::array();
-  std::printf("transport: %s\n| size | batch | GB/s | us/batch | batches |\n|---|---|---|---|---|\n", session->transport().c_str());
+  std::printf("transport: %s%s\n| size | batch | GB/s | us/batch | batches |\n|---|---|---|---|---|\n", session->transport().c_str(), shared ? " (shared regions)" : "");
   for (uint64_t size : parse_list(sizes_s)) {
     for (uint64_t batch : parse_list(batches_s)) {
       // Ranges 2*size apart so that none coalesce; skip what does not fit the region.

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 export UCX_TLS=${UCX_TLS:-^tcp}
 BENCH=${BUILD_DIR:-build}/apps/baton-bench
 echo "## baton-bench xfer (ucx and tcp), full grid"
+"$BENCH" xfer --transport ucx --shared --json /tmp/xfer_ucx_shared.json 2>/dev/null
 for t in ucx tcp; do
   "$BENCH" xfer --transport "$t" --json "/tmp/xfer_$t.json" 2>/dev/null
 done

@@ -103,8 +103,41 @@ Result<MemoryDesc> Agent::register_memory(void* ptr, size_t n_bytes, MemoryKind 
       log::warn("region ", id, ": ", key.error(), "; served over TCP only");
     }
   }
-  regions_[id] = Region{static_cast<std::byte*>(ptr), n_bytes, d};
+  regions_[id] = Region{static_cast<std::byte*>(ptr), n_bytes, d, nullptr};
   return d;
+}
+
+Result<std::pair<void*, MemoryDesc>> Agent::allocate_memory(size_t n_bytes) {
+  if (n_bytes == 0) return make_error("allocate_memory: empty region");
+  std::unique_lock lock(regions_mutex_);
+  const uint64_t id = next_region_++;
+  MemoryDesc d;
+  d.agent = config_.name;
+  d.region = id;
+  d.length = n_bytes;
+  Region r;
+  if (rma_) {
+    auto mem = rma_->allocate_region(id, n_bytes);
+    if (mem.ok()) {
+      r.ptr = static_cast<std::byte*>(mem->first);
+      d.keys[rma_->name()] = mem->second;
+    } else {
+      log::warn("allocate_memory: ", mem.error(), "; using ordinary memory");
+    }
+  }
+  if (!r.ptr) {
+    r.owned = std::shared_ptr<void>(::operator new(n_bytes), [](void* p) { ::operator delete(p); });
+    r.ptr = static_cast<std::byte*>(r.owned.get());
+    if (rma_) {
+      auto key = rma_->register_region(id, r.ptr, n_bytes, MemoryKind::kHost);
+      if (key.ok()) d.keys[rma_->name()] = *key;
+    }
+  }
+  d.address = reinterpret_cast<uint64_t>(r.ptr);
+  r.length = n_bytes;
+  r.desc = d;
+  regions_[id] = r;
+  return std::make_pair(static_cast<void*>(r.ptr), d);
 }
 
 Status Agent::deregister_memory(uint64_t region) {

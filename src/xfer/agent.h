@@ -113,6 +113,10 @@ class Agent {
   ~Agent();
 
   Result<MemoryDesc> register_memory(void* ptr, size_t n_bytes, MemoryKind kind = MemoryKind::kHost, int device = 0);
+  // Allocates and registers n_bytes of host memory that same-host peers read by plain copies
+  // (UCX shared memory), falling back to ordinary memory. The agent owns it: it is freed when
+  // the region is deregistered or the agent is destroyed. Use it for KV pools.
+  Result<std::pair<void*, MemoryDesc>> allocate_memory(size_t n_bytes);
   // Waits for reads being served from the region, then revokes it; peers are told.
   Status deregister_memory(uint64_t region);
   std::vector<MemoryDesc> regions() const;
@@ -130,9 +134,10 @@ class Agent {
  private:
   friend class Session;
   struct Region {
-    std::byte* ptr;
-    size_t length;
+    std::byte* ptr = nullptr;
+    size_t length = 0;
     MemoryDesc desc;
+    std::shared_ptr<void> owned;  // memory the agent allocated (fallback path)
   };
   explicit Agent(Config config) : config_(std::move(config)) {}
   // One accepted peer connection. Its thread serves requests; deregister_memory() also sends

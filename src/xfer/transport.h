@@ -43,6 +43,13 @@ class RmaTransport {
   // Makes [addr, addr+len) reachable by peers; returns the key blob (hex) peers need.
   virtual Result<std::string> register_region(uint64_t region, void* addr, size_t len, MemoryKind kind) = 0;
   virtual void deregister_region(uint64_t region) = 0;
+  // Allocates n bytes that peers on this host can reach without a system call per transfer
+  // (UCX maps it shared); registered as `region`. nullptr when the transport cannot.
+  virtual Result<std::pair<void*, std::string>> allocate_region(uint64_t region, size_t n) {
+    (void)region;
+    (void)n;
+    return make_error(name(), " cannot allocate shared regions");
+  }
   virtual std::string address() const = 0;  // hex; peers connect with it
   virtual Result<std::unique_ptr<RmaEndpoint>> connect(const std::string& peer_address) = 0;
 };

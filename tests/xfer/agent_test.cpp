@@ -218,6 +218,24 @@ TEST_P(XferTest, ManySessionsAtOnce) {
   EXPECT_EQ(ok.load(), 6);
 }
 
+TEST_P(XferTest, AllocatedSharedRegionsMoveExactBytes) {
+  const std::string transport = GetParam();
+  auto owner = make_agent("owner", transport), reader = make_agent("reader", transport);
+  const size_t n = 8 << 20;
+  auto src = owner->allocate_memory(n);
+  auto dst = reader->allocate_memory(n);
+  ASSERT_TRUE(src.ok() && dst.ok());
+  auto* s8 = static_cast<uint8_t*>(src->first);
+  for (size_t i = 0; i < n; ++i) s8[i] = static_cast<uint8_t>(i * 7 + (i >> 11));
+  auto session = reader->connect(owner->describe());
+  ASSERT_TRUE(session.ok());
+  auto id = (*session)->read(mixed_ops(dst->second.region, src->second.region, n, 8));
+  ASSERT_TRUE(id.ok()) << id.error();
+  ASSERT_TRUE((*session)->wait(*id).ok());
+  EXPECT_EQ(checksum(static_cast<uint8_t*>(dst->first), n), checksum(s8, n));
+  EXPECT_TRUE(owner->deregister_memory(src->second.region).ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, XferTest, ::testing::Values("tcp", "ucx"));
 
 TEST(XferCoalesceTest, ContiguousOpsMerge) {

@@ -234,6 +234,32 @@ class UcxTransport : public RmaTransport {
     return key;
   }
 
+  Result<std::pair<void*, std::string>> allocate_region(uint64_t region, size_t n) override {
+    ucp_mem_map_params_t mp{};
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    mp.address = nullptr;
+    mp.length = n;
+    mp.flags = UCP_MEM_MAP_ALLOCATE;
+    ucp_mem_h memh;
+    ucs_status_t st = ucp_mem_map(context_, &mp, &memh);
+    if (st != UCS_OK) return make_error("UCX cannot allocate ", n, " bytes: ", ucs_status_string(st));
+    ucp_mem_attr_t attr{};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
+    ucp_mem_query(memh, &attr);
+    void* rkey_buf = nullptr;
+    size_t rkey_len = 0;
+    st = ucp_rkey_pack(context_, memh, &rkey_buf, &rkey_len);
+    if (st != UCS_OK) {
+      ucp_mem_unmap(context_, memh);
+      return make_error("UCX rkey pack: ", ucs_status_string(st));
+    }
+    std::string key = to_hex(rkey_buf, rkey_len);
+    ucp_rkey_buffer_release(rkey_buf);
+    std::lock_guard lock(m_);
+    memh_[region] = memh;
+    return std::make_pair(attr.address, key);
+  }
+
   void deregister_region(uint64_t region) override {
     std::lock_guard lock(m_);
     if (auto it = memh_.find(region); it != memh_.end()) {
