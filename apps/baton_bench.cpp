@@ -154,15 +154,9 @@ Status xfer_bench(int argc, char** argv) {
 }  // namespace
 }  // namespace baton
 
-int main(int argc, char** argv) {
-  if (argc < 2 || std::strcmp(argv[1], "xfer") != 0) {
-    std::fprintf(stderr, "usage: baton-bench xfer [options] (see baton-bench xfer --help)\n");
-    return 1;
-  }
-  baton::Status s = baton::xfer_bench(argc - 1, argv + 1);
-  if (!s.ok()) {
-    std::fprintf(stderr, "baton-bench: %s\n", s.message().c_str());
-    return 1;
-  }
-  return 0;
+baton::Status run(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "xfer") != 0) return baton::make_error("usage: baton-bench xfer [options] (see baton-bench xfer --help)");
+  return baton::xfer_bench(argc - 1, argv + 1);
 }
+
+int main(int argc, char** argv) { return baton::run_main("baton-bench", argc, argv, run); }

@@ -144,16 +144,4 @@ baton::Status run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    baton::Status s = run(argc, argv);
-    if (!s.ok()) {
-      std::fprintf(stderr, "baton-server: %s\n", s.message().c_str());
-      return 1;
-    }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "baton-server: internal error: %s\n", e.what());
-    return 2;
-  }
-  return 0;
-}
+int main(int argc, char** argv) { return baton::run_main("baton-server", argc, argv, run); }

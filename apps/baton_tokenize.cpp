@@ -77,11 +77,4 @@ baton::Status run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  baton::Status s = run(argc, argv);
-  if (!s.ok()) {
-    std::fprintf(stderr, "baton-tokenize: %s\n", s.message().c_str());
-    return 1;
-  }
-  return 0;
-}
+int main(int argc, char** argv) { return baton::run_main("baton-tokenize", argc, argv, run); }

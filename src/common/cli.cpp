@@ -107,4 +107,18 @@ std::string ArgParser::usage() const {
   return out.str();
 }
 
+int run_main(const char* program, int argc, char** argv, Status (*run)(int, char**)) {
+  try {
+    Status s = run(argc, argv);
+    if (!s.ok()) {
+      std::fprintf(stderr, "%s: %s\n", program, s.message().c_str());
+      return 1;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: internal error: %s\n", program, e.what());
+    return 2;
+  }
+  return 0;
+}
+
 }  // namespace baton

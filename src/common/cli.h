@@ -42,4 +42,8 @@ class ArgParser {
   bool help_ = false;
 };
 
+// The body of every app's main(): runs `run`, prints "<program>: <message>" on one line on
+// failure (exit 1) or on an unexpected exception (exit 2).
+int run_main(const char* program, int argc, char** argv, Status (*run)(int, char**));
+
 }  // namespace baton

@@ -211,6 +211,22 @@ class UcxTransport : public RmaTransport {
   const char* name() const override { return "ucx"; }
   std::string address() const override { return address_; }
 
+  // Packs the key peers need for memh and keeps memh under `region`.
+  Result<std::string> adopt(uint64_t region, ucp_mem_h memh) {
+    void* rkey_buf = nullptr;
+    size_t rkey_len = 0;
+    ucs_status_t st = ucp_rkey_pack(context_, memh, &rkey_buf, &rkey_len);
+    if (st != UCS_OK) {
+      ucp_mem_unmap(context_, memh);
+      return make_error("UCX rkey pack: ", ucs_status_string(st));
+    }
+    std::string key = to_hex(rkey_buf, rkey_len);
+    ucp_rkey_buffer_release(rkey_buf);
+    std::lock_guard lock(m_);
+    memh_[region] = memh;
+    return key;
+  }
+
   Result<std::string> register_region(uint64_t region, void* addr, size_t len, MemoryKind kind) override {
     if (kind != MemoryKind::kHost) return make_error("this UCX build registers host memory only");
     ucp_mem_map_params_t mp{};
@@ -220,17 +236,7 @@ class UcxTransport : public RmaTransport {
     ucp_mem_h memh;
     ucs_status_t st = ucp_mem_map(context_, &mp, &memh);
     if (st != UCS_OK) return make_error("UCX cannot register ", len, " bytes: ", ucs_status_string(st));
-    void* rkey_buf = nullptr;
-    size_t rkey_len = 0;
-    st = ucp_rkey_pack(context_, memh, &rkey_buf, &rkey_len);
-    if (st != UCS_OK) {
-      ucp_mem_unmap(context_, memh);
-      return make_error("UCX rkey pack: ", ucs_status_string(st));
-    }
-    std::string key = to_hex(rkey_buf, rkey_len);
-    ucp_rkey_buffer_release(rkey_buf);
-    std::lock_guard lock(m_);
-    memh_[region] = memh;
+    BATON_ASSIGN_OR_RETURN(std::string key, adopt(region, memh));
     return key;
   }
 
@@ -246,17 +252,7 @@ class UcxTransport : public RmaTransport {
     ucp_mem_attr_t attr{};
     attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
     ucp_mem_query(memh, &attr);
-    void* rkey_buf = nullptr;
-    size_t rkey_len = 0;
-    st = ucp_rkey_pack(context_, memh, &rkey_buf, &rkey_len);
-    if (st != UCS_OK) {
-      ucp_mem_unmap(context_, memh);
-      return make_error("UCX rkey pack: ", ucs_status_string(st));
-    }
-    std::string key = to_hex(rkey_buf, rkey_len);
-    ucp_rkey_buffer_release(rkey_buf);
-    std::lock_guard lock(m_);
-    memh_[region] = memh;
+    BATON_ASSIGN_OR_RETURN(std::string key, adopt(region, memh));
     return std::make_pair(attr.address, key);
   }
 
