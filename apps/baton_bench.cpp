@@ -17,6 +17,9 @@
 #include "common/cli.h"
 #include "common/json.h"
 #include "xfer/agent.h"
+#if BATON_HAS_CUDA
+#include <cuda_runtime.h>
+#endif
 
 namespace baton {
 namespace {
@@ -37,6 +40,7 @@ Status xfer_bench(int argc, char** argv) {
   size_t region_bytes = size_t{1} << 30;
   double seconds = 0.5;
   bool shared = false;
+  bool cuda = false;
   ArgParser args("baton-bench xfer", "Transfer engine read bandwidth and latency between two local processes.");
   args.add({"--transport"}, &transport, "ucx or tcp");
   args.add({"--sizes"}, &sizes_s, "range sizes in bytes");
@@ -44,6 +48,7 @@ Status xfer_bench(int argc, char** argv) {
   args.add({"--region-bytes"}, &region_bytes, "bytes the peer registers");
   args.add({"--seconds"}, &seconds, "time per measurement");
   args.add({"--json"}, &json_path, "write results here");
+  args.add_flag({"--cuda"}, &cuda, "GPU memory on both sides (cuda_ipc), with an in-process cudaMemcpy baseline");
   args.add_flag({"--shared"}, &shared, "regions from Agent::allocate_memory (UCX shared memory), as a KV pool uses");
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
   if (args.help_requested()) return {};
@@ -61,7 +66,12 @@ Status xfer_bench(int argc, char** argv) {
     auto agent = xfer::Agent::create(c);
     std::vector<uint8_t> mem;
     Result<xfer::MemoryDesc> d = Error{"no agent"};
-    if (agent.ok() && shared) {
+    if (agent.ok() && cuda) {
+#if BATON_HAS_CUDA
+      void* g = nullptr;
+      if (cudaMalloc(&g, region_bytes) == cudaSuccess) d = (*agent)->register_memory(g, region_bytes, xfer::MemoryKind::kCuda);
+#endif
+    } else if (agent.ok() && shared) {
       auto a = (*agent)->allocate_memory(region_bytes);
       if (a.ok()) {
         std::memset(a->first, 1, region_bytes);
@@ -103,7 +113,15 @@ Status xfer_bench(int argc, char** argv) {
   BATON_ASSIGN_OR_RETURN(auto agent, xfer::Agent::create(c));
   std::vector<uint8_t> local(region_bytes, 0);
   xfer::MemoryDesc mine;
-  if (shared) {
+  void* local_gpu = nullptr;
+  if (cuda) {
+#if BATON_HAS_CUDA
+    if (cudaMalloc(&local_gpu, region_bytes) != cudaSuccess) return make_error("cudaMalloc failed");
+    BATON_ASSIGN_OR_RETURN(mine, agent->register_memory(local_gpu, region_bytes, xfer::MemoryKind::kCuda));
+#else
+    return make_error("--cuda needs a CUDA build");
+#endif
+  } else if (shared) {
     BATON_ASSIGN_OR_RETURN(auto a, agent->allocate_memory(region_bytes));
     std::memset(a.first, 0, region_bytes);
     mine = a.second;
@@ -138,8 +156,38 @@ Status xfer_bench(int argc, char** argv) {
       std::printf("| %llu | %llu | %.2f | %.1f | %d |\n", static_cast<unsigned long long>(size),
                   static_cast<unsigned long long>(batch), gbps, us, n);
       std::fflush(stdout);
-      rows.push_back({{"transport", session->transport()}, {"size", size}, {"batch", batch}, {"gb_per_s", gbps},
-                      {"us_per_batch", us}, {"batches", n}});
+      Json row = {{"transport", cuda ? "cuda_ipc" : session->transport()}, {"size", size}, {"batch", batch},
+                  {"gb_per_s", gbps}, {"us_per_batch", us}, {"batches", n}};
+#if BATON_HAS_CUDA
+      if (cuda) {  // the same copies inside one process: the ceiling cuda_ipc is measured against
+        void* peer_like = nullptr;
+        cudaMalloc(&peer_like, 2 * size * batch);
+        cudaStream_t st;
+        cudaStreamCreate(&st);
+        auto copy_once = [&] {
+          for (uint64_t i = 0; i < batch; ++i)
+            cudaMemcpyAsync(static_cast<char*>(local_gpu) + 2 * i * size, static_cast<char*>(peer_like) + 2 * i * size,
+                            size, cudaMemcpyDeviceToDevice, st);
+          cudaStreamSynchronize(st);
+        };
+        copy_once();
+        int m = 0;
+        const auto c0 = Clock::now();
+        double el = 0;
+        while (el < seconds || m < 3) {
+          copy_once();
+          ++m;
+          el = std::chrono::duration<double>(Clock::now() - c0).count();
+        }
+        const double base = static_cast<double>(size * batch * m) / el / 1e9;
+        std::printf("|   in-process cudaMemcpy d2d | | %.2f | ratio %.2f | |\n", base, gbps / base);
+        row["memcpy_gb_per_s"] = base;
+        row["ratio"] = gbps / base;
+        cudaStreamDestroy(st);
+        cudaFree(peer_like);
+      }
+#endif
+      rows.push_back(row);
     }
   }
   (void)session->notify("exit");

@@ -46,6 +46,7 @@ Result<std::unique_ptr<Agent>> Agent::create(Config config) {
       log::warn("transfer agent ", a->config_.name, ": UCX unavailable (", ucx.error(), "); using TCP");
     }
   }
+  if (auto cuda = create_cuda_ipc_transport(); cuda.ok()) a->gpu_ = std::move(*cuda);
   a->accept_thread_ = std::thread([p = a.get()] { p->accept_loop(); });
   return a;
 }
@@ -79,13 +80,15 @@ AgentDesc Agent::describe() const {
   d.host = config_.host == "0.0.0.0" ? "127.0.0.1" : config_.host;
   d.port = port_;
   if (rma_) d.transports.push_back(rma_->name());
+  if (gpu_) d.transports.push_back(gpu_->name());
   d.transports.push_back("tcp");
   return d;
 }
 
 Result<MemoryDesc> Agent::register_memory(void* ptr, size_t n_bytes, MemoryKind kind, int device) {
   if (!ptr || n_bytes == 0) return make_error("register_memory: empty region");
-  if (kind == MemoryKind::kCuda) return make_error("register_memory: CUDA memory needs the cuda_ipc transport (a CUDA build)");
+  if (kind == MemoryKind::kCuda && !gpu_)
+    return make_error("register_memory: GPU memory needs the cuda_ipc transport (a CUDA build on a GPU machine)");
   std::unique_lock lock(regions_mutex_);
   const uint64_t id = next_region_++;
   MemoryDesc d;
@@ -95,7 +98,10 @@ Result<MemoryDesc> Agent::register_memory(void* ptr, size_t n_bytes, MemoryKind 
   d.length = n_bytes;
   d.kind = kind;
   d.device = device;
-  if (rma_) {
+  if (kind == MemoryKind::kCuda) {
+    BATON_ASSIGN_OR_RETURN(std::string key, gpu_->register_region(id, ptr, n_bytes, kind));
+    d.keys[gpu_->name()] = key;
+  } else if (rma_) {
     auto key = rma_->register_region(id, ptr, n_bytes, kind);
     if (key.ok()) {
       d.keys[rma_->name()] = *key;
@@ -145,7 +151,11 @@ Status Agent::deregister_memory(uint64_t region) {
     std::unique_lock lock(regions_mutex_);  // waits for reads being served from it
     auto it = regions_.find(region);
     if (it == regions_.end()) return make_error("region ", region, " is not registered");
-    if (rma_) rma_->deregister_region(region);
+    if (it->second.desc.kind == MemoryKind::kCuda) {
+      gpu_->deregister_region(region);
+    } else if (rma_) {
+      rma_->deregister_region(region);
+    }
     regions_.erase(it);
   }
   // Tell connected peers, so that they refuse RMA to it without asking.
@@ -263,6 +273,7 @@ void Agent::serve(Served& conn) {
   if (!config_.token.empty() && hj->value("token", "") != config_.token) return refuse("wrong or missing deployment token");
   Json welcome = {{"agent", config_.name}, {"regions", regions_json()}, {"version", kProtocolVersion}};
   if (rma_) welcome[rma_->name()] = rma_->address();
+  if (gpu_) welcome[gpu_->name()] = gpu_->address();
   if (!send_locked(MsgType::kWelcome, 0, welcome.dump()).ok()) return;
   (void)socket.set_recv_timeout(std::chrono::milliseconds(0));  // idle sessions may wait long
 
@@ -284,6 +295,10 @@ void Agent::serve(Served& conn) {
         auto p = locate(op.region, op.offset, op.length);
         if (!p.ok()) {
           error = p.error();
+          break;
+        }
+        if (regions_.at(op.region).desc.kind == MemoryKind::kCuda) {
+          error = "region " + std::to_string(op.region) + " is GPU memory: it moves over cuda_ipc, not TCP";
           break;
         }
         where.push_back(*p);
@@ -358,6 +373,14 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer) {
       log::warn("session to ", peer.name, ": ", ep.error(), "; using TCP");
     }
   }
+  if (gpu_ && welcome.contains(gpu_->name()) && welcome[gpu_->name()].is_string()) {
+    auto ep = gpu_->connect(welcome[gpu_->name()].get<std::string>());
+    if (ep.ok()) {
+      session->gpu_ = std::move(*ep);
+    } else {
+      log::info("session to ", peer.name, ": ", ep.error(), "; GPU regions unreachable");
+    }
+  }
   session->set_regions(welcome.value("regions", Json::array()));
   session->reader_ = std::thread([p = session.get()] { p->reader_loop(); });
   std::lock_guard lock(sessions_mutex_);
@@ -383,12 +406,13 @@ void Session::set_regions(const Json& regions) {
     if (d.ok()) next[d->region] = *d;
   }
   std::lock_guard lock(mutex_);
-  if (rma_) {
-    for (const auto& [id, d] : regions_)
-      if (!next.count(id)) rma_->remove_region(id);
-    for (const auto& [id, d] : next)
-      if (!regions_.count(id)) (void)rma_->add_region(d);
-  }
+  auto ep_for = [&](const MemoryDesc& d) { return d.kind == MemoryKind::kCuda ? gpu_.get() : rma_.get(); };
+  for (const auto& [id, d] : regions_)
+    if (!next.count(id))
+      if (RmaEndpoint* ep = ep_for(d)) ep->remove_region(id);
+  for (const auto& [id, d] : next)
+    if (!regions_.count(id))
+      if (RmaEndpoint* ep = ep_for(d)) (void)ep->add_region(d);
   regions_ = std::move(next);
 }
 
@@ -432,6 +456,7 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
   // Check both ends of every op before anything moves.
   std::vector<std::pair<std::byte*, uint64_t>> local;
   std::vector<RmaOp> rma_ops;
+  bool gpu = false;
   std::shared_lock local_lock(agent_.regions_mutex_);
   {
     std::lock_guard lock(mutex_);
@@ -444,18 +469,25 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
         return make_error("range [", op.remote_offset, ", ", op.remote_offset + op.length, ") is outside region ",
                           op.remote_region, " of ", peer_, " (", r->second.length, " bytes)");
       local.emplace_back(*p, op.length);
+      gpu = gpu || r->second.kind == MemoryKind::kCuda ||
+            agent_.regions_.at(op.local_region).desc.kind == MemoryKind::kCuda;
       rma_ops.push_back({*p, r->second.address + op.remote_offset, op.remote_region, op.length});
     }
     transfers_[id].started = Clock::now();
   }
   std::unique_lock rma_lock(mutex_);
-  if (rma_) {
-    auto handle = rma_->start(rma_ops, !is_read);
+  if (gpu && !gpu_) {
+    transfers_.erase(id);
+    return make_error("GPU memory on either side needs cuda_ipc to ", peer_, " (same host, CUDA build)");
+  }
+  if (RmaEndpoint* ep = gpu ? gpu_.get() : rma_.get()) {
+    auto handle = ep->start(rma_ops, !is_read);
     if (!handle.ok()) {
       transfers_.erase(id);
       return handle.error().empty() ? make_error("transfer failed") : make_error(handle.error());
     }
     transfers_[id].rma_handle = *handle;
+    transfers_[id].on_gpu = gpu;
     return id;
   }
   rma_lock.unlock();
@@ -530,7 +562,7 @@ void Session::reader_loop() {
 void Session::fail_all(const std::string& why) {
   broken_ = true;
   socket_.shutdown();
-  std::unique_ptr<RmaEndpoint> rma;
+  std::unique_ptr<RmaEndpoint> rma, gpu;
   {
     std::lock_guard lock(mutex_);
     for (auto& [id, t] : transfers_)
@@ -540,14 +572,16 @@ void Session::fail_all(const std::string& why) {
       }
     pending_.clear();
     rma = std::move(rma_);
+    gpu = std::move(gpu_);
     if (rma)
       for (auto& [id, t] : transfers_)
-        if (t.rma_handle) agent_.rma_degraded_ = true;
+        if (t.rma_handle && !t.on_gpu) agent_.rma_degraded_ = true;
     cv_.notify_all();
   }
   // Closing the endpoint cancels its transfers: once fail_all returns, no late reply can
   // write into local memory the caller may free.
   rma.reset();
+  gpu.reset();
 }
 
 TransferState Session::poll(TransferId id, std::string* error) {
@@ -558,8 +592,8 @@ TransferState Session::poll(TransferId id, std::string* error) {
     return TransferState::kFailed;
   }
   Transfer& t = it->second;
-  if (t.state == TransferState::kPending && t.rma_handle && rma_) {
-    t.state = rma_->poll(t.rma_handle, &t.error);
+  if (t.state == TransferState::kPending && t.rma_handle && endpoint_of(t)) {
+    t.state = endpoint_of(t)->poll(t.rma_handle, &t.error);
     if (t.state == TransferState::kFailed) t.error = "transfer with " + peer_ + ": " + t.error;
   }
   if (t.state != TransferState::kPending && error) *error = t.error;
@@ -577,7 +611,7 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
       std::lock_guard lock(mutex_);
       auto it = transfers_.find(id);
       if (it != transfers_.end()) {
-        if (it->second.rma_handle && rma_) rma_->release(it->second.rma_handle);
+        if (it->second.rma_handle && endpoint_of(it->second)) endpoint_of(it->second)->release(it->second.rma_handle);
         transfers_.erase(it);
       }
       if (s == TransferState::kDone) return {};
@@ -589,8 +623,8 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
       continue;  // poll() now reports the failure
     }
     std::unique_lock lock(mutex_);
-    if (rma_) {
-      rma_->progress();
+    if (rma_ || gpu_) {
+      if (rma_) rma_->progress();
       lock.unlock();
       if (spins > 100000) std::this_thread::sleep_for(std::chrono::microseconds(20));
     } else if (transport_ != "tcp") {

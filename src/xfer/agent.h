@@ -71,7 +71,8 @@ class Session {
   struct Transfer {
     TransferState state = TransferState::kPending;
     std::string error;
-    uint64_t rma_handle = 0;  // UCX transfers
+    uint64_t rma_handle = 0;  // RMA transfers (UCX or CUDA IPC)
+    bool on_gpu = false;      // rma_handle belongs to the cuda_ipc endpoint
     Clock::time_point started;
   };
 
@@ -86,7 +87,9 @@ class Session {
   std::string transport_ = "tcp";
   Socket socket_;
   std::mutex send_mutex_;
-  std::unique_ptr<RmaEndpoint> rma_;
+  std::unique_ptr<RmaEndpoint> rma_;  // host memory (UCX)
+  std::unique_ptr<RmaEndpoint> gpu_;  // GPU memory (cuda_ipc)
+  RmaEndpoint* endpoint_of(const Transfer& t) const { return t.on_gpu ? gpu_.get() : rma_.get(); }
 
   mutable std::mutex mutex_;
   std::condition_variable cv_;
@@ -158,7 +161,8 @@ class Agent {
   int port_ = 0;
   Socket listener_;
   std::thread accept_thread_;
-  std::unique_ptr<RmaTransport> rma_;
+  std::unique_ptr<RmaTransport> rma_;  // host memory: UCX
+  std::unique_ptr<RmaTransport> gpu_;  // GPU memory: cuda_ipc (CUDA builds with a device)
   // Set when an RMA session died with transfers in flight: UCX 1.13's worker can be left
   // unable to reach new peers, so new sessions use TCP from then on.
   std::atomic<bool> rma_degraded_{false};

@@ -56,5 +56,7 @@ class RmaTransport {
 
 // UCX (UCP RMA): shared memory on one host, RDMA verbs where present, TCP otherwise.
 Result<std::unique_ptr<RmaTransport>> create_ucx_transport();
+// CUDA IPC: GPU memory of another process on this host (cudaIpc handles, async copies).
+Result<std::unique_ptr<RmaTransport>> create_cuda_ipc_transport();
 
 }  // namespace baton::xfer

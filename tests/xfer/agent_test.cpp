@@ -13,6 +13,9 @@
 #include <thread>
 
 #include "common/json.h"
+#if BATON_HAS_CUDA
+#include <cuda_runtime.h>
+#endif
 
 extern char** environ;
 
@@ -380,6 +383,35 @@ TEST_P(XferTest, StalledPeerTimesOut) {
     EXPECT_LT(took, 5s);
   }
 }
+
+#if BATON_HAS_CUDA
+// GPU memory of another process, read into our GPU memory through cuda_ipc (GPU machines only).
+TEST(CudaIpcTest, ReadsGpuMemoryOfAnotherProcess) {
+  int n_dev = 0;
+  if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) GTEST_SKIP() << "no CUDA device";
+  const size_t n = size_t{256} << 20;
+  auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--cuda", "--seed", "9"});
+  ASSERT_TRUE(peer);
+  ASSERT_EQ(peer->region.kind, MemoryKind::kCuda);
+  auto reader = make_agent("reader", "ucx");
+  void* dst = nullptr;
+  ASSERT_EQ(cudaMalloc(&dst, n), cudaSuccess);
+  auto rd = reader->register_memory(dst, n, MemoryKind::kCuda);
+  ASSERT_TRUE(rd.ok()) << rd.error();
+  auto s = reader->connect(peer->agent);
+  ASSERT_TRUE(s.ok()) << s.error();
+  auto id = (*s)->read(mixed_ops(rd->region, peer->region.region, n, 77));
+  ASSERT_TRUE(id.ok()) << id.error();
+  ASSERT_TRUE((*s)->wait(*id, 30s).ok());
+  std::vector<uint8_t> host(n);
+  ASSERT_EQ(cudaMemcpy(host.data(), dst, n, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(checksum(host.data(), n), pattern_checksum(n, 9));
+  // Out of bounds is refused before any copy.
+  EXPECT_FALSE((*s)->read({{rd->region, 0, peer->region.region, n - 16, 64}}).ok());
+  ASSERT_TRUE((*s)->notify("exit").ok());
+  cudaFree(dst);
+}
+#endif
 
 }  // namespace
 }  // namespace baton::xfer

@@ -8,6 +8,9 @@
 
 #include "common/cli.h"
 #include "xfer/agent.h"
+#if BATON_HAS_CUDA
+#include <cuda_runtime.h>
+#endif
 
 using namespace baton;
 
@@ -15,12 +18,14 @@ int main(int argc, char** argv) {
   size_t bytes = 64 << 20;
   std::string token, transports = "ucx,tcp", name = "peer";
   int64_t seed = 1;
+  bool cuda = false;
   ArgParser args("xfer_peer", "transfer engine test peer");
   args.add({"--bytes"}, &bytes, "region size");
   args.add({"--token"}, &token, "deployment token");
   args.add({"--transports"}, &transports, "ucx,tcp or tcp");
   args.add({"--name"}, &name, "agent name");
   args.add({"--seed"}, &seed, "pattern seed");
+  args.add_flag({"--cuda"}, &cuda, "register GPU memory holding the pattern (cuda_ipc)");
   if (auto s = args.parse(argc, argv); !s.ok()) {
     std::fprintf(stderr, "xfer_peer: %s\n", s.message().c_str());
     return 1;
@@ -42,7 +47,16 @@ int main(int argc, char** argv) {
     x ^= x << 17;
     v = x;
   }
-  auto desc = (*agent)->register_memory(buf.data(), buf.size() * 8);
+  Result<xfer::MemoryDesc> desc = Error{"no CUDA in this build"};
+  void* gpu = nullptr;
+  if (cuda) {
+#if BATON_HAS_CUDA
+    if (cudaMalloc(&gpu, bytes) == cudaSuccess && cudaMemcpy(gpu, buf.data(), bytes, cudaMemcpyHostToDevice) == cudaSuccess)
+      desc = (*agent)->register_memory(gpu, bytes, xfer::MemoryKind::kCuda);
+#endif
+  } else {
+    desc = (*agent)->register_memory(buf.data(), buf.size() * 8);
+  }
   if (!desc.ok()) {
     std::fprintf(stderr, "xfer_peer: %s\n", desc.error().c_str());
     return 1;

@@ -1,0 +1,10 @@
+// Built without the CUDA toolkit: no cuda_ipc transport.
+#include "xfer/transport.h"
+
+namespace baton::xfer {
+
+Result<std::unique_ptr<RmaTransport>> create_cuda_ipc_transport() {
+  return make_error("this build has no CUDA (cuda_ipc transport unavailable)");
+}
+
+}  // namespace baton::xfer
