@@ -7,6 +7,7 @@
 #include <fstream>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "xfer/transport.h"
 
@@ -29,6 +30,7 @@ class CudaIpcEndpoint : public RmaEndpoint {
     std::lock_guard lock(m_);
     if (stream_) cudaStreamSynchronize(stream_);
     for (auto& [id, ev] : events_) cudaEventDestroy(ev);
+    for (cudaEvent_t ev : spare_) cudaEventDestroy(ev);
     for (auto& [key, base] : opened_) cudaIpcCloseMemHandle(base);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -66,7 +68,13 @@ class CudaIpcEndpoint : public RmaEndpoint {
       if (e != cudaSuccess) return make_error("cudaMemcpyAsync: ", cuda_error(e));
     }
     cudaEvent_t ev;
-    cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    cudaError_t e = cudaSuccess;
+    if (!spare_.empty()) {  // events are reused: creating one per batch costs microseconds
+      ev = spare_.back();
+      spare_.pop_back();
+    } else {
+      e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    }
     if (e == cudaSuccess) e = cudaEventRecord(ev, stream_);
     if (e != cudaSuccess) return make_error("cudaEventRecord: ", cuda_error(e));
     uint64_t handle = next_++;
@@ -92,7 +100,7 @@ class CudaIpcEndpoint : public RmaEndpoint {
     std::lock_guard lock(m_);
     if (auto it = events_.find(handle); it != events_.end()) {
       cudaEventSynchronize(it->second);  // the copy may still read or write local memory
-      cudaEventDestroy(it->second);
+      spare_.push_back(it->second);
       events_.erase(it);
     }
   }
@@ -122,6 +130,7 @@ class CudaIpcEndpoint : public RmaEndpoint {
   std::unordered_map<uint64_t, Remote> regions_;
   std::unordered_map<std::string, void*> opened_;
   std::unordered_map<uint64_t, cudaEvent_t> events_;
+  std::vector<cudaEvent_t> spare_;
   uint64_t next_ = 1;
 };
 
