@@ -306,7 +306,7 @@ uint64_t pattern_checksum(size_t bytes, int64_t seed) {
   return checksum(reinterpret_cast<const uint8_t*>(buf.data()), bytes);
 }
 
-TEST_P(XferTest, OneGibFromAnotherProcessWithChecksums) {
+TEST_P(XferTest, OneGibReadAndWrittenAcrossProcessesWithChecksums) {
   const std::string transport = GetParam();
   const size_t n = size_t{1} << 30;
   auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--transports", transport, "--seed", "5"});
@@ -320,6 +320,23 @@ TEST_P(XferTest, OneGibFromAnotherProcessWithChecksums) {
   ASSERT_TRUE(id.ok()) << id.error();
   ASSERT_TRUE((*s)->wait(*id, 60s).ok());
   EXPECT_EQ(checksum(dst.data(), n), pattern_checksum(n, 5));
+
+  // Write 1 GiB of another pattern into the peer, read it back into a second buffer.
+  std::vector<uint8_t> src(n), back(n, 0);
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t v = (i * 0x9E3779B97F4A7C15ull) ^ 0xABCDEF;
+    std::memcpy(src.data() + i, &v, 8);
+  }
+  auto rsrc = reader->register_memory(src.data(), n);
+  auto rback = reader->register_memory(back.data(), n);
+  ASSERT_TRUE(rsrc.ok() && rback.ok());
+  auto w = (*s)->write(mixed_ops(rsrc->region, peer->region.region, n, 22));
+  ASSERT_TRUE(w.ok()) << w.error();
+  ASSERT_TRUE((*s)->wait(*w, 60s).ok());
+  auto r2 = (*s)->read(mixed_ops(rback->region, peer->region.region, n, 23));
+  ASSERT_TRUE(r2.ok());
+  ASSERT_TRUE((*s)->wait(*r2, 60s).ok());
+  EXPECT_EQ(checksum(back.data(), n), checksum(src.data(), n));
   ASSERT_TRUE((*s)->notify("exit").ok());
 }
 
