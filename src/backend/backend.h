@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -46,7 +47,23 @@ struct Batch {
   std::span<const SeqBatch> seqs;
 };
 
+// Where the KV pool lives: the transfer engine allocates it (Agent::allocate_memory) so that
+// peers can read blocks directly. Returns n_bytes of writable host memory that outlives the
+// backend, or an error.
+using KvAllocator = std::function<Result<void*>(size_t n_bytes)>;
+
+// The KV pool as one byte range: layer l's [num_blocks][2][kv_heads][block_size][head_dim]
+// array starts at l * layer_bytes. One block of one layer is block_bytes long, at
+// l * layer_bytes + block * block_bytes.
+struct KvMemory {
+  std::byte* base = nullptr;
+  size_t total_bytes = 0;
+  size_t layer_bytes = 0;
+  size_t block_bytes = 0;
+};
+
 struct BackendOptions {
+  KvAllocator kv_allocator;  // empty: the backend allocates the pool itself
   int block_size = 16;
   size_t kv_cache_bytes = size_t{256} << 20;  // the KV pool; blocks = bytes / bytes_per_block
   std::string kv_dtype = "auto";
@@ -61,6 +78,8 @@ class Backend {
   // logits: one row of vocab_size floats per sequence with need_logits, in batch order.
   // Errors on an inconsistent batch (a block id out of range, a table too short); never crashes.
   virtual Status forward(const Batch& batch, std::span<float> logits) = 0;
+  // The KV pool's memory, for transfers of whole blocks between instances (P/D).
+  virtual KvMemory kv_memory() = 0;
 };
 
 // Loads config.json and the safetensors of `model_dir` and builds a CPU backend.

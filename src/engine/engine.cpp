@@ -65,6 +65,7 @@ Result<uint64_t> Engine::add_request(Request r, OutputCallback on_output) {
   seq->on_output = std::move(on_output);
   if (tokenizer_) seq->detok.emplace(*tokenizer_, seq->params.skip_special_tokens);
   seq->state = r.wait_for_remote_kv ? SeqState::kRemoteKv : SeqState::kWaiting;
+  seq->hold_kv = r.hold_kv;
   uint64_t id = seq->id;
   {
     std::lock_guard lock(mutex_);
@@ -81,6 +82,16 @@ void Engine::abort(uint64_t seq_id) {
   }
   wake_.notify_one();
 }
+
+void Engine::release_held(uint64_t seq_id) {
+  {
+    std::lock_guard lock(mutex_);
+    releases_.push_back(seq_id);
+  }
+  wake_.notify_one();
+}
+
+size_t Engine::num_held() const { return num_held_.load(); }
 
 void Engine::remote_kv_ready(uint64_t seq_id, bool ok, int first_token) {
   {
@@ -99,11 +110,20 @@ void Engine::take_inbox() {
   std::vector<std::unique_ptr<Sequence>> inbox;
   std::vector<uint64_t> aborts;
   std::vector<RemoteDone> remote;
+  std::vector<uint64_t> releases;
   {
     std::lock_guard lock(mutex_);
     inbox.swap(inbox_);
     aborts.swap(aborts_);
     remote.swap(remote_done_);
+    releases.swap(releases_);
+  }
+  for (uint64_t id : releases) {
+    auto it = held_.find(id);
+    if (it == held_.end()) continue;
+    blocks_.release(it->second);
+    held_.erase(it);
+    num_held_ = held_.size();
   }
   for (auto& s : inbox) {
     Sequence* seq = s.get();
@@ -145,6 +165,13 @@ void Engine::take_inbox() {
 
 void Engine::finish(Sequence* seq, const std::string& reason, const std::string& error, RequestOutput out) {
   if (seq->state == SeqState::kFinished) return;
+  if (seq->hold_kv && reason != "abort" && reason != "error") {
+    // Keep the blocks (the scheduler then releases an empty table) for the decode side.
+    out.kv_block_ids = seq->block_table;
+    held_[seq->id] = std::move(seq->block_table);
+    seq->block_table.clear();
+    num_held_ = held_.size();
+  }
   scheduler_.remove(seq);
   out.seq_id = seq->id;
   out.finished = true;
@@ -297,7 +324,7 @@ void Engine::run_until_idle() {
     bool pending;
     {
       std::lock_guard lock(mutex_);
-      pending = !inbox_.empty() || !aborts_.empty() || !remote_done_.empty();
+      pending = !inbox_.empty() || !aborts_.empty() || !remote_done_.empty() || !releases_.empty();
     }
     if (!worked && !pending && !scheduler_.has_work()) {
       // Only remote-KV sequences (or nothing) are left: nothing to compute without news.
@@ -312,7 +339,8 @@ void Engine::start() {
       {
         std::unique_lock lock(mutex_);
         wake_.wait(lock, [&] {
-          return stopping_ || !inbox_.empty() || !aborts_.empty() || !remote_done_.empty() || scheduler_.has_work();
+          return stopping_ || !inbox_.empty() || !aborts_.empty() || !remote_done_.empty() || !releases_.empty() ||
+                 scheduler_.has_work();
         });
         if (stopping_) break;
       }

@@ -60,6 +60,10 @@ class Engine {
   // (ok = true, with the first token the prefill sampled), or could not be read (ok = false:
   // the engine recomputes the prompt locally).
   void remote_kv_ready(uint64_t seq_id, bool ok, int first_token);
+  // P/D prefill side: returns the blocks a finished hold_kv request kept (after the decode side
+  // read them, or gave up). Unknown ids are ignored.
+  void release_held(uint64_t seq_id);
+  size_t num_held() const;
 
   // Runs the loop on its own thread until stop().
   void start();
@@ -73,6 +77,7 @@ class Engine {
   EngineStats stats() const;
   const ModelConfig& model_config() const { return backend_->config(); }
   const KvCacheSpec& kv_spec() const { return backend_->kv_spec(); }
+  KvMemory kv_memory() { return backend_->kv_memory(); }
   int max_model_len() const { return max_model_len_; }
   // Blocks of a remote-KV sequence (to read into); empty if unknown. Engine loop only.
   std::vector<int32_t> block_table_of(uint64_t seq_id) const;
@@ -107,6 +112,9 @@ class Engine {
     int first_token;
   };
   std::vector<RemoteDone> remote_done_;
+  std::vector<uint64_t> releases_;
+  std::unordered_map<uint64_t, std::vector<int32_t>> held_;  // engine loop only
+  std::atomic<size_t> num_held_{0};
   std::atomic<uint64_t> next_id_{1};
   bool stopping_ = false;
   std::thread loop_;

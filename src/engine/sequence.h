@@ -21,6 +21,9 @@ struct Request {
   SamplingParams params;
   // P/D decode side: the prompt's KV arrives from elsewhere (see Engine::remote_kv_ready).
   bool wait_for_remote_kv = false;
+  // P/D prefill side: when the request finishes, keep its KV blocks (listed in the final
+  // event's kv_block_ids) until Engine::release_held() is called for it.
+  bool hold_kv = false;
 };
 
 // One event of a request's output stream. The last event has finished = true.
@@ -35,6 +38,7 @@ struct RequestOutput {
   int prompt_tokens = 0;
   int completion_tokens = 0;
   int cached_tokens = 0;  // prompt tokens served from the prefix cache
+  std::vector<int32_t> kv_block_ids;  // final event of a hold_kv request: its blocks, in order
 };
 using OutputCallback = std::function<void(RequestOutput&&)>;
 
@@ -54,6 +58,7 @@ struct Sequence {
   std::mt19937_64 rng;
   OutputCallback on_output;
   SeqState state = SeqState::kWaiting;
+  bool hold_kv = false;
   int num_preemptions = 0;
 
   // Text state (when the engine has a tokenizer).

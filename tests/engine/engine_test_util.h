@@ -24,6 +24,7 @@ struct Collected {
   int completion_tokens = 0;
   int cached_tokens = 0;
   std::vector<TokenLogprob> logprobs;
+  std::vector<int32_t> kv_block_ids;
 };
 
 class EngineHarness {
@@ -48,10 +49,12 @@ class EngineHarness {
   }
 
   // Queues a request; returns its sequence id (0 and a test failure on error).
-  uint64_t add(std::vector<int> prompt, SamplingParams params) {
+  uint64_t add(std::vector<int> prompt, SamplingParams params, bool hold_kv = false, bool remote_kv = false) {
     Request r;
     r.prompt = std::move(prompt);
     r.params = std::move(params);
+    r.hold_kv = hold_kv;
+    r.wait_for_remote_kv = remote_kv;
     auto id = engine->add_request(std::move(r), [this](RequestOutput&& o) {
       Collected& c = results[o.seq_id];
       c.tokens.insert(c.tokens.end(), o.token_ids.begin(), o.token_ids.end());
@@ -64,6 +67,7 @@ class EngineHarness {
         c.error = o.error;
         c.completion_tokens = o.completion_tokens;
         c.cached_tokens = o.cached_tokens;
+        c.kv_block_ids = o.kv_block_ids;
       }
     });
     EXPECT_TRUE(id.ok()) << (id.ok() ? "" : id.error());

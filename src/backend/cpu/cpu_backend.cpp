@@ -201,11 +201,24 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& c, con
     return make_error("KV cache budget of ", options.kv_cache_bytes, " bytes holds no block (one block needs ",
                       kv.bytes_per_block, " bytes)");
   b->kv_layer_bytes_ = layer_block_bytes * kv.num_blocks;
-  b->kv_.assign(b->kv_layer_bytes_ * c.num_layers, std::byte{0});
+  const size_t pool_bytes = b->kv_layer_bytes_ * c.num_layers;
+  if (options.kv_allocator) {
+    BATON_ASSIGN_OR_RETURN(void* mem, options.kv_allocator(pool_bytes));
+    b->kv_base_ = static_cast<std::byte*>(mem);
+    std::memset(b->kv_base_, 0, pool_bytes);
+  } else {
+    b->kv_.assign(pool_bytes, std::byte{0});
+    b->kv_base_ = b->kv_.data();
+  }
   log::info("cpu backend: ", c.architecture_name, ", ", c.num_layers, " layers, KV cache ", kv.num_blocks, " blocks x ",
-            kv.block_size, " tokens (", kv_dtype_name(kv.dtype), ", ", (b->kv_.size() >> 20), " MiB), ", b->pool_.size(),
+            kv.block_size, " tokens (", kv_dtype_name(kv.dtype), ", ", (pool_bytes >> 20), " MiB), ", b->pool_.size(),
             " threads");
   return b;
+}
+
+KvMemory CpuBackend::kv_memory() {
+  const size_t block_bytes = kv_layer_bytes_ / static_cast<size_t>(kv_spec_.num_blocks);
+  return {kv_base_, kv_layer_bytes_ * static_cast<size_t>(config_.num_layers), kv_layer_bytes_, block_bytes};
 }
 
 void CpuBackend::compute_rope_tables(std::span<const int> positions) {

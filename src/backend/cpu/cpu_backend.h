@@ -21,6 +21,7 @@ class CpuBackend : public Backend {
   const ModelConfig& config() const override { return config_; }
   const KvCacheSpec& kv_spec() const override { return kv_spec_; }
   Status forward(const Batch& batch, std::span<float> logits) override;
+  KvMemory kv_memory() override;
 
  private:
   struct Layer {
@@ -34,13 +35,14 @@ class CpuBackend : public Backend {
                 const Batch& batch);
   void attention(int layer, const float* qkv, float* out, const std::vector<int>& tok_seq,
                  const std::vector<int>& tok_pos, const Batch& batch);
-  std::byte* kv_layer(int layer) { return kv_.data() + static_cast<size_t>(layer) * kv_layer_bytes_; }
+  std::byte* kv_layer(int layer) { return kv_base_ + static_cast<size_t>(layer) * kv_layer_bytes_; }
 
   ModelConfig config_;
   ThreadPool pool_;
   KvCacheSpec kv_spec_;
   size_t kv_layer_bytes_ = 0;
-  std::vector<std::byte> kv_;
+  std::vector<std::byte> kv_;  // the pool, unless an allocator gave kv_base_
+  std::byte* kv_base_ = nullptr;
 
   std::vector<float> embed_, final_norm_, lm_head_;  // lm_head_ empty when tied to embed_
   std::vector<Layer> layers_;
