@@ -26,14 +26,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::vector<uint64_t> parse_list(const std::string& s) {
-  std::vector<uint64_t> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) v.push_back(std::stoull(item));
-  return v;
-}
-
 Status xfer_bench(int argc, char** argv) {
   std::string transport = "ucx", sizes_s = "4096,16384,65536,262144,1048576,4194304,16777216,67108864",
               batches_s = "1,16,128,1024", json_path;
@@ -132,8 +124,10 @@ Status xfer_bench(int argc, char** argv) {
 
   Json rows = Json::array();
   std::printf("transport: %s%s\n| size | batch | GB/s | us/batch | batches |\n|---|---|---|---|---|\n", session->transport().c_str(), shared ? " (shared regions)" : "");
-  for (uint64_t size : parse_list(sizes_s)) {
-    for (uint64_t batch : parse_list(batches_s)) {
+  BATON_ASSIGN_OR_RETURN(auto sizes, parse_uint_list(sizes_s, "--sizes"));
+  BATON_ASSIGN_OR_RETURN(auto batches, parse_uint_list(batches_s, "--batches"));
+  for (uint64_t size : sizes) {
+    for (uint64_t batch : batches) {
       // Ranges 2*size apart so that none coalesce; skip what does not fit the region.
       if (2 * size * batch > region_bytes) continue;
       std::vector<xfer::TransferOp> ops;

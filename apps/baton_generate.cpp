@@ -19,6 +19,7 @@ namespace {
 
 struct Options {
   std::string model;
+  baton::BackendOptions backend;
   std::string prompt;
   std::string prompt_ids;
   int max_tokens = 32;
@@ -29,10 +30,6 @@ struct Options {
   int64_t seed = -1;
   bool ignore_eos = false;
   std::string output = "text";
-  std::string kv_cache_dtype = "auto";
-  int block_size = 16;
-  size_t kv_cache_memory = size_t{256} << 20;
-  int threads = 0;
   std::string log_level = "warning";
 };
 
@@ -57,6 +54,7 @@ baton::Status run(int argc, char** argv) {
   using namespace baton;
   Options o;
   ArgParser args("baton-generate", "Generate a continuation of one prompt with a Hugging Face model directory.");
+  add_backend_flags(args, o.backend);
   args.add({"--model"}, &o.model, "model directory (config.json, *.safetensors, tokenizer.json)");
   args.add({"--prompt"}, &o.prompt, "prompt text");
   args.add({"--prompt-ids"}, &o.prompt_ids, "prompt as comma-separated token ids");
@@ -68,10 +66,6 @@ baton::Status run(int argc, char** argv) {
   args.add({"--seed"}, &o.seed, "sampling seed (-1 = random)");
   args.add_flag({"--ignore-eos"}, &o.ignore_eos, "keep generating after an end-of-sequence token");
   args.add({"--output"}, &o.output, "text (streamed) or json (one line: token_ids, text)");
-  args.add({"--kv-cache-dtype", "--kv_cache_dtype"}, &o.kv_cache_dtype, "auto, fp32, bf16");
-  args.add({"--block-size"}, &o.block_size, "KV cache block size in tokens");
-  args.add({"--kv-cache-memory"}, &o.kv_cache_memory, "KV cache size in bytes");
-  args.add({"--threads"}, &o.threads, "compute threads (0 = all cores)");
   args.add({"--log-level"}, &o.log_level, "debug, info, warning, error");
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
   if (args.help_requested()) return {};
@@ -94,12 +88,7 @@ baton::Status run(int argc, char** argv) {
     BATON_ASSIGN_OR_RETURN(prompt, tokenizer->encode(o.prompt));
   }
 
-  BackendOptions bo;
-  bo.block_size = o.block_size;
-  bo.kv_cache_bytes = o.kv_cache_memory;
-  bo.kv_dtype = o.kv_cache_dtype;
-  bo.num_threads = o.threads;
-  BATON_ASSIGN_OR_RETURN(auto backend, create_cpu_backend(o.model, bo));
+  BATON_ASSIGN_OR_RETURN(auto backend, create_cpu_backend(o.model, o.backend));
 
   SamplingParams sp;
   sp.max_tokens = o.max_tokens;

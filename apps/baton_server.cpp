@@ -21,21 +21,18 @@ namespace {
 
 struct Options {
   std::string model;
+  baton::BackendOptions backend;
   std::string host = "0.0.0.0";
   int port = 8000;
-  int block_size = 16;
   int tensor_parallel_size = 1;
-  std::string kv_cache_dtype = "auto";
   int max_num_seqs = 256;
   int max_model_len = 0;
   int max_num_batched_tokens = 2048;
-  size_t kv_cache_memory = size_t{1} << 30;
   double gpu_memory_utilization = 0.9;
   std::string served_model_name;
   std::string api_key;
   std::string kv_transfer_config;
   std::string log_level = "info";
-  int threads = 0;
   int http_threads = 2;
   size_t max_body_bytes = size_t{32} << 20;
   bool no_prefix_caching = false;
@@ -47,22 +44,20 @@ baton::Status run(int argc, char** argv) {
   using namespace baton;
   Options o;
   ArgParser args("baton-server", "Serve a Hugging Face model over an OpenAI-compatible HTTP API.");
+  o.backend.kv_cache_bytes = size_t{1} << 30;
+  add_backend_flags(args, o.backend);
   args.add({"--model"}, &o.model, "model directory (config.json, *.safetensors, tokenizer.json)");
   args.add({"--host"}, &o.host, "listening address");
   args.add({"--port"}, &o.port, "HTTP port (in a P/D role, http_port in --kv-transfer-config wins)");
-  args.add({"--block-size"}, &o.block_size, "KV cache block size in tokens");
   args.add({"-tp", "--tensor-parallel-size"}, &o.tensor_parallel_size, "tensor-parallel ranks");
-  args.add({"--kv_cache_dtype", "--kv-cache-dtype"}, &o.kv_cache_dtype, "auto, fp32, bf16, fp8");
   args.add({"--max-num-seqs"}, &o.max_num_seqs, "most requests in a batch");
   args.add({"--max-model-len"}, &o.max_model_len, "context length (0: the model's)");
   args.add({"--max-num-batched-tokens"}, &o.max_num_batched_tokens, "token budget of one step (chunked prefill)");
-  args.add({"--kv-cache-memory"}, &o.kv_cache_memory, "KV cache size in bytes (CPU backend)");
   args.add({"--gpu-memory-utilization"}, &o.gpu_memory_utilization, "fraction of GPU memory to use (CUDA backend)");
   args.add({"--served-model-name"}, &o.served_model_name, "model name in the API (default: the directory's name)");
   args.add({"--api-key"}, &o.api_key, "require 'Authorization: Bearer KEY'");
   args.add({"--kv-transfer-config"}, &o.kv_transfer_config, "P/D role as JSON (kv_role, proxy_ip, proxy_ping_port, http_port)");
   args.add({"--log-level"}, &o.log_level, "debug, info, warning, error");
-  args.add({"--threads"}, &o.threads, "compute threads (0: all cores)");
   args.add({"--http-threads"}, &o.http_threads, "threads serving HTTP connections");
   args.add({"--max-body-bytes"}, &o.max_body_bytes, "largest request body accepted (413 above)");
   args.add_flag({"--no-enable-prefix-caching"}, &o.no_prefix_caching, "turn prefix caching off");
@@ -96,12 +91,7 @@ baton::Status run(int argc, char** argv) {
   } else {
     log::warn(o.model, " has no tokenizer.json: prompts must be token ids");
   }
-  BackendOptions bo;
-  bo.block_size = o.block_size;
-  bo.kv_cache_bytes = o.kv_cache_memory;
-  bo.kv_dtype = o.kv_cache_dtype;
-  bo.num_threads = o.threads;
-  BATON_ASSIGN_OR_RETURN(auto backend, create_cpu_backend(o.model, bo));
+  BATON_ASSIGN_OR_RETURN(auto backend, create_cpu_backend(o.model, o.backend));
   EngineConfig ec;
   ec.max_num_seqs = o.max_num_seqs;
   ec.max_model_len = o.max_model_len;

@@ -21,14 +21,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) v.push_back(std::stoi(item));
-  return v;
-}
-
 std::vector<int> random_tokens(int n, int vocab, std::mt19937& rng) {
   std::vector<int> v(n);
   for (int& t : v) t = static_cast<int>(rng() % vocab);
@@ -56,7 +48,8 @@ SamplingParams greedy(int n) {
 Status throughput(const std::string& model, const std::string& batches, int prompt_len, int gen_len, int threads) {
   std::printf("| batch | prompt | generated | wall s | output tok/s | total tok/s | mean TPOT ms |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
-  for (int batch : parse_list(batches)) {
+  BATON_ASSIGN_OR_RETURN(auto batch_list, parse_uint_list(batches, "--batch"));
+  for (int batch : batch_list) {
     BATON_ASSIGN_OR_RETURN(auto engine, make_engine(model, EngineConfig{.max_num_seqs = batch}, "auto", threads));
     std::mt19937 rng(batch);
     const int V = engine->model_config().vocab_size;
@@ -90,7 +83,8 @@ Status throughput(const std::string& model, const std::string& batches, int prom
 Status chunked_itl(const std::string& model, int long_prompt, const std::string& budgets, int threads) {
   std::printf("| max-num-batched-tokens | long prompt | decoders' max ITL ms | decoders' p99 ITL ms | mean ITL ms | long prompt TTFT ms |\n");
   std::printf("|---|---|---|---|---|---|\n");
-  for (int budget : parse_list(budgets)) {
+  BATON_ASSIGN_OR_RETURN(auto budget_list, parse_uint_list(budgets, "--budgets"));
+  for (int budget : budget_list) {
     BATON_ASSIGN_OR_RETURN(auto engine,
                            make_engine(model, EngineConfig{.max_num_batched_tokens = budget}, "auto", threads));
     std::mt19937 rng(1);

@@ -1,5 +1,7 @@
 #include "backend/backend.h"
 
+#include "common/cli.h"
+
 namespace baton {
 
 const char* kv_dtype_name(KvDtype t) {
@@ -26,6 +28,13 @@ Result<KvDtype> parse_kv_dtype(const std::string& name, KvDtype auto_dtype) {
   if (name == "bf16" || name == "bfloat16") return KvDtype::kBF16;
   if (name == "fp8" || name == "fp8_e4m3") return KvDtype::kFP8;
   return make_error("kv cache dtype '", name, "' is not supported (auto, fp32, bf16, fp8)");
+}
+
+void add_backend_flags(ArgParser& args, BackendOptions& o) {
+  args.add({"--block-size"}, &o.block_size, "KV cache block size in tokens");
+  args.add({"--kv-cache-dtype", "--kv_cache_dtype"}, &o.kv_dtype, "auto, fp32, bf16, fp8 (e4m3)");
+  args.add({"--kv-cache-memory"}, &o.kv_cache_bytes, "KV cache size in bytes (CPU backend)");
+  args.add({"--threads"}, &o.num_threads, "compute threads (0: all cores)");
 }
 
 Status validate_batch(const Batch& batch, const KvCacheSpec& spec, int max_positions) {

@@ -82,6 +82,11 @@ class Backend {
   virtual KvMemory kv_memory() = 0;
 };
 
+class ArgParser;
+// Binds the backend's command-line flags to `o` (--block-size, --kv-cache-dtype /
+// --kv_cache_dtype, --kv-cache-memory, --threads), shared by every app that runs a model.
+void add_backend_flags(ArgParser& args, BackendOptions& o);
+
 // Loads config.json and the safetensors of `model_dir` and builds a CPU backend.
 Result<std::unique_ptr<Backend>> create_cpu_backend(const std::string& model_dir, const BackendOptions& options);
 

@@ -107,6 +107,19 @@ std::string ArgParser::usage() const {
   return out.str();
 }
 
+Result<std::vector<uint64_t>> parse_uint_list(const std::string& text, const std::string& flag) {
+  std::vector<uint64_t> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    uint64_t v = 0;
+    BATON_RETURN_IF_ERROR(parse_number(flag, item, &v));
+    out.push_back(v);
+  }
+  if (out.empty()) return make_error(flag, ": empty list");
+  return out;
+}
+
 int run_main(const char* program, int argc, char** argv, Status (*run)(int, char**)) {
   try {
     Status s = run(argc, argv);

@@ -42,6 +42,9 @@ class ArgParser {
   bool help_ = false;
 };
 
+// "1,8,32" -> {1, 8, 32}; an error names the bad item.
+Result<std::vector<uint64_t>> parse_uint_list(const std::string& text, const std::string& flag);
+
 // The body of every app's main(): runs `run`, prints "<program>: <message>" on one line on
 // failure (exit 1) or on an unexpected exception (exit 2).
 int run_main(const char* program, int argc, char** argv, Status (*run)(int, char**));
