@@ -9,6 +9,7 @@
 
 #include "common/json.h"
 #include "common/mapped_file.h"
+#include "model/random_model.h"
 
 namespace baton::testing {
 
@@ -31,6 +32,19 @@ inline Json load_goldens() {
   auto text = read_file(models_dir() + "/goldens.json");
   EXPECT_TRUE(text.ok()) << (text.ok() ? "" : text.error());
   return text.ok() ? Json::parse(*text) : Json();
+}
+
+// A small random model (fast to write and load) of the given architecture.
+inline RandomModelOptions small_model(const std::string& arch = "LlamaForCausalLM") {
+  RandomModelOptions o;
+  o.architecture = arch;
+  o.hidden_size = 64;
+  o.intermediate_size = 96;
+  o.num_layers = 2;
+  o.num_heads = 4;
+  o.num_kv_heads = 2;
+  o.num_merges = 50;
+  return o;
 }
 
 // A fresh directory under the test temp dir, removed at destruction.

@@ -14,23 +14,11 @@
 namespace baton {
 namespace {
 
-RandomModelOptions small(const std::string& arch) {
-  RandomModelOptions o;
-  o.architecture = arch;
-  o.hidden_size = 64;
-  o.intermediate_size = 96;
-  o.num_layers = 2;
-  o.num_heads = 4;
-  o.num_kv_heads = 2;
-  o.num_merges = 50;
-  return o;
-}
-
 class ArchitectureTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ArchitectureTest, LoadsAndGeneratesDeterministically) {
   testing::TempDir dir;
-  ASSERT_TRUE(write_random_model(dir.path(), small(GetParam())).ok());
+  ASSERT_TRUE(write_random_model(dir.path(), testing::small_model(GetParam())).ok());
   auto h = testing::EngineHarness::make(dir.path());
   ASSERT_TRUE(h);
   std::vector<int> prompt = {5, 17, 42, 99};
@@ -52,7 +40,7 @@ INSTANTIATE_TEST_SUITE_P(All, ArchitectureTest,
 
 TEST(ArchitectureTest, Qwen2WithoutBiasIsRefused) {
   testing::TempDir dir;
-  ASSERT_TRUE(write_random_model(dir.path(), small("LlamaForCausalLM")).ok());
+  ASSERT_TRUE(write_random_model(dir.path(), testing::small_model("LlamaForCausalLM")).ok());
   auto text = read_file(dir.file("config.json"));
   Json cfg = Json::parse(*text);
   cfg["architectures"] = {"Qwen2ForCausalLM"};
@@ -65,7 +53,7 @@ TEST(ArchitectureTest, Qwen2WithoutBiasIsRefused) {
 
 TEST(ArchitectureTest, ShardedCheckpointWithIndexLoads) {
   testing::TempDir dir;
-  ASSERT_TRUE(write_random_model(dir.path(), small("LlamaForCausalLM")).ok());
+  ASSERT_TRUE(write_random_model(dir.path(), testing::small_model("LlamaForCausalLM")).ok());
   auto whole = SafetensorsFile::open(dir.file("model.safetensors"));
   ASSERT_TRUE(whole.ok());
   std::vector<TensorData> a, b;

@@ -93,31 +93,18 @@ TEST(SafetensorsTest, HeaderNotJson) {
 // A model directory whose tensors do not fit its config.
 TEST(ModelDirTest, ShapeMismatchWithConfigNamesTheTensor) {
   testing::TempDir dir;
-  RandomModelOptions o;
-  o.hidden_size = 32;
-  o.intermediate_size = 64;
-  o.num_layers = 1;
-  o.num_heads = 4;
-  o.num_kv_heads = 2;
-  o.num_merges = 10;
-  ASSERT_TRUE(write_random_model(dir.path(), o).ok());
+  ASSERT_TRUE(write_random_model(dir.path(), testing::small_model()).ok());
   auto cfg_text = read_file(dir.file("config.json"));
   Json cfg = Json::parse(*cfg_text);
   cfg["intermediate_size"] = 48;
   write_bytes(dir.file("config.json"), cfg.dump());
   auto b = create_cpu_backend(dir.path(), {});
-  expect_one_line_error(b.status(), "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [64, 32] but the config implies [48, 32]");
+  expect_one_line_error(b.status(), "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [96, 64] but the config implies [48, 64]");
 }
 
 TEST(ModelDirTest, MissingSafetensors) {
   testing::TempDir dir;
-  RandomModelOptions o;
-  o.hidden_size = 32;
-  o.intermediate_size = 64;
-  o.num_layers = 1;
-  o.num_heads = 4;
-  o.num_merges = 10;
-  ASSERT_TRUE(write_random_model(dir.path(), o).ok());
+  ASSERT_TRUE(write_random_model(dir.path(), testing::small_model()).ok());
   std::filesystem::remove(dir.file("model.safetensors"));
   expect_one_line_error(create_cpu_backend(dir.path(), {}).status(), "no *.safetensors files");
 }

@@ -2,6 +2,8 @@
 // peers that die or stall.
 #include "xfer/agent.h"
 
+#include "xfer/pattern.h"
+
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
@@ -295,14 +297,7 @@ struct PeerProcess {
 };
 
 uint64_t pattern_checksum(size_t bytes, int64_t seed) {
-  std::vector<uint64_t> buf(bytes / 8);
-  uint64_t x = static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ull;
-  for (auto& v : buf) {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    v = x;
-  }
+  std::vector<uint64_t> buf = testing::pattern(bytes, seed);
   return checksum(reinterpret_cast<const uint8_t*>(buf.data()), bytes);
 }
 

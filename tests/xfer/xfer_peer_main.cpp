@@ -8,6 +8,7 @@
 
 #include "common/cli.h"
 #include "xfer/agent.h"
+#include "xfer/pattern.h"
 #if BATON_HAS_CUDA
 #include <cuda_runtime.h>
 #endif
@@ -39,14 +40,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "xfer_peer: %s\n", agent.error().c_str());
     return 1;
   }
-  std::vector<uint64_t> buf(bytes / 8);
-  uint64_t x = static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ull;
-  for (auto& v : buf) {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    v = x;
-  }
+  std::vector<uint64_t> buf = xfer::testing::pattern(bytes, seed);
   Result<xfer::MemoryDesc> desc = Error{"no CUDA in this build"};
   void* gpu = nullptr;
   if (cuda) {
