@@ -5,12 +5,15 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <random>
 #include <thread>
 
 #include "backend/backend.h"
 #include "common/cli.h"
 #include "common/log.h"
+#include "disagg/kv_connector.h"
 #include "disagg/kv_transfer_config.h"
+#include "disagg/registration.h"
 #include "engine/engine.h"
 #include "model/chat_template.h"
 #include "model/tokenizer.h"
@@ -67,13 +70,44 @@ baton::Status run(int argc, char** argv) {
   log::set_level(level);
   if (o.model.empty()) return make_error("--model is required (a Hugging Face model directory)");
   if (!std::filesystem::is_directory(o.model)) return make_error("--model ", o.model, ": not a directory");
-  if (o.tensor_parallel_size != 1)
-    return make_error("-tp ", o.tensor_parallel_size, ": this build runs tensor parallelism 1 only");
+  if (o.tensor_parallel_size < 1) return make_error("-tp must be at least 1");
+  o.backend.tp_size = o.tensor_parallel_size;
   BATON_ASSIGN_OR_RETURN(KvTransferConfig kv, KvTransferConfig::parse(o.kv_transfer_config));
-  if (kv.role != KvRole::kColocated)
-    return make_error("--kv-transfer-config: kv_role '", kv_role_name(kv.role),
-                      "' needs the P/D connector, which is not in this build yet");
   if (kv.http_port) o.port = *kv.http_port;
+  const bool pd = kv.role != KvRole::kColocated;
+  if (pd && kv.proxy_ip.empty())
+    return make_error("--kv-transfer-config: kv_role '", kv_role_name(kv.role), "' needs proxy_ip (where baton-proxy runs)");
+  // The address peers use to reach us: ours if we listen on one, else our route to the proxy.
+  const std::string advertise = pd && (o.host == "0.0.0.0" || o.host.empty()) ? local_address_towards(kv.proxy_ip) : o.host;
+
+  // P/D: one transfer agent per TP rank; each rank's KV pool is allocated (and registered) by it.
+  // Declared before the engine: the pools must outlive it.
+  std::vector<std::unique_ptr<xfer::Agent>> agents;
+  std::vector<xfer::MemoryDesc> kv_regions;
+  std::string engine_id;
+  if (pd) {
+    char suffix[17];
+    std::snprintf(suffix, sizeof suffix, "%016llx", static_cast<unsigned long long>(std::random_device{}()) << 32 ^
+                                                        static_cast<unsigned long long>(std::random_device{}()));
+    engine_id = std::string(kv.role == KvRole::kProducer ? "prefill-" : "decode-") + suffix;
+    for (int r = 0; r < o.tensor_parallel_size; ++r) {
+      xfer::Agent::Config ac;
+      ac.name = engine_id + "-r" + std::to_string(r);
+      ac.host = advertise;
+      ac.port = kv.handshake_port == 0 ? 0 : kv.handshake_port + r;
+      ac.token = kv.token;
+      if (kv.transport == "tcp") ac.transports = {"tcp"};
+      BATON_ASSIGN_OR_RETURN(auto agent, xfer::Agent::create(ac));
+      agents.push_back(std::move(agent));
+    }
+    kv_regions.resize(agents.size());
+    o.backend.kv_allocator = [&agents, &kv_regions](int rank, size_t n) -> Result<void*> {
+      if (rank < 0 || rank >= static_cast<int>(agents.size())) return make_error("no transfer agent for rank ", rank);
+      BATON_ASSIGN_OR_RETURN(auto mem, agents[rank]->allocate_memory(n));
+      kv_regions[rank] = mem.second;
+      return mem.first;
+    };
+  }
 
   const auto t0 = std::chrono::steady_clock::now();
   log::info("loading model from ", o.model);
@@ -108,6 +142,31 @@ baton::Status run(int argc, char** argv) {
   if (o.served_model_name.empty() && o.model != base) api.served_model_names.push_back(o.model);
   api.api_key = o.api_key;
   OpenAiServer openai_server(*engine, tokenizer, std::move(chat_template), api);
+  std::unique_ptr<KvConnector> connector;
+  KvLayout layout;
+  if (pd) {
+    layout = describe_kv_layout(*engine, api.served_model_names[0]);
+    std::vector<RankKv> ranks;
+    for (int r = 0; r < engine->tp_size(); ++r) ranks.push_back({agents[r].get(), kv_regions[r], engine->kv_memory(r)});
+    connector = std::make_unique<KvConnector>(*engine, kv.role, engine_id, layout, std::move(ranks), kv.kv_timeout_s);
+    openai_server.set_kv_connector(connector.get());
+    KvConnector* c = connector.get();
+    Metrics& m = openai_server.metrics();
+    m.add_gauge("baton:kv_transfers_total", "Requests whose prompt KV was read from a prefill.",
+                [c] { return double(c->stats().transfers_ok); }, true);
+    m.add_gauge("baton:kv_transfer_failures_total", "KV reads that failed (the prompt was recomputed).",
+                [c] { return double(c->stats().transfers_failed); }, true);
+    m.add_gauge("baton:kv_transfer_seconds_total", "Time spent reading prompt KV, summed over requests.",
+                [c] { return c->stats().read_seconds; }, true);
+    m.add_gauge("baton:kv_transfer_bytes_total", "Prompt KV bytes read from prefills.",
+                [c] { return double(c->stats().bytes_read); }, true);
+    m.add_gauge("baton:kv_held_transfers", "Finished prefills whose blocks wait to be read.",
+                [c] { return double(c->stats().held); });
+    m.add_gauge("baton:kv_released_by_reader_total", "Held prefills freed after the decode side read them.",
+                [c] { return double(c->stats().released_by_reader); }, true);
+    m.add_gauge("baton:kv_released_by_timeout_total", "Held prefills freed by kv_timeout_s.",
+                [c] { return double(c->stats().released_by_timeout); }, true);
+  }
 
   http::ServerConfig hc;
   hc.host = o.host;
@@ -122,11 +181,31 @@ baton::Status run(int argc, char** argv) {
   std::printf("baton-server listening on %s:%d serving '%s'\n", o.host.c_str(), server.port(), api.served_model_names[0].c_str());
   std::fflush(stdout);
 
+  std::unique_ptr<Registrar> registrar;
+  if (pd) {
+    const std::string http_address = advertise + ":" + std::to_string(server.port());
+    const xfer::AgentDesc a0 = agents[0]->describe();
+    Json hello = {{"type", "register"},
+                  {"role", kv.role == KvRole::kProducer ? "P" : "D"},
+                  {"http_address", http_address},
+                  {"handshake_address", a0.host + ":" + std::to_string(a0.port)},
+                  {"engine_id", engine_id},
+                  {"tp_size", engine->tp_size()},
+                  {"dp_size", 1},
+                  {"model", api.served_model_names[0]},
+                  {"kv_layout", layout.to_json()}};
+    const std::string endpoint = "tcp://" + kv.proxy_ip + ":" + std::to_string(kv.proxy_ping_port);
+    BATON_ASSIGN_OR_RETURN(registrar, Registrar::start(endpoint, hello, std::chrono::milliseconds(2000)));
+    registrar->set_goodbye({{"type", "unregister"}, {"http_address", http_address}});
+    log::info(kv_role_name(kv.role), " ", engine_id, " registers with the proxy at ", endpoint, " as ", http_address);
+  }
+
   std::signal(SIGINT, [](int) { g_stop = 1; });
   std::signal(SIGTERM, [](int) { g_stop = 1; });
   std::signal(SIGPIPE, SIG_IGN);
   while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   log::info("shutting down");
+  registrar.reset();  // the proxy stops routing to us first
   engine->stop();  // every open request gets a final event
   server.stop();
   return {};

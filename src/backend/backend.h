@@ -15,6 +15,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 #include "model/config.h"
@@ -31,7 +32,8 @@ struct KvCacheSpec {
   int num_blocks = 0;
   int block_size = 16;
   KvDtype dtype = KvDtype::kF32;
-  size_t bytes_per_block = 0;  // all layers, K and V
+  size_t bytes_per_block = 0;  // all layers, K and V, all ranks
+  std::vector<float> k_scales, v_scales;  // fp8: per layer (the bytes mean value / scale)
 };
 
 // One sequence's part of a step.
@@ -48,9 +50,9 @@ struct Batch {
 };
 
 // Where the KV pool lives: the transfer engine allocates it (Agent::allocate_memory) so that
-// peers can read blocks directly. Returns n_bytes of writable host memory that outlives the
-// backend, or an error.
-using KvAllocator = std::function<Result<void*>(size_t n_bytes)>;
+// peers can read blocks directly. Called once per tensor-parallel rank; returns n_bytes of
+// writable host memory that outlives the backend, or an error.
+using KvAllocator = std::function<Result<void*>(int rank, size_t n_bytes)>;
 
 // The KV pool as one byte range: layer l's [num_blocks][2][kv_heads][block_size][head_dim]
 // array starts at l * layer_bytes. One block of one layer is block_bytes long, at
@@ -68,6 +70,7 @@ struct BackendOptions {
   size_t kv_cache_bytes = size_t{256} << 20;  // the KV pool; blocks = bytes / bytes_per_block
   std::string kv_dtype = "auto";
   int num_threads = 0;  // 0: one per hardware thread
+  int tp_size = 1;      // tensor-parallel ranks
 };
 
 class Backend {
@@ -78,8 +81,10 @@ class Backend {
   // logits: one row of vocab_size floats per sequence with need_logits, in batch order.
   // Errors on an inconsistent batch (a block id out of range, a table too short); never crashes.
   virtual Status forward(const Batch& batch, std::span<float> logits) = 0;
-  // The KV pool's memory, for transfers of whole blocks between instances (P/D).
-  virtual KvMemory kv_memory() = 0;
+  // Tensor-parallel ranks; each holds its slice of the KV heads in a pool of its own.
+  virtual int tp_size() const { return 1; }
+  // Rank `rank`'s KV pool, for transfers of blocks between instances (P/D).
+  virtual KvMemory kv_memory(int rank) = 0;
 };
 
 class ArgParser;

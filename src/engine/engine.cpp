@@ -66,6 +66,7 @@ Result<uint64_t> Engine::add_request(Request r, OutputCallback on_output) {
   if (tokenizer_) seq->detok.emplace(*tokenizer_, seq->params.skip_special_tokens);
   seq->state = r.wait_for_remote_kv ? SeqState::kRemoteKv : SeqState::kWaiting;
   seq->hold_kv = r.hold_kv;
+  seq->on_remote_blocks = std::move(r.on_remote_blocks);
   uint64_t id = seq->id;
   {
     std::lock_guard lock(mutex_);
@@ -132,19 +133,30 @@ void Engine::take_inbox() {
       // Destination blocks for the prompt's KV, allocated now so the transfer can start.
       if (!blocks_.ensure_capacity(seq->block_table, seq->prompt_len)) {
         log::warn("request ", seq->request_id, ": no free blocks for remote KV; recomputing locally");
+        if (seq->on_remote_blocks) seq->on_remote_blocks(seq->id, {});
         scheduler_.add(seq);
         continue;
       }
       seq->num_computed = seq->prompt_len;
       scheduler_.add_remote(seq);
+      if (seq->on_remote_blocks) {
+        seq->remote_reading = true;
+        seq->on_remote_blocks(seq->id, seq->block_table);
+      }
     } else {
       scheduler_.add(seq);
     }
   }
   for (const RemoteDone& d : remote) {
+    if (auto r = reading_.find(d.id); r != reading_.end()) {  // aborted while its KV was being read
+      blocks_.release(r->second);
+      reading_.erase(r);
+      continue;
+    }
     auto it = seqs_.find(d.id);
     if (it == seqs_.end() || it->second->state != SeqState::kRemoteKv) continue;
     Sequence* seq = it->second.get();
+    seq->remote_reading = false;
     if (d.ok) {
       if (d.first_token < 0 || d.first_token >= backend_->config().vocab_size) {
         scheduler_.remote_done(seq, false);
@@ -171,6 +183,12 @@ void Engine::finish(Sequence* seq, const std::string& reason, const std::string&
     held_[seq->id] = std::move(seq->block_table);
     seq->block_table.clear();
     num_held_ = held_.size();
+  }
+  if (seq->remote_reading) {
+    // Reads into these blocks may still be landing: keep them until remote_kv_ready().
+    reading_[seq->id] = std::move(seq->block_table);
+    seq->block_table.clear();
+    seq->remote_reading = false;
   }
   scheduler_.remove(seq);
   out.seq_id = seq->id;

@@ -77,7 +77,8 @@ class Engine {
   EngineStats stats() const;
   const ModelConfig& model_config() const { return backend_->config(); }
   const KvCacheSpec& kv_spec() const { return backend_->kv_spec(); }
-  KvMemory kv_memory() { return backend_->kv_memory(); }
+  int tp_size() const { return backend_->tp_size(); }
+  KvMemory kv_memory(int rank) { return backend_->kv_memory(rank); }
   int max_model_len() const { return max_model_len_; }
   // Blocks of a remote-KV sequence (to read into); empty if unknown. Engine loop only.
   std::vector<int32_t> block_table_of(uint64_t seq_id) const;
@@ -113,7 +114,8 @@ class Engine {
   };
   std::vector<RemoteDone> remote_done_;
   std::vector<uint64_t> releases_;
-  std::unordered_map<uint64_t, std::vector<int32_t>> held_;  // engine loop only
+  std::unordered_map<uint64_t, std::vector<int32_t>> held_;     // engine loop only
+  std::unordered_map<uint64_t, std::vector<int32_t>> reading_;  // aborted with reads in flight
   std::atomic<size_t> num_held_{0};
   std::atomic<uint64_t> next_id_{1};
   bool stopping_ = false;

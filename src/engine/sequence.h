@@ -24,6 +24,12 @@ struct Request {
   // P/D prefill side: when the request finishes, keep its KV blocks (listed in the final
   // event's kv_block_ids) until Engine::release_held() is called for it.
   bool hold_kv = false;
+  // P/D decode side (wait_for_remote_kv): called on the engine loop with the blocks the prompt's
+  // KV must be read into, once they are allocated; or with none when the pool had no room (the
+  // engine then computes the prompt itself). Every call with blocks is answered by exactly one
+  // Engine::remote_kv_ready() for the sequence, which keeps the blocks until then, even if the
+  // request is aborted meanwhile. Must not block.
+  std::function<void(uint64_t seq_id, const std::vector<int32_t>& blocks)> on_remote_blocks;
 };
 
 // One event of a request's output stream. The last event has finished = true.
@@ -57,8 +63,10 @@ struct Sequence {
   SamplingParams params;
   std::mt19937_64 rng;
   OutputCallback on_output;
+  std::function<void(uint64_t, const std::vector<int32_t>&)> on_remote_blocks;
   SeqState state = SeqState::kWaiting;
   bool hold_kv = false;
+  bool remote_reading = false;  // blocks were handed to on_remote_blocks; remote_kv_ready pending
   int num_preemptions = 0;
 
   // Text state (when the engine has a tokenizer).

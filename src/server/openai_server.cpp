@@ -13,6 +13,7 @@ namespace asio = http::asio;
 struct OpenAiServer::Event {
   int index;
   RequestOutput out;
+  Json kv_transfer_params;  // P/D prefill: what the decode side needs (final event)
 };
 using asio::awaitable;
 using openai::ApiError;
@@ -146,13 +147,33 @@ std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Re
       return api_error(400, msg, r.max_tokens_given && static_cast<int>(p.size()) < max_len ? "max_tokens" : "prompt");
     }
   }
+  // P/D: a prefill keeps the prompt's KV for a decode; a decode reads it from the prefill.
+  KvConnector* conn = connector_;
+  const bool remote_decode =
+      conn && conn->role() == KvRole::kProducer && KvConnector::wants_remote_decode(r.kv_transfer_params);
+  const bool remote_prefill =
+      conn && conn->role() == KvRole::kConsumer && KvConnector::wants_remote_prefill(r.kv_transfer_params);
+  if ((remote_decode || remote_prefill) && prompts.size() != 1)
+    return api_error(400, "a request with kv_transfer_params must have exactly one prompt", "prompt");
   for (size_t i = 0; i < prompts.size(); ++i) {
     Request er;
     er.prompt = std::move(prompts[i]);
     er.params = r.params;
     if (!r.max_tokens_given) er.params.max_tokens = max_len - static_cast<int>(er.prompt.size());
-    auto id = engine_.add_request(std::move(er), [chan, i](RequestOutput&& out) {
-      chan->async_send(boost::system::error_code{}, Event{static_cast<int>(i), std::move(out)}, asio::detached);
+    const int prompt_len = static_cast<int>(er.prompt.size());
+    const uint64_t digest = remote_decode ? KvConnector::prompt_digest(er.prompt) : 0;
+    er.hold_kv = remote_decode;
+    if (remote_prefill) {
+      if (Status s = conn->prepare_remote_prefill(er, r.kv_transfer_params); !s.ok())
+        return api_error(400, s.message(), "kv_transfer_params");
+    }
+    auto id = engine_.add_request(std::move(er), [chan, i, remote_decode, conn, prompt_len, digest](RequestOutput&& out) {
+      Event ev{static_cast<int>(i), std::move(out), Json()};
+      // Pinned here, on the engine loop, so that the blocks are tracked (and time out) even if
+      // this HTTP request is gone before it reads the event.
+      if (remote_decode && ev.out.finished && !ev.out.kv_block_ids.empty())
+        ev.kv_transfer_params = conn->on_prefill_finished(ev.out, prompt_len, digest);
+      chan->async_send(boost::system::error_code{}, std::move(ev), asio::detached);
     });
     if (!id.ok()) {
       for (uint64_t done : st.ids) engine_.abort(done);
@@ -190,6 +211,7 @@ awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder
   size_t finished = 0;
   std::optional<Clock::time_point> first_token_at;
   std::string error;
+  Json kv_transfer_params;
   bool streaming = r.stream;
   if (streaming) {
     std::string content_type = "text/event-stream";
@@ -216,6 +238,7 @@ awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder
     if (!first_token_at && !ev.out.token_ids.empty()) first_token_at = Clock::now();
     openai::Choice& c = choices[ev.index];
     c.index = ev.index;
+    if (!ev.kv_transfer_params.is_null()) kv_transfer_params = std::move(ev.kv_transfer_params);
     if (ev.out.finished) {
       ++finished;
       c.finish_reason = ev.out.finish_reason;
@@ -284,6 +307,7 @@ awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder
   Json body = endpoint == Endpoint::kChat
                   ? openai::chat_response(rid, created, model_name, choices, usage, with_logprobs, text_of)
                   : openai::completion_response(rid, created, model_name, choices, usage, with_logprobs, text_of);
+  if (!kv_transfer_params.is_null()) body["kv_transfer_params"] = std::move(kv_transfer_params);
   std::string text = body.dump(-1, ' ', false, Json::error_handler_t::replace);
   co_await res.send(http::Status::ok, "application/json", std::move(text));
 }

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "disagg/kv_connector.h"
 #include "engine/engine.h"
 #include "model/chat_template.h"
 #include "model/tokenizer.h"
@@ -30,6 +31,8 @@ class OpenAiServer {
   OpenAiServer(Engine& engine, std::shared_ptr<const Tokenizer> tokenizer, std::optional<ChatTemplate> chat_template,
                ApiServerConfig config);
   void install(http::Server& server);
+  // P/D roles: requests with kv_transfer_params go through the connector (not owned).
+  void set_kv_connector(KvConnector* connector) { connector_ = connector; }
   Metrics& metrics() { return metrics_; }
 
  private:
@@ -54,6 +57,7 @@ class OpenAiServer {
   std::optional<ChatTemplate> chat_template_;
   ApiServerConfig config_;
   Metrics metrics_;
+  KvConnector* connector_ = nullptr;
   int64_t started_at_;
 };
 

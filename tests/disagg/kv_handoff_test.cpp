@@ -33,7 +33,7 @@ Instance make_instance(const std::string& name, const std::string& model, const 
   BackendOptions bo;
   bo.kv_dtype = kv_dtype;
   bo.kv_cache_bytes = 8 << 20;
-  bo.kv_allocator = [&in](size_t n) -> Result<void*> {
+  bo.kv_allocator = [&in](int, size_t n) -> Result<void*> {
     BATON_ASSIGN_OR_RETURN(auto mem, in.agent->allocate_memory(n));
     in.kv_region = mem.second;
     return mem.first;
@@ -81,8 +81,8 @@ TEST_P(KvHandoffTest, DecodeFromTransferredKvEqualsColocated) {
     decode.engine->engine->step();
     const std::vector<int32_t> dst_blocks = decode.engine->engine->block_table_of(did);
     ASSERT_EQ(dst_blocks.size(), src_blocks.size());
-    const KvMemory src_mem = prefill.engine->engine->kv_memory();
-    const KvMemory dst_mem = decode.engine->engine->kv_memory();
+    const KvMemory src_mem = prefill.engine->engine->kv_memory(0);
+    const KvMemory dst_mem = decode.engine->engine->kv_memory(0);
     ASSERT_EQ(src_mem.block_bytes, dst_mem.block_bytes);
     std::vector<xfer::TransferOp> ops;
     const int layers = prefill.engine->engine->model_config().num_layers;

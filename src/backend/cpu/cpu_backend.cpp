@@ -14,6 +14,7 @@ namespace baton {
 
 Result<std::unique_ptr<Backend>> create_cpu_backend(const std::string& model_dir, const BackendOptions& options) {
   BATON_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::load(model_dir));
+  if (options.tp_size != 1) return make_error("-tp ", options.tp_size, ": the CPU backend runs one rank only");
   BATON_ASSIGN_OR_RETURN(WeightStore store, WeightStore::open_dir(model_dir));
   auto tensors = ModelTensors::find(config, store);
   if (!tensors.ok()) return make_error(model_dir, ": ", tensors.error());
@@ -193,6 +194,11 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& c, con
   KvCacheSpec& kv = b->kv_spec_;
   kv.block_size = options.block_size;
   kv.dtype = kv_dtype;
+  if (kv_dtype == KvDtype::kFP8)
+    for (const Layer& l : b->layers_) {
+      kv.k_scales.push_back(l.k_scale);
+      kv.v_scales.push_back(l.v_scale);
+    }
   const size_t layer_block_bytes = 2 * static_cast<size_t>(c.num_kv_heads) * options.block_size * c.head_dim *
                                    kv_dtype_size(kv_dtype);
   kv.bytes_per_block = layer_block_bytes * c.num_layers;
@@ -203,7 +209,7 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& c, con
   b->kv_layer_bytes_ = layer_block_bytes * kv.num_blocks;
   const size_t pool_bytes = b->kv_layer_bytes_ * c.num_layers;
   if (options.kv_allocator) {
-    BATON_ASSIGN_OR_RETURN(void* mem, options.kv_allocator(pool_bytes));
+    BATON_ASSIGN_OR_RETURN(void* mem, options.kv_allocator(0, pool_bytes));
     b->kv_base_ = static_cast<std::byte*>(mem);
     std::memset(b->kv_base_, 0, pool_bytes);
   } else {
@@ -216,7 +222,7 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& c, con
   return b;
 }
 
-KvMemory CpuBackend::kv_memory() {
+KvMemory CpuBackend::kv_memory(int /*rank*/) {
   const size_t block_bytes = kv_layer_bytes_ / static_cast<size_t>(kv_spec_.num_blocks);
   return {kv_base_, kv_layer_bytes_ * static_cast<size_t>(config_.num_layers), kv_layer_bytes_, block_bytes};
 }

@@ -21,7 +21,7 @@ class CpuBackend : public Backend {
   const ModelConfig& config() const override { return config_; }
   const KvCacheSpec& kv_spec() const override { return kv_spec_; }
   Status forward(const Batch& batch, std::span<float> logits) override;
-  KvMemory kv_memory() override;
+  KvMemory kv_memory(int rank) override;
 
  private:
   struct Layer {

@@ -1,0 +1,112 @@
+#include "proxy/instance_table.h"
+
+#include <algorithm>
+
+#include "common/log.h"
+
+namespace baton::proxy {
+
+namespace {
+
+std::optional<char> parse_role(const std::string& s) {
+  if (s == "P" || s == "prefill" || s == "kv_producer") return 'P';
+  if (s == "D" || s == "decode" || s == "kv_consumer") return 'D';
+  return std::nullopt;
+}
+
+}  // namespace
+
+Result<bool> InstanceTable::update(const Json& m, Clock::time_point now) {
+  if (!m.is_object()) return make_error("registration: the message is not a map");
+  const std::string what = "registration";
+  BATON_ASSIGN_OR_RETURN(std::string addr, json_get<std::string>(m, "http_address", what));
+  const size_t colon = addr.rfind(':');
+  if (colon == std::string::npos || colon == 0) return make_error(what, ": http_address '", addr, "' is not host:port");
+  int port = 0;
+  try {
+    port = std::stoi(addr.substr(colon + 1));
+  } catch (...) {
+  }
+  if (port <= 0 || port > 65535) return make_error(what, ": http_address '", addr, "' has no valid port");
+  const std::string type = m.value("type", std::string());
+  std::lock_guard lock(mutex_);
+  if (type == "unregister") {
+    if (instances_.erase(addr)) log::info("proxy: ", addr, " unregistered");
+    return false;
+  }
+  std::optional<char> role = parse_role(type);
+  if (!role && m.contains("role") && m["role"].is_string()) role = parse_role(m["role"].get<std::string>());
+  if (!role) return make_error(what, ": no role (type or role must be P or D)");
+  auto it = instances_.find(addr);
+  const bool fresh = it == instances_.end() || it->second.role != *role;
+  if (fresh) {
+    Instance in;
+    in.id = addr;
+    in.role = *role;
+    in.host = addr.substr(0, colon);
+    in.port = port;
+    it = instances_.insert_or_assign(addr, std::move(in)).first;
+    log::info("proxy: ", *role == 'P' ? "prefill " : "decode ", addr, " registered");
+  }
+  it->second.info = m;
+  it->second.last_seen = now;
+  return fresh;
+}
+
+std::vector<std::string> InstanceTable::evict(Clock::time_point now, Clock::duration max_age) {
+  std::vector<std::string> out;
+  std::lock_guard lock(mutex_);
+  for (auto it = instances_.begin(); it != instances_.end();) {
+    if (now - it->second.last_seen > max_age) {
+      log::warn("proxy: ", it->first, " missed its heartbeats; evicted");
+      out.push_back(it->first);
+      it = instances_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return out;
+}
+
+std::optional<Instance> InstanceTable::acquire(char role, const std::set<std::string>& exclude, int64_t cost) {
+  std::lock_guard lock(mutex_);
+  Instance* best = nullptr;
+  for (auto& [id, in] : instances_) {
+    if (in.role != role || exclude.count(id)) continue;
+    // Ties go to the instance routed to least, so that idle instances share the load.
+    if (!best || in.outstanding_tokens < best->outstanding_tokens ||
+        (in.outstanding_tokens == best->outstanding_tokens && in.routed < best->routed))
+      best = &in;
+  }
+  if (!best) return std::nullopt;
+  best->outstanding_tokens += cost;
+  ++best->in_flight;
+  ++best->routed;
+  return *best;
+}
+
+void InstanceTable::release(const std::string& id, int64_t cost, bool failed) {
+  std::lock_guard lock(mutex_);
+  auto it = instances_.find(id);
+  if (it == instances_.end()) return;
+  // An instance evicted and re-admitted meanwhile starts from zero: never go below it.
+  it->second.outstanding_tokens = std::max<int64_t>(0, it->second.outstanding_tokens - cost);
+  it->second.in_flight = std::max<int64_t>(0, it->second.in_flight - 1);
+  if (failed) ++it->second.failures;
+}
+
+std::vector<Instance> InstanceTable::snapshot() const {
+  std::lock_guard lock(mutex_);
+  std::vector<Instance> out;
+  for (const auto& [id, in] : instances_) out.push_back(in);
+  return out;
+}
+
+int InstanceTable::count(char role) const {
+  std::lock_guard lock(mutex_);
+  int n = 0;
+  for (const auto& [id, in] : instances_) n += in.role == role;
+  return n;
+}
+
+}  // namespace baton::proxy

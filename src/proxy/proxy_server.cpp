@@ -1,0 +1,342 @@
+#include "proxy/proxy_server.h"
+
+#include <zmq.h>
+
+#include "common/log.h"
+#include "server/http_client.h"
+#include "server/openai_protocol.h"
+
+namespace baton::proxy {
+
+namespace asio = http::asio;
+using asio::awaitable;
+using std::chrono::milliseconds;
+
+struct ProxyServer::Counters {
+  std::atomic<uint64_t> requests{0}, completed{0}, failed{0}, client_aborts{0}, prefill_retries{0},
+      decode_retries{0}, registrations{0}, evictions{0};
+};
+
+namespace {
+
+milliseconds ms(double seconds) { return milliseconds(static_cast<int64_t>(seconds * 1000)); }
+
+std::string error_json(int status, const std::string& message, const std::string& type) {
+  openai::ApiError e;
+  e.status = status;
+  e.message = message;
+  e.type = type;
+  return openai::error_body(e);
+}
+
+int64_t json_int_or(const Json& j, const char* key, int64_t fallback) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number_integer() ? it->get<int64_t>() : fallback;
+}
+
+}  // namespace
+
+ProxyServer::ProxyServer(ProxyConfig config)
+    : config_(std::move(config)),
+      http_([&] {
+        http::ServerConfig hc;
+        hc.host = config_.host;
+        hc.port = config_.port;
+        hc.threads = config_.http_threads;
+        hc.max_body_bytes = config_.max_body_bytes;
+        return hc;
+      }()),
+      counters_(std::make_unique<Counters>()) {
+  Counters* c = counters_.get();
+  InstanceTable* t = &table_;
+  metrics_.add_gauge("baton_proxy:requests_total", "Requests received.", [c] { return double(c->requests); }, true);
+  metrics_.add_gauge("baton_proxy:requests_completed_total", "Requests answered in full.", [c] { return double(c->completed); }, true);
+  metrics_.add_gauge("baton_proxy:requests_failed_total", "Requests that ended in an error.", [c] { return double(c->failed); }, true);
+  metrics_.add_gauge("baton_proxy:client_aborts_total", "Clients that went away mid-answer.", [c] { return double(c->client_aborts); }, true);
+  metrics_.add_gauge("baton_proxy:prefill_retries_total", "Prefills retried on another instance.", [c] { return double(c->prefill_retries); }, true);
+  metrics_.add_gauge("baton_proxy:decode_retries_total", "Decodes retried on another instance.", [c] { return double(c->decode_retries); }, true);
+  metrics_.add_gauge("baton_proxy:registrations_total", "Instances that (re)joined.", [c] { return double(c->registrations); }, true);
+  metrics_.add_gauge("baton_proxy:evictions_total", "Instances dropped after missed heartbeats.", [c] { return double(c->evictions); }, true);
+  metrics_.add_gauge("baton_proxy:prefill_instances", "Registered prefill instances.", [t] { return t->count('P'); });
+  metrics_.add_gauge("baton_proxy:decode_instances", "Registered decode instances.", [t] { return t->count('D'); });
+}
+
+ProxyServer::~ProxyServer() { stop(); }
+
+Status ProxyServer::start() {
+  zmq_context_ = zmq_ctx_new();
+  zmq_socket_ = zmq_socket(zmq_context_, ZMQ_ROUTER);
+  if (!zmq_socket_) return make_error("cannot create the registration socket: ", zmq_strerror(zmq_errno()));
+  const int linger = 0;
+  zmq_setsockopt(zmq_socket_, ZMQ_LINGER, &linger, sizeof linger);
+  const std::string host = config_.host == "0.0.0.0" ? "*" : config_.host;
+  const std::string endpoint =
+      "tcp://" + host + ":" + (config_.ping_port == 0 ? std::string("*") : std::to_string(config_.ping_port));
+  if (zmq_bind(zmq_socket_, endpoint.c_str()) != 0)
+    return make_error("cannot listen for registrations on ", endpoint, ": ", zmq_strerror(zmq_errno()));
+  char bound[256];
+  size_t len = sizeof bound;
+  zmq_getsockopt(zmq_socket_, ZMQ_LAST_ENDPOINT, bound, &len);
+  const std::string b(bound);
+  ping_port_ = std::stoi(b.substr(b.rfind(':') + 1));
+
+  http_.set_error_formatter([](http::Status s, const std::string& msg) {
+    return error_json(static_cast<int>(s), msg, static_cast<int>(s) == 404 ? "not_found_error" : "invalid_request_error");
+  });
+  http_.route("POST", "/v1/completions",
+              [this](const http::Request& req, http::Responder& res) { return relay(req, res, false); });
+  http_.route("POST", "/v1/chat/completions",
+              [this](const http::Request& req, http::Responder& res) { return relay(req, res, true); });
+  http_.route("GET", "/v1/models",
+              [this](const http::Request& req, http::Responder& res) { return relay_get(req, res, "/v1/models"); });
+  http_.route("GET", "/health", [this](const http::Request&, http::Responder& res) -> awaitable<void> {
+    const int p = table_.count('P'), d = table_.count('D');
+    const bool ok = p > 0 && d > 0;
+    std::string body = Json({{"status", ok ? "ok" : "unavailable"}, {"prefill_instances", p}, {"decode_instances", d}}).dump();
+    co_await res.send(ok ? http::Status::ok : http::Status::service_unavailable, "application/json", std::move(body));
+  });
+  http_.route("GET", "/metrics", [this](const http::Request&, http::Responder& res) -> awaitable<void> {
+    std::string body = metrics_.render();
+    co_await res.send(http::Status::ok, "text/plain; version=0.0.4", std::move(body));
+  });
+  http_.route("GET", "/instances", [this](const http::Request&, http::Responder& res) -> awaitable<void> {
+    Json list = Json::array();
+    for (const Instance& in : table_.snapshot())
+      list.push_back({{"id", in.id}, {"role", std::string(1, in.role)}, {"outstanding_tokens", in.outstanding_tokens},
+                      {"in_flight", in.in_flight}, {"routed", in.routed}, {"failures", in.failures}, {"info", in.info}});
+    std::string body = list.dump();
+    co_await res.send(http::Status::ok, "application/json", std::move(body));
+  });
+  BATON_RETURN_IF_ERROR(http_.start());
+  registration_thread_ = std::thread([this] { registration_loop(); });
+  return {};
+}
+
+void ProxyServer::stop() {
+  stopping_ = true;
+  if (registration_thread_.joinable()) registration_thread_.join();
+  http_.stop();
+  if (zmq_socket_) zmq_close(zmq_socket_);
+  if (zmq_context_) zmq_ctx_term(zmq_context_);
+  zmq_socket_ = zmq_context_ = nullptr;
+}
+
+void ProxyServer::registration_loop() {
+  while (!stopping_) {
+    zmq_pollitem_t item{zmq_socket_, 0, ZMQ_POLLIN, 0};
+    const int rc = zmq_poll(&item, 1, 200);
+    const auto now = Clock::now();
+    while (rc > 0) {
+      // [sender identity, payload]: the last frame is the msgpack map.
+      std::string payload;
+      int more = 0;
+      bool got = false;
+      do {
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
+        if (zmq_msg_recv(&msg, zmq_socket_, ZMQ_DONTWAIT) < 0) {
+          zmq_msg_close(&msg);
+          break;
+        }
+        got = true;
+        payload.assign(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
+        more = zmq_msg_more(&msg);
+        zmq_msg_close(&msg);
+      } while (more);
+      if (!got) break;
+      Json m = Json::from_msgpack(payload, true, false);
+      if (m.is_discarded()) {
+        log::warn("proxy: ignoring a registration that is not msgpack");
+        continue;
+      }
+      auto fresh = table_.update(m, now);
+      if (!fresh.ok()) log::warn("proxy: ", fresh.error());
+      else if (*fresh) ++counters_->registrations;
+    }
+    counters_->evictions += table_.evict(now, ms(config_.evict_after_s)).size();
+  }
+}
+
+awaitable<void> ProxyServer::relay_get(const http::Request&, http::Responder& res, std::string target) {
+  auto executor = co_await asio::this_coro::executor;
+  std::optional<Instance> in = table_.acquire('D', {}, 0);
+  if (!in) in = table_.acquire('P', {}, 0);
+  if (!in) {
+    std::string body = error_json(503, "no instance is registered with the proxy yet", "service_unavailable");
+    co_await res.send(http::Status::service_unavailable, "application/json", std::move(body));
+    co_return;
+  }
+  http::ClientCall call(executor);
+  std::string method = "GET", empty;
+  baton::Status st = co_await call.start(in->host, in->port, method, target, empty, ms(config_.connect_timeout_s));
+  Result<std::string> body = Error{st.ok() ? "" : st.message()};
+  if (st.ok()) body = co_await call.read_all(ms(config_.connect_timeout_s));
+  table_.release(in->id, 0, !body.ok());
+  if (!body.ok()) {
+    std::string err = error_json(502, "instance " + in->id + " did not answer: " + body.error(), "upstream_error");
+    co_await res.send(http::Status::bad_gateway, "application/json", std::move(err));
+    co_return;
+  }
+  std::string ct = call.content_type().empty() ? "application/json" : call.content_type();
+  co_await res.send(static_cast<http::Status>(call.status()), std::move(ct), std::move(*body));
+}
+
+awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& res, bool chat) {
+  auto executor = co_await asio::this_coro::executor;
+  ++counters_->requests;
+  const std::string target = chat ? "/v1/chat/completions" : "/v1/completions";
+  Json body = Json::parse(req.body(), nullptr, false);
+  if (body.is_discarded() || !body.is_object()) {
+    ++counters_->failed;
+    std::string err = error_json(400, "the request body is not a JSON object", "invalid_request_error");
+    co_await res.send(http::Status::bad_request, "application/json", std::move(err));
+    co_return;
+  }
+  // Work estimates for routing: prompt tokens ~ bytes / 4, plus the tokens asked for.
+  const int64_t prompt_cost = static_cast<int64_t>(req.body().size() / 4) + 1;
+  const int64_t decode_cost =
+      prompt_cost + json_int_or(body, chat ? "max_completion_tokens" : "max_tokens", json_int_or(body, "max_tokens", 256));
+
+  // 1. Prefill: one token, the KV kept for the decode side.
+  Json pbody = body;
+  pbody["max_tokens"] = 1;
+  if (chat && pbody.contains("max_completion_tokens")) pbody["max_completion_tokens"] = 1;
+  pbody["stream"] = false;
+  pbody.erase("stream_options");
+  pbody["kv_transfer_params"] = {{"do_remote_decode", true}, {"do_remote_prefill", false}};
+  const std::string prefill_body = pbody.dump();
+  Json kv_params;
+  std::string last_error = "no prefill instance is registered with the proxy";
+  std::set<std::string> tried;
+  for (int attempt = 0; attempt < 2 && kv_params.is_null(); ++attempt) {
+    std::optional<Instance> p = table_.acquire('P', tried, prompt_cost);
+    if (!p) break;
+    if (attempt > 0) ++counters_->prefill_retries;
+    tried.insert(p->id);
+    http::ClientCall call(executor);
+    std::string method = "POST";
+    baton::Status st = co_await call.start(p->host, p->port, method, target, prefill_body, ms(config_.connect_timeout_s));
+    Result<std::string> answer = Error{st.ok() ? "" : st.message()};
+    if (st.ok()) answer = co_await call.read_all(ms(config_.prefill_timeout_s));
+    const bool failed = !answer.ok() || call.status() >= 500;
+    table_.release(p->id, prompt_cost, failed);
+    if (failed) {
+      last_error = "prefill " + p->id + ": " + (answer.ok() ? "status " + std::to_string(call.status()) + " " + *answer : answer.error());
+      log::warn("proxy: ", last_error, attempt == 0 ? "; retrying on another prefill" : "");
+      continue;
+    }
+    if (call.status() != 200) {  // the request's own fault (too long, bad parameter): relay it
+      ++counters_->failed;
+      std::string ct = call.content_type().empty() ? "application/json" : call.content_type();
+      co_await res.send(static_cast<http::Status>(call.status()), std::move(ct), std::move(*answer));
+      co_return;
+    }
+    Json pj = Json::parse(*answer, nullptr, false);
+    if (pj.is_object() && pj.contains("kv_transfer_params") && pj["kv_transfer_params"].is_object()) {
+      kv_params = pj["kv_transfer_params"];
+    } else {
+      last_error = "prefill " + p->id + " answered without kv_transfer_params (is it a kv_producer?)";
+      log::warn("proxy: ", last_error);
+    }
+  }
+  if (kv_params.is_null()) {
+    ++counters_->failed;
+    const bool none = tried.empty();
+    std::string err = error_json(none ? 503 : 502, last_error, none ? "service_unavailable" : "upstream_error");
+    co_await res.send(none ? http::Status::service_unavailable : http::Status::bad_gateway, "application/json",
+                      std::move(err));
+    co_return;
+  }
+
+  // 2. Decode: the original request with the prefill's params; its answer is relayed as is.
+  Json dbody = body;
+  dbody["kv_transfer_params"] = kv_params;
+  const std::string decode_body = dbody.dump();
+  std::optional<Instance> d;
+  std::unique_ptr<http::ClientCall> call;
+  last_error = "no decode instance is registered with the proxy";
+  tried.clear();
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    d = table_.acquire('D', tried, decode_cost);
+    if (!d) break;
+    if (attempt > 0) ++counters_->decode_retries;
+    tried.insert(d->id);
+    call = std::make_unique<http::ClientCall>(executor);
+    std::string method = "POST";
+    baton::Status st = co_await call->start(d->host, d->port, method, target, decode_body, ms(config_.connect_timeout_s));
+    if (st.ok() && call->status() < 500) break;
+    if (st.ok()) {
+      Result<std::string> detail = co_await call->read_all(ms(config_.connect_timeout_s));
+      last_error = "decode " + d->id + ": status " + std::to_string(call->status()) + " " + (detail.ok() ? *detail : "");
+    } else {
+      last_error = "decode " + d->id + ": " + st.message();
+    }
+    log::warn("proxy: ", last_error, attempt == 0 ? "; retrying on another decode" : "");
+    table_.release(d->id, decode_cost, true);
+    d.reset();
+    call.reset();
+  }
+  if (!d) {
+    ++counters_->failed;
+    const bool none = tried.empty();
+    std::string err = error_json(none ? 503 : 502, last_error, none ? "service_unavailable" : "upstream_error");
+    co_await res.send(none ? http::Status::service_unavailable : http::Status::bad_gateway, "application/json",
+                      std::move(err));
+    co_return;
+  }
+
+  const std::string content_type = call->content_type().empty() ? "application/json" : call->content_type();
+  const bool is_stream = content_type.find("text/event-stream") != std::string::npos;
+  if (!is_stream || call->status() != 200) {
+    Result<std::string> all = co_await call->read_all(ms(config_.token_timeout_s));
+    table_.release(d->id, decode_cost, !all.ok());
+    if (!all.ok()) {
+      ++counters_->failed;
+      std::string err = error_json(502, "decode " + d->id + " failed mid-answer: " + all.error(), "upstream_error");
+      co_await res.send(http::Status::bad_gateway, "application/json", std::move(err));
+      co_return;
+    }
+    if (call->status() == 200) ++counters_->completed; else ++counters_->failed;
+    std::string ct = content_type;
+    co_await res.send(static_cast<http::Status>(call->status()), std::move(ct), std::move(*all));
+    co_return;
+  }
+  std::string ct = content_type;
+  if (!co_await res.start_stream(std::move(ct))) {
+    call->close();
+    table_.release(d->id, decode_cost, false);
+    ++counters_->client_aborts;
+    co_return;
+  }
+  bool upstream_ok = true;
+  std::string upstream_error;
+  for (;;) {
+    Result<std::string> piece = co_await call->next(ms(config_.token_timeout_s));
+    if (!piece.ok()) {
+      upstream_ok = false;
+      upstream_error = piece.error();
+      break;
+    }
+    if (piece->empty()) break;
+    if (!co_await res.write_chunk(std::move(*piece))) {
+      // The client went away: dropping the decode connection aborts the request there.
+      call->close();
+      table_.release(d->id, decode_cost, false);
+      ++counters_->client_aborts;
+      co_return;
+    }
+  }
+  table_.release(d->id, decode_cost, !upstream_ok);
+  if (!upstream_ok) {
+    ++counters_->failed;
+    log::warn("proxy: decode ", d->id, " broke mid-stream: ", upstream_error);
+    std::string tail = "data: " + error_json(502, "decode instance " + d->id + " failed mid-stream: " + upstream_error, "upstream_error") +
+                       "\n\ndata: [DONE]\n\n";
+    co_await res.write_chunk(std::move(tail));
+  } else {
+    ++counters_->completed;
+  }
+  co_await res.end_stream();
+}
+
+}  // namespace baton::proxy
