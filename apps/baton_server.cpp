@@ -195,7 +195,7 @@ baton::Status run(int argc, char** argv) {
                   {"model", api.served_model_names[0]},
                   {"kv_layout", layout.to_json()}};
     const std::string endpoint = "tcp://" + kv.proxy_ip + ":" + std::to_string(kv.proxy_ping_port);
-    BATON_ASSIGN_OR_RETURN(registrar, Registrar::start(endpoint, hello, std::chrono::milliseconds(2000)));
+    BATON_ASSIGN_OR_RETURN(registrar, Registrar::start(endpoint, hello, std::chrono::milliseconds(static_cast<int64_t>(kv.heartbeat_s * 1000))));
     registrar->set_goodbye({{"type", "unregister"}, {"http_address", http_address}});
     log::info(kv_role_name(kv.role), " ", engine_id, " registers with the proxy at ", endpoint, " as ", http_address);
   }

@@ -202,16 +202,19 @@ void KvConnector::reaper_loop() {
 
 // ---- consumer ----
 
+void KvConnector::release_remote(const Json& params) {
+  if (role_ != KvRole::kConsumer) return;
+  {
+    std::lock_guard lock(mutex_);
+    jobs_.push_back(ReadJob{0, {}, std::make_shared<const Json>(params)});
+  }
+  cv_.notify_one();
+}
+
 Status KvConnector::prepare_remote_prefill(Request& request, const Json& params) {
   BATON_ASSIGN_OR_RETURN(Remote remote, Remote::parse(params));
   auto shared = std::make_shared<const Json>(params);
-  auto release_only = [this, shared] {
-    {
-      std::lock_guard lock(mutex_);
-      jobs_.push_back(ReadJob{0, {}, shared});
-    }
-    cv_.notify_one();
-  };
+  auto release_only = [this, &params] { release_remote(params); };
   if (Status s = layout_.compatible_with(remote.layout); !s.ok()) {
     release_only();
     return s;

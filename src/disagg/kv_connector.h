@@ -77,6 +77,9 @@ class KvConnector {
   // Checks the params against this instance (layout, prompt) and arms the request to wait for
   // remote KV. An error is the client's (or the deployment's) and names the problem.
   Status prepare_remote_prefill(Request& request, const Json& kv_transfer_params);
+  // Consumer: the request will not run here (refused before reaching the engine): tells the
+  // prefill to free its blocks now rather than at its timeout.
+  void release_remote(const Json& kv_transfer_params);
 
   ConnectorStats stats() const;
 

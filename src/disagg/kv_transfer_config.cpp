@@ -20,7 +20,7 @@ Result<KvTransferConfig> KvTransferConfig::parse(const std::string& text) {
   BATON_ASSIGN_OR_RETURN(Json j, parse_json(text, what));
   if (!j.is_object()) return make_error(what, ": expected a JSON object");
   static const char* known[] = {"kv_role", "proxy_ip", "proxy_ping_port", "http_port", "http_prt", "handshake_port",
-                                "transport", "kv_timeout_s", "token", "kv_connector", "kv_buffer_device", "kv_rank",
+                                "transport", "kv_timeout_s", "heartbeat_s", "token", "kv_connector", "kv_buffer_device", "kv_rank",
                                 "kv_parallel_size", "kv_port", "kv_ip", "kv_connector_extra_config"};
   for (auto it = j.begin(); it != j.end(); ++it)
     if (std::find(std::begin(known), std::end(known), it.key()) == std::end(known))
@@ -46,6 +46,10 @@ Result<KvTransferConfig> KvTransferConfig::parse(const std::string& text) {
   BATON_ASSIGN_OR_RETURN(c.handshake_port, json_get_or<int>(j, "handshake_port", 0, what));
   BATON_ASSIGN_OR_RETURN(c.transport, json_get_or<std::string>(j, "transport", c.transport, what));
   BATON_ASSIGN_OR_RETURN(c.kv_timeout_s, json_get_or<double>(j, "kv_timeout_s", c.kv_timeout_s, what));
+  BATON_ASSIGN_OR_RETURN(c.heartbeat_s, json_get_or<double>(j, "heartbeat_s", c.heartbeat_s, what));
+  if (!(c.heartbeat_s > 0)) return make_error(what, ": heartbeat_s must be positive");
+  if (c.transport != "auto" && c.transport != "tcp" && c.transport != "ucx")
+    return make_error(what, ": transport '", c.transport, "' is not one of auto, ucx, tcp");
   BATON_ASSIGN_OR_RETURN(c.token, json_get_or<std::string>(j, "token", "", what));
   auto port_ok = [](int p) { return p >= 0 && p <= 65535; };
   if (!port_ok(c.proxy_ping_port) || (c.http_port && !port_ok(*c.http_port)) || !port_ok(c.handshake_port))

@@ -126,10 +126,28 @@ std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Re
                                                                    std::shared_ptr<Channel> chan) {
   if (!authorized(req)) return api_error(401, "invalid or missing API key", "", "authentication_error");
   auto parsed = openai::parse_request(req.body(), endpoint);
-  if (auto* e = std::get_if<ApiError>(&parsed)) return *e;
+  if (auto* e = std::get_if<ApiError>(&parsed)) {
+    if (connector_ && connector_->role() == KvRole::kConsumer) {  // see ReleaseIfRefused below
+      Json j = Json::parse(req.body(), nullptr, false);
+      if (j.is_object() && j.contains("kv_transfer_params") && KvConnector::wants_remote_prefill(j["kv_transfer_params"]))
+        connector_->release_remote(j["kv_transfer_params"]);
+    }
+    return *e;
+  }
   Started st;
   st.request = std::move(std::get<openai::ApiRequest>(parsed));
   const openai::ApiRequest& r = st.request;
+  // A decode request refused before the connector took it over must still let the prefill
+  // free the blocks it holds for it (else they wait for kv_timeout_s).
+  struct ReleaseIfRefused {
+    KvConnector* conn = nullptr;
+    const Json* params = nullptr;
+    ~ReleaseIfRefused() {
+      if (conn) conn->release_remote(*params);
+    }
+  } release_if_refused;
+  if (connector_ && connector_->role() == KvRole::kConsumer && KvConnector::wants_remote_prefill(r.kv_transfer_params))
+    release_if_refused = {connector_, &r.kv_transfer_params};
   const auto& names = config_.served_model_names;
   if (!r.model.empty() && std::find(names.begin(), names.end(), r.model) == names.end())
     return api_error(400, "the model '" + r.model + "' does not exist; this server serves '" + names[0] + "'", "model");
@@ -164,9 +182,11 @@ std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Re
     const uint64_t digest = remote_decode ? KvConnector::prompt_digest(er.prompt) : 0;
     er.hold_kv = remote_decode;
     if (remote_prefill) {
+      release_if_refused.conn = nullptr;  // from here the connector releases on every path
       if (Status s = conn->prepare_remote_prefill(er, r.kv_transfer_params); !s.ok())
         return api_error(400, s.message(), "kv_transfer_params");
     }
+    const bool armed = er.wait_for_remote_kv;
     auto id = engine_.add_request(std::move(er), [chan, i, remote_decode, conn, prompt_len, digest](RequestOutput&& out) {
       Event ev{static_cast<int>(i), std::move(out), Json()};
       // Pinned here, on the engine loop, so that the blocks are tracked (and time out) even if
@@ -177,6 +197,7 @@ std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Re
     });
     if (!id.ok()) {
       for (uint64_t done : st.ids) engine_.abort(done);
+      if (armed) conn->release_remote(r.kv_transfer_params);
       return api_error(400, id.error());
     }
     st.ids.push_back(*id);

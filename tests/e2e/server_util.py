@@ -15,6 +15,7 @@ class Proc:
         self.name = name
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.port = None
+        self.ping_port = None  # baton-proxy: where instances register
         self.stderr_lines = []
         self._port_ready = threading.Event()
         threading.Thread(target=self._read_stdout, daemon=True).start()
@@ -28,6 +29,9 @@ class Proc:
     def _read_stdout(self):
         for line in self.proc.stdout:
             m = re.search(r"listening on [^ ]*:(\d+)", line)
+            r = re.search(r"registrations on port (\d+)", line)
+            if r:
+                self.ping_port = int(r.group(1))
             if m and self.port is None:
                 self.port = int(m.group(1))
                 self._port_ready.set()

@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""e2e: P/D disaggregation with real processes on 127.0.0.1 (baton-proxy + prefill + decode).
+
+- greedy outputs through the proxy equal colocated outputs, completions and chat, streamed and
+  not, for tiny-qwen3 (bf16 KV) and tiny-llama3 (fp8 KV), for every (prefill tp, decode tp) pair
+- two prefills and two decodes behind one proxy serve 200 concurrent requests
+- no leaked blocks: every instance's kv_blocks_used returns to 0 and nothing stays held
+- faults: held blocks time out; a prefill killed after answering (decode recomputes); a prefill
+  killed before answering (the proxy retries elsewhere); a decode killed mid-stream (the client
+  gets an error); a proxy restart (instances re-register); a client that disconnects; a KV
+  layout mismatch (refused with a clear error)
+
+usage: pd_test.py --bin-dir build/apps --models ../shared/models
+"""
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+
+import openai
+
+sys.path.insert(0, os.path.dirname(__file__))
+from server_util import Proc, metric, start_server, wait_until  # noqa: E402
+
+TESTS = []
+# (prefill tp, decode tp) pairs the equality test covers.
+TP_PAIRS = [(1, 1)]
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_proxy(bin_dir, port=0, ping_port=0, *extra):
+    return Proc([os.path.join(bin_dir, "baton-proxy"), "--host", "127.0.0.1", "--port", str(port), "--ping-port",
+                 str(ping_port), "--log-level", "warning", *extra], "baton-proxy")
+
+
+def start_instance(bin_dir, model, role, ping_port, tp=1, kv_dtype="auto", kv_timeout_s=60, extra=()):
+    cfg = {"kv_role": role, "proxy_ip": "127.0.0.1", "proxy_ping_port": ping_port, "kv_timeout_s": kv_timeout_s,
+           "heartbeat_s": 0.5}
+    return start_server(bin_dir, model, "--kv_cache_dtype", kv_dtype, "--block-size", "16", "-tp", str(tp),
+                        "--threads", "1", "--kv-transfer-config", json.dumps(cfg), *extra)
+
+
+def instances(proxy):
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    conn.request("GET", "/instances")
+    data = json.loads(conn.getresponse().read())
+    conn.close()
+    return data
+
+
+class Fleet:
+    def __init__(self, bin_dir, model, p_tps=(1,), d_tps=(1,), kv_dtype="auto", kv_timeout_s=60, proxy_args=(),
+                 p_dtype=None):
+        self.bin_dir, self.model = bin_dir, model
+        self.proxy = start_proxy(bin_dir, 0, 0, *proxy_args)
+        self.prefills, self.decodes = [], []
+        try:
+            for tp in p_tps:
+                self.prefills.append(start_instance(bin_dir, model, "kv_producer", self.proxy.ping_port, tp,
+                                                    p_dtype or kv_dtype, kv_timeout_s))
+            for tp in d_tps:
+                self.decodes.append(start_instance(bin_dir, model, "kv_consumer", self.proxy.ping_port, tp, kv_dtype,
+                                                   kv_timeout_s))
+            want = len(p_tps) + len(d_tps)
+            wait_until(lambda: len(instances(self.proxy)) == want, what="instances registered")
+        except Exception:
+            self.stop()
+            raise
+
+    @property
+    def url(self):
+        return self.proxy.url
+
+    def all(self):
+        return self.prefills + self.decodes
+
+    def assert_no_leaks(self):
+        for inst in self.all():
+            if not inst.alive():
+                continue
+            wait_until(lambda: metric(inst.url, "baton:kv_blocks_used") == 0 and
+                       metric(inst.url, "baton:kv_held_transfers") == 0 and
+                       metric(inst.url, "baton:num_requests_running") == 0, timeout=30,
+                       what=f"instance {inst.port} to free every block")
+
+    def stop(self):
+        for p in self.all() + [self.proxy]:
+            p.stop()
+
+
+def post(url, path, body, timeout=120):
+    host, port = url.replace("http://", "").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r.status, data
+
+
+def answer(url, path, body):
+    """Text and finish reason of a completion or chat answer, whole or streamed."""
+    status, data = post(url, path, body)
+    assert status == 200, (status, data[:500])
+    chat = path.endswith("chat/completions")
+    if not body.get("stream"):
+        j = json.loads(data)
+        c = j["choices"][0]
+        return (c["message"]["content"] if chat else c["text"]), c["finish_reason"], j["usage"]["completion_tokens"]
+    text, finish, usage = "", None, None
+    lines = data.decode().split("\n\n")
+    assert lines[-2] == "data: [DONE]", lines[-3:]
+    for block in lines:
+        if not block.startswith("data: ") or block == "data: [DONE]":
+            continue
+        j = json.loads(block[6:])
+        assert "error" not in j, j
+        if j.get("usage"):
+            usage = j["usage"]["completion_tokens"]
+        for c in j["choices"]:
+            text += (c["delta"].get("content") or "") if chat else c["text"]
+            finish = c["finish_reason"] or finish
+    return text, finish, usage
+
+
+PROMPTS = ["1 2 3 4 5", "Once upon a time there was a robot who counted sheep: one, two, three, four, five, six, "
+           "seven, eight, nine, ten, and then it counted them all again backwards",
+           "x" * 5, "日本語 🤖 " * 12]
+
+
+def check_equal(ctx, model_name, kv_dtype, p_tp, d_tp):
+    model = os.path.join(ctx["models"], model_name)
+    ref = start_server(ctx["bin"], model, "--kv_cache_dtype", kv_dtype, "--threads", "1")
+    fleet = Fleet(ctx["bin"], model, (p_tp,), (d_tp,), kv_dtype)
+    try:
+        for prompt in PROMPTS:
+            for stream in (False, True):
+                body = {"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": stream}
+                if stream:
+                    body["stream_options"] = {"include_usage": True}
+                want = answer(ref.url, "/v1/completions", body)
+                got = answer(fleet.url, "/v1/completions", body)
+                assert got == want, (model_name, kv_dtype, p_tp, d_tp, prompt, stream, got, want)
+                chat = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 16, "temperature": 0,
+                        "stream": stream}
+                want = answer(ref.url, "/v1/chat/completions", chat)
+                got = answer(fleet.url, "/v1/chat/completions", chat)
+                assert got == want, (model_name, kv_dtype, p_tp, d_tp, "chat", prompt, stream, got, want)
+        d = fleet.decodes[0]
+        # Every request's KV came over the transfer engine; nothing was recomputed.
+        assert metric(d.url, "baton:kv_transfers_total") == len(PROMPTS) * 4, metric(d.url, "baton:kv_transfers_total")
+        assert metric(d.url, "baton:kv_transfer_failures_total") == 0
+        assert metric(d.url, "baton:prompt_tokens_total") == 0, "decode computed prompt tokens itself"
+        fleet.assert_no_leaks()
+        assert metric(fleet.prefills[0].url, "baton:kv_released_by_reader_total") == len(PROMPTS) * 4
+    finally:
+        fleet.stop()
+        ref.stop()
+
+
+@test
+def pd_equals_colocated(ctx):
+    for p_tp, d_tp in TP_PAIRS:
+        check_equal(ctx, "tiny-qwen3", "bf16", p_tp, d_tp)
+        check_equal(ctx, "tiny-llama3", "fp8", p_tp, d_tp)
+
+
+@test
+def two_by_two_200_concurrent(ctx):
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    fleet = Fleet(ctx["bin"], model, (1, 1), (1, 1))
+    try:
+        client = openai.AsyncOpenAI(base_url=fleet.url + "/v1", api_key="none", max_retries=0, timeout=300)
+
+        async def one(i):
+            if i % 2:
+                r = await client.completions.create(model="tiny-qwen3", prompt=f"request {i}: " + "a b " * (i % 40),
+                                                    max_tokens=8 + i % 8, temperature=0, extra_body={"ignore_eos": True})
+                return r.usage.completion_tokens == 8 + i % 8
+            s = await client.completions.create(model="tiny-qwen3", prompt=f"stream {i}", max_tokens=6, temperature=0,
+                                                stream=True, extra_body={"ignore_eos": True})
+            n = 0
+            async for ch in s:
+                n += 1 if ch.choices and ch.choices[0].text is not None else 0
+            return n >= 1
+
+        async def run():
+            return await asyncio.gather(*[one(i) for i in range(200)])
+
+        results = asyncio.run(run())
+        assert all(results), results.count(False)
+        routed = {i["id"]: i["routed"] for i in instances(fleet.proxy)}
+        assert all(v >= 40 for v in routed.values()), routed  # least-outstanding spreads the load
+        fleet.assert_no_leaks()
+    finally:
+        fleet.stop()
+
+
+@test
+def held_blocks_time_out(ctx):
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    fleet = Fleet(ctx["bin"], model, kv_timeout_s=1.5)
+    try:
+        p = fleet.prefills[0]
+        status, data = post(p.url, "/v1/completions", {"prompt": "never read " * 20, "max_tokens": 1,
+                                                        "kv_transfer_params": {"do_remote_decode": True}})
+        assert status == 200, data
+        params = json.loads(data)["kv_transfer_params"]
+        assert params["remote_block_ids"] and params["transfer_id"]
+        assert metric(p.url, "baton:kv_held_transfers") == 1
+        # Stats are published after the step that answered: wait for them.
+        wait_until(lambda: metric(p.url, "baton:kv_blocks_used") == len(params["remote_block_ids"]), timeout=5,
+                   what="held blocks counted as used")
+        wait_until(lambda: metric(p.url, "baton:kv_released_by_timeout_total") == 1, timeout=10, what="timeout")
+        fleet.assert_no_leaks()
+    finally:
+        fleet.stop()
+
+
+@test
+def prefill_killed_after_answer_decode_recomputes(ctx):
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    ref = start_server(ctx["bin"], model, "--threads", "1")
+    fleet = Fleet(ctx["bin"], model)
+    try:
+        p, d = fleet.prefills[0], fleet.decodes[0]
+        body = {"prompt": PROMPTS[1], "max_tokens": 20, "temperature": 0}
+        status, data = post(p.url, "/v1/completions", dict(body, max_tokens=1,
+                                                             kv_transfer_params={"do_remote_decode": True}))
+        assert status == 200, data
+        params = json.loads(data)["kv_transfer_params"]
+        p.stop(signal.SIGKILL)
+        got = answer(d.url, "/v1/completions", dict(body, kv_transfer_params=params))
+        assert got == answer(ref.url, "/v1/completions", body), got
+        assert metric(d.url, "baton:kv_transfer_failures_total") == 1
+        fleet.assert_no_leaks()
+    finally:
+        fleet.stop()
+        ref.stop()
+
+
+@test
+def prefill_killed_before_answer_proxy_retries(ctx):
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    fleet = Fleet(ctx["bin"], model, (1, 1), (1,), proxy_args=("--evict-after-s", "60"))
+    try:
+        fleet.prefills[0].stop(signal.SIGKILL)  # still registered: the proxy finds out per request
+        for i in range(6):
+            text, finish, _ = answer(fleet.url, "/v1/completions", {"prompt": f"retry {i}", "max_tokens": 5,
+                                                                    "temperature": 0, "ignore_eos": True})
+            assert finish == "length"
+        assert metric(fleet.url, "baton_proxy:prefill_retries_total") >= 1
+        fleet.assert_no_leaks()
+    finally:
+        fleet.stop()
+
+
+@test
+def decode_killed_mid_stream_client_gets_error(ctx):
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    fleet = Fleet(ctx["bin"], model)
+    try:
+        d = fleet.decodes[0]
+        host, port = "127.0.0.1", fleet.proxy.port
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        conn.request("POST", "/v1/completions", body=json.dumps(
+            {"prompt": "long", "max_tokens": 1900, "temperature": 0, "ignore_eos": True, "stream": True}),
+            headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 200
+        first = r.read1(4096)
+        assert first.startswith(b"data: "), first
+        d.stop(signal.SIGKILL)
+        rest = b""
+        while True:
+            try:
+                piece = r.read1(65536)
+            except http.client.IncompleteRead:
+                break
+            if not piece:
+                break
+            rest += piece
+        conn.close()
+        tail = (first + rest).decode(errors="replace")
+        assert '"error"' in tail and tail.rstrip().endswith("data: [DONE]"), tail[-400:]
+        fleet.decodes.remove(d)
+        fleet.assert_no_leaks()  # the prefill was read before the kill, or frees by timeout
+    finally:
+        fleet.stop()
+
+
+@test
+def proxy_restart_instances_reregister(ctx):
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    port, ping = free_port(), free_port()
+    proxy = start_proxy(ctx["bin"], port, ping)
+    p = start_instance(ctx["bin"], model, "kv_producer", ping)
+    d = start_instance(ctx["bin"], model, "kv_consumer", ping)
+    try:
+        wait_until(lambda: len(instances(proxy)) == 2, what="registration")
+        assert answer(proxy.url, "/v1/completions", {"prompt": "a", "max_tokens": 3, "ignore_eos": True})[1] == "length"
+        proxy.stop(signal.SIGKILL)
+        proxy = start_proxy(ctx["bin"], port, ping)
+        wait_until(lambda: len(instances(proxy)) == 2, timeout=15, what="re-registration")
+        assert answer(proxy.url, "/v1/completions", {"prompt": "b", "max_tokens": 3, "ignore_eos": True})[1] == "length"
+        # A clean shutdown unregisters at once.
+        d.stop()
+        wait_until(lambda: len(instances(proxy)) == 1, timeout=5, what="unregistration")
+        status, data = post(proxy.url, "/v1/completions", {"prompt": "c", "max_tokens": 3})
+        assert status == 503 and b"no decode instance" in data, (status, data)
+    finally:
+        for x in (p, d, proxy):
+            x.stop()
+
+
+@test
+def client_disconnect_aborts_both_sides(ctx):
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    fleet = Fleet(ctx["bin"], model)
+    try:
+        s = socket.create_connection(("127.0.0.1", fleet.proxy.port))
+        body = json.dumps({"prompt": "go", "max_tokens": 1900, "ignore_eos": True, "stream": True})
+        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        got = b""
+        while b"data: " not in got:
+            piece = s.recv(4096)
+            assert piece, got
+            got += piece
+        s.close()
+        d = fleet.decodes[0]
+        wait_until(lambda: metric(d.url, 'baton:request_success_total{finished_reason="abort"}') == 1, timeout=20,
+                   what="decode abort")
+        fleet.assert_no_leaks()
+        assert metric(fleet.url, "baton_proxy:client_aborts_total") == 1
+    finally:
+        fleet.stop()
+
+
+@test
+def layout_mismatch_is_refused(ctx):
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    fleet = Fleet(ctx["bin"], model, kv_dtype="fp8", p_dtype="bf16")
+    try:
+        status, data = post(fleet.url, "/v1/completions", {"prompt": "a b c", "max_tokens": 4})
+        assert status == 400, (status, data)
+        msg = json.loads(data)["error"]["message"]
+        assert "KV layout mismatch" in msg and "dtype" in msg, msg
+        fleet.assert_no_leaks()  # the decode side told the prefill to let go
+    finally:
+        fleet.stop()
+
+
+@test
+def bad_requests_through_proxy(ctx):
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    fleet = Fleet(ctx["bin"], model)
+    try:
+        status, data = post(fleet.url, "/v1/completions", {"prompt": "a", "max_tokens": -3})
+        assert status == 400 and json.loads(data)["error"]["param"] == "max_tokens", data
+        status, data = post(fleet.url, "/v1/completions", {"prompt": "a", "max_tokens": 100000})
+        assert status == 400 and "context length" in json.loads(data)["error"]["message"], data
+        conn = http.client.HTTPConnection("127.0.0.1", fleet.proxy.port, timeout=10)
+        conn.request("POST", "/v1/completions", body="{not json", headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 400 and "error" in json.loads(r.read())
+        conn.request("GET", "/v1/models")
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["data"][0]["id"] == "tiny-qwen3"
+        conn.close()
+        fleet.assert_no_leaks()
+    finally:
+        fleet.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin-dir", required=True)
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--only", default="")
+    a = ap.parse_args()
+    ctx = {"bin": a.bin_dir, "models": a.models}
+    passed = failed = 0
+    for t in TESTS:
+        if a.only and a.only not in t.__name__:
+            continue
+        t0 = time.time()
+        try:
+            t(ctx)
+            passed += 1
+            print(f"PASS {t.__name__} ({time.time() - t0:.1f} s)", flush=True)
+        except Exception:
+            failed += 1
+            print(f"FAIL {t.__name__}", flush=True)
+            traceback.print_exc()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
