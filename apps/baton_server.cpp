@@ -27,7 +27,6 @@ struct Options {
   baton::BackendOptions backend;
   std::string host = "0.0.0.0";
   int port = 8000;
-  int tensor_parallel_size = 1;
   int max_num_seqs = 256;
   int max_model_len = 0;
   int max_num_batched_tokens = 2048;
@@ -52,7 +51,6 @@ baton::Status run(int argc, char** argv) {
   args.add({"--model"}, &o.model, "model directory (config.json, *.safetensors, tokenizer.json)");
   args.add({"--host"}, &o.host, "listening address");
   args.add({"--port"}, &o.port, "HTTP port (in a P/D role, http_port in --kv-transfer-config wins)");
-  args.add({"-tp", "--tensor-parallel-size"}, &o.tensor_parallel_size, "tensor-parallel ranks");
   args.add({"--max-num-seqs"}, &o.max_num_seqs, "most requests in a batch");
   args.add({"--max-model-len"}, &o.max_model_len, "context length (0: the model's)");
   args.add({"--max-num-batched-tokens"}, &o.max_num_batched_tokens, "token budget of one step (chunked prefill)");
@@ -70,8 +68,7 @@ baton::Status run(int argc, char** argv) {
   log::set_level(level);
   if (o.model.empty()) return make_error("--model is required (a Hugging Face model directory)");
   if (!std::filesystem::is_directory(o.model)) return make_error("--model ", o.model, ": not a directory");
-  if (o.tensor_parallel_size < 1) return make_error("-tp must be at least 1");
-  o.backend.tp_size = o.tensor_parallel_size;
+  if (o.backend.tp_size < 1) return make_error("-tp must be at least 1");
   BATON_ASSIGN_OR_RETURN(KvTransferConfig kv, KvTransferConfig::parse(o.kv_transfer_config));
   if (kv.http_port) o.port = *kv.http_port;
   const bool pd = kv.role != KvRole::kColocated;
@@ -90,7 +87,7 @@ baton::Status run(int argc, char** argv) {
     std::snprintf(suffix, sizeof suffix, "%016llx", static_cast<unsigned long long>(std::random_device{}()) << 32 ^
                                                         static_cast<unsigned long long>(std::random_device{}()));
     engine_id = std::string(kv.role == KvRole::kProducer ? "prefill-" : "decode-") + suffix;
-    for (int r = 0; r < o.tensor_parallel_size; ++r) {
+    for (int r = 0; r < o.backend.tp_size; ++r) {
       xfer::Agent::Config ac;
       ac.name = engine_id + "-r" + std::to_string(r);
       ac.host = advertise;

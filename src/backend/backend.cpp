@@ -34,7 +34,8 @@ void add_backend_flags(ArgParser& args, BackendOptions& o) {
   args.add({"--block-size"}, &o.block_size, "KV cache block size in tokens");
   args.add({"--kv-cache-dtype", "--kv_cache_dtype"}, &o.kv_dtype, "auto, fp32, bf16, fp8 (e4m3)");
   args.add({"--kv-cache-memory"}, &o.kv_cache_bytes, "KV cache size in bytes (CPU backend)");
-  args.add({"--threads"}, &o.num_threads, "compute threads (0: all cores)");
+  args.add({"--threads"}, &o.num_threads, "compute threads (0: all cores), shared by the TP ranks");
+  args.add({"-tp", "--tensor-parallel-size"}, &o.tp_size, "tensor-parallel ranks (CPU: threads of this process)");
 }
 
 Status validate_batch(const Batch& batch, const KvCacheSpec& spec, int max_positions) {

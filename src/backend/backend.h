@@ -89,7 +89,7 @@ class Backend {
 
 class ArgParser;
 // Binds the backend's command-line flags to `o` (--block-size, --kv-cache-dtype /
-// --kv_cache_dtype, --kv-cache-memory, --threads), shared by every app that runs a model.
+// --kv_cache_dtype, --kv-cache-memory, --threads, -tp), shared by every app that runs a model.
 void add_backend_flags(ArgParser& args, BackendOptions& o);
 
 // Loads config.json and the safetensors of `model_dir` and builds a CPU backend.

@@ -1,5 +1,7 @@
 // The CPU backend against transformers' own outputs (../shared/models/goldens.json): greedy
-// continuations must be identical and last-position logits within 1e-3 relative.
+// continuations must be identical and last-position logits within 1e-3 relative, with one rank
+// and with tensor parallelism (ranks as threads, weights split Megatron-style, KV heads split or
+// replicated).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,7 +13,11 @@
 namespace baton {
 namespace {
 
-class GoldensTest : public ::testing::TestWithParam<std::string> {};
+struct Param {
+  std::string model;
+  int tp;
+};
+class GoldensTest : public ::testing::TestWithParam<Param> {};
 
 // Logits after the prompt's last token, from one forward pass over blocks 0..n.
 std::vector<float> prompt_logits(Backend& b, const std::vector<int>& prompt) {
@@ -27,11 +33,12 @@ std::vector<float> prompt_logits(Backend& b, const std::vector<int>& prompt) {
 
 TEST_P(GoldensTest, LastLogitsMatchTransformers) {
   BATON_REQUIRE_MODELS();
-  const std::string model = GetParam();
+  const std::string model = GetParam().model;
   Json goldens = testing::load_goldens();
   ASSERT_TRUE(goldens.contains(model));
   BackendOptions opts;
   opts.kv_cache_bytes = 32 << 20;
+  opts.tp_size = GetParam().tp;
   auto backend = create_cpu_backend(testing::models_dir() + "/" + model, opts);
   ASSERT_TRUE(backend.ok()) << backend.error();
   int case_no = 0;
@@ -53,10 +60,12 @@ TEST_P(GoldensTest, LastLogitsMatchTransformers) {
 // Greedy continuations through the engine, all prompts in one batch and each alone.
 TEST_P(GoldensTest, GreedyIdsMatchTransformers) {
   BATON_REQUIRE_MODELS();
-  const std::string model = GetParam();
+  const std::string model = GetParam().model;
   Json goldens = testing::load_goldens();
+  BackendOptions opts;
+  opts.tp_size = GetParam().tp;
   for (bool batched : {true, false}) {
-    auto h = testing::EngineHarness::make(model);
+    auto h = testing::EngineHarness::make(model, EngineConfig{}, opts);
     ASSERT_TRUE(h);
     std::vector<std::pair<uint64_t, std::vector<int>>> want;
     for (const auto& c : goldens[model]) {
@@ -75,9 +84,11 @@ TEST_P(GoldensTest, GreedyIdsMatchTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, GoldensTest,
-                         ::testing::Values("stories260k", "tiny-qwen2", "tiny-qwen3", "tiny-llama3"),
+                         ::testing::Values(Param{"stories260k", 1}, Param{"tiny-qwen2", 1}, Param{"tiny-qwen3", 1},
+                                           Param{"tiny-llama3", 1}, Param{"stories260k", 2}, Param{"tiny-qwen2", 2},
+                                           Param{"tiny-qwen3", 2}, Param{"tiny-llama3", 4}),
                          [](const auto& info) {
-                           std::string n = info.param;
+                           std::string n = info.param.model + "_tp" + std::to_string(info.param.tp);
                            for (char& ch : n)
                              if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return n;

@@ -30,7 +30,7 @@ from server_util import Proc, metric, start_server, wait_until  # noqa: E402
 
 TESTS = []
 # (prefill tp, decode tp) pairs the equality test covers.
-TP_PAIRS = [(1, 1)]
+TP_PAIRS = [(1, 1), (2, 2), (2, 1), (1, 2), (4, 1)]
 
 
 def test(fn):
@@ -288,6 +288,7 @@ def decode_killed_mid_stream_client_gets_error(ctx):
         assert r.status == 200
         first = r.read1(4096)
         assert first.startswith(b"data: "), first
+        d.proc.send_signal(signal.SIGSTOP)  # frozen mid-stream (1900 tokens take far longer than this)
         d.stop(signal.SIGKILL)
         rest = b""
         while True:

@@ -1,8 +1,11 @@
 #include "backend/cpu/cpu_backend.h"
 
+#include <atomic>
+#include <barrier>
 #include <cmath>
 #include <cstring>
 #include <numbers>
+#include <thread>
 
 #include "backend/cpu/kernels.h"
 #include "common/float16.h"
@@ -14,10 +17,11 @@ namespace baton {
 
 Result<std::unique_ptr<Backend>> create_cpu_backend(const std::string& model_dir, const BackendOptions& options) {
   BATON_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::load(model_dir));
-  if (options.tp_size != 1) return make_error("-tp ", options.tp_size, ": the CPU backend runs one rank only");
   BATON_ASSIGN_OR_RETURN(WeightStore store, WeightStore::open_dir(model_dir));
   auto tensors = ModelTensors::find(config, store);
   if (!tensors.ok()) return make_error(model_dir, ": ", tensors.error());
+  if (options.tp_size > 1) return cpu::create_tp_backend(config, *tensors, options);
+  if (options.tp_size < 1) return make_error("-tp must be at least 1");
   BATON_ASSIGN_OR_RETURN(auto backend, cpu::CpuBackend::create(config, *tensors, options));
   return std::unique_ptr<Backend>(std::move(backend));
 }
@@ -31,9 +35,20 @@ std::vector<float> to_f32(const TensorView* t) {
   return v;
 }
 
-void append_f32(std::vector<float>& dst, const TensorView* t) {
+// Rows [row0, row0 + n) of a [rows, cols] weight (or entries of a bias), appended to dst.
+void append_rows(std::vector<float>& dst, const TensorView* t, int64_t row0, int64_t n) {
   std::vector<float> v = to_f32(t);
-  dst.insert(dst.end(), v.begin(), v.end());
+  const int64_t cols = t->shape.size() > 1 ? t->shape[1] : 1;
+  dst.insert(dst.end(), v.begin() + row0 * cols, v.begin() + (row0 + n) * cols);
+}
+
+// Columns [col0, col0 + n) of a [rows, cols] weight.
+std::vector<float> slice_cols(const TensorView* t, int64_t col0, int64_t n) {
+  std::vector<float> v = to_f32(t);
+  const int64_t rows = t->shape[0], cols = t->shape[1];
+  std::vector<float> out(static_cast<size_t>(rows * n));
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(v.begin() + r * cols + col0, n, out.begin() + r * n);
+  return out;
 }
 
 std::vector<float> rope_inv_freq(const ModelConfig& c) {
@@ -152,36 +167,52 @@ void store_kv_row(const float* src, std::byte* dst, int n, float scale) {
 
 }  // namespace
 
-Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& c, const ModelTensors& t,
-                                                       const BackendOptions& options) {
+Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& full, const ModelTensors& t,
+                                                       const BackendOptions& options, TpRank tp) {
   if (options.block_size <= 0 || options.block_size > 1024)
     return make_error("--block-size must be in 1..1024 (got ", options.block_size, ")");
   BATON_ASSIGN_OR_RETURN(KvDtype kv_dtype, parse_kv_dtype(options.kv_dtype, KvDtype::kF32));
-  std::unique_ptr<CpuBackend> b(new CpuBackend(c, options.num_threads));
+  // This rank's share of the heads and of the MLP (all of it when tp.size == 1). KV heads are
+  // split when there are at least as many as ranks, else each rank holds one, replicated.
+  const int n = tp.size;
+  if (full.num_heads % n != 0 || full.intermediate_size % n != 0 ||
+      (full.num_kv_heads >= n ? full.num_kv_heads % n != 0 : n % full.num_kv_heads != 0))
+    return make_error("-tp ", n, " does not divide the model's ", full.num_heads, " heads, ", full.num_kv_heads,
+                      " KV heads and intermediate size ", full.intermediate_size, " evenly");
+  ModelConfig c = full;
+  c.num_heads = full.num_heads / n;
+  c.num_kv_heads = full.num_kv_heads >= n ? full.num_kv_heads / n : 1;
+  c.intermediate_size = full.intermediate_size / n;
+  const int64_t D = full.head_dim;
+  const int64_t q0 = static_cast<int64_t>(tp.rank) * c.num_heads;
+  const int64_t kv0 = full.num_kv_heads >= n ? static_cast<int64_t>(tp.rank) * c.num_kv_heads
+                                             : static_cast<int64_t>(tp.rank) * full.num_kv_heads / n;
+  const int64_t i0 = static_cast<int64_t>(tp.rank) * c.intermediate_size;
+  std::unique_ptr<CpuBackend> b(new CpuBackend(full, c, options.num_threads, tp));
 
   b->embed_ = to_f32(t.embed);
   b->final_norm_ = to_f32(t.final_norm);
-  if (t.lm_head != t.embed) b->lm_head_ = to_f32(t.lm_head);
+  if (t.lm_head != t.embed && tp.rank == 0) b->lm_head_ = to_f32(t.lm_head);  // logits come from rank 0
   for (const LayerTensors& lt : t.layers) {
     Layer l;
     l.attn_norm = to_f32(lt.attn_norm);
-    append_f32(l.w_qkv, lt.wq);
-    append_f32(l.w_qkv, lt.wk);
-    append_f32(l.w_qkv, lt.wv);
+    append_rows(l.w_qkv, lt.wq, q0 * D, c.num_heads * D);
+    append_rows(l.w_qkv, lt.wk, kv0 * D, c.num_kv_heads * D);
+    append_rows(l.w_qkv, lt.wv, kv0 * D, c.num_kv_heads * D);
     if (lt.bq) {
-      append_f32(l.b_qkv, lt.bq);
-      append_f32(l.b_qkv, lt.bk);
-      append_f32(l.b_qkv, lt.bv);
+      append_rows(l.b_qkv, lt.bq, q0 * D, c.num_heads * D);
+      append_rows(l.b_qkv, lt.bk, kv0 * D, c.num_kv_heads * D);
+      append_rows(l.b_qkv, lt.bv, kv0 * D, c.num_kv_heads * D);
     }
     if (lt.q_norm) {
       l.q_norm = to_f32(lt.q_norm);
       l.k_norm = to_f32(lt.k_norm);
     }
-    l.wo = to_f32(lt.wo);
+    l.wo = slice_cols(lt.wo, q0 * D, c.num_heads * D);
     l.mlp_norm = to_f32(lt.mlp_norm);
-    append_f32(l.w_gate_up, lt.w_gate);
-    append_f32(l.w_gate_up, lt.w_up);
-    l.w_down = to_f32(lt.w_down);
+    append_rows(l.w_gate_up, lt.w_gate, i0, c.intermediate_size);
+    append_rows(l.w_gate_up, lt.w_up, i0, c.intermediate_size);
+    l.w_down = slice_cols(lt.w_down, i0, c.intermediate_size);
     if (lt.k_scale) {
       l.k_scale = to_f32(lt.k_scale)[0];
       l.v_scale = to_f32(lt.v_scale)[0];
@@ -209,14 +240,15 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& c, con
   b->kv_layer_bytes_ = layer_block_bytes * kv.num_blocks;
   const size_t pool_bytes = b->kv_layer_bytes_ * c.num_layers;
   if (options.kv_allocator) {
-    BATON_ASSIGN_OR_RETURN(void* mem, options.kv_allocator(0, pool_bytes));
+    BATON_ASSIGN_OR_RETURN(void* mem, options.kv_allocator(tp.rank, pool_bytes));
     b->kv_base_ = static_cast<std::byte*>(mem);
     std::memset(b->kv_base_, 0, pool_bytes);
   } else {
     b->kv_.assign(pool_bytes, std::byte{0});
     b->kv_base_ = b->kv_.data();
   }
-  log::info("cpu backend: ", c.architecture_name, ", ", c.num_layers, " layers, KV cache ", kv.num_blocks, " blocks x ",
+  if (tp.rank == 0)
+    log::info("cpu backend: ", c.architecture_name, n > 1 ? " (tp " + std::to_string(n) + ", per rank)" : "", ", ", c.num_layers, " layers, KV cache ", kv.num_blocks, " blocks x ",
             kv.block_size, " tokens (", kv_dtype_name(kv.dtype), ", ", (pool_bytes >> 20), " MiB), ", b->pool_.size(),
             " threads");
   return b;
@@ -225,6 +257,18 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& c, con
 KvMemory CpuBackend::kv_memory(int /*rank*/) {
   const size_t block_bytes = kv_layer_bytes_ / static_cast<size_t>(kv_spec_.num_blocks);
   return {kv_base_, kv_layer_bytes_ * static_cast<size_t>(config_.num_layers), kv_layer_bytes_, block_bytes};
+}
+
+void CpuBackend::project_add(const float* in, int T, int k, const float* w) {
+  const int Hd = config_.hidden_size;
+  if (tp_.size == 1) {
+    matmul(pool_, in, T, k, w, Hd, x_.data(), true);
+    return;
+  }
+  partial_.resize(static_cast<size_t>(T) * Hd);
+  matmul(pool_, in, T, k, w, Hd, partial_.data(), false);
+  tp_.comm->sum(tp_.rank, partial_.data(), partial_.size());
+  for (size_t i = 0; i < partial_.size(); ++i) x_[i] += partial_[i];
 }
 
 void CpuBackend::compute_rope_tables(std::span<const int> positions) {
@@ -317,6 +361,7 @@ Status CpuBackend::forward(const Batch& batch, std::span<float> logits) {
   BATON_RETURN_IF_ERROR(validate_batch(batch, kv_spec_, c.max_position_embeddings));
   size_t n_logits = 0;
   for (const SeqBatch& s : batch.seqs) n_logits += s.need_logits ? 1 : 0;
+  if (tp_.rank != 0) n_logits = 0;  // rank 0 computes the logits
   if (logits.size() != n_logits * c.vocab_size)
     return make_error("forward: logits buffer holds ", logits.size(), " floats, needs ", n_logits * c.vocab_size);
   for (int32_t tok : batch.tokens)
@@ -362,7 +407,7 @@ Status CpuBackend::forward(const Batch& batch, std::span<float> logits) {
     }
     write_kv(li, qkv_.data(), tok_seq, tok_pos, batch);
     attention(li, qkv_.data(), attn_.data(), tok_seq, tok_pos, batch);
-    matmul(pool_, attn_.data(), T, c.q_dim(), L.wo.data(), Hd, x_.data(), true);
+    project_add(attn_.data(), T, c.q_dim(), L.wo.data());
 
     for (int t = 0; t < T; ++t) rmsnorm(&x_[size_t(t) * Hd], L.mlp_norm.data(), &h_[size_t(t) * Hd], Hd, c.rms_norm_eps);
     matmul(pool_, h_.data(), T, Hd, L.w_gate_up.data(), 2 * I, gate_up_.data(), false);
@@ -370,8 +415,9 @@ Status CpuBackend::forward(const Batch& batch, std::span<float> logits) {
       const float* gu = &gate_up_[size_t(t) * 2 * I];
       silu_mul(gu, gu + I, &act_[size_t(t) * I], I);
     }
-    matmul(pool_, act_.data(), T, I, L.w_down.data(), Hd, x_.data(), true);
+    project_add(act_.data(), T, I, L.w_down.data());
   }
+  if (n_logits == 0) return {};
 
   // Final norm and lm_head for the last new token of each sequence that wants logits.
   last_.resize(n_logits * Hd);
@@ -385,6 +431,77 @@ Status CpuBackend::forward(const Batch& batch, std::span<float> logits) {
   const float* head = lm_head_.empty() ? embed_.data() : lm_head_.data();
   matmul(pool_, last_.data(), static_cast<int>(n_logits), Hd, head, c.vocab_size, logits.data(), false);
   return {};
+}
+
+namespace {
+
+class TpCpuBackend : public Backend {
+ public:
+  TpCpuBackend(int n) : comm_(n), start_(n), done_(n), status_(n) {}
+  ~TpCpuBackend() override {
+    if (threads_.empty()) return;
+    stopping_ = true;
+    start_.arrive_and_wait();
+    for (auto& t : threads_) t.join();
+  }
+
+  Status init(const ModelConfig& config, const ModelTensors& tensors, BackendOptions options) {
+    const int n = comm_.ranks();
+    options.kv_cache_bytes /= static_cast<size_t>(n);
+    const int hw = options.num_threads > 0 ? options.num_threads : static_cast<int>(std::thread::hardware_concurrency());
+    options.num_threads = std::max(1, hw / n);
+    for (int r = 0; r < n; ++r) {
+      BATON_ASSIGN_OR_RETURN(auto rank, CpuBackend::create(config, tensors, options, TpRank{r, n, &comm_}));
+      ranks_.push_back(std::move(rank));
+    }
+    spec_ = ranks_[0]->kv_spec();
+    spec_.bytes_per_block *= static_cast<size_t>(n);
+    for (int r = 1; r < n; ++r)
+      threads_.emplace_back([this, r] {
+        for (;;) {
+          start_.arrive_and_wait();
+          if (stopping_) return;
+          status_[r] = ranks_[r]->forward(*batch_, {});
+          done_.arrive_and_wait();
+        }
+      });
+    return {};
+  }
+
+  const ModelConfig& config() const override { return ranks_[0]->config(); }
+  const KvCacheSpec& kv_spec() const override { return spec_; }
+  int tp_size() const override { return comm_.ranks(); }
+  KvMemory kv_memory(int rank) override { return ranks_.at(rank)->kv_memory(0); }
+
+  Status forward(const Batch& batch, std::span<float> logits) override {
+    // Every rank sees the same batch, so all pass or all fail validation before any all-reduce.
+    BATON_RETURN_IF_ERROR(validate_batch(batch, ranks_[0]->kv_spec(), config().max_position_embeddings));
+    batch_ = &batch;
+    start_.arrive_and_wait();
+    status_[0] = ranks_[0]->forward(batch, logits);
+    done_.arrive_and_wait();
+    for (const Status& s : status_) BATON_RETURN_IF_ERROR(s);
+    return {};
+  }
+
+ private:
+  AllReduce comm_;
+  std::vector<std::unique_ptr<CpuBackend>> ranks_;
+  KvCacheSpec spec_;
+  std::barrier<> start_, done_;
+  std::vector<Status> status_;
+  const Batch* batch_ = nullptr;
+  std::atomic<bool> stopping_{false};
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> create_tp_backend(const ModelConfig& config, const ModelTensors& tensors,
+                                                   const BackendOptions& options) {
+  auto b = std::make_unique<TpCpuBackend>(options.tp_size);
+  BATON_RETURN_IF_ERROR(b->init(config, tensors, options));
+  return std::unique_ptr<Backend>(std::move(b));
 }
 
 }  // namespace cpu

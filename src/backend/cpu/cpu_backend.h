@@ -8,17 +8,28 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/all_reduce.h"
 #include "common/thread_pool.h"
 #include "model/weights.h"
 
 namespace baton::cpu {
 
+// One tensor-parallel rank's share (Megatron split): heads of q/k/v and rows of gate/up, the
+// matching columns of o_proj and down_proj, whose partial outputs are summed across ranks.
+struct TpRank {
+  int rank = 0;
+  int size = 1;
+  AllReduce* comm = nullptr;  // null when size == 1
+};
+
 class CpuBackend : public Backend {
  public:
+  // With tp.size > 1 this is one rank: it holds its slice of the weights and of the KV heads,
+  // and forward() must run on every rank at once (TpCpuBackend does that); rank 0 returns logits.
   static Result<std::unique_ptr<CpuBackend>> create(const ModelConfig& config, const ModelTensors& tensors,
-                                                    const BackendOptions& options);
+                                                    const BackendOptions& options, TpRank tp = {});
 
-  const ModelConfig& config() const override { return config_; }
+  const ModelConfig& config() const override { return full_config_; }
   const KvCacheSpec& kv_spec() const override { return kv_spec_; }
   Status forward(const Batch& batch, std::span<float> logits) override;
   KvMemory kv_memory(int rank) override;
@@ -29,7 +40,10 @@ class CpuBackend : public Backend {
     float k_scale = 1.0f, v_scale = 1.0f;  // fp8 KV cache scales (from the checkpoint, else 1)
   };
 
-  CpuBackend(const ModelConfig& config, int num_threads) : config_(config), pool_(num_threads) {}
+  CpuBackend(const ModelConfig& full, const ModelConfig& local, int num_threads, TpRank tp)
+      : full_config_(full), config_(local), tp_(tp), pool_(num_threads) {}
+  // x += in[T, k] * w^T, summed over ranks.
+  void project_add(const float* in, int T, int k, const float* w);
   void compute_rope_tables(std::span<const int> positions);
   void write_kv(int layer, const float* qkv, const std::vector<int>& tok_seq, const std::vector<int>& tok_pos,
                 const Batch& batch);
@@ -37,7 +51,9 @@ class CpuBackend : public Backend {
                  const std::vector<int>& tok_pos, const Batch& batch);
   std::byte* kv_layer(int layer) { return kv_base_ + static_cast<size_t>(layer) * kv_layer_bytes_; }
 
-  ModelConfig config_;
+  ModelConfig full_config_;
+  ModelConfig config_;  // this rank's share: its heads, KV heads and intermediate size
+  TpRank tp_;
   ThreadPool pool_;
   KvCacheSpec kv_spec_;
   size_t kv_layer_bytes_ = 0;
@@ -49,7 +65,13 @@ class CpuBackend : public Backend {
   std::vector<float> inv_freq_;  // [head_dim / 2]
 
   // Scratch, grown to the largest batch seen; no allocation in a step of a size seen before.
-  std::vector<float> x_, h_, qkv_, attn_, gate_up_, act_, cos_, sin_, last_;
+  std::vector<float> x_, h_, qkv_, attn_, gate_up_, act_, cos_, sin_, last_, partial_;
 };
+
+// Tensor parallelism on the CPU: `options.tp_size` CpuBackend ranks, each on its own thread
+// with its own share of the threads and its own KV pool (options.kv_allocator(rank, ...), the
+// KV budget split evenly), joined by a shared-memory all-reduce. One forward() runs all ranks.
+Result<std::unique_ptr<Backend>> create_tp_backend(const ModelConfig& config, const ModelTensors& tensors,
+                                                   const BackendOptions& options);
 
 }  // namespace baton::cpu
