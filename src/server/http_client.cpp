@@ -44,7 +44,8 @@ awaitable<Result<std::string>> ClientCall::next(std::chrono::milliseconds timeou
     parser_->get().body().data = tmp;
     parser_->get().body().size = sizeof tmp;
     stream_.expires_after(timeout);
-    auto [ec, n] = co_await bhttp::async_read(stream_, buffer_, *parser_, kNoThrow);
+    // read_some: return what has arrived (an SSE event), not wait for the buffer to fill.
+    auto [ec, n] = co_await bhttp::async_read_some(stream_, buffer_, *parser_, kNoThrow);
     if (ec == bhttp::error::need_buffer) ec = {};
     if (ec) co_return make_error("upstream stream broke: ", ec.message());
     const size_t got = sizeof tmp - parser_->get().body().size;
