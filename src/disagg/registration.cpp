@@ -1,6 +1,7 @@
 #include "disagg/registration.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -68,11 +69,22 @@ void Registrar::loop() {
   }
 }
 
-std::string local_address_towards(const std::string& peer_ip) {
+std::string local_address_towards(const std::string& peer_host) {
   sockaddr_in peer{};
   peer.sin_family = AF_INET;
   peer.sin_port = htons(9);
-  if (inet_pton(AF_INET, peer_ip.c_str(), &peer.sin_addr) != 1) return "127.0.0.1";
+  if (inet_pton(AF_INET, peer_host.c_str(), &peer.sin_addr) != 1) {
+    addrinfo hints{};
+    hints.ai_family = AF_INET;
+    addrinfo* found = nullptr;
+    if (getaddrinfo(peer_host.c_str(), nullptr, &hints, &found) != 0 || !found) return "127.0.0.1";
+    peer.sin_addr = reinterpret_cast<sockaddr_in*>(found->ai_addr)->sin_addr;
+    freeaddrinfo(found);
+  }
+  const std::string peer_ip = [&] {
+    char buf[INET_ADDRSTRLEN];
+    return std::string(inet_ntop(AF_INET, &peer.sin_addr, buf, sizeof buf) ? buf : "127.0.0.1");
+  }();
   if ((ntohl(peer.sin_addr.s_addr) >> 24) == 127) return peer_ip;
   int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
   if (fd < 0) return "127.0.0.1";

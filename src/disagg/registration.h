@@ -40,8 +40,9 @@ class Registrar {
   std::thread thread_;
 };
 
-// The address of this host that a peer at `peer_ip` would see (the source address of the route
-// to it); `peer_ip` itself for loopback. Used when a server listens on 0.0.0.0.
-std::string local_address_towards(const std::string& peer_ip);
+// The address of this host that a peer at `peer_host` (IPv4 address or host name) would see: the
+// source address of the route to it; the loopback address itself for loopback. Used when a
+// server listens on 0.0.0.0.
+std::string local_address_towards(const std::string& peer_host);
 
 }  // namespace baton
