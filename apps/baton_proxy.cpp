@@ -26,6 +26,9 @@ baton::Status run(int argc, char** argv) {
   args.add({"--prefill-timeout-s"}, &c.prefill_timeout_s, "a prefill's whole answer");
   args.add({"--token-timeout-s"}, &c.token_timeout_s, "longest gap between two pieces of a decode answer");
   args.add({"--http-threads"}, &c.http_threads, "threads serving HTTP connections");
+  args.add({"--api-key"}, &c.api_key, "require 'Authorization: Bearer KEY' (passed on to the instances)");
+  args.add({"--token"}, &c.token, "deployment token: ignore registrations that do not carry it");
+  args.add({"--max-concurrent-requests"}, &c.max_concurrent_requests, "requests in flight at most; more get 429");
   args.add({"--log-level"}, &log_level, "debug, info, warning, error");
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
   if (args.help_requested()) return {};
@@ -34,6 +37,7 @@ baton::Status run(int argc, char** argv) {
   if (c.port < 0 || c.port > 65535) return make_error("--port must be in 0..65535");
   if (c.ping_port < 0 || c.ping_port > 65535) return make_error("--ping-port must be in 0..65535");
   if (!(c.evict_after_s > 0)) return make_error("--evict-after-s must be positive");
+  if (c.max_concurrent_requests < 1) return make_error("--max-concurrent-requests must be at least 1");
 
   proxy::ProxyServer server(c);
   BATON_RETURN_IF_ERROR(server.start());

@@ -33,6 +33,7 @@ struct Options {
   double gpu_memory_utilization = 0.9;
   std::string served_model_name;
   std::string api_key;
+  int max_concurrent_requests = 4096;
   std::string kv_transfer_config;
   std::string log_level = "info";
   int http_threads = 2;
@@ -57,6 +58,7 @@ baton::Status run(int argc, char** argv) {
   args.add({"--gpu-memory-utilization"}, &o.gpu_memory_utilization, "fraction of GPU memory to use (CUDA backend)");
   args.add({"--served-model-name"}, &o.served_model_name, "model name in the API (default: the directory's name)");
   args.add({"--api-key"}, &o.api_key, "require 'Authorization: Bearer KEY'");
+  args.add({"--max-concurrent-requests"}, &o.max_concurrent_requests, "requests in flight at most; more get 429");
   args.add({"--kv-transfer-config"}, &o.kv_transfer_config, "P/D role as JSON (kv_role, proxy_ip, proxy_ping_port, http_port)");
   args.add({"--log-level"}, &o.log_level, "debug, info, warning, error");
   args.add({"--http-threads"}, &o.http_threads, "threads serving HTTP connections");
@@ -138,6 +140,8 @@ baton::Status run(int argc, char** argv) {
   api.served_model_names = {o.served_model_name.empty() ? base : o.served_model_name};
   if (o.served_model_name.empty() && o.model != base) api.served_model_names.push_back(o.model);
   api.api_key = o.api_key;
+  if (o.max_concurrent_requests < 1) return make_error("--max-concurrent-requests must be at least 1");
+  api.max_concurrent_requests = o.max_concurrent_requests;
   OpenAiServer openai_server(*engine, tokenizer, std::move(chat_template), api);
   std::unique_ptr<KvConnector> connector;
   KvLayout layout;
@@ -191,9 +195,12 @@ baton::Status run(int argc, char** argv) {
                   {"dp_size", 1},
                   {"model", api.served_model_names[0]},
                   {"kv_layout", layout.to_json()}};
+    if (!kv.token.empty()) hello["token"] = kv.token;  // the proxy ignores registrations without it
     const std::string endpoint = "tcp://" + kv.proxy_ip + ":" + std::to_string(kv.proxy_ping_port);
     BATON_ASSIGN_OR_RETURN(registrar, Registrar::start(endpoint, hello, std::chrono::milliseconds(static_cast<int64_t>(kv.heartbeat_s * 1000))));
-    registrar->set_goodbye({{"type", "unregister"}, {"http_address", http_address}});
+    Json goodbye = {{"type", "unregister"}, {"http_address", http_address}};
+    if (!kv.token.empty()) goodbye["token"] = kv.token;
+    registrar->set_goodbye(goodbye);
     log::info(kv_role_name(kv.role), " ", engine_id, " registers with the proxy at ", endpoint, " as ", http_address);
   }
 

@@ -49,6 +49,7 @@ Result<bool> InstanceTable::update(const Json& m, Clock::time_point now) {
     log::info("proxy: ", *role == 'P' ? "prefill " : "decode ", addr, " registered");
   }
   it->second.info = m;
+  it->second.info.erase("token");  // /instances shows the info: never the secret
   it->second.last_seen = now;
   return fresh;
 }

@@ -63,6 +63,22 @@ ProxyServer::ProxyServer(ProxyConfig config)
 
 ProxyServer::~ProxyServer() { stop(); }
 
+bool ProxyServer::authorized(const http::Request& req) const {
+  if (config_.api_key.empty()) return true;
+  auto it = req.find(http::beast::http::field::authorization);
+  return it != req.end() && it->value() == "Bearer " + config_.api_key;
+}
+
+namespace {
+
+// The client's Authorization header, passed on so that instances with --api-key accept it.
+std::string authorization_of(const http::Request& req) {
+  auto it = req.find(http::beast::http::field::authorization);
+  return it == req.end() ? std::string() : std::string(it->value());
+}
+
+}  // namespace
+
 Status ProxyServer::start() {
   zmq_context_ = zmq_ctx_new();
   zmq_socket_ = zmq_socket(zmq_context_, ZMQ_ROUTER);
@@ -149,6 +165,12 @@ void ProxyServer::registration_loop() {
         log::warn("proxy: ignoring a registration that is not msgpack");
         continue;
       }
+      if (!config_.token.empty() && m.value("token", std::string()) != config_.token) {
+        const std::string who = m.is_object() ? m.value("http_address", std::string("?")) : std::string("?");
+        if (rejected_.insert(who).second)
+          log::warn("proxy: ignoring registrations from ", who, ": missing or wrong deployment token");
+        continue;
+      }
       auto fresh = table_.update(m, now);
       if (!fresh.ok()) log::warn("proxy: ", fresh.error());
       else if (*fresh) ++counters_->registrations;
@@ -157,8 +179,14 @@ void ProxyServer::registration_loop() {
   }
 }
 
-awaitable<void> ProxyServer::relay_get(const http::Request&, http::Responder& res, std::string target) {
+awaitable<void> ProxyServer::relay_get(const http::Request& req, http::Responder& res, std::string target) {
   auto executor = co_await asio::this_coro::executor;
+  if (!authorized(req)) {
+    std::string err = error_json(401, "invalid or missing API key", "authentication_error");
+    co_await res.send(http::Status::unauthorized, "application/json", std::move(err));
+    co_return;
+  }
+  std::string auth = authorization_of(req);
   std::optional<Instance> in = table_.acquire('D', {}, 0);
   if (!in) in = table_.acquire('P', {}, 0);
   if (!in) {
@@ -168,7 +196,7 @@ awaitable<void> ProxyServer::relay_get(const http::Request&, http::Responder& re
   }
   http::ClientCall call(executor);
   std::string method = "GET", empty;
-  baton::Status st = co_await call.start(in->host, in->port, method, target, empty, ms(config_.connect_timeout_s));
+  baton::Status st = co_await call.start(in->host, in->port, method, target, empty, ms(config_.connect_timeout_s), auth);
   Result<std::string> body = Error{st.ok() ? "" : st.message()};
   if (st.ok()) body = co_await call.read_all(ms(config_.connect_timeout_s));
   table_.release(in->id, 0, !body.ok());
@@ -184,6 +212,25 @@ awaitable<void> ProxyServer::relay_get(const http::Request&, http::Responder& re
 awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& res, bool chat) {
   auto executor = co_await asio::this_coro::executor;
   ++counters_->requests;
+  struct InFlight {
+    std::atomic<int>& n;
+    ~InFlight() { --n; }
+  } in_flight{in_flight_};
+  if (++in_flight_ > config_.max_concurrent_requests) {
+    ++counters_->failed;
+    std::string err = error_json(429, "too many concurrent requests (the limit is " +
+                                          std::to_string(config_.max_concurrent_requests) + "); retry later",
+                                 "rate_limit_error");
+    co_await res.send(http::Status::too_many_requests, "application/json", std::move(err));
+    co_return;
+  }
+  if (!authorized(req)) {
+    ++counters_->failed;
+    std::string err = error_json(401, "invalid or missing API key", "authentication_error");
+    co_await res.send(http::Status::unauthorized, "application/json", std::move(err));
+    co_return;
+  }
+  const std::string auth = authorization_of(req);
   const std::string target = chat ? "/v1/chat/completions" : "/v1/completions";
   Json body = Json::parse(req.body(), nullptr, false);
   if (body.is_discarded() || !body.is_object()) {
@@ -215,7 +262,8 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
     tried.insert(p->id);
     http::ClientCall call(executor);
     std::string method = "POST";
-    baton::Status st = co_await call.start(p->host, p->port, method, target, prefill_body, ms(config_.connect_timeout_s));
+    baton::Status st =
+        co_await call.start(p->host, p->port, method, target, prefill_body, ms(config_.connect_timeout_s), auth);
     Result<std::string> answer = Error{st.ok() ? "" : st.message()};
     if (st.ok()) answer = co_await call.read_all(ms(config_.prefill_timeout_s));
     const bool failed = !answer.ok() || call.status() >= 500;
@@ -263,7 +311,8 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
     tried.insert(d->id);
     call = std::make_unique<http::ClientCall>(executor);
     std::string method = "POST";
-    baton::Status st = co_await call->start(d->host, d->port, method, target, decode_body, ms(config_.connect_timeout_s));
+    baton::Status st =
+        co_await call->start(d->host, d->port, method, target, decode_body, ms(config_.connect_timeout_s), auth);
     if (st.ok() && call->status() < 500) break;
     if (st.ok()) {
       Result<std::string> detail = co_await call->read_all(ms(config_.connect_timeout_s));

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -29,6 +30,9 @@ struct ProxyConfig {
   double prefill_timeout_s = 600;    // the prefill's whole answer
   double token_timeout_s = 600;      // the longest gap between two pieces of a decode answer
   int http_threads = 2;
+  std::string api_key;                  // clients must send 'Authorization: Bearer KEY' (forwarded)
+  std::string token;                    // deployment token: registrations without it are ignored
+  int max_concurrent_requests = 8192;   // more at once get 429
   size_t max_body_bytes = size_t{32} << 20;
 };
 
@@ -47,12 +51,15 @@ class ProxyServer {
   void registration_loop();
   http::asio::awaitable<void> relay(const http::Request& req, http::Responder& res, bool chat);
   http::asio::awaitable<void> relay_get(const http::Request& req, http::Responder& res, std::string target);
+  bool authorized(const http::Request& req) const;
 
   ProxyConfig config_;
   InstanceTable table_;
   http::Server http_;
   Metrics metrics_;
   std::unique_ptr<Counters> counters_;
+  std::atomic<int> in_flight_{0};
+  std::set<std::string> rejected_;  // registration thread only: addresses warned about
   void* zmq_context_ = nullptr;
   void* zmq_socket_ = nullptr;
   int ping_port_ = 0;

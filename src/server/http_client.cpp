@@ -7,7 +7,8 @@ using asio::awaitable;
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
 awaitable<baton::Status> ClientCall::start(std::string host, int port, std::string method, std::string target,
-                                           std::string body, std::chrono::milliseconds timeout) {
+                                           std::string body, std::chrono::milliseconds timeout,
+                                           std::string authorization) {
   boost::system::error_code ec;
   auto addr = asio::ip::make_address(host, ec);
   if (ec) co_return make_error("upstream host '", host, "' is not an IP address");
@@ -19,6 +20,7 @@ awaitable<baton::Status> ClientCall::start(std::string host, int port, std::stri
   req.set(bhttp::field::host, host + ":" + std::to_string(port));
   req.set(bhttp::field::content_type, "application/json");
   req.set(bhttp::field::user_agent, "baton-proxy");
+  if (!authorization.empty()) req.set(bhttp::field::authorization, authorization);
   req.keep_alive(false);
   req.body() = std::move(body);
   req.prepare_payload();

@@ -26,7 +26,8 @@ class ClientCall {
   // Connects, sends the request and reads the response header. An error means no answer came
   // (refused, reset, timed out): the request can be retried elsewhere.
   asio::awaitable<baton::Status> start(std::string host, int port, std::string method, std::string target,
-                                       std::string body, std::chrono::milliseconds timeout);
+                                       std::string body, std::chrono::milliseconds timeout,
+                                       std::string authorization = "");
   int status() const { return status_; }
   const std::string& content_type() const { return content_type_; }
   // The next piece of the body; empty once the body is complete. Each piece may wait up to

@@ -71,6 +71,13 @@ OpenAiServer::OpenAiServer(Engine& engine, std::shared_ptr<const Tokenizer> toke
                      [e] { return double(e->stats().preemptions); }, true);
 }
 
+void OpenAiServer::release_refused(const http::Request& req) {
+  if (!connector_ || connector_->role() != KvRole::kConsumer) return;  // see ReleaseIfRefused in start()
+  Json j = Json::parse(req.body(), nullptr, false);
+  if (j.is_object() && j.contains("kv_transfer_params") && KvConnector::wants_remote_prefill(j["kv_transfer_params"]))
+    connector_->release_remote(j["kv_transfer_params"]);
+}
+
 bool OpenAiServer::authorized(const http::Request& req) const {
   if (config_.api_key.empty()) return true;
   auto it = req.find(http::beast::http::field::authorization);
@@ -124,14 +131,13 @@ std::variant<std::vector<std::vector<int>>, ApiError> OpenAiServer::prompts_of(c
 // coroutine so that no complex temporaries live across a co_await (g++ 12 destroys some twice).
 std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Request& req, Endpoint endpoint,
                                                                    std::shared_ptr<Channel> chan) {
-  if (!authorized(req)) return api_error(401, "invalid or missing API key", "", "authentication_error");
+  if (!authorized(req)) {
+    release_refused(req);
+    return api_error(401, "invalid or missing API key", "", "authentication_error");
+  }
   auto parsed = openai::parse_request(req.body(), endpoint);
   if (auto* e = std::get_if<ApiError>(&parsed)) {
-    if (connector_ && connector_->role() == KvRole::kConsumer) {  // see ReleaseIfRefused below
-      Json j = Json::parse(req.body(), nullptr, false);
-      if (j.is_object() && j.contains("kv_transfer_params") && KvConnector::wants_remote_prefill(j["kv_transfer_params"]))
-        connector_->release_remote(j["kv_transfer_params"]);
-    }
+    release_refused(req);
     return *e;
   }
   Started st;
@@ -208,6 +214,18 @@ std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Re
 awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder& res, Endpoint endpoint) {
   using Clock = std::chrono::steady_clock;
   const auto arrival = Clock::now();
+  struct InFlight {
+    std::atomic<int>& n;
+    ~InFlight() { --n; }
+  } in_flight{in_flight_};
+  if (++in_flight_ > config_.max_concurrent_requests) {
+    ApiError busy = api_error(429, "too many concurrent requests (the limit is " +
+                                       std::to_string(config_.max_concurrent_requests) + "); retry later",
+                              "", "rate_limit_error");
+    release_refused(req);
+    co_await send_error(res, busy);
+    co_return;
+  }
   auto executor = co_await asio::this_coro::executor;
   auto chan = std::make_shared<Channel>(executor, 256);
   auto started = start(req, endpoint, chan);

@@ -24,6 +24,7 @@ namespace baton {
 struct ApiServerConfig {
   std::vector<std::string> served_model_names;  // the first is reported by /v1/models
   std::string api_key;                          // empty: no authentication
+  int max_concurrent_requests = 4096;           // more at once get 429 (a bounded queue)
 };
 
 class OpenAiServer {
@@ -47,6 +48,8 @@ class OpenAiServer {
   http::asio::awaitable<void> generate(const http::Request& req, http::Responder& res, openai::Endpoint endpoint);
   http::asio::awaitable<void> send_error(http::Responder& res, const openai::ApiError& e);
   bool authorized(const http::Request& req) const;
+  // A decode request refused before it reached the connector: the prefill may free its blocks.
+  void release_refused(const http::Request& req);
   // Tokenized prompts for the request, or an error to send.
   std::variant<std::vector<std::vector<int>>, openai::ApiError> prompts_of(const openai::ApiRequest& r) const;
   std::string token_text(int id) const;
@@ -58,6 +61,7 @@ class OpenAiServer {
   ApiServerConfig config_;
   Metrics metrics_;
   KvConnector* connector_ = nullptr;
+  std::atomic<int> in_flight_{0};
   int64_t started_at_;
 };
 

@@ -51,9 +51,11 @@ def start_proxy(bin_dir, port=0, ping_port=0, *extra):
                  str(ping_port), "--log-level", "warning", *extra], "baton-proxy")
 
 
-def start_instance(bin_dir, model, role, ping_port, tp=1, kv_dtype="auto", kv_timeout_s=60, extra=()):
+def start_instance(bin_dir, model, role, ping_port, tp=1, kv_dtype="auto", kv_timeout_s=60, extra=(), token=None):
     cfg = {"kv_role": role, "proxy_ip": "127.0.0.1", "proxy_ping_port": ping_port, "kv_timeout_s": kv_timeout_s,
            "heartbeat_s": 0.5}
+    if token is not None:
+        cfg["token"] = token
     return start_server(bin_dir, model, "--kv_cache_dtype", kv_dtype, "--block-size", "16", "-tp", str(tp),
                         "--threads", "1", "--kv-transfer-config", json.dumps(cfg), *extra)
 
@@ -390,6 +392,57 @@ def bad_requests_through_proxy(ctx):
         fleet.assert_no_leaks()
     finally:
         fleet.stop()
+
+
+@test
+def api_key_token_and_limits(ctx):
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    proxy = start_proxy(ctx["bin"], 0, 0, "--api-key", "k3y", "--token", "t0ken", "--max-concurrent-requests", "2")
+    procs = [proxy]
+    try:
+        for role in ("kv_producer", "kv_consumer"):
+            procs.append(start_instance(ctx["bin"], model, role, proxy.ping_port, token="t0ken",
+                                        extra=("--api-key", "k3y", "--max-concurrent-requests", "1")))
+        intruder = start_instance(ctx["bin"], model, "kv_consumer", proxy.ping_port, token="wrong")
+        procs.append(intruder)
+        wait_until(lambda: len(instances(proxy)) == 2, what="registration")
+        time.sleep(1.5)  # the intruder has heartbeated meanwhile: still not admitted
+        listed = instances(proxy)
+        assert len(listed) == 2 and all(str(intruder.port) not in i["id"] for i in listed), listed
+        assert all("token" not in i["info"] for i in listed), listed
+        body = json.dumps({"prompt": "a", "max_tokens": 3, "ignore_eos": True})
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+        conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 401 and json.loads(r.read())["error"]["type"] == "authentication_error"
+        conn.request("POST", "/v1/completions", body=body,
+                     headers={"Content-Type": "application/json", "Authorization": "Bearer k3y"})
+        r = conn.getresponse()
+        data = json.loads(r.read())
+        assert r.status == 200 and data["usage"]["completion_tokens"] == 3, data  # key passed on to P and D
+        conn.close()
+        # Limits: the decode takes one request at a time, the proxy two; beyond, 429 at once.
+        streams = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", proxy.port))
+            b = json.dumps({"prompt": "go", "max_tokens": 1900, "ignore_eos": True, "stream": True})
+            s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k3y\r\n"
+                      f"Content-Type: application/json\r\nContent-Length: {len(b)}\r\n\r\n{b}".encode())
+            streams.append(s)
+            time.sleep(0.05)
+        heads = []
+        for s in streams:
+            s.settimeout(30)
+            heads.append(s.recv(4096).split(b"\r\n")[0])
+            s.close()
+        assert heads.count(b"HTTP/1.1 429 Too Many Requests") >= 1, heads
+        assert b"HTTP/1.1 200 OK" in heads, heads
+        for inst in procs[1:3]:  # refused decodes let the prefill go at once; aborts free the rest
+            wait_until(lambda: metric(inst.url, "baton:kv_blocks_used") == 0 and
+                       metric(inst.url, "baton:kv_held_transfers") == 0, timeout=20, what="no leaked blocks")
+    finally:
+        for p in procs:
+            p.stop()
 
 
 def main():
