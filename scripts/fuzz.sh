@@ -13,12 +13,17 @@ case "$TARGET" in
   request_parser) SRCS="src/server/openai_protocol.cpp" ;;
   chat_template) SRCS="src/model/chat_template.cpp" ;;
   safetensors) SRCS="src/model/safetensors.cpp" ;;
-  *) echo "fuzz.sh: unknown target '$TARGET' (request_parser, chat_template, safetensors)" >&2; exit 2 ;;
+  tokenizer) SRCS="src/model/tokenizer.cpp src/model/bpe.cpp src/model/tokenizer_stages.cpp src/model/regex.cpp"
+             LIBS="-lpcre2-8 -licuuc" ;;
+  pd_messages) SRCS="src/proxy/instance_table.cpp src/disagg/kv_layout.cpp src/disagg/kv_transfer_config.cpp src/xfer/types.cpp" ;;
+  xfer_control) SRCS="src/xfer/agent.cpp src/xfer/socket.cpp src/xfer/types.cpp src/xfer/ucx/no_ucx.cpp src/xfer/cuda_ipc/no_cuda_ipc.cpp" ;;
+  *) echo "fuzz.sh: unknown target '$TARGET' (request_parser, chat_template, safetensors, tokenizer, pd_messages, xfer_control)" >&2
+     exit 2 ;;
 esac
-COMMON="src/common/json.cpp src/common/utf8.cpp src/common/mapped_file.cpp"
+COMMON="src/common/json.cpp src/common/utf8.cpp src/common/mapped_file.cpp src/common/log.cpp"
 if [ ! -x "$OUT/fuzzer" ] || [ -n "$(find src tests/fuzz -newer "$OUT/fuzzer" -name '*.[ch]*' | head -1)" ]; then
   clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Isrc \
-    "tests/fuzz/${TARGET}_fuzz.cpp" $SRCS $COMMON -o "$OUT/fuzzer"
+    "tests/fuzz/${TARGET}_fuzz.cpp" $SRCS $COMMON ${LIBS:-} -o "$OUT/fuzzer"
 fi
 cp -n tests/fuzz/corpus/"$TARGET"/* "$OUT/corpus/" 2>/dev/null || true
 # -rss_limit_mb bounds memory; -timeout catches hangs (a render that never ends is a bug).

@@ -23,7 +23,7 @@ std::string pack_ops(const std::vector<TransferOp>& ops) {
 Result<std::vector<WireOp>> unpack_ops(const std::string& payload) {
   if (payload.size() % sizeof(WireOp) != 0) return make_error("malformed transfer request");
   std::vector<WireOp> ops(payload.size() / sizeof(WireOp));
-  std::memcpy(ops.data(), payload.data(), payload.size());
+  if (!ops.empty()) std::memcpy(ops.data(), payload.data(), payload.size());  // (empty: data() may be null)
   return ops;
 }
 
