@@ -96,6 +96,11 @@ void InstanceTable::release(const std::string& id, int64_t cost, bool failed) {
   if (failed) ++it->second.failures;
 }
 
+void InstanceTable::drop(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  if (instances_.erase(id)) log::warn("proxy: ", id, " is unreachable; dropped until it heartbeats again");
+}
+
 std::vector<Instance> InstanceTable::snapshot() const {
   std::lock_guard lock(mutex_);
   std::vector<Instance> out;

@@ -46,6 +46,8 @@ class InstanceTable {
   std::optional<Instance> acquire(char role, const std::set<std::string>& exclude, int64_t cost);
   // Returns the cost charged by acquire(); `failed` counts a failure against the instance.
   void release(const std::string& id, int64_t cost, bool failed);
+  // Drops an instance that could not be reached; its next heartbeat brings it back.
+  void drop(const std::string& id);
 
   std::vector<Instance> snapshot() const;
   int count(char role) const;

@@ -268,6 +268,7 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
     if (st.ok()) answer = co_await call.read_all(ms(config_.prefill_timeout_s));
     const bool failed = !answer.ok() || call.status() >= 500;
     table_.release(p->id, prompt_cost, failed);
+    if (!st.ok() && !call.sent()) table_.drop(p->id);  // nobody listens there: stop picking it
     if (failed) {
       last_error = "prefill " + p->id + ": " + (answer.ok() ? "status " + std::to_string(call.status()) + " " + *answer : answer.error());
       log::warn("proxy: ", last_error, attempt == 0 ? "; retrying on another prefill" : "");
@@ -314,16 +315,22 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
     baton::Status st =
         co_await call->start(d->host, d->port, method, target, decode_body, ms(config_.connect_timeout_s), auth);
     if (st.ok() && call->status() < 500) break;
+    // A decode that received the request may have read (and released) the prefill's KV before
+    // failing: another decode reading the same blocks could see them reused. Retry only when
+    // the request never reached it.
+    const bool may_retry = !call->sent();
     if (st.ok()) {
       Result<std::string> detail = co_await call->read_all(ms(config_.connect_timeout_s));
       last_error = "decode " + d->id + ": status " + std::to_string(call->status()) + " " + (detail.ok() ? *detail : "");
     } else {
       last_error = "decode " + d->id + ": " + st.message();
     }
-    log::warn("proxy: ", last_error, attempt == 0 ? "; retrying on another decode" : "");
+    log::warn("proxy: ", last_error, attempt == 0 && may_retry ? "; retrying on another decode" : "");
     table_.release(d->id, decode_cost, true);
+    if (may_retry) table_.drop(d->id);  // nobody listens there: stop picking it
     d.reset();
     call.reset();
+    if (!may_retry) break;
   }
   if (!d) {
     ++counters_->failed;

@@ -4,8 +4,9 @@
 // to the prefill instance with the least outstanding tokens as {max_tokens: 1, stream: false,
 // kv_transfer_params: {do_remote_decode: true}}; the kv_transfer_params it answers with go to a
 // decode instance with the original request, whose answer (SSE or JSON) is relayed unchanged.
-// A prefill or decode that cannot be reached, or fails before answering, is retried once on
-// another instance. A client that goes away closes the decode connection, which aborts the
+// A prefill that cannot be reached or fails before answering is retried once on another
+// instance; a decode only when the request never reached it (else it may have consumed the
+// prefill's KV). A client that goes away closes the decode connection, which aborts the
 // request there (and the decode side releases the prefill's blocks).
 #pragma once
 

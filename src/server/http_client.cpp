@@ -25,6 +25,7 @@ awaitable<baton::Status> ClientCall::start(std::string host, int port, std::stri
   req.body() = std::move(body);
   req.prepare_payload();
   stream_.expires_after(timeout);
+  sent_ = true;  // from the first byte on, the upstream may act on it
   auto [wec, wn] = co_await bhttp::async_write(stream_, req, kNoThrow);
   if (wec) co_return make_error("sending to ", host, ":", port, " failed: ", wec.message());
   parser_.emplace();

@@ -29,6 +29,8 @@ class ClientCall {
                                        std::string body, std::chrono::milliseconds timeout,
                                        std::string authorization = "");
   int status() const { return status_; }
+  // Whether the request left this side: after a failure, false means the upstream never saw it.
+  bool sent() const { return sent_; }
   const std::string& content_type() const { return content_type_; }
   // The next piece of the body; empty once the body is complete. Each piece may wait up to
   // `timeout` (the gap between two tokens of a stream).
@@ -45,6 +47,7 @@ class ClientCall {
   int status_ = 0;
   std::string content_type_;
   bool done_ = false;
+  bool sent_ = false;
 };
 
 }  // namespace baton::http
