@@ -22,7 +22,7 @@ baton::Status run(int argc, char** argv) {
   args.add({"--port"}, &c.port, "HTTP port of the OpenAI API");
   args.add({"--ping-port", "--proxy-ping-port"}, &c.ping_port, "ZMQ port where instances register");
   args.add({"--evict-after-s"}, &c.evict_after_s, "drop an instance silent for this long");
-  args.add({"--connect-timeout-s"}, &c.connect_timeout_s, "reaching an instance and getting its answer's header");
+  args.add({"--connect-timeout-s"}, &c.connect_timeout_s, "reaching an instance and sending it the request");
   args.add({"--prefill-timeout-s"}, &c.prefill_timeout_s, "a prefill's whole answer");
   args.add({"--token-timeout-s"}, &c.token_timeout_s, "longest gap between two pieces of a decode answer");
   args.add({"--http-threads"}, &c.http_threads, "threads serving HTTP connections");

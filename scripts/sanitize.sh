@@ -13,6 +13,7 @@ case "$MODE" in
         # the unit tests cover under ASan too.
         TESTS=(-E '^(fuzz_|tokenizer_differential|chat_template_differential)')
         export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+        export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp"
         export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ;;
   tsan) SAN="thread"
         TESTS=(-R '^(EngineTest|BlockManagerTest|ThreadPoolTest|Transports/XferTest|XferCoalesceTest|Cases/KvHandoffTest|e2e_openai_server|e2e_pd)')

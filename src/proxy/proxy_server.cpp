@@ -196,7 +196,8 @@ awaitable<void> ProxyServer::relay_get(const http::Request& req, http::Responder
   }
   http::ClientCall call(executor);
   std::string method = "GET", empty;
-  baton::Status st = co_await call.start(in->host, in->port, method, target, empty, ms(config_.connect_timeout_s), auth);
+  baton::Status st = co_await call.start(in->host, in->port, method, target, empty, ms(config_.connect_timeout_s),
+                                         ms(config_.connect_timeout_s), auth);
   Result<std::string> body = Error{st.ok() ? "" : st.message()};
   if (st.ok()) body = co_await call.read_all(ms(config_.connect_timeout_s));
   table_.release(in->id, 0, !body.ok());
@@ -263,9 +264,12 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
     http::ClientCall call(executor);
     std::string method = "POST";
     baton::Status st =
-        co_await call.start(p->host, p->port, method, target, prefill_body, ms(config_.connect_timeout_s), auth);
+        co_await call.start(p->host, p->port, method, target, prefill_body, ms(config_.connect_timeout_s),
+                            ms(config_.prefill_timeout_s), auth);
     Result<std::string> answer = Error{st.ok() ? "" : st.message()};
     if (st.ok()) answer = co_await call.read_all(ms(config_.prefill_timeout_s));
+    // A prefill that got the request but failed to answer may still finish and pin blocks that
+    // nobody reads: its kv_timeout_s frees them.
     const bool failed = !answer.ok() || call.status() >= 500;
     table_.release(p->id, prompt_cost, failed);
     if (!st.ok() && !call.sent()) table_.drop(p->id);  // nobody listens there: stop picking it
@@ -313,7 +317,8 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
     call = std::make_unique<http::ClientCall>(executor);
     std::string method = "POST";
     baton::Status st =
-        co_await call->start(d->host, d->port, method, target, decode_body, ms(config_.connect_timeout_s), auth);
+        co_await call->start(d->host, d->port, method, target, decode_body, ms(config_.connect_timeout_s),
+                             ms(config_.token_timeout_s), auth);
     if (st.ok() && call->status() < 500) break;
     // A decode that received the request may have read (and released) the prefill's KV before
     // failing: another decode reading the same blocks could see them reused. Retry only when

@@ -27,7 +27,7 @@ struct ProxyConfig {
   int port = 10001;
   int ping_port = 36367;
   double evict_after_s = 10;         // an instance silent this long is dropped
-  double connect_timeout_s = 5;      // reaching an instance and getting its response header
+  double connect_timeout_s = 5;      // reaching an instance and sending it the request
   double prefill_timeout_s = 600;    // the prefill's whole answer
   double token_timeout_s = 600;      // the longest gap between two pieces of a decode answer
   int http_threads = 2;

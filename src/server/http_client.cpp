@@ -7,13 +7,13 @@ using asio::awaitable;
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
 awaitable<baton::Status> ClientCall::start(std::string host, int port, std::string method, std::string target,
-                                           std::string body, std::chrono::milliseconds timeout,
-                                           std::string authorization) {
+                                           std::string body, std::chrono::milliseconds connect_timeout,
+                                           std::chrono::milliseconds header_timeout, std::string authorization) {
   boost::system::error_code ec;
   auto addr = asio::ip::make_address(host, ec);
   if (ec) co_return make_error("upstream host '", host, "' is not an IP address");
   tcp::endpoint ep(addr, static_cast<unsigned short>(port));
-  stream_.expires_after(timeout);
+  stream_.expires_after(connect_timeout);
   auto [cec] = co_await stream_.async_connect(ep, kNoThrow);
   if (cec) co_return make_error("cannot connect to ", host, ":", port, ": ", cec.message());
   bhttp::request<bhttp::string_body> req{bhttp::string_to_verb(method), target, 11};
@@ -24,13 +24,13 @@ awaitable<baton::Status> ClientCall::start(std::string host, int port, std::stri
   req.keep_alive(false);
   req.body() = std::move(body);
   req.prepare_payload();
-  stream_.expires_after(timeout);
+  stream_.expires_after(connect_timeout);
   sent_ = true;  // from the first byte on, the upstream may act on it
   auto [wec, wn] = co_await bhttp::async_write(stream_, req, kNoThrow);
   if (wec) co_return make_error("sending to ", host, ":", port, " failed: ", wec.message());
   parser_.emplace();
   parser_->body_limit(boost::none);
-  stream_.expires_after(timeout);
+  stream_.expires_after(header_timeout);
   auto [hec, hn] = co_await bhttp::async_read_header(stream_, buffer_, *parser_, kNoThrow);
   if (hec) co_return make_error("no answer from ", host, ":", port, ": ", hec.message());
   status_ = static_cast<int>(parser_->get().result_int());

@@ -23,11 +23,13 @@ class ClientCall {
  public:
   explicit ClientCall(asio::any_io_executor executor) : stream_(executor) {}
 
-  // Connects, sends the request and reads the response header. An error means no answer came
-  // (refused, reset, timed out): the request can be retried elsewhere.
+  // Connects (within connect_timeout), sends the request and reads the response header
+  // (within header_timeout: a non-streamed answer's header comes when the answer is ready).
+  // An error means no answer came (refused, reset, timed out); sent() tells whether the
+  // upstream may have acted on the request.
   asio::awaitable<baton::Status> start(std::string host, int port, std::string method, std::string target,
-                                       std::string body, std::chrono::milliseconds timeout,
-                                       std::string authorization = "");
+                                       std::string body, std::chrono::milliseconds connect_timeout,
+                                       std::chrono::milliseconds header_timeout, std::string authorization = "");
   int status() const { return status_; }
   // Whether the request left this side: after a failure, false means the upstream never saw it.
   bool sent() const { return sent_; }

@@ -98,10 +98,14 @@ class Fleet:
         for inst in self.all():
             if not inst.alive():
                 continue
-            wait_until(lambda: metric(inst.url, "baton:kv_blocks_used") == 0 and
-                       metric(inst.url, "baton:kv_held_transfers") == 0 and
-                       metric(inst.url, "baton:num_requests_running") == 0, timeout=30,
-                       what=f"instance {inst.port} to free every block")
+            try:
+                wait_until(lambda: metric(inst.url, "baton:kv_blocks_used") == 0 and
+                           metric(inst.url, "baton:kv_held_transfers") == 0 and
+                           metric(inst.url, "baton:num_requests_running") == 0, timeout=30,
+                           what=f"instance {inst.port} to free every block")
+            except AssertionError:
+                print("".join(inst.stderr_lines[-20:]))
+                raise
 
     def stop(self):
         for p in self.all() + [self.proxy]:

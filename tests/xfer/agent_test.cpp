@@ -271,7 +271,9 @@ struct PeerProcess {
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     PeerProcess p;
-    if (posix_spawn(&p.pid, bin.c_str(), &fa, nullptr, argv.data(), environ) != 0) return std::nullopt;
+    const int spawned = posix_spawn(&p.pid, bin.c_str(), &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (spawned != 0) return std::nullopt;
     close(out[1]);
     FILE* f = fdopen(out[0], "r");
     char line[8192];
