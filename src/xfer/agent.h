@@ -13,7 +13,7 @@
 // it was granted, and never after deregister_memory() returns. With a deployment token set, a
 // peer without it is refused at the handshake. Bytes move over UCX when both sides have it
 // (shared memory on one host, RDMA where present), else over the control connection (TCP).
-// All methods are thread-safe.
+// All methods are thread-safe. BATON_XFER_NO_UCX=1 in the environment disables UCX.
 //
 // Known limit: when a UCX transfer times out (a stalled owner), its session is closed, but a
 // late reply may still land in the local destination once the owner resumes; destinations must
