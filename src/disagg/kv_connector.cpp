@@ -168,17 +168,21 @@ void KvConnector::on_notification(const std::string& message) {
     log::warn("KV connector: ignoring a malformed notification");
     return;
   }
-  const std::string id = j["transfer_id"].get<std::string>();
+  release_transfer(j["transfer_id"].get<std::string>());
+}
+
+bool KvConnector::release_transfer(const std::string& transfer_id) {
   uint64_t seq = 0;
   {
     std::lock_guard lock(mutex_);
-    auto it = held_.find(id);
-    if (it == held_.end()) return;  // already released (timeout) or unknown
+    auto it = held_.find(transfer_id);
+    if (it == held_.end()) return false;  // already released (read, timeout) or unknown
     seq = it->second.seq_id;
     held_.erase(it);
     ++stats_.released_by_reader;
   }
   engine_.release_held(seq);
+  return true;
 }
 
 void KvConnector::reaper_loop() {

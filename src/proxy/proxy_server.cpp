@@ -254,6 +254,8 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
   pbody["kv_transfer_params"] = {{"do_remote_decode", true}, {"do_remote_prefill", false}};
   const std::string prefill_body = pbody.dump();
   Json kv_params;
+  std::string prefill_host;
+  int prefill_port = 0;
   std::string last_error = "no prefill instance is registered with the proxy";
   std::set<std::string> tried;
   for (int attempt = 0; attempt < 2 && kv_params.is_null(); ++attempt) {
@@ -287,6 +289,8 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
     Json pj = Json::parse(*answer, nullptr, false);
     if (pj.is_object() && pj.contains("kv_transfer_params") && pj["kv_transfer_params"].is_object()) {
       kv_params = pj["kv_transfer_params"];
+      prefill_host = p->host;
+      prefill_port = p->port;
     } else {
       last_error = "prefill " + p->id + " answered without kv_transfer_params (is it a kv_producer?)";
       log::warn("proxy: ", last_error);
@@ -339,6 +343,15 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
   }
   if (!d) {
     ++counters_->failed;
+    // No decode will read the prefill's blocks: give them back now rather than at its timeout.
+    if (kv_params.contains("transfer_id") && kv_params["transfer_id"].is_string()) {
+      http::ClientCall release(executor);
+      std::string method = "POST", path = "/v1/kv/release";
+      std::string rbody = Json({{"transfer_id", kv_params["transfer_id"]}}).dump();
+      baton::Status rs = co_await release.start(prefill_host, prefill_port, method, path, rbody,
+                                                ms(config_.connect_timeout_s), ms(config_.connect_timeout_s), auth);
+      if (!rs.ok()) log::warn("proxy: could not release transfer at prefill: ", rs.message());
+    }
     const bool none = tried.empty();
     std::string err = error_json(none ? 503 : 502, last_error, none ? "service_unavailable" : "upstream_error");
     co_await res.send(none ? http::Status::service_unavailable : http::Status::bad_gateway, "application/json",

@@ -378,6 +378,29 @@ void OpenAiServer::install(http::Server& server) {
     std::string body = models_json();
     co_await res.send(http::Status::ok, "application/json", std::move(body));
   });
+  // P/D prefill: the proxy gives back blocks that no decode will read (POST {"transfer_id"}).
+  server.route("POST", "/v1/kv/release", [this](const http::Request& req, http::Responder& res) -> awaitable<void> {
+    ApiError err;
+    std::string body;
+    if (!authorized(req)) {
+      err = api_error(401, "invalid or missing API key", "", "authentication_error");
+    } else if (!connector_ || connector_->role() != KvRole::kProducer) {
+      err = api_error(400, "this server is not a kv_producer");
+    } else {
+      Json j = Json::parse(req.body(), nullptr, false);
+      if (!j.is_object() || !j.contains("transfer_id") || !j["transfer_id"].is_string()) {
+        err = api_error(400, "expected {\"transfer_id\": \"...\"}", "transfer_id");
+      } else {
+        const bool released = connector_->release_transfer(j["transfer_id"].get<std::string>());
+        body = Json({{"released", released}}).dump();
+      }
+    }
+    if (body.empty()) {
+      co_await send_error(res, err);
+      co_return;
+    }
+    co_await res.send(http::Status::ok, "application/json", std::move(body));
+  });
   server.route("GET", "/health", [](const http::Request&, http::Responder& res) -> awaitable<void> {
     std::string body = R"({"status":"ok"})";
     co_await res.send(http::Status::ok, "application/json", std::move(body));

@@ -31,8 +31,10 @@ from server_util import Proc, metric, start_server, wait_until  # noqa: E402
 TESTS = []
 # (prefill tp, decode tp) pairs the equality test covers.
 TP_PAIRS = [(1, 1), (2, 2), (2, 1), (1, 2), (4, 1)]
-if os.environ.get("BATON_SANITIZER_RUN"):  # sanitizers are 5-20x slower: one same-TP and one mixed-TP pair
+N_CONCURRENT = 200
+if os.environ.get("BATON_SANITIZER_RUN"):  # sanitizers are 5-20x slower: fewer configurations
     TP_PAIRS = [(1, 1), (2, 1)]
+    N_CONCURRENT = 64
 
 
 def test(fn):
@@ -211,12 +213,12 @@ def two_by_two_200_concurrent(ctx):
             return n >= 1
 
         async def run():
-            return await asyncio.gather(*[one(i) for i in range(200)])
+            return await asyncio.gather(*[one(i) for i in range(N_CONCURRENT)])
 
         results = asyncio.run(run())
         assert all(results), results.count(False)
         routed = {i["id"]: i["routed"] for i in instances(fleet.proxy)}
-        assert all(v >= 40 for v in routed.values()), routed  # least-outstanding spreads the load
+        assert all(v >= N_CONCURRENT // 5 for v in routed.values()), routed  # least-outstanding spreads the load
         fleet.assert_no_leaks()
     finally:
         fleet.stop()
@@ -335,6 +337,9 @@ def proxy_restart_instances_reregister(ctx):
         wait_until(lambda: len(instances(proxy)) == 1, timeout=5, what="unregistration")
         status, data = post(proxy.url, "/v1/completions", {"prompt": "c", "max_tokens": 3})
         assert status == 503 and b"no decode instance" in data, (status, data)
+        # The prefill computed it and pinned its blocks: the proxy gave them back at once.
+        wait_until(lambda: metric(p.url, "baton:kv_held_transfers") == 0 and
+                   metric(p.url, "baton:kv_blocks_used") == 0, timeout=5, what="prefill released by the proxy")
     finally:
         for x in (p, d, proxy):
             x.stop()
