@@ -74,8 +74,6 @@ baton::Status run(int argc, char** argv) {
   BATON_ASSIGN_OR_RETURN(KvTransferConfig kv, KvTransferConfig::parse(o.kv_transfer_config));
   if (kv.http_port) o.port = *kv.http_port;
   const bool pd = kv.role != KvRole::kColocated;
-  if (pd && kv.proxy_ip.empty())
-    return make_error("--kv-transfer-config: kv_role '", kv_role_name(kv.role), "' needs proxy_ip (where baton-proxy runs)");
   // The address peers use to reach us: ours if we listen on one, else our route to the proxy.
   const std::string advertise = pd && (o.host == "0.0.0.0" || o.host.empty()) ? local_address_towards(kv.proxy_ip) : o.host;
 
@@ -197,7 +195,8 @@ baton::Status run(int argc, char** argv) {
                   {"kv_layout", layout.to_json()}};
     if (!kv.token.empty()) hello["token"] = kv.token;  // the proxy ignores registrations without it
     const std::string endpoint = "tcp://" + kv.proxy_ip + ":" + std::to_string(kv.proxy_ping_port);
-    BATON_ASSIGN_OR_RETURN(registrar, Registrar::start(endpoint, hello, std::chrono::milliseconds(static_cast<int64_t>(kv.heartbeat_s * 1000))));
+    const auto heartbeat = std::chrono::milliseconds(static_cast<int64_t>(kv.heartbeat_s * 1000));
+    BATON_ASSIGN_OR_RETURN(registrar, Registrar::start(endpoint, hello, heartbeat));
     Json goodbye = {{"type", "unregister"}, {"http_address", http_address}};
     if (!kv.token.empty()) goodbye["token"] = kv.token;
     registrar->set_goodbye(goodbye);

@@ -206,20 +206,25 @@ void KvConnector::reaper_loop() {
 
 // ---- consumer ----
 
-void KvConnector::release_remote(const Json& params) {
-  if (role_ != KvRole::kConsumer) return;
+void KvConnector::queue(ReadJob job) {
   {
     std::lock_guard lock(mutex_);
-    jobs_.push_back(ReadJob{0, {}, std::make_shared<const Json>(params)});
+    jobs_.push_back(std::move(job));
   }
   cv_.notify_one();
 }
 
+void KvConnector::release_remote(const Json& params) {
+  if (role_ != KvRole::kConsumer) return;
+  auto remote = Remote::parse(params);
+  if (remote.ok()) queue(ReadJob{0, {}, std::make_shared<const Remote>(std::move(*remote))});
+}
+
 Status KvConnector::prepare_remote_prefill(Request& request, const Json& params) {
-  BATON_ASSIGN_OR_RETURN(Remote remote, Remote::parse(params));
-  auto shared = std::make_shared<const Json>(params);
-  auto release_only = [this, &params] { release_remote(params); };
-  if (Status s = layout_.compatible_with(remote.layout); !s.ok()) {
+  BATON_ASSIGN_OR_RETURN(Remote parsed, Remote::parse(params));
+  auto remote = std::make_shared<const Remote>(std::move(parsed));
+  auto release_only = [this, &remote] { queue(ReadJob{0, {}, remote}); };
+  if (Status s = layout_.compatible_with(remote->layout); !s.ok()) {
     release_only();
     return s;
   }
@@ -229,7 +234,7 @@ Status KvConnector::prepare_remote_prefill(Request& request, const Json& params)
   const uint64_t digest = prompt_digest(request.prompt);
   const bool same_prompt =
       remote_prompt == prompt_len && params.value("prompt_digest", std::string()) == xfer::to_hex(&digest, sizeof digest);
-  if (!same_prompt || remote.block_ids.size() < need) {
+  if (!same_prompt || remote->block_ids.size() < need) {
     // The prefill saw another prompt (a different tokenizer or template): its KV is no use.
     log::warn("request ", request.request_id, ": the prefill computed ", remote_prompt, " prompt tokens, here ",
               prompt_len, "; computing the prompt locally");
@@ -237,12 +242,8 @@ Status KvConnector::prepare_remote_prefill(Request& request, const Json& params)
     return {};
   }
   request.wait_for_remote_kv = true;
-  request.on_remote_blocks = [this, shared](uint64_t seq_id, const std::vector<int32_t>& blocks) {
-    {
-      std::lock_guard lock(mutex_);
-      jobs_.push_back(ReadJob{seq_id, blocks, shared});
-    }
-    cv_.notify_one();
+  request.on_remote_blocks = [this, remote](uint64_t seq_id, const std::vector<int32_t>& blocks) {
+    queue(ReadJob{seq_id, blocks, remote});
   };
   return {};
 }
@@ -258,7 +259,7 @@ void KvConnector::worker_loop() {
       jobs_.pop_front();
     }
     if (job.dst_blocks.empty()) {  // nothing to read: just let the prefill free its blocks
-      tell_prefill(*job.params, false);
+      tell_prefill(*job.remote, false);
       continue;
     }
     const auto t0 = Clock::now();
@@ -266,7 +267,7 @@ void KvConnector::worker_loop() {
     const bool ok = read_kv(job, &error);
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     if (!ok) log::warn("KV read for sequence ", job.seq_id, " failed (", error, "); recomputing its prompt locally");
-    tell_prefill(*job.params, ok);
+    tell_prefill(*job.remote, ok);
     {
       std::lock_guard lock(mutex_);
       if (ok) {
@@ -279,16 +280,12 @@ void KvConnector::worker_loop() {
         ++stats_.transfers_failed;
       }
     }
-    engine_.remote_kv_ready(job.seq_id, ok, job.params->value("first_token", -1));
+    engine_.remote_kv_ready(job.seq_id, ok, job.remote->first_token);
   }
 }
 
 bool KvConnector::read_kv(const ReadJob& job, std::string* error) {
-  auto remote = Remote::parse(*job.params);
-  if (!remote.ok()) {
-    *error = remote.error();
-    return false;
-  }
+  const Remote* remote = job.remote.get();
   const int n_blocks = static_cast<int>(job.dst_blocks.size());
   struct InFlight {
     std::shared_ptr<xfer::Session> session;
@@ -331,16 +328,14 @@ bool KvConnector::read_kv(const ReadJob& job, std::string* error) {
   return error->empty();
 }
 
-void KvConnector::tell_prefill(const Json& params, bool ok) {
-  auto remote = Remote::parse(params);
-  if (!remote.ok()) return;
-  auto session = ranks_[0].agent->connect(remote->ranks[0].agent);
+void KvConnector::tell_prefill(const Remote& remote, bool ok) {
+  auto session = ranks_[0].agent->connect(remote.ranks[0].agent);
   if (!session.ok()) {
-    log::warn("KV connector: cannot reach prefill ", remote->ranks[0].agent.name, " to release transfer ",
-              remote->transfer_id, " (", session.error(), "); it frees the blocks by timeout");
+    log::warn("KV connector: cannot reach prefill ", remote.ranks[0].agent.name, " to release transfer ",
+              remote.transfer_id, " (", session.error(), "); it frees the blocks by timeout");
     return;
   }
-  const Json msg = {{"transfer_id", remote->transfer_id}, {"ok", ok}};
+  const Json msg = {{"transfer_id", remote.transfer_id}, {"ok", ok}};
   if (Status s = (*session)->notify(msg.dump()); !s.ok())
     log::warn("KV connector: notifying prefill failed: ", s.message());
 }

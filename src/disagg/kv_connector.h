@@ -91,11 +91,11 @@ class KvConnector {
     uint64_t seq_id;
     std::chrono::steady_clock::time_point deadline;
   };
-  struct Remote;  // a parsed prefill description (per engine id, cached)
+  struct Remote;  // a prefill's kv_transfer_params, parsed once per request
   struct ReadJob {
     uint64_t seq_id;
-    std::vector<int32_t> dst_blocks;
-    std::shared_ptr<const Json> params;
+    std::vector<int32_t> dst_blocks;  // empty: nothing to read, only tell the prefill to let go
+    std::shared_ptr<const Remote> remote;
   };
 
   void on_notification(const std::string& message);
@@ -103,7 +103,8 @@ class KvConnector {
   void worker_loop();
   // Reads one request's KV; true when every byte is in place.
   bool read_kv(const ReadJob& job, std::string* error);
-  void tell_prefill(const Json& params, bool ok);
+  void tell_prefill(const Remote& remote, bool ok);
+  void queue(ReadJob job);
 
   Engine& engine_;
   KvRole role_;

@@ -2,19 +2,13 @@
 
 #include <algorithm>
 
+#include "common/tp_split.h"
+
 namespace baton {
 
 size_t KvLayout::elem_bytes() const { return dtype == "fp32" ? 4 : dtype == "bf16" ? 2 : 1; }
 
-std::pair<int, int> KvLayout::heads_of(int rank) const {
-  if (num_kv_heads >= tp_size) {
-    const int per = num_kv_heads / tp_size;
-    return {rank * per, (rank + 1) * per};
-  }
-  // More ranks than KV heads: each rank holds one head, replicated across ranks.
-  const int h = rank * num_kv_heads / tp_size;
-  return {h, h + 1};
-}
+std::pair<int, int> KvLayout::heads_of(int rank) const { return kv_heads_of_rank(num_kv_heads, tp_size, rank); }
 
 size_t KvLayout::block_bytes(int rank) const {
   auto [b, e] = heads_of(rank);
@@ -41,7 +35,7 @@ Result<KvLayout> KvLayout::from_json(const Json& j) {
   BATON_ASSIGN_OR_RETURN(l.v_scales, json_get_or<std::vector<float>>(j, "v_scales", {}, what));
   if (l.block_size <= 0 || l.num_layers <= 0 || l.num_kv_heads <= 0 || l.head_dim <= 0 || l.tp_size <= 0)
     return make_error(what, ": sizes must be positive");
-  if (l.num_kv_heads >= l.tp_size ? l.num_kv_heads % l.tp_size != 0 : l.tp_size % l.num_kv_heads != 0)
+  if (!tp_splits_kv_heads(l.num_kv_heads, l.tp_size))
     return make_error(what, ": tp_size ", l.tp_size, " does not split ", l.num_kv_heads, " KV heads evenly");
   return l;
 }

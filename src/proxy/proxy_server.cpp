@@ -29,6 +29,12 @@ std::string error_json(int status, const std::string& message, const std::string
   return openai::error_body(e);
 }
 
+// Answers with an OpenAI error body. Arguments by value: they live in the coroutine frame.
+awaitable<void> send_error(http::Responder& res, int status, std::string message, std::string type) {
+  std::string body = error_json(status, message, type);
+  co_await res.send(static_cast<http::Status>(status), "application/json", std::move(body));
+}
+
 int64_t json_int_or(const Json& j, const char* key, int64_t fallback) {
   auto it = j.find(key);
   return it != j.end() && it->is_number_integer() ? it->get<int64_t>() : fallback;
@@ -182,16 +188,14 @@ void ProxyServer::registration_loop() {
 awaitable<void> ProxyServer::relay_get(const http::Request& req, http::Responder& res, std::string target) {
   auto executor = co_await asio::this_coro::executor;
   if (!authorized(req)) {
-    std::string err = error_json(401, "invalid or missing API key", "authentication_error");
-    co_await res.send(http::Status::unauthorized, "application/json", std::move(err));
+    co_await send_error(res, 401, "invalid or missing API key", "authentication_error");
     co_return;
   }
   std::string auth = authorization_of(req);
   std::optional<Instance> in = table_.acquire('D', {}, 0);
   if (!in) in = table_.acquire('P', {}, 0);
   if (!in) {
-    std::string body = error_json(503, "no instance is registered with the proxy yet", "service_unavailable");
-    co_await res.send(http::Status::service_unavailable, "application/json", std::move(body));
+    co_await send_error(res, 503, "no instance is registered with the proxy yet", "service_unavailable");
     co_return;
   }
   http::ClientCall call(executor);
@@ -202,8 +206,8 @@ awaitable<void> ProxyServer::relay_get(const http::Request& req, http::Responder
   if (st.ok()) body = co_await call.read_all(ms(config_.connect_timeout_s));
   table_.release(in->id, 0, !body.ok());
   if (!body.ok()) {
-    std::string err = error_json(502, "instance " + in->id + " did not answer: " + body.error(), "upstream_error");
-    co_await res.send(http::Status::bad_gateway, "application/json", std::move(err));
+    std::string msg = "instance " + in->id + " did not answer: " + body.error();
+    co_await send_error(res, 502, std::move(msg), "upstream_error");
     co_return;
   }
   std::string ct = call.content_type().empty() ? "application/json" : call.content_type();
@@ -219,16 +223,14 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
   } in_flight{in_flight_};
   if (++in_flight_ > config_.max_concurrent_requests) {
     ++counters_->failed;
-    std::string err = error_json(429, "too many concurrent requests (the limit is " +
-                                          std::to_string(config_.max_concurrent_requests) + "); retry later",
-                                 "rate_limit_error");
-    co_await res.send(http::Status::too_many_requests, "application/json", std::move(err));
+    std::string msg = "too many concurrent requests (the limit is " +
+                      std::to_string(config_.max_concurrent_requests) + "); retry later";
+    co_await send_error(res, 429, std::move(msg), "rate_limit_error");
     co_return;
   }
   if (!authorized(req)) {
     ++counters_->failed;
-    std::string err = error_json(401, "invalid or missing API key", "authentication_error");
-    co_await res.send(http::Status::unauthorized, "application/json", std::move(err));
+    co_await send_error(res, 401, "invalid or missing API key", "authentication_error");
     co_return;
   }
   const std::string auth = authorization_of(req);
@@ -236,8 +238,7 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
   Json body = Json::parse(req.body(), nullptr, false);
   if (body.is_discarded() || !body.is_object()) {
     ++counters_->failed;
-    std::string err = error_json(400, "the request body is not a JSON object", "invalid_request_error");
-    co_await res.send(http::Status::bad_request, "application/json", std::move(err));
+    co_await send_error(res, 400, "the request body is not a JSON object", "invalid_request_error");
     co_return;
   }
   // Work estimates for routing: prompt tokens ~ bytes / 4, plus the tokens asked for.
@@ -299,9 +300,9 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
   if (kv_params.is_null()) {
     ++counters_->failed;
     const bool none = tried.empty();
-    std::string err = error_json(none ? 503 : 502, last_error, none ? "service_unavailable" : "upstream_error");
-    co_await res.send(none ? http::Status::service_unavailable : http::Status::bad_gateway, "application/json",
-                      std::move(err));
+    const int status = none ? 503 : 502;
+    std::string type = none ? "service_unavailable" : "upstream_error";
+    co_await send_error(res, status, last_error, std::move(type));
     co_return;
   }
 
@@ -353,9 +354,9 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
       if (!rs.ok()) log::warn("proxy: could not release transfer at prefill: ", rs.message());
     }
     const bool none = tried.empty();
-    std::string err = error_json(none ? 503 : 502, last_error, none ? "service_unavailable" : "upstream_error");
-    co_await res.send(none ? http::Status::service_unavailable : http::Status::bad_gateway, "application/json",
-                      std::move(err));
+    const int status = none ? 503 : 502;
+    std::string type = none ? "service_unavailable" : "upstream_error";
+    co_await send_error(res, status, last_error, std::move(type));
     co_return;
   }
 
@@ -366,8 +367,8 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
     table_.release(d->id, decode_cost, !all.ok());
     if (!all.ok()) {
       ++counters_->failed;
-      std::string err = error_json(502, "decode " + d->id + " failed mid-answer: " + all.error(), "upstream_error");
-      co_await res.send(http::Status::bad_gateway, "application/json", std::move(err));
+      std::string msg = "decode " + d->id + " failed mid-answer: " + all.error();
+      co_await send_error(res, 502, std::move(msg), "upstream_error");
       co_return;
     }
     if (call->status() == 200) ++counters_->completed; else ++counters_->failed;

@@ -72,7 +72,7 @@ OpenAiServer::OpenAiServer(Engine& engine, std::shared_ptr<const Tokenizer> toke
 }
 
 void OpenAiServer::release_refused(const http::Request& req) {
-  if (!connector_ || connector_->role() != KvRole::kConsumer) return;  // see ReleaseIfRefused in start()
+  if (!connector_ || connector_->role() != KvRole::kConsumer) return;
   Json j = Json::parse(req.body(), nullptr, false);
   if (j.is_object() && j.contains("kv_transfer_params") && KvConnector::wants_remote_prefill(j["kv_transfer_params"]))
     connector_->release_remote(j["kv_transfer_params"]);
@@ -131,29 +131,23 @@ std::variant<std::vector<std::vector<int>>, ApiError> OpenAiServer::prompts_of(c
 // coroutine so that no complex temporaries live across a co_await (g++ 12 destroys some twice).
 std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Request& req, Endpoint endpoint,
                                                                    std::shared_ptr<Channel> chan) {
-  if (!authorized(req)) {
-    release_refused(req);
-    return api_error(401, "invalid or missing API key", "", "authentication_error");
-  }
+  // Every return before the request is handed over (to the engine, or to the connector) is a
+  // refusal: a decode request refused so must still let the prefill free the blocks it holds
+  // for it (else they wait for kv_timeout_s).
+  struct OnRefusal {
+    OpenAiServer* server;
+    const http::Request& req;
+    bool handed_over = false;
+    ~OnRefusal() {
+      if (!handed_over) server->release_refused(req);
+    }
+  } on_refusal{this, req};
+  if (!authorized(req)) return api_error(401, "invalid or missing API key", "", "authentication_error");
   auto parsed = openai::parse_request(req.body(), endpoint);
-  if (auto* e = std::get_if<ApiError>(&parsed)) {
-    release_refused(req);
-    return *e;
-  }
+  if (auto* e = std::get_if<ApiError>(&parsed)) return *e;
   Started st;
   st.request = std::move(std::get<openai::ApiRequest>(parsed));
   const openai::ApiRequest& r = st.request;
-  // A decode request refused before the connector took it over must still let the prefill
-  // free the blocks it holds for it (else they wait for kv_timeout_s).
-  struct ReleaseIfRefused {
-    KvConnector* conn = nullptr;
-    const Json* params = nullptr;
-    ~ReleaseIfRefused() {
-      if (conn) conn->release_remote(*params);
-    }
-  } release_if_refused;
-  if (connector_ && connector_->role() == KvRole::kConsumer && KvConnector::wants_remote_prefill(r.kv_transfer_params))
-    release_if_refused = {connector_, &r.kv_transfer_params};
   const auto& names = config_.served_model_names;
   if (!r.model.empty() && std::find(names.begin(), names.end(), r.model) == names.end())
     return api_error(400, "the model '" + r.model + "' does not exist; this server serves '" + names[0] + "'", "model");
@@ -188,7 +182,7 @@ std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Re
     const uint64_t digest = remote_decode ? KvConnector::prompt_digest(er.prompt) : 0;
     er.hold_kv = remote_decode;
     if (remote_prefill) {
-      release_if_refused.conn = nullptr;  // from here the connector releases on every path
+      on_refusal.handed_over = true;  // from here the connector releases on every path
       if (Status s = conn->prepare_remote_prefill(er, r.kv_transfer_params); !s.ok())
         return api_error(400, s.message(), "kv_transfer_params");
     }
@@ -208,6 +202,7 @@ std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Re
     }
     st.ids.push_back(*id);
   }
+  on_refusal.handed_over = true;
   return st;
 }
 

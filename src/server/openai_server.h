@@ -48,7 +48,8 @@ class OpenAiServer {
   http::asio::awaitable<void> generate(const http::Request& req, http::Responder& res, openai::Endpoint endpoint);
   http::asio::awaitable<void> send_error(http::Responder& res, const openai::ApiError& e);
   bool authorized(const http::Request& req) const;
-  // A decode request refused before it reached the connector: the prefill may free its blocks.
+  // A decode request refused before it reached the connector: tells its prefill (named in the
+  // body's kv_transfer_params) to free the blocks it holds for it. No-op in other roles.
   void release_refused(const http::Request& req);
   // Tokenized prompts for the request, or an error to send.
   std::variant<std::vector<std::vector<int>>, openai::ApiError> prompts_of(const openai::ApiRequest& r) const;

@@ -10,6 +10,7 @@
 #include "backend/cpu/kernels.h"
 #include "common/float16.h"
 #include "common/float8.h"
+#include "common/tp_split.h"
 #include "common/log.h"
 #include "model/safetensors.h"
 
@@ -175,18 +176,17 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& full, 
   // This rank's share of the heads and of the MLP (all of it when tp.size == 1). KV heads are
   // split when there are at least as many as ranks, else each rank holds one, replicated.
   const int n = tp.size;
-  if (full.num_heads % n != 0 || full.intermediate_size % n != 0 ||
-      (full.num_kv_heads >= n ? full.num_kv_heads % n != 0 : n % full.num_kv_heads != 0))
+  if (full.num_heads % n != 0 || full.intermediate_size % n != 0 || !tp_splits_kv_heads(full.num_kv_heads, n))
     return make_error("-tp ", n, " does not divide the model's ", full.num_heads, " heads, ", full.num_kv_heads,
                       " KV heads and intermediate size ", full.intermediate_size, " evenly");
+  const auto [kv_begin, kv_end] = kv_heads_of_rank(full.num_kv_heads, n, tp.rank);
   ModelConfig c = full;
   c.num_heads = full.num_heads / n;
-  c.num_kv_heads = full.num_kv_heads >= n ? full.num_kv_heads / n : 1;
+  c.num_kv_heads = kv_end - kv_begin;
   c.intermediate_size = full.intermediate_size / n;
   const int64_t D = full.head_dim;
   const int64_t q0 = static_cast<int64_t>(tp.rank) * c.num_heads;
-  const int64_t kv0 = full.num_kv_heads >= n ? static_cast<int64_t>(tp.rank) * c.num_kv_heads
-                                             : static_cast<int64_t>(tp.rank) * full.num_kv_heads / n;
+  const int64_t kv0 = kv_begin;
   const int64_t i0 = static_cast<int64_t>(tp.rank) * c.intermediate_size;
   std::unique_ptr<CpuBackend> b(new CpuBackend(full, c, options.num_threads, tp));
 
@@ -248,9 +248,9 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& full, 
     b->kv_base_ = b->kv_.data();
   }
   if (tp.rank == 0)
-    log::info("cpu backend: ", c.architecture_name, n > 1 ? " (tp " + std::to_string(n) + ", per rank)" : "", ", ", c.num_layers, " layers, KV cache ", kv.num_blocks, " blocks x ",
-            kv.block_size, " tokens (", kv_dtype_name(kv.dtype), ", ", (pool_bytes >> 20), " MiB), ", b->pool_.size(),
-            " threads");
+    log::info("cpu backend: ", c.architecture_name, n > 1 ? " (tp " + std::to_string(n) + ", per rank)" : "", ", ",
+              c.num_layers, " layers, KV cache ", kv.num_blocks, " blocks x ", kv.block_size, " tokens (",
+              kv_dtype_name(kv.dtype), ", ", (pool_bytes >> 20), " MiB), ", b->pool_.size(), " threads");
   return b;
 }
 
