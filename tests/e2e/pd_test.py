@@ -115,6 +115,12 @@ class Fleet:
         for p in self.all() + [self.proxy]:
             p.stop()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
 
 def post(url, path, body, timeout=120):
     host, port = url.replace("http://", "").split(":")
@@ -124,6 +130,15 @@ def post(url, path, body, timeout=120):
     data = r.read()
     conn.close()
     return r.status, data
+
+
+def open_long_stream(port, extra_headers=""):
+    """A raw socket with a long streamed completion request sent on it (the test reads it)."""
+    s = socket.create_connection(("127.0.0.1", port))
+    body = json.dumps({"prompt": "go", "max_tokens": 1900, "ignore_eos": True, "stream": True})
+    s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\n{extra_headers}Content-Type: application/json\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+    return s
 
 
 def answer(url, path, body):
@@ -158,9 +173,8 @@ PROMPTS = ["1 2 3 4 5", "Once upon a time there was a robot who counted sheep: o
 
 def check_equal(ctx, model_name, kv_dtype, p_tp, d_tp):
     model = os.path.join(ctx["models"], model_name)
-    ref = start_server(ctx["bin"], model, "--kv_cache_dtype", kv_dtype, "--threads", "1")
-    fleet = Fleet(ctx["bin"], model, (p_tp,), (d_tp,), kv_dtype)
-    try:
+    with (start_server(ctx["bin"], model, "--kv_cache_dtype", kv_dtype, "--threads", "1") as ref,
+          Fleet(ctx["bin"], model, (p_tp,), (d_tp,), kv_dtype) as fleet):
         for prompt in PROMPTS:
             for stream in (False, True):
                 body = {"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": stream}
@@ -181,9 +195,6 @@ def check_equal(ctx, model_name, kv_dtype, p_tp, d_tp):
         assert metric(d.url, "baton:prompt_tokens_total") == 0, "decode computed prompt tokens itself"
         fleet.assert_no_leaks()
         assert metric(fleet.prefills[0].url, "baton:kv_released_by_reader_total") == len(PROMPTS) * 4
-    finally:
-        fleet.stop()
-        ref.stop()
 
 
 @test
@@ -196,8 +207,7 @@ def pd_equals_colocated(ctx):
 @test
 def two_by_two_200_concurrent(ctx):
     model = os.path.join(ctx["models"], "tiny-qwen3")
-    fleet = Fleet(ctx["bin"], model, (1, 1), (1, 1))
-    try:
+    with Fleet(ctx["bin"], model, (1, 1), (1, 1)) as fleet:
         client = openai.AsyncOpenAI(base_url=fleet.url + "/v1", api_key="none", max_retries=0, timeout=300)
 
         async def one(i):
@@ -220,15 +230,12 @@ def two_by_two_200_concurrent(ctx):
         routed = {i["id"]: i["routed"] for i in instances(fleet.proxy)}
         assert all(v >= N_CONCURRENT // 5 for v in routed.values()), routed  # least-outstanding spreads the load
         fleet.assert_no_leaks()
-    finally:
-        fleet.stop()
 
 
 @test
 def held_blocks_time_out(ctx):
     model = os.path.join(ctx["models"], "tiny-qwen3")
-    fleet = Fleet(ctx["bin"], model, kv_timeout_s=1.5)
-    try:
+    with Fleet(ctx["bin"], model, kv_timeout_s=1.5) as fleet:
         p = fleet.prefills[0]
         status, data = post(p.url, "/v1/completions", {"prompt": "never read " * 20, "max_tokens": 1,
                                                         "kv_transfer_params": {"do_remote_decode": True}})
@@ -241,16 +248,12 @@ def held_blocks_time_out(ctx):
                    what="held blocks counted as used")
         wait_until(lambda: metric(p.url, "baton:kv_released_by_timeout_total") == 1, timeout=10, what="timeout")
         fleet.assert_no_leaks()
-    finally:
-        fleet.stop()
 
 
 @test
 def prefill_killed_after_answer_decode_recomputes(ctx):
     model = os.path.join(ctx["models"], "tiny-qwen3")
-    ref = start_server(ctx["bin"], model, "--threads", "1")
-    fleet = Fleet(ctx["bin"], model)
-    try:
+    with start_server(ctx["bin"], model, "--threads", "1") as ref, Fleet(ctx["bin"], model) as fleet:
         p, d = fleet.prefills[0], fleet.decodes[0]
         body = {"prompt": PROMPTS[1], "max_tokens": 20, "temperature": 0}
         status, data = post(p.url, "/v1/completions", dict(body, max_tokens=1,
@@ -262,16 +265,12 @@ def prefill_killed_after_answer_decode_recomputes(ctx):
         assert got == answer(ref.url, "/v1/completions", body), got
         assert metric(d.url, "baton:kv_transfer_failures_total") == 1
         fleet.assert_no_leaks()
-    finally:
-        fleet.stop()
-        ref.stop()
 
 
 @test
 def prefill_killed_before_answer_proxy_retries(ctx):
     model = os.path.join(ctx["models"], "tiny-qwen3")
-    fleet = Fleet(ctx["bin"], model, (1, 1), (1,), proxy_args=("--evict-after-s", "60"))
-    try:
+    with Fleet(ctx["bin"], model, (1, 1), (1,), proxy_args=("--evict-after-s", "60")) as fleet:
         fleet.prefills[0].stop(signal.SIGKILL)  # still registered: the proxy finds out per request
         for i in range(6):
             text, finish, _ = answer(fleet.url, "/v1/completions", {"prompt": f"retry {i}", "max_tokens": 5,
@@ -279,15 +278,12 @@ def prefill_killed_before_answer_proxy_retries(ctx):
             assert finish == "length"
         assert metric(fleet.url, "baton_proxy:prefill_retries_total") >= 1
         fleet.assert_no_leaks()
-    finally:
-        fleet.stop()
 
 
 @test
 def decode_killed_mid_stream_client_gets_error(ctx):
     model = os.path.join(ctx["models"], "tiny-qwen3")
-    fleet = Fleet(ctx["bin"], model)
-    try:
+    with Fleet(ctx["bin"], model) as fleet:
         d = fleet.decodes[0]
         host, port = "127.0.0.1", fleet.proxy.port
         conn = http.client.HTTPConnection(host, port, timeout=60)
@@ -314,8 +310,6 @@ def decode_killed_mid_stream_client_gets_error(ctx):
         assert '"error"' in tail and tail.rstrip().endswith("data: [DONE]"), tail[-400:]
         fleet.decodes.remove(d)
         fleet.assert_no_leaks()  # the prefill was read before the kill, or frees by timeout
-    finally:
-        fleet.stop()
 
 
 @test
@@ -348,12 +342,8 @@ def proxy_restart_instances_reregister(ctx):
 @test
 def client_disconnect_aborts_both_sides(ctx):
     model = os.path.join(ctx["models"], "tiny-qwen3")
-    fleet = Fleet(ctx["bin"], model)
-    try:
-        s = socket.create_connection(("127.0.0.1", fleet.proxy.port))
-        body = json.dumps({"prompt": "go", "max_tokens": 1900, "ignore_eos": True, "stream": True})
-        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+    with Fleet(ctx["bin"], model) as fleet:
+        s = open_long_stream(fleet.proxy.port)
         got = b""
         while b"data: " not in got:
             piece = s.recv(4096)
@@ -365,29 +355,23 @@ def client_disconnect_aborts_both_sides(ctx):
                    what="decode abort")
         fleet.assert_no_leaks()
         assert metric(fleet.url, "baton_proxy:client_aborts_total") == 1
-    finally:
-        fleet.stop()
 
 
 @test
 def layout_mismatch_is_refused(ctx):
     model = os.path.join(ctx["models"], "tiny-qwen3")
-    fleet = Fleet(ctx["bin"], model, kv_dtype="fp8", p_dtype="bf16")
-    try:
+    with Fleet(ctx["bin"], model, kv_dtype="fp8", p_dtype="bf16") as fleet:
         status, data = post(fleet.url, "/v1/completions", {"prompt": "a b c", "max_tokens": 4})
         assert status == 400, (status, data)
         msg = json.loads(data)["error"]["message"]
         assert "KV layout mismatch" in msg and "dtype" in msg, msg
         fleet.assert_no_leaks()  # the decode side told the prefill to let go
-    finally:
-        fleet.stop()
 
 
 @test
 def bad_requests_through_proxy(ctx):
     model = os.path.join(ctx["models"], "tiny-qwen3")
-    fleet = Fleet(ctx["bin"], model)
-    try:
+    with Fleet(ctx["bin"], model) as fleet:
         status, data = post(fleet.url, "/v1/completions", {"prompt": "a", "max_tokens": -3})
         assert status == 400 and json.loads(data)["error"]["param"] == "max_tokens", data
         status, data = post(fleet.url, "/v1/completions", {"prompt": "a", "max_tokens": 100000})
@@ -401,8 +385,6 @@ def bad_requests_through_proxy(ctx):
         assert r.status == 200 and json.loads(r.read())["data"][0]["id"] == "tiny-qwen3"
         conn.close()
         fleet.assert_no_leaks()
-    finally:
-        fleet.stop()
 
 
 @test
@@ -435,11 +417,7 @@ def api_key_token_and_limits(ctx):
         # Limits: the decode takes one request at a time, the proxy two; beyond, 429 at once.
         streams = []
         for _ in range(3):
-            s = socket.create_connection(("127.0.0.1", proxy.port))
-            b = json.dumps({"prompt": "go", "max_tokens": 1900, "ignore_eos": True, "stream": True})
-            s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k3y\r\n"
-                      f"Content-Type: application/json\r\nContent-Length: {len(b)}\r\n\r\n{b}".encode())
-            streams.append(s)
+            streams.append(open_long_stream(proxy.port, "Authorization: Bearer k3y\r\n"))
             time.sleep(0.05)
         heads = []
         for s in streams:

@@ -1,8 +1,6 @@
 // libFuzzer target: our HTTP server (Beast parser, keep-alive loop, limits, routing) fed raw
 // bytes on a fresh connection per input, with the OpenAI request parser behind its routes.
 // The server must answer or close, never crash or hang, and keep serving the next input.
-#include <sys/socket.h>
-
 #include <cassert>
 #include <cstdint>
 #include <memory>
@@ -10,7 +8,7 @@
 #include "common/log.h"
 #include "server/http.h"
 #include "server/openai_protocol.h"
-#include "xfer/socket.h"
+#include "fuzz_socket.h"
 
 namespace {
 
@@ -55,14 +53,6 @@ baton::http::Server& server() {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  baton::http::Server& s = server();
-  auto sock = baton::xfer::Socket::connect("127.0.0.1", s.port(), std::chrono::milliseconds(1000));
-  assert(sock.ok());
-  (void)sock->set_recv_timeout(std::chrono::milliseconds(2000));
-  (void)sock->send_all(data, size);
-  ::shutdown(sock->fd(), SHUT_WR);
-  char buf[65536];
-  while (::recv(sock->fd(), buf, sizeof buf, 0) > 0) {
-  }
+  baton::fuzz::send_and_drain("127.0.0.1", server().port(), data, size, std::chrono::milliseconds(2000));
   return 0;
 }

@@ -3,8 +3,6 @@
 // and write requests with arbitrary regions, offsets and lengths, notifications, garbage); the
 // agent must answer or drop the connection, never crash, and never touch memory outside its one
 // registered region (ASan watches the guard bytes around it).
-#include <sys/socket.h>
-
 #include <cassert>
 #include <cstdint>
 #include <cstring>
@@ -13,6 +11,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "fuzz_socket.h"
 #include "xfer/agent.h"
 
 namespace {
@@ -46,14 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace baton::xfer;
   Target& t = target();
   const AgentDesc d = t.agent->describe();
-  auto s = Socket::connect(d.host, d.port, std::chrono::milliseconds(1000));
-  assert(s.ok());
-  (void)s->set_recv_timeout(std::chrono::milliseconds(200));
-  (void)s->send_all(data, size);
-  ::shutdown(s->fd(), SHUT_WR);
-  char buf[65536];
-  while (::recv(s->fd(), buf, sizeof buf, 0) > 0) {
-  }
+  baton::fuzz::send_and_drain(d.host, d.port, data, size, std::chrono::milliseconds(200));
   for (int i = 0; i < 64; ++i) assert(t.region[i] == 'g' && t.region[64 + 4096 + i] == 'g');
   return 0;
 }
