@@ -3,6 +3,8 @@
 //     Bandwidth and latency of transfer-engine reads between two processes on this host: this
 //     process forks a peer that registers host memory, then reads batches of non-adjacent ranges
 //     from it. Prints a table and, with --json, writes the rows.
+//   baton-bench model --model DIR [--device cuda] ...   (apps/bench_model.cpp)
+//     Prefill, decode and generation speed of a model against the device's copy and GEMM rates.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +16,7 @@
 #include <sstream>
 #include <vector>
 
+#include "apps/bench_commands.h"
 #include "common/cli.h"
 #include "common/json.h"
 #include "xfer/agent.h"
@@ -197,8 +200,13 @@ Status xfer_bench(int argc, char** argv) {
 }  // namespace baton
 
 baton::Status run(int argc, char** argv) {
-  if (argc < 2 || std::strcmp(argv[1], "xfer") != 0) return baton::make_error("usage: baton-bench xfer [options] (see baton-bench xfer --help)");
-  return baton::xfer_bench(argc - 1, argv + 1);
+  if (argc >= 2 && std::strcmp(argv[1], "xfer") == 0) return baton::xfer_bench(argc - 1, argv + 1);
+#if BATON_BENCH_MODEL
+  if (argc >= 2 && std::strcmp(argv[1], "model") == 0) return baton::model_bench(argc - 1, argv + 1);
+  return baton::make_error("usage: baton-bench xfer|model [options] (see baton-bench SUBCOMMAND --help)");
+#else
+  return baton::make_error("usage: baton-bench xfer [options] (see baton-bench xfer --help)");
+#endif
 }
 
 int main(int argc, char** argv) { return baton::run_main("baton-bench", argc, argv, run); }

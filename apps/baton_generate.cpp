@@ -1,6 +1,8 @@
 // baton-generate: run one prompt through a model and print the continuation.
 //   baton-generate --model DIR --prompt "Once upon a time" --max-tokens 32
 //   baton-generate --model DIR --prompt-ids 1,2,3 --max-tokens 8 --temperature 0 --output json
+//   baton-generate --model DIR --prompts-file prompts.jsonl --device cuda   # a batch: one JSON
+//       array of token ids per line in; one JSON line per prompt out, in the same order
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +14,7 @@
 #include "common/cli.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "common/mapped_file.h"
 #include "engine/engine.h"
 #include "model/tokenizer.h"
 
@@ -22,6 +25,7 @@ struct Options {
   baton::BackendOptions backend;
   std::string prompt;
   std::string prompt_ids;
+  std::string prompts_file;
   int max_tokens = 32;
   float temperature = 0.0f;
   int top_k = 0;
@@ -50,6 +54,52 @@ baton::Result<std::vector<int>> parse_ids(const std::string& text) {
   return ids;
 }
 
+// --prompts-file: every prompt in one engine run (continuous batching), results in input order.
+baton::Status run_batch(const Options& o, const baton::SamplingParams& sp) {
+  using namespace baton;
+  BATON_ASSIGN_OR_RETURN(std::string text, read_file(o.prompts_file));
+  std::vector<std::vector<int>> prompts;
+  std::stringstream lines(text);
+  std::string line;
+  for (int n = 1; std::getline(lines, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto j = parse_json(line, o.prompts_file);
+    if (!j.ok() || !j->is_array()) return make_error(o.prompts_file, ":", n, ": not a JSON array of token ids");
+    std::vector<int> ids;
+    for (const Json& v : *j) {
+      if (!v.is_number_integer()) return make_error(o.prompts_file, ":", n, ": not a JSON array of token ids");
+      ids.push_back(v.get<int>());
+    }
+    prompts.push_back(std::move(ids));
+  }
+  if (prompts.empty()) return make_error(o.prompts_file, ": no prompts");
+  BATON_ASSIGN_OR_RETURN(auto backend, create_backend(o.model, o.backend));
+  BATON_ASSIGN_OR_RETURN(auto engine, Engine::create(std::move(backend), nullptr, EngineConfig{}));
+  std::vector<std::vector<int>> outputs(prompts.size());
+  std::vector<std::string> reasons(prompts.size()), errors(prompts.size());
+  const auto t0 = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Request req;
+    req.prompt = prompts[i];
+    req.params = sp;
+    BATON_RETURN_IF_ERROR(engine->add_request(std::move(req), [&, i](RequestOutput&& out) {
+      outputs[i].insert(outputs[i].end(), out.token_ids.begin(), out.token_ids.end());
+      if (out.finished) reasons[i] = out.finish_reason, errors[i] = out.error;
+    }));
+  }
+  engine->run_until_idle();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  size_t n_out = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (reasons[i] == "error") return make_error("prompt ", i + 1, ": ", errors[i]);
+    n_out += outputs[i].size();
+    std::puts(Json({{"token_ids", outputs[i]}, {"finish_reason", reasons[i]}}).dump().c_str());
+  }
+  std::fprintf(stderr, "%zu prompts, %zu generated tokens in %.1f ms (%.0f tok/s)\n", prompts.size(), n_out, s * 1e3,
+               n_out / std::max(s, 1e-9));
+  return {};
+}
+
 baton::Status run(int argc, char** argv) {
   using namespace baton;
   Options o;
@@ -58,6 +108,7 @@ baton::Status run(int argc, char** argv) {
   args.add({"--model"}, &o.model, "model directory (config.json, *.safetensors, tokenizer.json)");
   args.add({"--prompt"}, &o.prompt, "prompt text");
   args.add({"--prompt-ids"}, &o.prompt_ids, "prompt as comma-separated token ids");
+  args.add({"--prompts-file"}, &o.prompts_file, "JSON lines, each an array of token ids: run them all as one batch");
   args.add({"--max-tokens"}, &o.max_tokens, "tokens to generate");
   args.add({"--temperature"}, &o.temperature, "0 = greedy");
   args.add({"--top-k"}, &o.top_k, "top-k (0 = off)");
@@ -72,7 +123,8 @@ baton::Status run(int argc, char** argv) {
   BATON_ASSIGN_OR_RETURN(log::Level level, log::parse_level(o.log_level));
   log::set_level(level);
   if (o.model.empty()) return make_error("--model is required (a Hugging Face model directory)");
-  if (o.prompt.empty() == o.prompt_ids.empty()) return make_error("give exactly one of --prompt and --prompt-ids");
+  if (int(!o.prompt.empty()) + int(!o.prompt_ids.empty()) + int(!o.prompts_file.empty()) != 1)
+    return make_error("give exactly one of --prompt, --prompt-ids and --prompts-file");
   if (o.output != "text" && o.output != "json") return make_error("--output must be text or json");
 
   std::optional<Tokenizer> tokenizer;
@@ -80,16 +132,6 @@ baton::Status run(int argc, char** argv) {
     BATON_ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::load(o.model));
     tokenizer.emplace(std::move(t));
   }
-  std::vector<int> prompt;
-  if (!o.prompt_ids.empty()) {
-    BATON_ASSIGN_OR_RETURN(prompt, parse_ids(o.prompt_ids));
-  } else {
-    if (!tokenizer) return make_error(o.model, ": no tokenizer.json; pass --prompt-ids instead of --prompt");
-    BATON_ASSIGN_OR_RETURN(prompt, tokenizer->encode(o.prompt));
-  }
-
-  BATON_ASSIGN_OR_RETURN(auto backend, create_cpu_backend(o.model, o.backend));
-
   SamplingParams sp;
   sp.max_tokens = o.max_tokens;
   sp.temperature = o.temperature;
@@ -98,6 +140,17 @@ baton::Status run(int argc, char** argv) {
   sp.min_p = o.min_p;
   sp.ignore_eos = o.ignore_eos;
   if (o.seed >= 0) sp.seed = static_cast<uint64_t>(o.seed);
+  if (!o.prompts_file.empty()) return run_batch(o, sp);
+
+  std::vector<int> prompt;
+  if (!o.prompt_ids.empty()) {
+    BATON_ASSIGN_OR_RETURN(prompt, parse_ids(o.prompt_ids));
+  } else {
+    if (!tokenizer) return make_error(o.model, ": no tokenizer.json; pass --prompt-ids instead of --prompt");
+    BATON_ASSIGN_OR_RETURN(prompt, tokenizer->encode(o.prompt));
+  }
+
+  BATON_ASSIGN_OR_RETURN(auto backend, create_backend(o.model, o.backend));
 
   std::shared_ptr<const Tokenizer> tok_ptr;
   if (tokenizer) tok_ptr = std::make_shared<const Tokenizer>(std::move(*tokenizer));

@@ -30,7 +30,6 @@ struct Options {
   int max_num_seqs = 256;
   int max_model_len = 0;
   int max_num_batched_tokens = 2048;
-  double gpu_memory_utilization = 0.9;
   std::string served_model_name;
   std::string api_key;
   int max_concurrent_requests = 4096;
@@ -47,7 +46,6 @@ baton::Status run(int argc, char** argv) {
   using namespace baton;
   Options o;
   ArgParser args("baton-server", "Serve a Hugging Face model over an OpenAI-compatible HTTP API.");
-  o.backend.kv_cache_bytes = size_t{1} << 30;
   add_backend_flags(args, o.backend);
   args.add({"--model"}, &o.model, "model directory (config.json, *.safetensors, tokenizer.json)");
   args.add({"--host"}, &o.host, "listening address");
@@ -55,7 +53,6 @@ baton::Status run(int argc, char** argv) {
   args.add({"--max-num-seqs"}, &o.max_num_seqs, "most requests in a batch");
   args.add({"--max-model-len"}, &o.max_model_len, "context length (0: the model's)");
   args.add({"--max-num-batched-tokens"}, &o.max_num_batched_tokens, "token budget of one step (chunked prefill)");
-  args.add({"--gpu-memory-utilization"}, &o.gpu_memory_utilization, "fraction of GPU memory to use (CUDA backend)");
   args.add({"--served-model-name"}, &o.served_model_name, "model name in the API (default: the directory's name)");
   args.add({"--api-key"}, &o.api_key, "require 'Authorization: Bearer KEY'");
   args.add({"--max-concurrent-requests"}, &o.max_concurrent_requests, "requests in flight at most; more get 429");
@@ -122,7 +119,8 @@ baton::Status run(int argc, char** argv) {
   } else {
     log::warn(o.model, " has no tokenizer.json: prompts must be token ids");
   }
-  BATON_ASSIGN_OR_RETURN(auto backend, create_cpu_backend(o.model, o.backend));
+  if (o.backend.device == "cpu" && o.backend.kv_cache_bytes == 0) o.backend.kv_cache_bytes = size_t{1} << 30;
+  BATON_ASSIGN_OR_RETURN(auto backend, create_backend(o.model, o.backend));
   EngineConfig ec;
   ec.max_num_seqs = o.max_num_seqs;
   ec.max_model_len = o.max_model_len;

@@ -31,12 +31,35 @@ Result<KvDtype> parse_kv_dtype(const std::string& name, KvDtype auto_dtype) {
 }
 
 void add_backend_flags(ArgParser& args, BackendOptions& o) {
+  args.add({"--device"}, &o.device, "cpu or cuda");
   args.add({"--block-size"}, &o.block_size, "KV cache block size in tokens");
-  args.add({"--kv-cache-dtype", "--kv_cache_dtype"}, &o.kv_dtype, "auto, fp32, bf16, fp8 (e4m3)");
-  args.add({"--kv-cache-memory"}, &o.kv_cache_bytes, "KV cache size in bytes (CPU backend)");
+  args.add({"--kv-cache-dtype", "--kv_cache_dtype"}, &o.kv_dtype, "auto, fp32 (cpu), bf16, fp8 (e4m3)");
+  args.add({"--kv-cache-memory"}, &o.kv_cache_bytes,
+           "KV cache size in bytes (0: 256 MiB on the CPU, the rest of --gpu-memory-utilization on a GPU)");
+  args.add({"--gpu-memory-utilization"}, &o.gpu_memory_utilization, "CUDA: share of the GPU's memory to use");
+  args.add({"--max-batch-tokens"}, &o.max_batch_tokens, "CUDA: tokens per model pass");
+  args.add({"--max-graph-batch"}, &o.max_graph_batch, "CUDA: largest decode batch run as a CUDA graph (0: none)");
   args.add({"--threads"}, &o.num_threads, "compute threads (0: all cores), shared by the TP ranks");
-  args.add({"-tp", "--tensor-parallel-size"}, &o.tp_size, "tensor-parallel ranks (CPU: threads of this process)");
+  args.add({"-tp", "--tensor-parallel-size"}, &o.tp_size,
+           "tensor-parallel ranks (CPU: threads of this process; CUDA: one GPU each, NCCL)");
 }
+
+Result<std::unique_ptr<Backend>> create_backend(const std::string& model_dir, const BackendOptions& options) {
+  if (options.device == "cpu") return create_cpu_backend(model_dir, options);
+  if (options.device == "cuda") return create_cuda_backend(model_dir, options);
+  return make_error("--device must be cpu or cuda (got '", options.device, "')");
+}
+
+Status Backend::forward_sample(const Batch&, std::span<const DeviceSampling>, std::span<int32_t>) {
+  return make_error("this backend does not sample on its device");
+}
+
+#ifndef BATON_HAS_CUDA_BACKEND
+Result<std::unique_ptr<Backend>> create_cuda_backend(const std::string&, const BackendOptions&) {
+  return make_error("--device cuda: this baton was built without the CUDA backend (no nvcc at build time)");
+}
+int cuda_device_count() { return 0; }
+#endif
 
 Status validate_batch(const Batch& batch, const KvCacheSpec& spec, int max_positions) {
   size_t total = 0;

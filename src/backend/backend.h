@@ -58,19 +58,36 @@ using KvAllocator = std::function<Result<void*>(int rank, size_t n_bytes)>;
 // array starts at l * layer_bytes. One block of one layer is block_bytes long, at
 // l * layer_bytes + block * block_bytes.
 struct KvMemory {
-  std::byte* base = nullptr;
+  std::byte* base = nullptr;  // host memory, or device memory of GPU `device` when device >= 0
   size_t total_bytes = 0;
   size_t layer_bytes = 0;
   size_t block_bytes = 0;
+  int device = -1;
 };
 
 struct BackendOptions {
-  KvAllocator kv_allocator;  // empty: the backend allocates the pool itself
+  std::string device = "cpu";  // cpu | cuda
+  KvAllocator kv_allocator;  // host pools only; empty: the backend allocates the pool itself
   int block_size = 16;
-  size_t kv_cache_bytes = size_t{256} << 20;  // the KV pool; blocks = bytes / bytes_per_block
+  // The KV pool; blocks = bytes / bytes_per_block. 0: 256 MiB on the CPU; on a GPU what
+  // gpu_memory_utilization leaves after weights and activations.
+  size_t kv_cache_bytes = 0;
+  double gpu_memory_utilization = 0.9;  // CUDA: share of the GPU's memory baton may take
+  int max_batch_tokens = 2048;          // CUDA: tokens per model pass (longer batches run in pieces)
+  int max_graph_batch = 256;            // CUDA: decode steps up to this batch run as CUDA graphs
   std::string kv_dtype = "auto";
   int num_threads = 0;  // 0: one per hardware thread
   int tp_size = 1;      // tensor-parallel ranks
+};
+
+// Sampling on the device for one row: greedy when temperature is 0, else top-k (0: off) then
+// top-p over softmax(logits / temperature), drawn with Philox(seed, offset).
+struct DeviceSampling {
+  float temperature = 0.f;
+  int top_k = 0;
+  float top_p = 1.f;
+  uint64_t seed = 0;
+  uint64_t offset = 0;
 };
 
 class Backend {
@@ -85,6 +102,10 @@ class Backend {
   virtual int tp_size() const { return 1; }
   // Rank `rank`'s KV pool, for transfers of blocks between instances (P/D).
   virtual KvMemory kv_memory(int rank) = 0;
+  // Backends that sample on their device (CUDA) return only token ids for the rows that want
+  // logits (params: one per such row), so logits never cross to the host.
+  virtual bool samples_on_device() const { return false; }
+  virtual Status forward_sample(const Batch& batch, std::span<const DeviceSampling> params, std::span<int32_t> tokens);
 };
 
 class ArgParser;
@@ -92,8 +113,14 @@ class ArgParser;
 // --kv_cache_dtype, --kv-cache-memory, --threads, -tp), shared by every app that runs a model.
 void add_backend_flags(ArgParser& args, BackendOptions& o);
 
-// Loads config.json and the safetensors of `model_dir` and builds a CPU backend.
+// Loads config.json and the safetensors of `model_dir` and builds the backend options.device names.
+Result<std::unique_ptr<Backend>> create_backend(const std::string& model_dir, const BackendOptions& options);
 Result<std::unique_ptr<Backend>> create_cpu_backend(const std::string& model_dir, const BackendOptions& options);
+// Errors with a one-line message when baton was built without CUDA or no GPU is present.
+Result<std::unique_ptr<Backend>> create_cuda_backend(const std::string& model_dir, const BackendOptions& options);
+
+// GPUs the CUDA backend can use (0 without a GPU or without the CUDA backend).
+int cuda_device_count();
 
 // Checks a batch against a KV spec: token counts, block ids and table lengths.
 Status validate_batch(const Batch& batch, const KvCacheSpec& spec, int max_positions);

@@ -3,6 +3,7 @@
 // once with one-line errors ("--max-tokens: 'abc' is not an integer").
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>

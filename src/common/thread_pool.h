@@ -6,6 +6,7 @@
 // sleep on a condition variable.
 #pragma once
 
+#include <cstdint>
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>

@@ -274,8 +274,33 @@ bool Engine::step() {
     batch_seqs_.push_back({s.n_tokens, seq->num_computed, seq->block_table, s.need_logits});
     n_logits += s.need_logits ? 1 : 0;
   }
-  logits_.resize(static_cast<size_t>(n_logits) * V);
-  Status st = backend_->forward({batch_tokens_, batch_seqs_}, logits_);
+  // Backends that sample on their device get the rows whose sampling they can do there
+  // (everything but logprobs, penalties and min-p), and return token ids instead of logits.
+  bool on_device = backend_->samples_on_device();
+  for (const ScheduledSeq& s : sched.seqs) {
+    const SamplingParams& p = s.seq->params;
+    if (s.need_logits && (p.logprobs >= 0 || p.min_p > 0.f || p.repetition_penalty != 1.0f ||
+                          p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f))
+      on_device = false;
+  }
+  Status st;
+  if (on_device) {
+    device_params_.clear();
+    for (const ScheduledSeq& s : sched.seqs) {
+      if (!s.need_logits) continue;
+      const SamplingParams& p = s.seq->params;
+      // One draw of the request's own generator per token: a seeded request samples the same
+      // tokens whatever else is in the batch.
+      device_params_.push_back({p.temperature, p.top_k > 0 ? p.top_k : 0, p.top_p, s.seq->rng(), 0});
+    }
+    device_tokens_.resize(device_params_.size());
+    logits_.clear();
+    st = backend_->forward_sample({batch_tokens_, batch_seqs_}, device_params_, device_tokens_);
+  } else {
+    device_tokens_.clear();
+    logits_.resize(static_cast<size_t>(n_logits) * V);
+    st = backend_->forward({batch_tokens_, batch_seqs_}, logits_);
+  }
   {
     std::lock_guard lock(mutex_);
     ++stats_.steps;
@@ -287,12 +312,12 @@ bool Engine::step() {
     publish_stats();
     return true;
   }
-  after_step(sched, logits_);
+  after_step(sched, logits_, device_tokens_);
   publish_stats();
   return true;
 }
 
-void Engine::after_step(const SchedulerOutput& sched, std::span<const float> logits) {
+void Engine::after_step(const SchedulerOutput& sched, std::span<const float> logits, std::span<const int32_t> tokens) {
   const int V = backend_->config().vocab_size;
   uint64_t prompt_tokens = 0, generated = 0;
   int row = 0;
@@ -303,6 +328,11 @@ void Engine::after_step(const SchedulerOutput& sched, std::span<const float> log
     seq->num_computed += s.n_tokens;
     blocks_.publish_full_blocks(seq->tokens, seq->num_computed, seq->block_table, seq->block_hashes);
     if (!s.need_logits) continue;
+    if (!tokens.empty()) {  // sampled on the device
+      ++generated;
+      emit_token(seq, tokens[row++], nullptr);
+      continue;
+    }
     const float* raw = logits.data() + static_cast<size_t>(row++) * V;
     const SamplingParams& p = seq->params;
     std::span<const float> to_sample(raw, V);

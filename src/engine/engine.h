@@ -89,7 +89,9 @@ class Engine {
   void take_inbox();
   // Ends a sequence: releases its blocks and sends its last event (out may carry a last token).
   void finish(Sequence* seq, const std::string& reason, const std::string& error = "", RequestOutput out = {});
-  void after_step(const SchedulerOutput& sched, std::span<const float> logits);
+  // Emits one token per sequence that wanted logits: sampled here from `logits`, or taken from
+  // `tokens` when the backend sampled on its device.
+  void after_step(const SchedulerOutput& sched, std::span<const float> logits, std::span<const int32_t> tokens);
   void emit_token(Sequence* seq, int token, const float* raw_logits);
   void publish_stats();
 
@@ -127,6 +129,8 @@ class Engine {
   std::vector<SeqBatch> batch_seqs_;
   std::vector<float> logits_;
   std::vector<float> row_;
+  std::vector<DeviceSampling> device_params_;
+  std::vector<int32_t> device_tokens_;
 };
 
 }  // namespace baton

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "backend/backend.h"
+#include "backend/backend_test_util.h"
 #include "engine/engine_test_util.h"
 #include "engine/sampler.h"
 
@@ -19,17 +20,7 @@ struct Param {
 };
 class GoldensTest : public ::testing::TestWithParam<Param> {};
 
-// Logits after the prompt's last token, from one forward pass over blocks 0..n.
-std::vector<float> prompt_logits(Backend& b, const std::vector<int>& prompt) {
-  std::vector<int32_t> table;
-  for (int i = 0; i * b.kv_spec().block_size < static_cast<int>(prompt.size()); ++i) table.push_back(i);
-  std::vector<int32_t> toks(prompt.begin(), prompt.end());
-  SeqBatch s{static_cast<int>(toks.size()), 0, table, true};
-  std::vector<float> logits(b.config().vocab_size);
-  Status st = b.forward({toks, std::span<const SeqBatch>(&s, 1)}, logits);
-  EXPECT_TRUE(st.ok()) << st.message();
-  return logits;
-}
+using testing::prompt_logits;
 
 TEST_P(GoldensTest, LastLogitsMatchTransformers) {
   BATON_REQUIRE_MODELS();

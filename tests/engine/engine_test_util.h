@@ -29,12 +29,12 @@ struct Collected {
 
 class EngineHarness {
  public:
-  // A CPU engine for models_dir()/model (or an absolute directory).
+  // An engine for models_dir()/model (or an absolute directory) on options.device (CPU by default).
   static std::unique_ptr<EngineHarness> make(const std::string& model, EngineConfig config = {},
                                              BackendOptions options = {}) {
     std::string dir = model.front() == '/' ? model : models_dir() + "/" + model;
     if (options.kv_cache_bytes == BackendOptions{}.kv_cache_bytes) options.kv_cache_bytes = 16 << 20;
-    auto backend = create_cpu_backend(dir, options);
+    auto backend = create_backend(dir, options);
     EXPECT_TRUE(backend.ok()) << (backend.ok() ? "" : backend.error());
     if (!backend.ok()) return nullptr;
     std::shared_ptr<const Tokenizer> tok;

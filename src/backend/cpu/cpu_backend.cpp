@@ -8,6 +8,8 @@
 #include <thread>
 
 #include "backend/cpu/kernels.h"
+#include "backend/tp_backend.h"
+#include "backend/weight_prep.h"
 #include "common/float16.h"
 #include "common/float8.h"
 #include "common/tp_split.h"
@@ -16,7 +18,9 @@
 
 namespace baton {
 
-Result<std::unique_ptr<Backend>> create_cpu_backend(const std::string& model_dir, const BackendOptions& options) {
+Result<std::unique_ptr<Backend>> create_cpu_backend(const std::string& model_dir, const BackendOptions& given) {
+  BackendOptions options = given;
+  if (options.kv_cache_bytes == 0) options.kv_cache_bytes = size_t{256} << 20;
   BATON_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::load(model_dir));
   BATON_ASSIGN_OR_RETURN(WeightStore store, WeightStore::open_dir(model_dir));
   auto tensors = ModelTensors::find(config, store);
@@ -29,56 +33,6 @@ Result<std::unique_ptr<Backend>> create_cpu_backend(const std::string& model_dir
 
 namespace cpu {
 namespace {
-
-std::vector<float> to_f32(const TensorView* t) {
-  std::vector<float> v(static_cast<size_t>(t->numel()));
-  convert_to_f32(*t, v);
-  return v;
-}
-
-// Rows [row0, row0 + n) of a [rows, cols] weight (or entries of a bias), appended to dst.
-void append_rows(std::vector<float>& dst, const TensorView* t, int64_t row0, int64_t n) {
-  std::vector<float> v = to_f32(t);
-  const int64_t cols = t->shape.size() > 1 ? t->shape[1] : 1;
-  dst.insert(dst.end(), v.begin() + row0 * cols, v.begin() + (row0 + n) * cols);
-}
-
-// Columns [col0, col0 + n) of a [rows, cols] weight.
-std::vector<float> slice_cols(const TensorView* t, int64_t col0, int64_t n) {
-  std::vector<float> v = to_f32(t);
-  const int64_t rows = t->shape[0], cols = t->shape[1];
-  std::vector<float> out(static_cast<size_t>(rows * n));
-  for (int64_t r = 0; r < rows; ++r) std::copy_n(v.begin() + r * cols + col0, n, out.begin() + r * n);
-  return out;
-}
-
-std::vector<float> rope_inv_freq(const ModelConfig& c) {
-  const int half = c.head_dim / 2;
-  std::vector<float> inv(half);
-  for (int i = 0; i < half; ++i)
-    inv[i] = static_cast<float>(1.0 / std::pow(c.rope.theta, (2.0 * i) / c.head_dim));
-  const RopeConfig& r = c.rope;
-  if (r.type == RopeConfig::Type::kLinear) {
-    for (float& f : inv) f = static_cast<float>(f / r.factor);
-  } else if (r.type == RopeConfig::Type::kLlama3) {
-    const double low_wavelen = r.original_max_position / r.low_freq_factor;
-    const double high_wavelen = r.original_max_position / r.high_freq_factor;
-    for (float& f : inv) {
-      double wavelen = 2 * std::numbers::pi / f;
-      if (wavelen > low_wavelen) {
-        f = static_cast<float>(f / r.factor);
-      } else if (wavelen >= high_wavelen) {
-        double smooth = (r.original_max_position / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
-        f = static_cast<float>((1 - smooth) * f / r.factor + smooth * f);
-      }
-    }
-  }
-  // transformers keeps inv_freq in the checkpoint's dtype when it loads a bf16 model, and its
-  // reference outputs (and the model's training) used those rounded frequencies; so do we.
-  if (c.dtype == "bfloat16")
-    for (float& f : inv) f = bf16_to_f32(f32_to_bf16(f));
-  return inv;
-}
 
 // How each KV cache dtype stores a row: fp32 as is, bf16 rounded, fp8 e4m3 divided by the
 // layer's scale. load() returns the stored value before the scale is applied back.
@@ -433,75 +387,23 @@ Status CpuBackend::forward(const Batch& batch, std::span<float> logits) {
   return {};
 }
 
-namespace {
-
-class TpCpuBackend : public Backend {
- public:
-  TpCpuBackend(int n) : comm_(n), start_(n), done_(n), status_(n) {}
-  ~TpCpuBackend() override {
-    if (threads_.empty()) return;
-    stopping_ = true;
-    start_.arrive_and_wait();
-    for (auto& t : threads_) t.join();
-  }
-
-  Status init(const ModelConfig& config, const ModelTensors& tensors, BackendOptions options) {
-    const int n = comm_.ranks();
-    options.kv_cache_bytes /= static_cast<size_t>(n);
-    const int hw = options.num_threads > 0 ? options.num_threads : static_cast<int>(std::thread::hardware_concurrency());
-    options.num_threads = std::max(1, hw / n);
-    for (int r = 0; r < n; ++r) {
-      BATON_ASSIGN_OR_RETURN(auto rank, CpuBackend::create(config, tensors, options, TpRank{r, n, &comm_}));
-      ranks_.push_back(std::move(rank));
-    }
-    spec_ = ranks_[0]->kv_spec();
-    spec_.bytes_per_block *= static_cast<size_t>(n);
-    for (int r = 1; r < n; ++r)
-      threads_.emplace_back([this, r] {
-        for (;;) {
-          start_.arrive_and_wait();
-          if (stopping_) return;
-          status_[r] = ranks_[r]->forward(*batch_, {});
-          done_.arrive_and_wait();
-        }
-      });
-    return {};
-  }
-
-  const ModelConfig& config() const override { return ranks_[0]->config(); }
-  const KvCacheSpec& kv_spec() const override { return spec_; }
-  int tp_size() const override { return comm_.ranks(); }
-  KvMemory kv_memory(int rank) override { return ranks_.at(rank)->kv_memory(0); }
-
-  Status forward(const Batch& batch, std::span<float> logits) override {
-    // Every rank sees the same batch, so all pass or all fail validation before any all-reduce.
-    BATON_RETURN_IF_ERROR(validate_batch(batch, ranks_[0]->kv_spec(), config().max_position_embeddings));
-    batch_ = &batch;
-    start_.arrive_and_wait();
-    status_[0] = ranks_[0]->forward(batch, logits);
-    done_.arrive_and_wait();
-    for (const Status& s : status_) BATON_RETURN_IF_ERROR(s);
-    return {};
-  }
-
- private:
-  AllReduce comm_;
-  std::vector<std::unique_ptr<CpuBackend>> ranks_;
-  KvCacheSpec spec_;
-  std::barrier<> start_, done_;
-  std::vector<Status> status_;
-  const Batch* batch_ = nullptr;
-  std::atomic<bool> stopping_{false};
-  std::vector<std::thread> threads_;
-};
-
-}  // namespace
-
 Result<std::unique_ptr<Backend>> create_tp_backend(const ModelConfig& config, const ModelTensors& tensors,
-                                                   const BackendOptions& options) {
-  auto b = std::make_unique<TpCpuBackend>(options.tp_size);
-  BATON_RETURN_IF_ERROR(b->init(config, tensors, options));
-  return std::unique_ptr<Backend>(std::move(b));
+                                                   const BackendOptions& given) {
+  const int n = given.tp_size;
+  // One communicator for the process, owned by the group's lifetime through a shared_ptr that
+  // every rank's deleter keeps alive.
+  auto comm = std::make_shared<AllReduce>(n);
+  BackendOptions options = given;
+  options.kv_cache_bytes /= static_cast<size_t>(n);
+  const int hw = options.num_threads > 0 ? options.num_threads : static_cast<int>(std::thread::hardware_concurrency());
+  options.num_threads = std::max(1, hw / n);
+  std::vector<std::unique_ptr<Backend>> ranks;
+  for (int r = 0; r < n; ++r) {
+    BATON_ASSIGN_OR_RETURN(auto rank, CpuBackend::create(config, tensors, options, TpRank{r, n, comm.get()}));
+    rank->keep_alive(comm);
+    ranks.push_back(std::move(rank));
+  }
+  return TpBackend::create(std::move(ranks));
 }
 
 }  // namespace cpu

@@ -33,6 +33,8 @@ class CpuBackend : public Backend {
   const KvCacheSpec& kv_spec() const override { return kv_spec_; }
   Status forward(const Batch& batch, std::span<float> logits) override;
   KvMemory kv_memory(int rank) override;
+  // Keeps the ranks' shared communicator alive as long as this rank.
+  void keep_alive(std::shared_ptr<AllReduce> comm) { comm_owner_ = std::move(comm); }
 
  private:
   struct Layer {
@@ -54,6 +56,7 @@ class CpuBackend : public Backend {
   ModelConfig full_config_;
   ModelConfig config_;  // this rank's share: its heads, KV heads and intermediate size
   TpRank tp_;
+  std::shared_ptr<AllReduce> comm_owner_;
   ThreadPool pool_;
   KvCacheSpec kv_spec_;
   size_t kv_layer_bytes_ = 0;
@@ -68,9 +71,9 @@ class CpuBackend : public Backend {
   std::vector<float> x_, h_, qkv_, attn_, gate_up_, act_, cos_, sin_, last_, partial_;
 };
 
-// Tensor parallelism on the CPU: `options.tp_size` CpuBackend ranks, each on its own thread
-// with its own share of the threads and its own KV pool (options.kv_allocator(rank, ...), the
-// KV budget split evenly), joined by a shared-memory all-reduce. One forward() runs all ranks.
+// Tensor parallelism on the CPU: `options.tp_size` CpuBackend ranks in a TpBackend, each with
+// its own share of the threads and its own KV pool (options.kv_allocator(rank, ...), the KV
+// budget split evenly), joined by a shared-memory all-reduce.
 Result<std::unique_ptr<Backend>> create_tp_backend(const ModelConfig& config, const ModelTensors& tensors,
                                                    const BackendOptions& options);
 

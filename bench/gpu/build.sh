@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# On the lent GPU machine (carry .device from bench/gpu/prepare_deps.sh): configures and builds
+# baton without the servers (no Boost or ZeroMQ there) into build-gpu/. Logs go to $OUT.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PATH=/usr/local/cuda/bin:$PATH
+NCCL_INC=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "include"))' 2>/dev/null || true)
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DBATON_SERVERS=OFF -DBATON_DEPS_DIR="$PWD/.device" \
+  -DBATON_NATIVE=OFF -DBATON_BUILD_BENCH=OFF ${NCCL_INC:+-DNCCL_INCLUDE_DIR=$NCCL_INC} > "$OUT/cmake.log" 2>&1 ||
+  { tail -30 "$OUT/cmake.log"; exit 1; }
+cmake --build build-gpu -j "$(nproc)" -- -k > "$OUT/build.log" 2>&1 || { grep -E ": error|error:" "$OUT/build.log" | sort -u | head -40; exit 1; }
+grep -i "nccl" "$OUT/cmake.log" || true

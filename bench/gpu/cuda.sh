@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The CUDA backend on the lent GPU machine, in one call (carry .device from prepare_deps.sh):
+#   bash bench/gpu/cuda.sh test    build, then the CUDA tests (goldens with bf16 and fp8 KV, CPU
+#                                  comparisons, device sampling) and the CPU goldens
+#   bash bench/gpu/cuda.sh bench   build, then for random-weight models with the shapes of
+#                                  Qwen2.5-0.5B and Llama-3.2-1B: greedy output against
+#                                  transformers, baton-bench model, transformers' generate()
+#   bash bench/gpu/cuda.sh all     both
+#   bash bench/gpu/cuda.sh profile decode kernels of the Llama-shaped model under nsys (after bench)
+# Results go to $OUT (logs, JSON); the models are written to /tmp.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-out}
+MODE=${1:-all}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+T0=$(date +%s)
+bash bench/gpu/build.sh
+echo "build: $(( $(date +%s) - T0 )) s"
+
+if [[ $MODE == test || $MODE == all ]]; then
+  export BATON_MODELS_DIR=$PWD/.device/models
+  ./build-gpu/tests/backend_test --gtest_filter='*Cuda*:Models/GoldensTest.*_tp1' 2>&1 | tee "$OUT/backend_test.log" |
+    grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) |Failure|Expected|Which is|actual|error" | head -150 || true
+  ./build-gpu/tests/engine_test --gtest_brief=1 2>&1 | tail -3 | tee "$OUT/engine_test.log"
+  python3 bench/gpu/hf_reference.py bf16-error "$BATON_MODELS_DIR" --json "$OUT/hf_bf16_error.json" 2>&1 | grep -v Warn
+fi
+
+if [[ $MODE == bench || $MODE == all ]]; then
+  MODELS=/tmp/baton-models
+  python3 bench/gpu/hf_reference.py make "$MODELS" 2>&1 | grep -v Warning | tail -3
+  for m in qwen2.5-0.5b llama3.2-1b; do
+    python3 bench/gpu/hf_reference.py greedy "$MODELS/$m" "$OUT/$m" 2>&1 | tail -1
+    ./build-gpu/apps/baton-generate --model "$MODELS/$m" --device cuda --prompts-file "$OUT/$m.prompts.jsonl" \
+      --max-tokens 32 --ignore-eos --temperature 0 > "$OUT/$m.baton.jsonl" 2> "$OUT/$m.baton.log" ||
+      { tail -5 "$OUT/$m.baton.log"; exit 1; }
+    tail -1 "$OUT/$m.baton.log"
+    python3 bench/gpu/hf_reference.py compare "$OUT/$m" "$OUT/$m.baton.jsonl"
+    # The decode GEMMs on cuBLAS instead of our GEMV, for comparison.
+    BATON_CUDA_GEMV=0 ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda --prefill 256 \
+      --gen-batches "" --json "$OUT/$m.cublas.bench.json" 2>&1 | grep decode | sed 's/^/cuBLAS only: /'
+    for kv in bf16 fp8; do
+      ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda --kv-cache-dtype $kv \
+        --json "$OUT/$m.$kv.bench.json" 2>&1 | tee "$OUT/$m.$kv.bench.txt"
+    done
+    python3 bench/gpu/hf_reference.py generate "$MODELS/$m" --json "$OUT/$m.hf_generate.json" 2>&1 | grep -v Warn
+  done
+fi
+if [[ $MODE == profile || $MODE == all ]] && command -v nsys >/dev/null; then
+  python3 bench/gpu/hf_reference.py make /tmp/baton-models > /dev/null 2>&1
+  nsys profile -o "$OUT/decode" --force-overwrite true ./build-gpu/apps/baton-bench model --model /tmp/baton-models/llama3.2-1b \
+    --device cuda --batches 1 --steps 64 --prefill 64 --gen-batches "" > /dev/null 2>&1
+  nsys stats --report cuda_gpu_kern_sum --format csv "$OUT/decode.nsys-rep" 2>/dev/null | head -25 | cut -c1-200
+  rm -f "$OUT"/decode.*
+fi
+echo "total: $(( $(date +%s) - T0 )) s"

@@ -1,0 +1,422 @@
+// Paged attention over the KV cache layout [blocks][2 (K, V)][kv_heads][block_size][head_dim].
+//
+// Decode: one CTA per (query head, token, split) with 16 groups of 8 lanes; each group walks
+// its own keys (one key per group at a time, 8 lanes share its head_dim elements) keeping an
+// online softmax; the groups merge in shared memory and the splits through a workspace.
+// Prefill: one CTA per (tile of up to 64 query rows, query head); K and V of a chunk of keys at a
+// time go through shared memory and every row of the tile uses them. For head sizes 64 and 128
+// the products run on tensor cores (WMMA, bf16 in, fp32 accumulate): each of 4 warps owns 16 query
+// rows, computes S = Q K^T for 64 keys, does the online softmax on S in shared memory (two lanes
+// per row), and adds P V into its O rows, which live in shared memory so that they can be
+// rescaled row by row.
+#include <mma.h>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace baton::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ __nv_bfloat16* out_bf16(const AttnArgs& a) { return reinterpret_cast<__nv_bfloat16*>(a.out); }
+
+struct KeyRange {
+  int first, last;  // inclusive; empty when last < first
+};
+
+__device__ __forceinline__ KeyRange keys_of(int pos, int window) {
+  if (pos < 0) return {0, -1};
+  return {window > 0 ? max(0, pos - window + 1) : 0, pos};
+}
+
+template <class Kv>
+__device__ __forceinline__ const typename Kv::T* kv_row(const AttnArgs& a, const int32_t* table, int j, int kv, int g) {
+  const int64_t block = table[j / a.block_size], off = j % a.block_size;
+  return static_cast<const typename Kv::T*>(a.layer_kv) + (((block * 2 + kv) * a.KVH + g) * a.block_size + off) * a.D;
+}
+
+template <int D, class Kv>
+__global__ void __launch_bounds__(128) decode_kernel(AttnArgs a, int n_splits, float* ws) {
+  constexpr int kLanes = 8, kE = D / kLanes, kGroups = 128 / kLanes;
+  const int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z;
+  const int gid = threadIdx.x / kLanes, sub = threadIdx.x % kLanes;
+  const int g = h / (a.H / a.KVH);
+  const KeyRange r = keys_of(a.positions[t], a.window);
+  const int n_keys = r.last - r.first + 1;
+  const int chunk = n_keys > 0 ? (n_keys + n_splits - 1) / n_splits : 0;
+  const int begin = r.first + split * chunk, end = min(begin + chunk, r.last + 1);
+  const int32_t* table = a.tables + static_cast<int64_t>(a.seq_of[t]) * *a.table_stride;
+
+  float q[kE], acc[kE];
+  const float qs = a.scale * a.k_scale * kLog2e;
+  const float* qrow = a.q + static_cast<int64_t>(t) * a.q_row_stride + h * D + sub * kE;
+#pragma unroll
+  for (int i = 0; i < kE; ++i) q[i] = qrow[i] * qs, acc[i] = 0.f;
+  float m = -INFINITY, l = 0.f;
+
+  // The trip count is the same for every group, so the shuffles see full warps.
+  for (int j0 = begin; j0 < end; j0 += kGroups) {
+    const int j = j0 + gid;
+    const bool ok = j < end;
+    float k[kE], v[kE];
+    if (ok) {
+      load_f32<Kv, kE>(kv_row<Kv>(a, table, j, 0, g) + sub * kE, k);
+      load_f32<Kv, kE>(kv_row<Kv>(a, table, j, 1, g) + sub * kE, v);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kE; ++i) k[i] = v[i] = 0.f;
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < kE; ++i) s += q[i] * k[i];
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    s += __shfl_xor_sync(0xffffffffu, s, 4);
+    if (!ok) continue;
+    const float m_new = fmaxf(m, s);
+    const float corr = exp2f(m - m_new), p = exp2f(s - m_new);
+    l = l * corr + p;
+#pragma unroll
+    for (int i = 0; i < kE; ++i) acc[i] = acc[i] * corr + p * v[i];
+    m = m_new;
+  }
+
+  __shared__ float sm_m[kGroups], sm_l[kGroups], sm_acc[kGroups][D];
+  if (sub == 0) sm_m[gid] = m, sm_l[gid] = l;
+#pragma unroll
+  for (int i = 0; i < kE; ++i) sm_acc[gid][sub * kE + i] = acc[i];
+  __syncthreads();
+  float M = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kGroups; ++i) M = fmaxf(M, sm_m[i]);
+  float L = 0.f;
+  if (M != -INFINITY)
+    for (int i = 0; i < kGroups; ++i) L += sm_l[i] * exp2f(sm_m[i] - M);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float A = 0.f;
+    if (M != -INFINITY)
+      for (int i = 0; i < kGroups; ++i) A += sm_acc[i][d] * exp2f(sm_m[i] - M);
+    if (n_splits == 1) {
+      out_bf16(a)[static_cast<int64_t>(t) * a.H * D + h * D + d] = __float2bfloat16(L > 0.f ? A / L * a.v_scale : 0.f);
+    } else {
+      float* w = ws + ((static_cast<int64_t>(t) * a.H + h) * n_splits + split) * (D + 2);
+      w[d] = A;
+      if (d == 0) w[D] = M, w[D + 1] = L;
+    }
+  }
+}
+
+__global__ void merge_splits_kernel(AttnArgs a, int n_splits, const float* ws) {
+  const int h = blockIdx.x, t = blockIdx.y, D = a.D;
+  const float* w = ws + (static_cast<int64_t>(t) * a.H + h) * n_splits * (D + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < n_splits; ++s) M = fmaxf(M, w[s * (D + 2) + D]);
+  float L = 0.f;
+  if (M != -INFINITY)
+    for (int s = 0; s < n_splits; ++s) L += w[s * (D + 2) + D + 1] * exp2f(w[s * (D + 2) + D] - M);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float A = 0.f;
+    if (M != -INFINITY)
+      for (int s = 0; s < n_splits; ++s) A += w[s * (D + 2) + d] * exp2f(w[s * (D + 2) + D] - M);
+    out_bf16(a)[static_cast<int64_t>(t) * a.H * D + h * D + d] = __float2bfloat16(L > 0.f ? A / L * a.v_scale : 0.f);
+  }
+}
+
+// 256 threads: 64 rows x 4 parts; part p owns the float4 chunks p, p + 4, p + 8, ... of a row.
+template <int D, class Kv>
+__global__ void __launch_bounds__(256) prefill_kernel(AttnArgs a, const int2* tiles) {
+  constexpr int kParts = 4, kChunks = D / 16;  // float4 chunks per part
+  static_assert(kPrefillTileRows * kParts == 256);
+  constexpr int kKeys = D > 128 ? 16 : 32;
+  static_assert(D % 16 == 0);
+  __shared__ float4 ks[kKeys][D / 4], vs[kKeys][D / 4];
+
+  const int2 tile = tiles[blockIdx.x];
+  const int h = blockIdx.y, g = h / (a.H / a.KVH);
+  const int r = threadIdx.x / kParts, part = threadIdx.x % kParts;
+  const bool valid = r < tile.y;
+  const int t = tile.x + (valid ? r : 0);
+  const int32_t* table = a.tables + static_cast<int64_t>(a.seq_of[tile.x]) * *a.table_stride;
+  const KeyRange mine = keys_of(a.positions[t], a.window);
+  const KeyRange first_row = keys_of(a.positions[tile.x], a.window);
+  const int hi = a.positions[tile.x + tile.y - 1];  // the tile's last (largest) position
+
+  float4 q[kChunks], acc[kChunks];
+  const float qs = a.scale * a.k_scale * kLog2e;
+  const float4* qrow = reinterpret_cast<const float4*>(a.q + static_cast<int64_t>(t) * a.q_row_stride + h * D);
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    float4 v = qrow[part + kParts * c];
+    q[c] = make_float4(v.x * qs, v.y * qs, v.z * qs, v.w * qs);
+    acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float m = -INFINITY, l = 0.f;
+
+  for (int base = first_row.first; base <= hi; base += kKeys) {
+    // Stage keys [base, base + kKeys) as fp32, 8 elements per load.
+    __syncthreads();
+    for (int i = threadIdx.x; i < kKeys * D / 8; i += blockDim.x) {
+      const int kk = i / (D / 8), e = (i % (D / 8)) * 8, j = base + kk;
+      float kf[8], vf[8];
+      if (j <= hi) {
+        load_f32<Kv, 8>(kv_row<Kv>(a, table, j, 0, g) + e, kf);
+        load_f32<Kv, 8>(kv_row<Kv>(a, table, j, 1, g) + e, vf);
+      } else {
+#pragma unroll
+        for (int x = 0; x < 8; ++x) kf[x] = vf[x] = 0.f;
+      }
+      ks[kk][e / 4] = make_float4(kf[0], kf[1], kf[2], kf[3]);
+      ks[kk][e / 4 + 1] = make_float4(kf[4], kf[5], kf[6], kf[7]);
+      vs[kk][e / 4] = make_float4(vf[0], vf[1], vf[2], vf[3]);
+      vs[kk][e / 4 + 1] = make_float4(vf[4], vf[5], vf[6], vf[7]);
+    }
+    __syncthreads();
+
+    float s[kKeys];
+    float chunk_max = -INFINITY;
+#pragma unroll
+    for (int kk = 0; kk < kKeys; ++kk) {
+      float d = 0.f;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        const float4 k = ks[kk][part + kParts * c];
+        d += q[c].x * k.x + q[c].y * k.y + q[c].z * k.z + q[c].w * k.w;
+      }
+      d += __shfl_xor_sync(0xffffffffu, d, 1);
+      d += __shfl_xor_sync(0xffffffffu, d, 2);
+      const int j = base + kk;
+      s[kk] = (j >= mine.first && j <= mine.last) ? d : -INFINITY;
+      chunk_max = fmaxf(chunk_max, s[kk]);
+    }
+    if (chunk_max == -INFINITY) continue;  // no visible key for this row in this chunk
+    const float m_new = fmaxf(m, chunk_max);
+    const float corr = exp2f(m - m_new);
+    l *= corr;
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) acc[c].x *= corr, acc[c].y *= corr, acc[c].z *= corr, acc[c].w *= corr;
+#pragma unroll
+    for (int kk = 0; kk < kKeys; ++kk) {
+      const float p = exp2f(s[kk] - m_new);
+      l += p;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        const float4 v = vs[kk][part + kParts * c];
+        acc[c].x += p * v.x, acc[c].y += p * v.y, acc[c].z += p * v.z, acc[c].w += p * v.w;
+      }
+    }
+    m = m_new;
+  }
+  if (!valid) return;
+  const float f = l > 0.f ? a.v_scale / l : 0.f;
+  __nv_bfloat16* out = out_bf16(a) + static_cast<int64_t>(t) * a.H * D + h * D;
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int e = (part + kParts * c) * 4;
+    __nv_bfloat162 lo = __floats2bfloat162_rn(acc[c].x * f, acc[c].y * f);
+    __nv_bfloat162 hi2 = __floats2bfloat162_rn(acc[c].z * f, acc[c].w * f);
+    *reinterpret_cast<__nv_bfloat162*>(out + e) = lo;
+    *reinterpret_cast<__nv_bfloat162*>(out + e + 2) = hi2;
+  }
+}
+
+
+namespace wmma = nvcuda::wmma;
+
+template <int D>
+struct TcLayout {
+  static constexpr int kKeys = 64, kWarps = 4;  // 4 warps x 16 query rows
+  static constexpr size_t q = 0;                                    // [64][D] bf16
+  static constexpr size_t k = q + 64 * D * 2;                        // [64][D] bf16
+  static constexpr size_t v = k + kKeys * D * 2;                     // [64][D] bf16
+  static constexpr size_t s = v + kKeys * D * 2;                     // [warp][16][64] fp32
+  static constexpr size_t p = s + kWarps * 16 * kKeys * 4;           // [warp][16][64] bf16
+  static constexpr size_t o = p + kWarps * 16 * kKeys * 2;           // [warp][16][D] fp32
+  static constexpr size_t bytes = o + kWarps * 16 * D * 4;
+};
+
+template <int D, class Kv>
+__global__ void __launch_bounds__(128) prefill_tc_kernel(AttnArgs a, const int2* tiles) {
+  using L = TcLayout<D>;
+  constexpr int kKeys = L::kKeys;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem + L::q);
+  __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem + L::k);
+  __nv_bfloat16* vs = reinterpret_cast<__nv_bfloat16*>(smem + L::v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  float* ss = reinterpret_cast<float*>(smem + L::s) + warp * 16 * kKeys;
+  __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(smem + L::p) + warp * 16 * kKeys;
+  float* os = reinterpret_cast<float*>(smem + L::o) + warp * 16 * D;
+
+  const int2 tile = tiles[blockIdx.x];
+  const int h = blockIdx.y, g = h / (a.H / a.KVH);
+  const int32_t* table = a.tables + static_cast<int64_t>(a.seq_of[tile.x]) * *a.table_stride;
+  const int lo = keys_of(a.positions[tile.x], a.window).first;
+  const int hi = a.positions[tile.x + tile.y - 1];
+
+  // Q (scaled for exp2 softmax) as bf16; rows past the tile are zero.
+  const float qscale = a.scale * a.k_scale * kLog2e;
+  for (int i = threadIdx.x; i < 64 * D; i += blockDim.x) {
+    const int r = i / D, d = i % D;
+    const float v = r < tile.y ? a.q[static_cast<int64_t>(tile.x + r) * a.q_row_stride + h * D + d] * qscale : 0.f;
+    qs[i] = __float2bfloat16(v);
+  }
+  for (int i = lane; i < 16 * D; i += 32) os[i] = 0.f;
+
+  // This lane's row (two lanes per row: columns [32 * half, 32 * half + 32) of S).
+  const int row = lane / 2, half = lane % 2;
+  const int my_r = warp * 16 + row;
+  const bool row_valid = my_r < tile.y;
+  const KeyRange mine = row_valid ? keys_of(a.positions[tile.x + my_r], a.window) : KeyRange{0, -1};
+  float m = -INFINITY, l = 0.f;
+
+  __syncthreads();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qf[D / 16];
+#pragma unroll
+  for (int dk = 0; dk < D / 16; ++dk) wmma::load_matrix_sync(qf[dk], qs + warp * 16 * D + dk * 16, D);
+
+  for (int base = lo; base <= hi; base += kKeys) {
+    __syncthreads();  // the previous chunk's K and V are no longer read
+    for (int i = threadIdx.x; i < kKeys * D / 8; i += blockDim.x) {
+      const int kk = i / (D / 8), e = (i % (D / 8)) * 8, j = base + kk;
+      float kf[8], vf[8];
+      if (j <= hi) {
+        load_f32<Kv, 8>(kv_row<Kv>(a, table, j, 0, g) + e, kf);
+        load_f32<Kv, 8>(kv_row<Kv>(a, table, j, 1, g) + e, vf);
+      } else {
+#pragma unroll
+        for (int x = 0; x < 8; ++x) kf[x] = vf[x] = 0.f;
+      }
+#pragma unroll
+      for (int x = 0; x < 8; x += 2) {
+        *reinterpret_cast<__nv_bfloat162*>(ks + kk * D + e + x) = __floats2bfloat162_rn(kf[x], kf[x + 1]);
+        *reinterpret_cast<__nv_bfloat162*>(vs + kk * D + e + x) = __floats2bfloat162_rn(vf[x], vf[x + 1]);
+      }
+    }
+    __syncthreads();
+
+    // S = Q K^T for this warp's 16 rows and the chunk's 64 keys.
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 16; ++nt) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
+      wmma::fill_fragment(sf, 0.f);
+#pragma unroll
+      for (int dk = 0; dk < D / 16; ++dk) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kf;
+        wmma::load_matrix_sync(kf, ks + nt * 16 * D + dk * 16, D);
+        wmma::mma_sync(sf, qf[dk], kf, sf);
+      }
+      wmma::store_matrix_sync(ss + nt * 16, sf, kKeys, wmma::mem_row_major);
+    }
+    __syncwarp();
+
+    // Online softmax on this lane's half row.
+    float* srow = ss + row * kKeys + half * 32;
+    float cmax = -INFINITY;
+    for (int c = 0; c < 32; ++c) {
+      const int j = base + half * 32 + c;
+      const float v = (j >= mine.first && j <= mine.last) ? srow[c] : -INFINITY;
+      srow[c] = v;
+      cmax = fmaxf(cmax, v);
+    }
+    cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, 1));
+    const float m_new = fmaxf(m, cmax);
+    // A row with no visible key yet keeps m = -inf; its P is all zero.
+    const float corr = m_new == -INFINITY ? 1.f : exp2f(m - m_new);
+    float psum = 0.f;
+    __nv_bfloat16* prow = ps + row * kKeys + half * 32;
+    for (int c = 0; c < 32; ++c) {
+      const float p = m_new == -INFINITY ? 0.f : exp2f(srow[c] - m_new);
+      psum += p;
+      prow[c] = __float2bfloat16(p);
+    }
+    psum += __shfl_xor_sync(0xffffffffu, psum, 1);
+    l = l * corr + psum;
+    m = m_new;
+    float* orow = os + row * D + half * (D / 2);
+    for (int d = 0; d < D / 2; ++d) orow[d] *= corr;
+    __syncwarp();
+
+    // O += P V.
+#pragma unroll
+    for (int dt = 0; dt < D / 16; ++dt) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
+      wmma::load_matrix_sync(of, os + dt * 16, D, wmma::mem_row_major);
+#pragma unroll
+      for (int kt = 0; kt < kKeys / 16; ++kt) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pf;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vf;
+        wmma::load_matrix_sync(pf, ps + kt * 16, kKeys);
+        wmma::load_matrix_sync(vf, vs + kt * 16 * D + dt * 16, D);
+        wmma::mma_sync(of, pf, vf, of);
+      }
+      wmma::store_matrix_sync(os + dt * 16, of, D, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+
+  if (!row_valid) return;
+  const float f = l > 0.f ? a.v_scale / l : 0.f;
+  __nv_bfloat16* out = out_bf16(a) + static_cast<int64_t>(tile.x + my_r) * a.H * D + h * D;
+  const float* orow = os + row * D;
+  for (int d = half * (D / 2); d < (half + 1) * (D / 2); d += 2)
+    *reinterpret_cast<__nv_bfloat162*>(out + d) = __floats2bfloat162_rn(orow[d] * f, orow[d + 1] * f);
+}
+
+template <int D, class Kv>
+void launch_prefill_tc(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s) {
+  constexpr size_t bytes = TcLayout<D>::bytes;
+  // Per kernel and device; cheap, and prefill passes are never captured in graphs.
+  cudaFuncSetAttribute(prefill_tc_kernel<D, Kv>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  prefill_tc_kernel<D, Kv><<<dim3(n_tiles, a.H), 128, bytes, s>>>(a, tiles);
+}
+
+template <class Kv>
+void launch_decode(const AttnArgs& a, int n_splits, float* ws, cudaStream_t s) {
+  const dim3 grid(a.H, a.T, n_splits);
+  switch (a.D) {
+    case 8: decode_kernel<8, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
+    case 16: decode_kernel<16, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
+    case 32: decode_kernel<32, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
+    case 64: decode_kernel<64, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
+    case 128: decode_kernel<128, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
+    case 256: decode_kernel<256, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
+    default: break;  // the backend refuses other head sizes at load
+  }
+}
+
+template <class Kv>
+void launch_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s) {
+  const dim3 grid(n_tiles, a.H);
+  switch (a.D) {
+    case 16: prefill_kernel<16, Kv><<<grid, 256, 0, s>>>(a, tiles); break;
+    case 32: prefill_kernel<32, Kv><<<grid, 256, 0, s>>>(a, tiles); break;
+    case 64: launch_prefill_tc<64, Kv>(a, tiles, n_tiles, s); break;
+    case 128: launch_prefill_tc<128, Kv>(a, tiles, n_tiles, s); break;
+    case 256: prefill_kernel<256, Kv><<<grid, 256, 0, s>>>(a, tiles); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
+bool prefill_kernel_supports(int d) { return d == 16 || d == 32 || d == 64 || d == 128 || d == 256; }
+
+void attention_decode(const AttnArgs& a, int n_splits, float* workspace, cudaStream_t s) {
+  if (a.T == 0) return;
+  if (a.fp8)
+    launch_decode<Fp8Kv>(a, n_splits, workspace, s);
+  else
+    launch_decode<Bf16Kv>(a, n_splits, workspace, s);
+  if (n_splits > 1) merge_splits_kernel<<<dim3(a.H, a.T), a.D < 128 ? a.D : 128, 0, s>>>(a, n_splits, workspace);
+}
+
+void attention_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s) {
+  if (n_tiles == 0) return;
+  if (a.fp8)
+    launch_prefill<Fp8Kv>(a, tiles, n_tiles, s);
+  else
+    launch_prefill<Bf16Kv>(a, tiles, n_tiles, s);
+}
+
+}  // namespace baton::cuda

@@ -1,0 +1,77 @@
+// Device helpers shared by the CUDA backend's kernels.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+namespace baton::cuda {
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum (or max) over the whole block; every thread gets the result. `scratch` holds 32 floats.
+template <bool kMax>
+__device__ float block_reduce(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
+  v = kMax ? warp_max(v) : warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < n_warps ? scratch[lane] : (kMax ? -INFINITY : 0.f);
+  return kMax ? warp_max(v) : warp_sum(v);
+}
+
+// KV cache element types: load N consecutive values as fp32, store one value.
+struct Bf16Kv {
+  using T = __nv_bfloat16;
+  static __device__ __forceinline__ float to_f32(T v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ T from_f32(float v) { return __float2bfloat16(v); }
+};
+struct Fp8Kv {
+  using T = __nv_fp8_e4m3;
+  static __device__ __forceinline__ float to_f32(T v) { return static_cast<float>(v); }
+  static __device__ __forceinline__ T from_f32(float v) { return T(v); }  // round to nearest, saturating
+};
+
+// Loads N elements (N * sizeof(T) bytes, aligned to that size up to 16) with vector loads.
+template <class Kv, int N>
+__device__ __forceinline__ void load_f32(const typename Kv::T* p, float* out) {
+  using T = typename Kv::T;
+  constexpr int kBytes = N * static_cast<int>(sizeof(T));
+  if constexpr (kBytes >= 16) {
+    static_assert(kBytes % 16 == 0);
+#pragma unroll
+    for (int c = 0; c < kBytes / 16; ++c) {
+      uint4 raw = reinterpret_cast<const uint4*>(p)[c];
+      const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 16 / static_cast<int>(sizeof(T)); ++i) out[c * (16 / sizeof(T)) + i] = Kv::to_f32(v[i]);
+    }
+  } else if constexpr (kBytes == 8) {
+    uint2 raw = *reinterpret_cast<const uint2*>(p);
+    const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = Kv::to_f32(v[i]);
+  } else if constexpr (kBytes == 4) {
+    uint32_t raw = *reinterpret_cast<const uint32_t*>(p);
+    const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = Kv::to_f32(v[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = Kv::to_f32(p[i]);
+  }
+}
+
+}  // namespace baton::cuda

@@ -1,0 +1,623 @@
+// The CUDA backend: bf16 weights on the GPU, cuBLAS GEMMs (bf16 in, fp32 accumulate and out),
+// our kernels (backend/cuda/*.cu) for the rest, the paged KV cache in device memory (bf16 or fp8
+// e4m3), sampling on the device, and decode steps replayed as CUDA graphs.
+//
+// Data flow of one layer, T tokens (x: fp32 residual stream [T, hidden]):
+//   h = rmsnorm(x) (bf16) -> qkv = h Wqkv^T (fp32) -> bias, QK-norm, RoPE, K/V into the cache
+//   -> attention (bf16 out) -> x += attn Wo^T (the GEMM adds into x: beta = 1, so the residual add
+//   costs nothing) -> h = rmsnorm(x) -> gate_up = h Wgu^T -> act = silu(gate) * up (bf16)
+//   -> x += act Wdown^T.
+// With tensor parallelism every rank holds its heads and its slice of the MLP; rank 0's GEMMs
+// add into x and the others' overwrite their x with their partial sum, so one NCCL all-reduce
+// of x (sum) leaves the same x + sum of partials on every rank.
+//
+// A step's inputs (tokens, positions, cache slots, block tables) go up in one copy from pinned
+// memory into device buffers at fixed addresses; a decode step of a batch size seen before is
+// one graph launch. Nothing is allocated inside a step.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+
+#include "backend/backend.h"
+#include "backend/cuda/kernels.h"
+#include "backend/tp_backend.h"
+#include "backend/weight_prep.h"
+#include "common/float16.h"
+#include "common/log.h"
+#include "common/tp_split.h"
+#include "model/weights.h"
+
+#ifdef BATON_HAS_NCCL
+#include <nccl.h>
+#endif
+
+namespace baton {
+namespace cuda {
+namespace {
+
+#define BATON_CU(expr)                                                                    \
+  do {                                                                                    \
+    cudaError_t e_ = (expr);                                                              \
+    if (e_ != cudaSuccess) return make_error("CUDA: ", cudaGetErrorString(e_), " (", #expr, ")"); \
+  } while (0)
+#define BATON_CUBLAS(expr)                                                                          \
+  do {                                                                                              \
+    cublasStatus_t s_ = (expr);                                                                     \
+    if (s_ != CUBLAS_STATUS_SUCCESS) return make_error("cuBLAS: ", cublasGetStatusString(s_), " (", #expr, ")"); \
+  } while (0)
+#ifdef BATON_HAS_NCCL
+#define BATON_NCCL(expr)                                                                     \
+  do {                                                                                       \
+    ncclResult_t r_ = (expr);                                                                \
+    if (r_ != ncclSuccess) return make_error("NCCL: ", ncclGetErrorString(r_), " (", #expr, ")"); \
+  } while (0)
+#endif
+
+struct Rank {
+  int rank = 0, size = 1, device = 0;
+  void* nccl = nullptr;  // ncclComm_t when size > 1
+};
+
+// Where each input of a step lives inside the one staging buffer (same offsets on host and
+// device). The block tables come last so that a step copies only the prefix it uses.
+struct StagingLayout {
+  size_t tokens, positions, slots, seq_of, logit_rows, table_stride, tiles, params, tables, tables_cap, bytes;
+  StagingLayout(int cap_tokens, int cap_rows, int cap_tiles, size_t cap_table_entries) {
+    size_t o = 0;
+    auto take = [&o](size_t n) {
+      size_t at = o;
+      o += (n + 255) / 256 * 256;
+      return at;
+    };
+    tokens = take(4 * size_t(cap_tokens));
+    positions = take(4 * size_t(cap_tokens));
+    slots = take(4 * size_t(cap_tokens));
+    seq_of = take(4 * size_t(cap_tokens));
+    logit_rows = take(4 * size_t(cap_rows));
+    table_stride = take(4);
+    tiles = take(8 * size_t(cap_tiles));
+    params = take(sizeof(SampleParams) * size_t(cap_rows));
+    tables = o;
+    tables_cap = cap_table_entries;
+    bytes = tables + 4 * cap_table_entries;
+  }
+};
+
+class CudaBackend : public Backend {
+ public:
+  static Result<std::unique_ptr<CudaBackend>> create(const ModelConfig& full, const ModelTensors& t,
+                                                     const BackendOptions& options, Rank rank);
+  ~CudaBackend() override;
+
+  const ModelConfig& config() const override { return full_; }
+  const KvCacheSpec& kv_spec() const override { return kv_spec_; }
+  KvMemory kv_memory(int) override {
+    return {static_cast<std::byte*>(kv_base_), kv_layer_bytes_ * size_t(cfg_.num_layers), kv_layer_bytes_,
+            kv_layer_bytes_ / size_t(kv_spec_.num_blocks), rank_.device};
+  }
+  Status forward(const Batch& batch, std::span<float> logits) override;
+  bool samples_on_device() const override { return true; }
+  Status forward_sample(const Batch& batch, std::span<const DeviceSampling> params, std::span<int32_t> tokens) override;
+
+ private:
+  struct Layer {
+    float *attn_norm = nullptr, *mlp_norm = nullptr, *b_qkv = nullptr, *q_norm = nullptr, *k_norm = nullptr;
+    bf16_t *w_qkv = nullptr, *wo = nullptr, *w_gate_up = nullptr, *w_down = nullptr;
+    float k_scale = 1.f, v_scale = 1.f;
+  };
+  // What a step returns: logits rows to the host, or sampled tokens.
+  struct Output {
+    std::span<float> logits;
+    std::span<const DeviceSampling> params;
+    std::span<int32_t> tokens;
+  };
+
+  CudaBackend(const ModelConfig& full, const ModelConfig& local, Rank rank) : full_(full), cfg_(local), rank_(rank) {}
+  template <class T>
+  Result<T*> alloc(size_t n);
+  template <class T>
+  Result<T*> upload(const std::vector<T>& host);
+  Result<bf16_t*> upload_bf16(const std::vector<float>& host);
+  Status init(const ModelTensors& t, const BackendOptions& options);
+  Status run(const Batch& batch, Output out);
+  Status run_piece(const Batch& piece, Output out);
+  // Enqueues the model for `T` staged tokens; logits for `n_rows` rows (rows == null: rows 0..).
+  Status enqueue(int T, int n_rows, bool identity_rows, bool decode, int n_splits, int n_tiles);
+  Status gemm(const bf16_t* a, const bf16_t* w, float* c, int m, int n, int k, float beta);
+  Status all_reduce(float* x, size_t n);
+  int splits_for(int T, int max_keys) const;
+  template <class T>
+  T* dev(size_t offset) const { return reinterpret_cast<T*>(dev_staging_ + offset); }
+  template <class T>
+  T* host(size_t offset) const { return reinterpret_cast<T*>(host_staging_ + offset); }
+
+  ModelConfig full_, cfg_;
+  Rank rank_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::vector<void*> allocations_;
+  int num_sms_ = 0;
+  bool use_gemv_ = true;  // BATON_CUDA_GEMV=0: cuBLAS for every GEMM (for comparisons)
+
+  bf16_t *embed_ = nullptr, *lm_head_ = nullptr;
+  float *final_norm_ = nullptr, *inv_freq_ = nullptr;
+  std::vector<Layer> layers_;
+
+  KvCacheSpec kv_spec_;
+  void* kv_base_ = nullptr;
+  size_t kv_layer_bytes_ = 0;
+
+  int cap_tokens_ = 0, cap_rows_ = 0, cap_tiles_ = 0, max_graph_batch_ = 0, max_blocks_per_seq_ = 0;
+  float *x_ = nullptr, *qkv_ = nullptr, *gate_up_ = nullptr, *logits_ = nullptr, *attn_ws_ = nullptr;
+  bf16_t *h_ = nullptr, *attn_ = nullptr, *act_ = nullptr;
+  int32_t* sampled_ = nullptr;
+  size_t attn_ws_rows_ = 0;
+  std::unique_ptr<StagingLayout> layout_;
+  std::byte* host_staging_ = nullptr;  // pinned
+  std::byte* dev_staging_ = nullptr;
+  int32_t* host_sampled_ = nullptr;  // pinned
+  std::map<int, cudaGraphExec_t> graphs_;  // decode batch size -> graph
+  std::vector<int> graph_sizes_;
+  // Reused between steps.
+  std::vector<int32_t> piece_tokens_;
+  std::vector<SeqBatch> piece_seqs_;
+};
+
+template <class T>
+Result<T*> CudaBackend::alloc(size_t n) {
+  void* p = nullptr;
+  BATON_CU(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
+  allocations_.push_back(p);
+  return static_cast<T*>(p);
+}
+
+template <class T>
+Result<T*> CudaBackend::upload(const std::vector<T>& host) {
+  BATON_ASSIGN_OR_RETURN(T* p, alloc<T>(host.size()));
+  BATON_CU(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return p;
+}
+
+Result<bf16_t*> CudaBackend::upload_bf16(const std::vector<float>& host) {
+  std::vector<bf16_t> b(host.size());
+  for (size_t i = 0; i < host.size(); ++i) b[i] = f32_to_bf16(host[i]);
+  return upload(b);
+}
+
+CudaBackend::~CudaBackend() {
+  cudaSetDevice(rank_.device);
+  if (stream_) cudaStreamSynchronize(stream_);
+  for (auto& [size, g] : graphs_) cudaGraphExecDestroy(g);
+  if (cublas_) cublasDestroy(cublas_);
+  for (void* p : allocations_) cudaFree(p);
+  if (host_staging_) cudaFreeHost(host_staging_);
+  if (host_sampled_) cudaFreeHost(host_sampled_);
+#ifdef BATON_HAS_NCCL
+  if (rank_.nccl) ncclCommDestroy(static_cast<ncclComm_t>(rank_.nccl));
+#endif
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const ModelConfig& full, const ModelTensors& t,
+                                                         const BackendOptions& options, Rank rank) {
+  const int n = rank.size;
+  const auto [kv_begin, kv_end] = kv_heads_of_rank(full.num_kv_heads, n, rank.rank);
+  ModelConfig c = full;
+  c.num_heads = full.num_heads / n;
+  c.num_kv_heads = kv_end - kv_begin;
+  c.intermediate_size = full.intermediate_size / n;
+  std::unique_ptr<CudaBackend> b(new CudaBackend(full, c, rank));
+  BATON_RETURN_IF_ERROR(b->init(t, options));
+  return b;
+}
+
+Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
+  const ModelConfig& c = cfg_;
+  const int D = c.head_dim;
+  if (D != 8 && D != 16 && D != 32 && D != 64 && D != 128 && D != 256)
+    return make_error("CUDA backend: head_dim ", D, " is not supported (8, 16, 32, 64, 128, 256)");
+  if (options.block_size <= 0 || options.block_size > 1024)
+    return make_error("--block-size must be in 1..1024 (got ", options.block_size, ")");
+  BATON_ASSIGN_OR_RETURN(KvDtype kv_dtype, parse_kv_dtype(options.kv_dtype, KvDtype::kBF16));
+  if (kv_dtype == KvDtype::kF32) return make_error("CUDA backend: the KV cache is bf16 or fp8, not fp32");
+  if (options.max_batch_tokens < 16) return make_error("--max-batch-tokens must be at least 16");
+  if (!(options.gpu_memory_utilization > 0 && options.gpu_memory_utilization <= 1))
+    return make_error("--gpu-memory-utilization must be in (0, 1]");
+
+  if (const char* g = std::getenv("BATON_CUDA_GEMV")) use_gemv_ = std::string(g) != "0";
+  BATON_CU(cudaSetDevice(rank_.device));
+  BATON_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  BATON_CU(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, rank_.device));
+  BATON_CUBLAS(cublasCreate(&cublas_));
+  BATON_CUBLAS(cublasSetStream(cublas_, stream_));
+  const size_t ws_bytes = size_t{32} << 20;  // cuBLAS workspace: set once, so graph capture never allocates
+  BATON_ASSIGN_OR_RETURN(std::byte * ws, alloc<std::byte>(ws_bytes));
+  BATON_CUBLAS(cublasSetWorkspace(cublas_, ws, ws_bytes));
+
+  // Weights: this rank's share, bf16 (norms, biases and scales fp32).
+  const int64_t q0 = int64_t(rank_.rank) * c.num_heads, i0 = int64_t(rank_.rank) * c.intermediate_size;
+  const int64_t kv0 = kv_heads_of_rank(full_.num_kv_heads, rank_.size, rank_.rank).first;
+  BATON_ASSIGN_OR_RETURN(embed_, upload_bf16(to_f32(t.embed)));
+  lm_head_ = embed_;
+  if (t.lm_head != t.embed && rank_.rank == 0) {
+    BATON_ASSIGN_OR_RETURN(lm_head_, upload_bf16(to_f32(t.lm_head)));
+  }
+  BATON_ASSIGN_OR_RETURN(final_norm_, upload(to_f32(t.final_norm)));
+  BATON_ASSIGN_OR_RETURN(inv_freq_, upload(rope_inv_freq(c)));
+  for (const LayerTensors& lt : t.layers) {
+    Layer l;
+    BATON_ASSIGN_OR_RETURN(l.attn_norm, upload(to_f32(lt.attn_norm)));
+    BATON_ASSIGN_OR_RETURN(l.mlp_norm, upload(to_f32(lt.mlp_norm)));
+    std::vector<float> w;
+    append_rows(w, lt.wq, q0 * D, int64_t(c.num_heads) * D);
+    append_rows(w, lt.wk, kv0 * D, int64_t(c.num_kv_heads) * D);
+    append_rows(w, lt.wv, kv0 * D, int64_t(c.num_kv_heads) * D);
+    BATON_ASSIGN_OR_RETURN(l.w_qkv, upload_bf16(w));
+    if (lt.bq) {
+      std::vector<float> bias;
+      append_rows(bias, lt.bq, q0 * D, int64_t(c.num_heads) * D);
+      append_rows(bias, lt.bk, kv0 * D, int64_t(c.num_kv_heads) * D);
+      append_rows(bias, lt.bv, kv0 * D, int64_t(c.num_kv_heads) * D);
+      BATON_ASSIGN_OR_RETURN(l.b_qkv, upload(bias));
+    }
+    if (lt.q_norm) {
+      BATON_ASSIGN_OR_RETURN(l.q_norm, upload(to_f32(lt.q_norm)));
+      BATON_ASSIGN_OR_RETURN(l.k_norm, upload(to_f32(lt.k_norm)));
+    }
+    BATON_ASSIGN_OR_RETURN(l.wo, upload_bf16(slice_cols(lt.wo, q0 * D, int64_t(c.num_heads) * D)));
+    w.clear();
+    append_rows(w, lt.w_gate, i0, c.intermediate_size);
+    append_rows(w, lt.w_up, i0, c.intermediate_size);
+    BATON_ASSIGN_OR_RETURN(l.w_gate_up, upload_bf16(w));
+    BATON_ASSIGN_OR_RETURN(l.w_down, upload_bf16(slice_cols(lt.w_down, i0, c.intermediate_size)));
+    if (lt.k_scale) {
+      l.k_scale = to_f32(lt.k_scale)[0];
+      l.v_scale = to_f32(lt.v_scale)[0];
+      if (!(l.k_scale > 0 && l.v_scale > 0)) return make_error("layer ", layers_.size(), ": KV scales must be positive");
+    }
+    layers_.push_back(l);
+  }
+
+  // Activations, sized for the largest pass.
+  const int H = c.hidden_size, qkv_n = c.q_dim() + 2 * c.kv_dim(), I = c.intermediate_size;
+  cap_tokens_ = options.max_batch_tokens;
+  max_graph_batch_ = std::min(std::max(options.max_graph_batch, 0), cap_tokens_);
+  cap_rows_ = std::max(256, max_graph_batch_);
+  cap_tiles_ = cap_tokens_;  // at most one tile per token
+  BATON_ASSIGN_OR_RETURN(x_, alloc<float>(size_t(cap_tokens_) * H));
+  BATON_ASSIGN_OR_RETURN(h_, alloc<bf16_t>(size_t(cap_tokens_) * H));
+  BATON_ASSIGN_OR_RETURN(qkv_, alloc<float>(size_t(cap_tokens_) * qkv_n));
+  BATON_ASSIGN_OR_RETURN(attn_, alloc<bf16_t>(size_t(cap_tokens_) * c.q_dim()));
+  BATON_ASSIGN_OR_RETURN(gate_up_, alloc<float>(size_t(cap_tokens_) * 2 * I));
+  BATON_ASSIGN_OR_RETURN(act_, alloc<bf16_t>(size_t(cap_tokens_) * I));
+  BATON_ASSIGN_OR_RETURN(logits_, alloc<float>(size_t(cap_rows_) * c.vocab_size));
+  BATON_ASSIGN_OR_RETURN(sampled_, alloc<int32_t>(cap_rows_));
+  attn_ws_rows_ = size_t(8) * num_sms_;
+  BATON_ASSIGN_OR_RETURN(attn_ws_, alloc<float>(attn_ws_rows_ * (D + 2)));
+  BATON_CU(cudaMallocHost(&host_sampled_, sizeof(int32_t) * cap_rows_));
+
+  // The KV pool: what the memory budget leaves, or the size asked for.
+  KvCacheSpec& kv = kv_spec_;
+  kv.block_size = options.block_size;
+  kv.dtype = kv_dtype;
+  if (kv_dtype == KvDtype::kFP8)
+    for (const Layer& l : layers_) kv.k_scales.push_back(l.k_scale), kv.v_scales.push_back(l.v_scale);
+  const size_t layer_block_bytes = 2 * size_t(c.num_kv_heads) * options.block_size * D * kv_dtype_size(kv_dtype);
+  kv.bytes_per_block = layer_block_bytes * c.num_layers;
+  max_blocks_per_seq_ = (full_.max_position_embeddings + kv.block_size - 1) / kv.block_size;
+  // The block tables of a full batch: cap_rows_ sequences of the longest length.
+  layout_ = std::make_unique<StagingLayout>(cap_tokens_, cap_rows_, cap_tiles_,
+                                            size_t(std::max(cap_rows_, 1)) * max_blocks_per_seq_);
+  BATON_CU(cudaMallocHost(&host_staging_, layout_->bytes));
+  BATON_ASSIGN_OR_RETURN(dev_staging_, alloc<std::byte>(layout_->bytes));
+
+  size_t free_b = 0, total_b = 0;
+  BATON_CU(cudaMemGetInfo(&free_b, &total_b));
+  size_t budget = options.kv_cache_bytes;
+  if (budget == 0) {
+    const size_t reserve = size_t{512} << 20;  // cuBLAS, graphs, NCCL, the CUDA context's growth
+    const double allowed = options.gpu_memory_utilization * double(total_b) - double(total_b - free_b) - double(reserve);
+    if (allowed < double(kv.bytes_per_block))
+      return make_error("GPU ", rank_.device, ": no memory left for the KV cache (", free_b >> 20, " MiB free of ",
+                        total_b >> 20, " MiB; raise --gpu-memory-utilization)");
+    budget = static_cast<size_t>(allowed);
+  } else if (budget > free_b) {
+    return make_error("--kv-cache-memory ", budget, " exceeds the GPU's free memory (", free_b, " bytes)");
+  }
+  kv.num_blocks = static_cast<int>(std::min<size_t>(budget / kv.bytes_per_block, 1 << 30));
+  if (kv.num_blocks < 1)
+    return make_error("KV cache budget of ", budget, " bytes holds no block (one block needs ", kv.bytes_per_block,
+                      " bytes)");
+  kv_layer_bytes_ = layer_block_bytes * kv.num_blocks;
+  BATON_ASSIGN_OR_RETURN(std::byte * pool, alloc<std::byte>(kv_layer_bytes_ * c.num_layers));
+  kv_base_ = pool;
+  // On our stream, and waited for: a memset on the legacy stream is not ordered with the
+  // non-blocking stream the steps run on, and could land after the first step's K/V writes.
+  BATON_CU(cudaMemsetAsync(kv_base_, 0, kv_layer_bytes_ * c.num_layers, stream_));
+  BATON_CU(cudaStreamSynchronize(stream_));
+
+  for (int b = 1; b <= max_graph_batch_; b = b < 8 ? b * 2 : b + 8) graph_sizes_.push_back(b);
+  if (max_graph_batch_ > 0 && graph_sizes_.back() != max_graph_batch_) graph_sizes_.push_back(max_graph_batch_);
+
+  if (rank_.rank == 0) {
+    cudaDeviceProp prop{};
+    cudaGetDeviceProperties(&prop, rank_.device);
+    log::info("cuda backend: ", prop.name, ", ", c.architecture_name,
+              rank_.size > 1 ? " (tp " + std::to_string(rank_.size) + ", per rank)" : "", ", ", c.num_layers,
+              " layers, KV cache ", kv.num_blocks, " blocks x ", kv.block_size, " tokens (", kv_dtype_name(kv.dtype),
+              ", ", (kv_layer_bytes_ * c.num_layers) >> 20, " MiB), graphs up to batch ", max_graph_batch_);
+  }
+  return {};
+}
+
+Status CudaBackend::gemm(const bf16_t* a, const bf16_t* w, float* c, int m, int n, int k, float beta) {
+  if (use_gemv_ && gemv_supports(m, k)) {
+    gemv(a, w, c, m, n, k, beta, stream_);
+    return {};
+  }
+  // Row-major C[m, n] = A[m, k] W[n, k]^T is column-major C^T = W A^T: W is the transposed operand.
+  const float alpha = 1.f;
+  BATON_CUBLAS(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, a, CUDA_R_16BF, k,
+                            &beta, c, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return {};
+}
+
+Status CudaBackend::all_reduce(float* x, size_t n) {
+  if (rank_.size == 1) return {};
+#ifdef BATON_HAS_NCCL
+  BATON_NCCL(ncclAllReduce(x, x, n, ncclFloat, ncclSum, static_cast<ncclComm_t>(rank_.nccl), stream_));
+  return {};
+#else
+  (void)x, (void)n;
+  return make_error("tensor parallelism on CUDA needs NCCL (not found at build time)");
+#endif
+}
+
+int CudaBackend::splits_for(int T, int max_keys) const {
+  const int rows = T * cfg_.num_heads;
+  int s = std::clamp((4 * num_sms_ + rows - 1) / rows, 1, 32);
+  if (max_keys > 0) s = std::min(s, std::max(1, (max_keys + 31) / 32));
+  while (s > 1 && size_t(rows) * s > attn_ws_rows_) --s;
+  return s;
+}
+
+Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, int n_splits, int n_tiles) {
+  const ModelConfig& c = cfg_;
+  const StagingLayout& L = *layout_;
+  const int H = c.hidden_size, D = c.head_dim, I = c.intermediate_size, qkv_n = c.q_dim() + 2 * c.kv_dim();
+  const float own = rank_.rank == 0 ? 1.f : 0.f;  // rank 0 adds into x; the others write partials
+  embed(dev<int32_t>(L.tokens), embed_, x_, T, H, stream_);
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const Layer& w = layers_[li];
+    std::byte* layer_kv = static_cast<std::byte*>(kv_base_) + li * kv_layer_bytes_;
+    rmsnorm(x_, nullptr, w.attn_norm, h_, T, H, c.rms_norm_eps, stream_);
+    BATON_RETURN_IF_ERROR(gemm(h_, w.w_qkv, qkv_, T, qkv_n, H, 0.f));
+    const bool fp8 = kv_spec_.dtype == KvDtype::kFP8;
+    QkvArgs q{qkv_,         w.b_qkv,    w.q_norm, w.k_norm, inv_freq_, dev<int32_t>(L.positions), dev<int32_t>(L.slots),
+              layer_kv,     T,          c.num_heads, c.num_kv_heads, D, kv_spec_.block_size, c.rms_norm_eps, fp8,
+              fp8 ? 1.f / w.k_scale : 1.f, fp8 ? 1.f / w.v_scale : 1.f};
+    qkv_rope_cache(q, stream_);
+    AttnArgs a{qkv_,          qkv_n,         layer_kv,    dev<int32_t>(L.tables), dev<int32_t>(L.table_stride),
+               dev<int32_t>(L.seq_of), dev<int32_t>(L.positions), attn_, T, c.num_heads, c.num_kv_heads, D,
+               kv_spec_.block_size, c.sliding_window, fp8, 1.f / std::sqrt(float(D)),
+               fp8 ? w.k_scale : 1.f, fp8 ? w.v_scale : 1.f};
+    if (decode || !prefill_kernel_supports(D))
+      attention_decode(a, n_splits, attn_ws_, stream_);
+    else
+      attention_prefill(a, dev<int2>(L.tiles), n_tiles, stream_);
+    BATON_RETURN_IF_ERROR(gemm(attn_, w.wo, x_, T, H, c.q_dim(), own));
+    BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
+    rmsnorm(x_, nullptr, w.mlp_norm, h_, T, H, c.rms_norm_eps, stream_);
+    BATON_RETURN_IF_ERROR(gemm(h_, w.w_gate_up, gate_up_, T, 2 * I, H, 0.f));
+    silu_mul(gate_up_, act_, T, I, stream_);
+    BATON_RETURN_IF_ERROR(gemm(act_, w.w_down, x_, T, H, I, own));
+    BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
+  }
+  if (rank_.rank != 0 || n_rows == 0) return {};
+  rmsnorm(x_, identity_rows ? nullptr : dev<int32_t>(L.logit_rows), final_norm_, h_, n_rows, H, c.rms_norm_eps, stream_);
+  return gemm(h_, lm_head_, logits_, n_rows, c.vocab_size, H, 0.f);
+}
+
+Status CudaBackend::forward(const Batch& batch, std::span<float> logits) {
+  BATON_RETURN_IF_ERROR(validate_batch(batch, kv_spec_, full_.max_position_embeddings));
+  size_t n_logits = 0;
+  for (const SeqBatch& s : batch.seqs) n_logits += s.need_logits ? 1 : 0;
+  if (rank_.rank == 0 && logits.size() != n_logits * size_t(full_.vocab_size))
+    return make_error("forward: logits buffer holds ", logits.size(), " floats, needs ", n_logits * full_.vocab_size);
+  return run(batch, {logits, {}, {}});
+}
+
+Status CudaBackend::forward_sample(const Batch& batch, std::span<const DeviceSampling> params,
+                                   std::span<int32_t> tokens) {
+  BATON_RETURN_IF_ERROR(validate_batch(batch, kv_spec_, full_.max_position_embeddings));
+  size_t n_logits = 0;
+  for (const SeqBatch& s : batch.seqs) n_logits += s.need_logits ? 1 : 0;
+  if (rank_.rank == 0 && (params.size() != n_logits || tokens.size() != n_logits))
+    return make_error("forward_sample: ", params.size(), " sampling params and ", tokens.size(),
+                      " token slots for ", n_logits, " rows");
+  return run(batch, {{}, params, tokens});
+}
+
+// Cuts a batch into passes of at most cap_tokens_ tokens (a long prompt chunk becomes several
+// consecutive pieces; only a sequence's last piece asks for logits) and runs them in order.
+Status CudaBackend::run(const Batch& batch, Output out) {
+  for (int32_t tok : batch.tokens)
+    if (tok < 0 || tok >= full_.vocab_size)
+      return make_error("token id ", tok, " is outside the vocabulary (", full_.vocab_size, ")");
+  BATON_CU(cudaSetDevice(rank_.device));
+  if (batch.tokens.size() <= size_t(cap_tokens_) && batch.seqs.size() <= size_t(cap_rows_))
+    return run_piece(batch, out);
+  size_t tok = 0, rows_done = 0;
+  size_t si = 0;
+  int done_in_seq = 0;  // tokens of batch.seqs[si] already run
+  while (si < batch.seqs.size()) {
+    piece_tokens_.clear();
+    piece_seqs_.clear();
+    size_t n_rows = 0;
+    while (si < batch.seqs.size() && piece_tokens_.size() < size_t(cap_tokens_) &&
+           piece_seqs_.size() < size_t(cap_rows_)) {
+      const SeqBatch& s = batch.seqs[si];
+      const int take = std::min(s.n_tokens - done_in_seq, cap_tokens_ - int(piece_tokens_.size()));
+      const bool last = done_in_seq + take == s.n_tokens;
+      piece_tokens_.insert(piece_tokens_.end(), batch.tokens.begin() + tok, batch.tokens.begin() + tok + take);
+      piece_seqs_.push_back({take, s.n_past + done_in_seq, s.block_table, last && s.need_logits});
+      n_rows += last && s.need_logits ? 1 : 0;
+      tok += take;
+      done_in_seq += take;
+      if (last) ++si, done_in_seq = 0;
+    }
+    Output o = out;
+    const size_t V = size_t(full_.vocab_size);
+    if (!out.logits.empty()) o.logits = out.logits.subspan(rows_done * V, n_rows * V);
+    if (!out.params.empty()) o.params = out.params.subspan(rows_done, n_rows);
+    if (!out.tokens.empty()) o.tokens = out.tokens.subspan(rows_done, n_rows);
+    BATON_RETURN_IF_ERROR(run_piece({piece_tokens_, piece_seqs_}, o));
+    rows_done += n_rows;
+  }
+  return {};
+}
+
+Status CudaBackend::run_piece(const Batch& b, Output out) {
+  const StagingLayout& L = *layout_;
+  const int T = int(b.tokens.size()), S = int(b.seqs.size()), bs = kv_spec_.block_size;
+  bool decode = true, all_logits = true;
+  int stride = 1, max_keys = 0;
+  for (const SeqBatch& s : b.seqs) {
+    decode = decode && s.n_tokens == 1;
+    all_logits = all_logits && s.need_logits;
+    stride = std::max(stride, (s.n_past + s.n_tokens + bs - 1) / bs);
+    max_keys = std::max(max_keys, s.n_past + s.n_tokens);
+  }
+  const bool graph = decode && all_logits && S <= max_graph_batch_;
+  const int rows = graph ? *std::lower_bound(graph_sizes_.begin(), graph_sizes_.end(), S) : T;
+  if (size_t(std::max(rows, S)) * stride > L.tables_cap)
+    return make_error("batch of ", S, " sequences x ", stride, " blocks exceeds the block-table buffer");
+
+  // Stage the inputs.
+  int32_t *tokens = host<int32_t>(L.tokens), *positions = host<int32_t>(L.positions), *slots = host<int32_t>(L.slots),
+          *seq_of = host<int32_t>(L.seq_of), *logit_rows = host<int32_t>(L.logit_rows), *tables = host<int32_t>(L.tables);
+  int2* tiles = host<int2>(L.tiles);
+  int n_rows = 0, n_tiles = 0;
+  for (int si = 0, t = 0; si < S; ++si) {
+    const SeqBatch& s = b.seqs[si];
+    const int used = (s.n_past + s.n_tokens + bs - 1) / bs;
+    std::copy_n(s.block_table.begin(), used, tables + size_t(si) * stride);
+    for (int j = 0; j < s.n_tokens; ++j, ++t) {
+      const int pos = s.n_past + j;
+      tokens[t] = b.tokens[t];
+      positions[t] = pos;
+      slots[t] = s.block_table[pos / bs] * bs + pos % bs;
+      seq_of[t] = si;
+    }
+    for (int j = 0; j < s.n_tokens; j += kPrefillTileRows)
+      tiles[n_tiles++] = {t - s.n_tokens + j, std::min(kPrefillTileRows, s.n_tokens - j)};
+    if (s.need_logits) logit_rows[n_rows++] = t - 1;
+  }
+  for (int t = T; t < rows; ++t) tokens[t] = 0, positions[t] = -1, slots[t] = -1, seq_of[t] = 0;  // graph padding
+  *host<int32_t>(L.table_stride) = stride;
+  if (rank_.rank == 0 && !out.params.empty()) {
+    SampleParams* sp = host<SampleParams>(L.params);
+    for (int r = 0; r < n_rows; ++r) {
+      const DeviceSampling& d = out.params[r];
+      sp[r] = {d.temperature, d.top_k, d.top_p, 0, d.seed, d.offset};
+    }
+  }
+  const size_t bytes = L.tables + sizeof(int32_t) * size_t(S) * stride;
+  BATON_CU(cudaMemcpyAsync(dev_staging_, host_staging_, bytes, cudaMemcpyHostToDevice, stream_));
+
+  if (graph) {
+    auto it = graphs_.find(rows);
+    if (it == graphs_.end()) {
+      cudaGraph_t g = nullptr;
+      BATON_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      Status st = enqueue(rows, rows, true, true, splits_for(rows, 0), 0);
+      const cudaError_t end = cudaStreamEndCapture(stream_, &g);
+      BATON_RETURN_IF_ERROR(st);
+      BATON_CU(end);
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t inst = cudaGraphInstantiate(&exec, g, 0);
+      cudaGraphDestroy(g);
+      BATON_CU(inst);
+      it = graphs_.emplace(rows, exec).first;
+    }
+    BATON_CU(cudaGraphLaunch(it->second, stream_));
+  } else {
+    BATON_RETURN_IF_ERROR(enqueue(T, n_rows, false, decode, splits_for(T, max_keys), n_tiles));
+  }
+
+  if (rank_.rank != 0 || n_rows == 0) {
+    BATON_CU(cudaStreamSynchronize(stream_));
+    return {};
+  }
+  if (!out.params.empty()) {
+    sample(logits_, dev<SampleParams>(L.params), sampled_, n_rows, full_.vocab_size, stream_);
+    BATON_CU(cudaMemcpyAsync(host_sampled_, sampled_, sizeof(int32_t) * n_rows, cudaMemcpyDeviceToHost, stream_));
+    BATON_CU(cudaStreamSynchronize(stream_));
+    std::copy_n(host_sampled_, n_rows, out.tokens.begin());
+  } else {
+    BATON_CU(cudaMemcpyAsync(out.logits.data(), logits_, sizeof(float) * size_t(n_rows) * full_.vocab_size,
+                             cudaMemcpyDeviceToHost, stream_));
+    BATON_CU(cudaStreamSynchronize(stream_));
+  }
+  BATON_CU(cudaGetLastError());
+  return {};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> create_backend_from(const ModelConfig& config, const ModelTensors& tensors,
+                                                     const BackendOptions& options) {
+  int n_devices = 0;
+  if (cudaGetDeviceCount(&n_devices) != cudaSuccess || n_devices == 0)
+    return make_error("--device cuda: no CUDA device is visible");
+  const int n = options.tp_size;
+  if (n < 1) return make_error("-tp must be at least 1");
+  if (n > n_devices) return make_error("-tp ", n, " needs ", n, " GPUs; ", n_devices, " visible");
+  if (config.num_heads % n != 0 || config.intermediate_size % n != 0 || !tp_splits_kv_heads(config.num_kv_heads, n))
+    return make_error("-tp ", n, " does not divide the model's ", config.num_heads, " heads, ", config.num_kv_heads,
+                      " KV heads and intermediate size ", config.intermediate_size, " evenly");
+  if (n == 1) {
+    BATON_ASSIGN_OR_RETURN(auto b, CudaBackend::create(config, tensors, options, Rank{0, 1, 0, nullptr}));
+    return std::unique_ptr<Backend>(std::move(b));
+  }
+#ifdef BATON_HAS_NCCL
+  std::vector<ncclComm_t> comms(n);
+  std::vector<int> devs(n);
+  for (int r = 0; r < n; ++r) devs[r] = r;
+  BATON_NCCL(ncclCommInitAll(comms.data(), n, devs.data()));
+  std::vector<std::unique_ptr<Backend>> ranks;
+  for (int r = 0; r < n; ++r) {
+    auto b = CudaBackend::create(config, tensors, options, Rank{r, n, r, comms[r]});
+    if (!b.ok()) {  // ranks 0..r own (and have destroyed) their communicators
+      for (int k = r + 1; k < n; ++k) ncclCommDestroy(comms[k]);
+      return Error{b.error()};
+    }
+    ranks.push_back(std::move(*b));
+  }
+  return TpBackend::create(std::move(ranks));
+#else
+  return make_error("-tp ", n, " on CUDA needs NCCL, which this build did not find");
+#endif
+}
+
+}  // namespace cuda
+
+int cuda_device_count() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
+Result<std::unique_ptr<Backend>> create_cuda_backend(const std::string& model_dir, const BackendOptions& options) {
+  BATON_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::load(model_dir));
+  BATON_ASSIGN_OR_RETURN(WeightStore store, WeightStore::open_dir(model_dir));
+  auto tensors = ModelTensors::find(config, store);
+  if (!tensors.ok()) return make_error(model_dir, ": ", tensors.error());
+  return cuda::create_backend_from(config, *tensors, options);
+}
+
+}  // namespace baton

@@ -1,0 +1,192 @@
+// Element-wise and per-row kernels: embedding, RMSNorm, QKV post-processing (bias, QK-norm,
+// RoPE, KV cache write), SiLU-and-mul.
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace baton::cuda {
+namespace {
+
+__global__ void embed_kernel(const int32_t* tokens, const __nv_bfloat16* table, float* x, int hidden) {
+  const int t = blockIdx.x;
+  const __nv_bfloat16* row = table + static_cast<int64_t>(tokens[t]) * hidden;
+  float* dst = x + static_cast<int64_t>(t) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = __bfloat162float(row[i]);
+}
+
+__global__ void rmsnorm_kernel(const float* x, const int32_t* rows, const float* w, __nv_bfloat16* out, int hidden,
+                               float eps) {
+  __shared__ float scratch[32];
+  const int r = blockIdx.x;
+  const float* src = x + static_cast<int64_t>(rows ? rows[r] : r) * hidden;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) ss += src[i] * src[i];
+  ss = block_reduce<false>(ss, scratch);
+  const float inv = rsqrtf(ss / hidden + eps);
+  __nv_bfloat16* dst = out + static_cast<int64_t>(r) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = __float2bfloat16(src[i] * inv * w[i]);
+}
+
+// One warp per (token, head); lane handles rotation pairs (p, p + D/2).
+template <class Kv>
+__global__ void qkv_kernel(QkvArgs a) {
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  const int n_heads = a.H + 2 * a.KVH;
+  if (warp >= a.T * n_heads) return;
+  const int t = warp / n_heads, head = warp % n_heads;
+  const int D = a.D, half = D / 2;
+  const int row_len = n_heads * D;
+  float* row = a.qkv + static_cast<int64_t>(t) * row_len + head * D;
+  const float* bias = a.bias ? a.bias + head * D : nullptr;
+  const bool is_q = head < a.H, is_k = !is_q && head < a.H + a.KVH;
+  const float* norm = is_q ? a.q_norm : (is_k ? a.k_norm : nullptr);
+
+  float ss = 0.f;
+  for (int p = lane; p < half; p += 32) {
+    float x1 = row[p], x2 = row[p + half];
+    if (bias) x1 += bias[p], x2 += bias[p + half];
+    row[p] = x1, row[p + half] = x2;
+    ss += x1 * x1 + x2 * x2;
+  }
+  float inv = 1.f;
+  if (norm) inv = rsqrtf(warp_sum(ss) / D + a.eps);
+  const int pos = a.positions[t];
+  const int slot = a.slots[t];
+  typename Kv::T* dst = nullptr;
+  float kv_inv_scale = 1.f;
+  if (!is_q && slot >= 0) {
+    const int g = is_k ? head - a.H : head - a.H - a.KVH;
+    const int64_t block = slot / a.block_size, off = slot % a.block_size;
+    dst = static_cast<typename Kv::T*>(a.layer_kv) +
+          (((block * 2 + (is_k ? 0 : 1)) * a.KVH + g) * a.block_size + off) * D;
+    kv_inv_scale = is_k ? a.k_inv_scale : a.v_inv_scale;
+  }
+  for (int p = lane; p < half; p += 32) {
+    float x1 = row[p], x2 = row[p + half];
+    if (norm) x1 = x1 * inv * norm[p], x2 = x2 * inv * norm[p + half];
+    if (is_q || is_k) {
+      float sn, cs;
+      sincosf(static_cast<float>(pos) * a.inv_freq[p], &sn, &cs);
+      const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+      x1 = y1, x2 = y2;
+    }
+    if (is_q) {
+      row[p] = x1, row[p + half] = x2;
+    } else if (dst) {
+      dst[p] = Kv::from_f32(x1 * kv_inv_scale);
+      dst[p + half] = Kv::from_f32(x2 * kv_inv_scale);
+    }
+  }
+}
+
+__global__ void silu_mul_kernel(const float* gu, __nv_bfloat16* act, int I, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / I, c = i % I;
+    const float g = gu[t * 2 * I + c], u = gu[t * 2 * I + I + c];
+    act[i] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+  }
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] += y[i];
+}
+
+// One warp per output column n: lane l reads 16-byte chunks l, l + 32, ... of weight row n and
+// the same chunks of every activation row (which stay in L1/L2), then the warp reduces.
+template <int M>
+__global__ void __launch_bounds__(256) gemv_kernel(const __nv_bfloat16* a, const __nv_bfloat16* w, float* y, int n,
+                                                   int k, float beta) {
+  const int col = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x & 31;
+  if (col >= n) return;
+  const uint4* wrow = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(col) * k);
+  const int chunks = k / 8;
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.f;
+#pragma unroll 4
+  for (int c = lane; c < chunks; c += 32) {
+    const uint4 wv = wrow[c];
+    const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
+    float2 wf[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) wf[i] = __bfloat1622float2(w2[i]);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const uint4 av = reinterpret_cast<const uint4*>(a + static_cast<int64_t>(m) * k)[c];
+      const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 af = __bfloat1622float2(a2[i]);
+        acc[m] += af.x * wf[i].x + af.y * wf[i].y;
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const float v = warp_sum(acc[m]);
+    if (lane == 0) {
+      float* dst = y + static_cast<int64_t>(m) * n + col;
+      *dst = beta != 0.f ? v + beta * *dst : v;
+    }
+  }
+}
+
+int grid_for(int64_t n, int threads) { return static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 65536)); }
+
+}  // namespace
+
+void embed(const int32_t* tokens, const bf16_t* table, float* x, int T, int hidden, cudaStream_t s) {
+  if (T == 0) return;
+  embed_kernel<<<T, 256, 0, s>>>(tokens, reinterpret_cast<const __nv_bfloat16*>(table), x, hidden);
+}
+
+void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* out, int n_rows, int hidden, float eps,
+             cudaStream_t s) {
+  if (n_rows == 0) return;
+  rmsnorm_kernel<<<n_rows, hidden >= 1024 ? 512 : 256, 0, s>>>(x, rows, w, reinterpret_cast<__nv_bfloat16*>(out),
+                                                                hidden, eps);
+}
+
+void qkv_rope_cache(const QkvArgs& a, cudaStream_t s) {
+  const int64_t warps = static_cast<int64_t>(a.T) * (a.H + 2 * a.KVH);
+  if (warps == 0) return;
+  const int blocks = static_cast<int>((warps + 3) / 4);
+  if (a.fp8)
+    qkv_kernel<Fp8Kv><<<blocks, 128, 0, s>>>(a);
+  else
+    qkv_kernel<Bf16Kv><<<blocks, 128, 0, s>>>(a);
+}
+
+bool gemv_supports(int m, int k) { return m >= 1 && m <= kGemvMaxRows && k % 8 == 0; }
+
+void gemv(const bf16_t* a, const bf16_t* w, float* y, int m, int n, int k, float beta, cudaStream_t s) {
+  const auto* a16 = reinterpret_cast<const __nv_bfloat16*>(a);
+  const auto* w16 = reinterpret_cast<const __nv_bfloat16*>(w);
+  const int blocks = (n + 7) / 8;
+  switch (m) {
+    case 1: gemv_kernel<1><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
+    case 2: gemv_kernel<2><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
+    case 3: gemv_kernel<3><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
+    case 4: gemv_kernel<4><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
+    case 5: gemv_kernel<5><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
+    case 6: gemv_kernel<6><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
+    case 7: gemv_kernel<7><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
+    case 8: gemv_kernel<8><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
+    default: break;
+  }
+}
+
+void silu_mul(const float* gate_up, bf16_t* act, int T, int I, cudaStream_t s) {
+  const int64_t n = static_cast<int64_t>(T) * I;
+  if (n == 0) return;
+  silu_mul_kernel<<<grid_for(n, 256), 256, 0, s>>>(gate_up, reinterpret_cast<__nv_bfloat16*>(act), I, n);
+}
+
+void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  add_kernel<<<grid_for(n, 256), 256, 0, s>>>(x, y, n);
+}
+
+}  // namespace baton::cuda

@@ -1,0 +1,22 @@
+// Host-side preparation of a checkpoint's tensors that every backend needs: fp32 copies, the
+// row and column slices of a tensor-parallel rank, and the RoPE inverse frequencies.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/config.h"
+#include "model/safetensors.h"
+
+namespace baton {
+
+std::vector<float> to_f32(const TensorView* t);
+// Rows [row0, row0 + n) of a [rows, cols] weight (or entries of a bias), appended to dst.
+void append_rows(std::vector<float>& dst, const TensorView* t, int64_t row0, int64_t n);
+// Columns [col0, col0 + n) of a [rows, cols] weight.
+std::vector<float> slice_cols(const TensorView* t, int64_t col0, int64_t n);
+// [head_dim / 2] inverse frequencies with the config's rope scaling (default, linear, llama3),
+// rounded to bf16 for bf16 checkpoints as transformers keeps them.
+std::vector<float> rope_inv_freq(const ModelConfig& c);
+
+}  // namespace baton

@@ -1,0 +1,24 @@
+// Helpers for driving a Backend directly in tests.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace baton::testing {
+
+// Logits after the prompt's last token, from one forward pass over blocks 0..n.
+inline std::vector<float> prompt_logits(Backend& b, const std::vector<int>& prompt) {
+  std::vector<int32_t> table;
+  for (int i = 0; i * b.kv_spec().block_size < static_cast<int>(prompt.size()); ++i) table.push_back(i);
+  std::vector<int32_t> toks(prompt.begin(), prompt.end());
+  SeqBatch s{static_cast<int>(toks.size()), 0, table, true};
+  std::vector<float> logits(b.config().vocab_size);
+  Status st = b.forward({toks, std::span<const SeqBatch>(&s, 1)}, logits);
+  EXPECT_TRUE(st.ok()) << st.message();
+  return logits;
+}
+
+}  // namespace baton::testing
