@@ -6,7 +6,8 @@
 #                                  Qwen2.5-0.5B and Llama-3.2-1B: greedy output against
 #                                  transformers, baton-bench model, transformers' generate()
 #   bash bench/gpu/cuda.sh all     both
-#   bash bench/gpu/cuda.sh profile decode kernels of the Llama-shaped model under nsys (after bench)
+#   bash bench/gpu/cuda.sh check   the CUDA tests under compute-sanitizer (memcheck, initcheck,
+#                                  racecheck), and where a step's time goes (BATON_CUDA_PROFILE=1)
 # Results go to $OUT (logs, JSON); the models are written to /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -36,9 +37,6 @@ if [[ $MODE == bench || $MODE == all ]]; then
       { tail -5 "$OUT/$m.baton.log"; exit 1; }
     tail -1 "$OUT/$m.baton.log"
     python3 bench/gpu/hf_reference.py compare "$OUT/$m" "$OUT/$m.baton.jsonl"
-    # The decode GEMMs on cuBLAS instead of our GEMV, for comparison.
-    BATON_CUDA_GEMV=0 ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda --prefill 256 \
-      --gen-batches "" --json "$OUT/$m.cublas.bench.json" 2>&1 | grep decode | sed 's/^/cuBLAS only: /'
     for kv in bf16 fp8; do
       ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda --kv-cache-dtype $kv \
         --json "$OUT/$m.$kv.bench.json" 2>&1 | tee "$OUT/$m.$kv.bench.txt"
@@ -46,11 +44,22 @@ if [[ $MODE == bench || $MODE == all ]]; then
     python3 bench/gpu/hf_reference.py generate "$MODELS/$m" --json "$OUT/$m.hf_generate.json" 2>&1 | grep -v Warn
   done
 fi
-if [[ $MODE == profile || $MODE == all ]] && command -v nsys >/dev/null; then
-  python3 bench/gpu/hf_reference.py make /tmp/baton-models > /dev/null 2>&1
-  nsys profile -o "$OUT/decode" --force-overwrite true ./build-gpu/apps/baton-bench model --model /tmp/baton-models/llama3.2-1b \
-    --device cuda --batches 1 --steps 64 --prefill 64 --gen-batches "" > /dev/null 2>&1
-  nsys stats --report cuda_gpu_kern_sum --format csv "$OUT/decode.nsys-rep" 2>/dev/null | head -25 | cut -c1-200
-  rm -f "$OUT"/decode.*
+if [[ $MODE == check ]]; then
+  export BATON_MODELS_DIR=$PWD/.device/models
+  SAN=/usr/local/cuda/bin/compute-sanitizer
+  F='Models/CudaGoldensTest.GreedyIds*:HeadDims/CudaVsCpuTest.Prefill*'
+  for tool in memcheck initcheck racecheck; do
+    $SAN --tool $tool --print-limit 5 ./build-gpu/tests/backend_test --gtest_filter="$F" > "$OUT/san_$tool.log" 2>&1 || true
+    echo "$tool: $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/san_$tool.log" | tail -1)"
+    grep -E "^=========" "$OUT/san_$tool.log" | grep -vE "SUMMARY|^========= *$" | head -12
+  done
+  ./build-gpu/tests/backend_test --gtest_filter='Models/CudaGoldensTest.GreedyIds*' --gtest_repeat=3 2>&1 |
+    grep -E "^\[  FAILED  \] Models|batched|alone" | sort | uniq -c | head
+  MODELS=/tmp/baton-models
+  python3 bench/gpu/hf_reference.py make "$MODELS" > /dev/null 2>&1
+  BATON_CUDA_PROFILE=1 ./build-gpu/apps/baton-bench model --model "$MODELS/llama3.2-1b" --device cuda --batches 1 \
+    --steps 20 --prefill 16 --gen-batches "" 2>&1 | grep -vE "cuda backend:" | tail -20
+  BATON_CUDA_PROFILE=1 ./build-gpu/apps/baton-bench model --model "$MODELS/llama3.2-1b" --device cuda --batches 64 \
+    --steps 5 --prefill 2048 --gen-batches "" 2>&1 | grep -vE "cuda backend:" | tail -20
 fi
 echo "total: $(( $(date +%s) - T0 )) s"

@@ -6,8 +6,8 @@
 // Prefill: one CTA per (tile of up to 64 query rows, query head); K and V of a chunk of keys at a
 // time go through shared memory and every row of the tile uses them. For head sizes 64 and 128
 // the products run on tensor cores (WMMA, bf16 in, fp32 accumulate): each of 4 warps owns 16 query
-// rows, computes S = Q K^T for 64 keys, does the online softmax on S in shared memory (two lanes
-// per row), and adds P V into its O rows, which live in shared memory so that they can be
+// rows, computes S = Q K^T for 64 keys, does the online softmax on S in shared memory (a row at a
+// time across the warp), and adds P V into its O rows, which live in shared memory so that they can be
 // rescaled row by row.
 #include <mma.h>
 
@@ -263,12 +263,15 @@ __global__ void __launch_bounds__(128) prefill_tc_kernel(AttnArgs a, const int2*
   }
   for (int i = lane; i < 16 * D; i += 32) os[i] = 0.f;
 
-  // This lane's row (two lanes per row: columns [32 * half, 32 * half + 32) of S).
-  const int row = lane / 2, half = lane % 2;
-  const int my_r = warp * 16 + row;
-  const bool row_valid = my_r < tile.y;
-  const KeyRange mine = row_valid ? keys_of(a.positions[tile.x + my_r], a.window) : KeyRange{0, -1};
-  float m = -INFINITY, l = 0.f;
+  // Softmax state of this warp's 16 rows, in every lane (the warp walks the rows together).
+  float m[16], l[16];
+  int first[16], last[16];
+#pragma unroll
+  for (int r = 0; r < 16; ++r) {
+    const int row = warp * 16 + r;
+    const KeyRange kr = row < tile.y ? keys_of(a.positions[tile.x + row], a.window) : KeyRange{0, -1};
+    first[r] = kr.first, last[r] = kr.last, m[r] = -INFINITY, l[r] = 0.f;
+  }
 
   __syncthreads();
   wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qf[D / 16];
@@ -310,31 +313,24 @@ __global__ void __launch_bounds__(128) prefill_tc_kernel(AttnArgs a, const int2*
     }
     __syncwarp();
 
-    // Online softmax on this lane's half row.
-    float* srow = ss + row * kKeys + half * 32;
-    float cmax = -INFINITY;
-    for (int c = 0; c < 32; ++c) {
-      const int j = base + half * 32 + c;
-      const float v = (j >= mine.first && j <= mine.last) ? srow[c] : -INFINITY;
-      srow[c] = v;
-      cmax = fmaxf(cmax, v);
+    // Online softmax, one row at a time: lanes take columns lane and lane + 32 (no bank
+    // conflicts), the row's max and sum are warp reductions.
+#pragma unroll
+    for (int r = 0; r < 16; ++r) {
+      const int j0 = base + lane, j1 = j0 + 32;
+      const float s0 = (j0 >= first[r] && j0 <= last[r]) ? ss[r * kKeys + lane] : -INFINITY;
+      const float s1 = (j1 >= first[r] && j1 <= last[r]) ? ss[r * kKeys + lane + 32] : -INFINITY;
+      const float m_new = fmaxf(m[r], warp_max(fmaxf(s0, s1)));
+      // A row with no visible key yet keeps m = -inf; its P is all zero.
+      const float corr = m_new == -INFINITY ? 1.f : exp2f(m[r] - m_new);
+      const float p0 = m_new == -INFINITY ? 0.f : exp2f(s0 - m_new);
+      const float p1 = m_new == -INFINITY ? 0.f : exp2f(s1 - m_new);
+      l[r] = l[r] * corr + warp_sum(p0 + p1);
+      m[r] = m_new;
+      ps[r * kKeys + lane] = __float2bfloat16(p0);
+      ps[r * kKeys + lane + 32] = __float2bfloat16(p1);
+      for (int d = lane; d < D; d += 32) os[r * D + d] *= corr;
     }
-    cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, 1));
-    const float m_new = fmaxf(m, cmax);
-    // A row with no visible key yet keeps m = -inf; its P is all zero.
-    const float corr = m_new == -INFINITY ? 1.f : exp2f(m - m_new);
-    float psum = 0.f;
-    __nv_bfloat16* prow = ps + row * kKeys + half * 32;
-    for (int c = 0; c < 32; ++c) {
-      const float p = m_new == -INFINITY ? 0.f : exp2f(srow[c] - m_new);
-      psum += p;
-      prow[c] = __float2bfloat16(p);
-    }
-    psum += __shfl_xor_sync(0xffffffffu, psum, 1);
-    l = l * corr + psum;
-    m = m_new;
-    float* orow = os + row * D + half * (D / 2);
-    for (int d = 0; d < D / 2; ++d) orow[d] *= corr;
     __syncwarp();
 
     // O += P V.
@@ -355,12 +351,14 @@ __global__ void __launch_bounds__(128) prefill_tc_kernel(AttnArgs a, const int2*
     __syncwarp();
   }
 
-  if (!row_valid) return;
-  const float f = l > 0.f ? a.v_scale / l : 0.f;
-  __nv_bfloat16* out = out_bf16(a) + static_cast<int64_t>(tile.x + my_r) * a.H * D + h * D;
-  const float* orow = os + row * D;
-  for (int d = half * (D / 2); d < (half + 1) * (D / 2); d += 2)
-    *reinterpret_cast<__nv_bfloat162*>(out + d) = __floats2bfloat162_rn(orow[d] * f, orow[d + 1] * f);
+#pragma unroll
+  for (int r = 0; r < 16; ++r) {
+    const int row = warp * 16 + r;
+    if (row >= tile.y) break;
+    const float f = l[r] > 0.f ? a.v_scale / l[r] : 0.f;
+    __nv_bfloat16* out = out_bf16(a) + static_cast<int64_t>(tile.x + row) * a.H * D + h * D;
+    for (int d = lane; d < D; d += 32) out[d] = __float2bfloat16(os[r * D + d] * f);
+  }
 }
 
 template <int D, class Kv>

@@ -88,6 +88,56 @@ struct StagingLayout {
   }
 };
 
+// BATON_CUDA_PROFILE=1: steps run eagerly (no graphs) with an event after every launch; the time
+// between events is summed per kernel kind and printed when the backend goes away. For finding
+// where a step's time goes on machines without nsys.
+class StepProfiler {
+ public:
+  void begin(cudaStream_t s) {
+    stream_ = s;
+    used_ = 0;
+    mark("start");
+  }
+  void mark(const char* what) {
+    if (used_ == events_.size()) {
+      cudaEvent_t e;
+      cudaEventCreate(&e);
+      events_.push_back(e);
+    }
+    cudaEventRecord(events_[used_], stream_);
+    labels_.resize(std::max(labels_.size(), used_ + 1));
+    labels_[used_++] = what;
+  }
+  void end() {  // after the stream was synchronized
+    for (size_t i = 1; i < used_; ++i) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, events_[i - 1], events_[i]);
+      auto& [total, n] = totals_[labels_[i]];
+      total += ms, n += 1;
+    }
+    steps_ += 1;
+  }
+  ~StepProfiler() {
+    if (steps_ == 0) return;
+    std::vector<std::pair<double, std::string>> rows;
+    double all = 0;
+    for (const auto& [what, tn] : totals_) rows.push_back({tn.first, what}), all += tn.first;
+    std::sort(rows.rbegin(), rows.rend());
+    std::fprintf(stderr, "cuda profile: %llu steps, %.3f ms per step\n", (unsigned long long)steps_, all / steps_);
+    for (const auto& [ms, what] : rows)
+      std::fprintf(stderr, "  %-14s %8.3f ms per step  %5.1f%%\n", what.c_str(), ms / steps_, 100 * ms / all);
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  std::vector<cudaEvent_t> events_;
+  std::vector<std::string> labels_;
+  size_t used_ = 0;
+  uint64_t steps_ = 0;
+  std::map<std::string, std::pair<double, uint64_t>> totals_;
+};
+
 class CudaBackend : public Backend {
  public:
   static Result<std::unique_ptr<CudaBackend>> create(const ModelConfig& full, const ModelTensors& t,
@@ -142,7 +192,6 @@ class CudaBackend : public Backend {
   cublasHandle_t cublas_ = nullptr;
   std::vector<void*> allocations_;
   int num_sms_ = 0;
-  bool use_gemv_ = true;  // BATON_CUDA_GEMV=0: cuBLAS for every GEMM (for comparisons)
 
   bf16_t *embed_ = nullptr, *lm_head_ = nullptr;
   float *final_norm_ = nullptr, *inv_freq_ = nullptr;
@@ -162,6 +211,7 @@ class CudaBackend : public Backend {
   std::byte* dev_staging_ = nullptr;
   int32_t* host_sampled_ = nullptr;  // pinned
   std::map<int, cudaGraphExec_t> graphs_;  // decode batch size -> graph
+  std::unique_ptr<StepProfiler> prof_;     // BATON_CUDA_PROFILE=1
   std::vector<int> graph_sizes_;
   // Reused between steps.
   std::vector<int32_t> piece_tokens_;
@@ -229,7 +279,8 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   if (!(options.gpu_memory_utilization > 0 && options.gpu_memory_utilization <= 1))
     return make_error("--gpu-memory-utilization must be in (0, 1]");
 
-  if (const char* g = std::getenv("BATON_CUDA_GEMV")) use_gemv_ = std::string(g) != "0";
+  if (const char* p = std::getenv("BATON_CUDA_PROFILE"); p && std::string(p) == "1")
+    prof_ = std::make_unique<StepProfiler>();
   BATON_CU(cudaSetDevice(rank_.device));
   BATON_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   BATON_CU(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, rank_.device));
@@ -356,10 +407,6 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
 }
 
 Status CudaBackend::gemm(const bf16_t* a, const bf16_t* w, float* c, int m, int n, int k, float beta) {
-  if (use_gemv_ && gemv_supports(m, k)) {
-    gemv(a, w, c, m, n, k, beta, stream_);
-    return {};
-  }
   // Row-major C[m, n] = A[m, k] W[n, k]^T is column-major C^T = W A^T: W is the transposed operand.
   const float alpha = 1.f;
   BATON_CUBLAS(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, a, CUDA_R_16BF, k,
@@ -391,17 +438,24 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   const StagingLayout& L = *layout_;
   const int H = c.hidden_size, D = c.head_dim, I = c.intermediate_size, qkv_n = c.q_dim() + 2 * c.kv_dim();
   const float own = rank_.rank == 0 ? 1.f : 0.f;  // rank 0 adds into x; the others write partials
+  auto mark = [this](const char* what) {
+    if (prof_) prof_->mark(what);
+  };
   embed(dev<int32_t>(L.tokens), embed_, x_, T, H, stream_);
+  mark("embed");
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& w = layers_[li];
     std::byte* layer_kv = static_cast<std::byte*>(kv_base_) + li * kv_layer_bytes_;
     rmsnorm(x_, nullptr, w.attn_norm, h_, T, H, c.rms_norm_eps, stream_);
+    mark("rmsnorm");
     BATON_RETURN_IF_ERROR(gemm(h_, w.w_qkv, qkv_, T, qkv_n, H, 0.f));
+    mark("gemm qkv");
     const bool fp8 = kv_spec_.dtype == KvDtype::kFP8;
     QkvArgs q{qkv_,         w.b_qkv,    w.q_norm, w.k_norm, inv_freq_, dev<int32_t>(L.positions), dev<int32_t>(L.slots),
               layer_kv,     T,          c.num_heads, c.num_kv_heads, D, kv_spec_.block_size, c.rms_norm_eps, fp8,
               fp8 ? 1.f / w.k_scale : 1.f, fp8 ? 1.f / w.v_scale : 1.f};
     qkv_rope_cache(q, stream_);
+    mark("qkv rope/cache");
     AttnArgs a{qkv_,          qkv_n,         layer_kv,    dev<int32_t>(L.tables), dev<int32_t>(L.table_stride),
                dev<int32_t>(L.seq_of), dev<int32_t>(L.positions), attn_, T, c.num_heads, c.num_kv_heads, D,
                kv_spec_.block_size, c.sliding_window, fp8, 1.f / std::sqrt(float(D)),
@@ -410,17 +464,28 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
       attention_decode(a, n_splits, attn_ws_, stream_);
     else
       attention_prefill(a, dev<int2>(L.tiles), n_tiles, stream_);
+    mark("attention");
     BATON_RETURN_IF_ERROR(gemm(attn_, w.wo, x_, T, H, c.q_dim(), own));
+    mark("gemm o");
     BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
+    mark("all-reduce");
     rmsnorm(x_, nullptr, w.mlp_norm, h_, T, H, c.rms_norm_eps, stream_);
+    mark("rmsnorm");
     BATON_RETURN_IF_ERROR(gemm(h_, w.w_gate_up, gate_up_, T, 2 * I, H, 0.f));
+    mark("gemm gate/up");
     silu_mul(gate_up_, act_, T, I, stream_);
+    mark("silu*mul");
     BATON_RETURN_IF_ERROR(gemm(act_, w.w_down, x_, T, H, I, own));
+    mark("gemm down");
     BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
+    mark("all-reduce");
   }
   if (rank_.rank != 0 || n_rows == 0) return {};
   rmsnorm(x_, identity_rows ? nullptr : dev<int32_t>(L.logit_rows), final_norm_, h_, n_rows, H, c.rms_norm_eps, stream_);
-  return gemm(h_, lm_head_, logits_, n_rows, c.vocab_size, H, 0.f);
+  mark("rmsnorm");
+  BATON_RETURN_IF_ERROR(gemm(h_, lm_head_, logits_, n_rows, c.vocab_size, H, 0.f));
+  mark("lm head");
+  return {};
 }
 
 Status CudaBackend::forward(const Batch& batch, std::span<float> logits) {
@@ -493,7 +558,7 @@ Status CudaBackend::run_piece(const Batch& b, Output out) {
     stride = std::max(stride, (s.n_past + s.n_tokens + bs - 1) / bs);
     max_keys = std::max(max_keys, s.n_past + s.n_tokens);
   }
-  const bool graph = decode && all_logits && S <= max_graph_batch_;
+  const bool graph = decode && all_logits && S <= max_graph_batch_ && !prof_;
   const int rows = graph ? *std::lower_bound(graph_sizes_.begin(), graph_sizes_.end(), S) : T;
   if (size_t(std::max(rows, S)) * stride > L.tables_cap)
     return make_error("batch of ", S, " sequences x ", stride, " blocks exceeds the block-table buffer");
@@ -528,7 +593,9 @@ Status CudaBackend::run_piece(const Batch& b, Output out) {
     }
   }
   const size_t bytes = L.tables + sizeof(int32_t) * size_t(S) * stride;
+  if (prof_) prof_->begin(stream_);
   BATON_CU(cudaMemcpyAsync(dev_staging_, host_staging_, bytes, cudaMemcpyHostToDevice, stream_));
+  if (prof_) prof_->mark("inputs h2d");
 
   if (graph) {
     auto it = graphs_.find(rows);
@@ -552,18 +619,22 @@ Status CudaBackend::run_piece(const Batch& b, Output out) {
 
   if (rank_.rank != 0 || n_rows == 0) {
     BATON_CU(cudaStreamSynchronize(stream_));
+    if (prof_) prof_->end();
     return {};
   }
   if (!out.params.empty()) {
     sample(logits_, dev<SampleParams>(L.params), sampled_, n_rows, full_.vocab_size, stream_);
+    if (prof_) prof_->mark("sample");
     BATON_CU(cudaMemcpyAsync(host_sampled_, sampled_, sizeof(int32_t) * n_rows, cudaMemcpyDeviceToHost, stream_));
     BATON_CU(cudaStreamSynchronize(stream_));
     std::copy_n(host_sampled_, n_rows, out.tokens.begin());
   } else {
     BATON_CU(cudaMemcpyAsync(out.logits.data(), logits_, sizeof(float) * size_t(n_rows) * full_.vocab_size,
                              cudaMemcpyDeviceToHost, stream_));
+    if (prof_) prof_->mark("logits d2h");
     BATON_CU(cudaStreamSynchronize(stream_));
   }
+  if (prof_) prof_->end();
   BATON_CU(cudaGetLastError());
   return {};
 }

@@ -93,46 +93,6 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
     x[i] += y[i];
 }
 
-// One warp per output column n: lane l reads 16-byte chunks l, l + 32, ... of weight row n and
-// the same chunks of every activation row (which stay in L1/L2), then the warp reduces.
-template <int M>
-__global__ void __launch_bounds__(256) gemv_kernel(const __nv_bfloat16* a, const __nv_bfloat16* w, float* y, int n,
-                                                   int k, float beta) {
-  const int col = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x & 31;
-  if (col >= n) return;
-  const uint4* wrow = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(col) * k);
-  const int chunks = k / 8;
-  float acc[M];
-#pragma unroll
-  for (int m = 0; m < M; ++m) acc[m] = 0.f;
-#pragma unroll 4
-  for (int c = lane; c < chunks; c += 32) {
-    const uint4 wv = wrow[c];
-    const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
-    float2 wf[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) wf[i] = __bfloat1622float2(w2[i]);
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      const uint4 av = reinterpret_cast<const uint4*>(a + static_cast<int64_t>(m) * k)[c];
-      const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&av);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 af = __bfloat1622float2(a2[i]);
-        acc[m] += af.x * wf[i].x + af.y * wf[i].y;
-      }
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    const float v = warp_sum(acc[m]);
-    if (lane == 0) {
-      float* dst = y + static_cast<int64_t>(m) * n + col;
-      *dst = beta != 0.f ? v + beta * *dst : v;
-    }
-  }
-}
-
 int grid_for(int64_t n, int threads) { return static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 65536)); }
 
 }  // namespace
@@ -157,25 +117,6 @@ void qkv_rope_cache(const QkvArgs& a, cudaStream_t s) {
     qkv_kernel<Fp8Kv><<<blocks, 128, 0, s>>>(a);
   else
     qkv_kernel<Bf16Kv><<<blocks, 128, 0, s>>>(a);
-}
-
-bool gemv_supports(int m, int k) { return m >= 1 && m <= kGemvMaxRows && k % 8 == 0; }
-
-void gemv(const bf16_t* a, const bf16_t* w, float* y, int m, int n, int k, float beta, cudaStream_t s) {
-  const auto* a16 = reinterpret_cast<const __nv_bfloat16*>(a);
-  const auto* w16 = reinterpret_cast<const __nv_bfloat16*>(w);
-  const int blocks = (n + 7) / 8;
-  switch (m) {
-    case 1: gemv_kernel<1><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
-    case 2: gemv_kernel<2><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
-    case 3: gemv_kernel<3><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
-    case 4: gemv_kernel<4><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
-    case 5: gemv_kernel<5><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
-    case 6: gemv_kernel<6><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
-    case 7: gemv_kernel<7><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
-    case 8: gemv_kernel<8><<<blocks, 256, 0, s>>>(a16, w16, y, n, k, beta); break;
-    default: break;
-  }
 }
 
 void silu_mul(const float* gate_up, bf16_t* act, int T, int I, cudaStream_t s) {

@@ -72,13 +72,6 @@ constexpr int kPrefillTileRows = 64;
 void attention_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s);
 bool prefill_kernel_supports(int head_dim);
 
-// y[m, n] = beta * y[m, n] + sum_k a[m, k] w[n, k] for the few rows of a decode step
-// (m <= kGemvMaxRows; bf16 a and w, fp32 y): one warp per output column streams its weight row
-// with 16-byte loads. cuBLAS serves larger m.
-constexpr int kGemvMaxRows = 8;
-bool gemv_supports(int m, int k);
-void gemv(const bf16_t* a, const bf16_t* w, float* y, int m, int n, int k, float beta, cudaStream_t s);
-
 // act[t, i] = silu(gu[t, i]) * gu[t, I + i], as bf16.
 void silu_mul(const float* gate_up, bf16_t* act, int T, int I, cudaStream_t s);
 
