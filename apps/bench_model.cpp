@@ -84,6 +84,28 @@ Result<DeviceRates> measure_device() {
   for (int i = 0; i < greps; ++i) gemm();
   BENCH_CU(cudaDeviceSynchronize());
   r.gemm_flops = 2.0 * n * n * double(n) * greps / seconds_since(t0);
+  // The prefill shape of a 1B model's gate/up projection (M 2048, N 16384, K 2048), with the
+  // fp32 output the backend uses and with bf16 output, on non-zero data.
+  {
+    const int M = 2048, N = 16384, K = 2048;
+    std::vector<uint16_t> host(size_t(N) * K);
+    for (size_t i = 0; i < host.size(); ++i) host[i] = uint16_t(0x3c00 + (i * 2654435761u >> 20) % 512);
+    BENCH_CU(cudaMemcpy(w, host.data(), size_t(M) * K * 2, cudaMemcpyHostToDevice));  // x: the first M rows
+    BENCH_CU(cudaMemcpy(x, host.data(), size_t(N) * K * 2, cudaMemcpyHostToDevice));
+    for (cudaDataType_t out_t : {CUDA_R_32F, CUDA_R_16BF}) {
+      auto g2 = [&] {
+        return cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, x, CUDA_R_16BF, K, w, CUDA_R_16BF, K, &beta, y,
+                            out_t, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      };
+      g2();
+      BENCH_CU(cudaDeviceSynchronize());
+      t0 = Clock::now();
+      for (int i = 0; i < 10; ++i) g2();
+      BENCH_CU(cudaDeviceSynchronize());
+      std::printf("GEMM M %d N %d K %d, %s out: %.0f TFLOP/s\n", M, N, K, out_t == CUDA_R_32F ? "fp32" : "bf16",
+                  2.0 * M * N * double(K) * 10 / seconds_since(t0) / 1e12);
+    }
+  }
   cublasDestroy(h);
   cudaFree(x);
   cudaFree(w);
@@ -101,8 +123,11 @@ double weight_bytes(const ModelConfig& c) {
   return 2.0 * (per_layer * c.num_layers + double(c.vocab_size) * H);
 }
 
-// Multiply-adds of one token through the matrices (x2 = FLOPs), and the attention of a prompt.
-double matrix_flops_per_token(const ModelConfig& c) { return weight_bytes(c); }  // 2 bytes per weight = 2 FLOPs
+// FLOPs of one prompt token through the layers' matrices (the LM head runs for the last token
+// only), and the attention of a prompt.
+double matrix_flops_per_token(const ModelConfig& c) {
+  return weight_bytes(c) - 2.0 * double(c.vocab_size) * c.hidden_size;  // 2 bytes = 2 FLOPs per weight
+}
 double causal_attention_flops(const ModelConfig& c, double T) {
   return 2.0 * T * T * c.num_heads * c.head_dim * c.num_layers;  // QK^T and PV over T^2 / 2 pairs
 }

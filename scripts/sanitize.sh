@@ -33,7 +33,7 @@ export BATON_SANITIZER_RUN=1  # e2e tests cover fewer configurations (tests/e2e/
 export UCX_MEM_MALLOC_HOOKS=no UCX_MEM_EVENTS=no
 BUILD_DIR=build-$MODE
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
-  -DBATON_SANITIZE="$SAN" -DBATON_BUILD_BENCH=OFF -DBATON_NATIVE=OFF >/dev/null
+  -DBATON_SANITIZE="$SAN" -DBATON_BUILD_BENCH=OFF -DBATON_NATIVE=OFF -DBATON_CUDA=OFF >/dev/null
 cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${TARGETS[@]}"
 cd "$BUILD_DIR"
 ctest --output-on-failure -j "$(nproc)" "${TESTS[@]}" "$@"

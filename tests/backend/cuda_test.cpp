@@ -251,7 +251,9 @@ TEST_P(CudaVsCpuTest, PrefillAndDecodeLogitsMatchCpu) {
         auto prompt = some_prompt(len, len);
         auto want = prompt_logits(*cpu_kv, prompt);
         auto got = prompt_logits(*gpu, prompt);
-        EXPECT_LT(max_rel_diff(got, want), 2e-2);
+        // fp8: plus what fp8 itself does to these logits (see LastLogitsMatchReference).
+        const double tol = 2e-2 + (kv == "fp8" ? max_rel_diff(want, prompt_logits(*cpu, prompt)) : 0.0);
+        EXPECT_LT(max_rel_diff(got, want), tol);
         // One more token through the decode kernel (split-K over the 300+ cached keys).
         std::vector<int32_t> table;
         for (int i = 0; i * 16 < len + 1; ++i) table.push_back(i);
@@ -260,37 +262,35 @@ TEST_P(CudaVsCpuTest, PrefillAndDecodeLogitsMatchCpu) {
         std::vector<float> want2(want.size()), got2(want.size());
         ASSERT_TRUE(cpu_kv->forward({next, std::span<const SeqBatch>(&s, 1)}, want2).ok());
         ASSERT_TRUE(gpu->forward({next, std::span<const SeqBatch>(&s, 1)}, got2).ok());
-        EXPECT_LT(max_rel_diff(got2, want2), 2e-2);
+        EXPECT_LT(max_rel_diff(got2, want2), tol);
       }
     }
   }
 }
 
-// Mixed steps (a prompt chunk beside decode tokens) and many sequences: the engine's greedy
-// output on the GPU equals the CPU's.
-TEST_P(CudaVsCpuTest, EngineGreedyMatchesCpu) {
-  std::map<int, std::vector<int>> cpu_out;
-  for (const std::string device : {"cpu", "cuda"}) {
-    BackendOptions o = device == "cpu" ? BackendOptions{} : cuda_options("bf16");
-    if (device == "cpu") o.kv_dtype = "bf16";
-    EngineConfig ec;
-    ec.max_num_batched_tokens = 256;  // long prompts are chunked and share steps with decodes
-    auto h = testing::EngineHarness::make(dir_.path(), ec, o);
-    ASSERT_TRUE(h);
-    std::map<int, uint64_t> ids;
-    for (int i = 0; i < 24; ++i) ids[i] = h->add(some_prompt(5 + i * 29, i), testing::greedy(12));
-    h->engine->run_until_idle();
-    for (auto& [i, id] : ids) {
-      ASSERT_EQ(h->results[id].tokens.size(), 12u);
-      if (device == "cpu")
-        cpu_out[i] = h->results[id].tokens;
-      else
-        // bf16 activations vs fp32: a near-tie may flip late; the first tokens must agree.
-        EXPECT_EQ(std::vector<int>(h->results[id].tokens.begin(), h->results[id].tokens.begin() + 4),
-                  std::vector<int>(cpu_out[i].begin(), cpu_out[i].begin() + 4))
-            << "request " << i;
-    }
+// Mixed steps (a prompt chunk beside decode tokens) and many sequences through the engine on the
+// GPU: every token it emits is the CPU backend's argmax (fp32 compute, teacher-forced), up to
+// near-ties within bf16 noise.
+TEST_P(CudaVsCpuTest, EngineGreedyIsCpuArgmax) {
+  BackendOptions cpu_o;
+  cpu_o.kv_dtype = "bf16";
+  cpu_o.kv_cache_bytes = 64 << 20;
+  auto cpu = make(dir_.path(), cpu_o);
+  ASSERT_TRUE(cpu);
+  EngineConfig ec;
+  ec.max_num_batched_tokens = 256;  // long prompts are chunked and share steps with decodes
+  auto h = testing::EngineHarness::make(dir_.path(), ec, cuda_options("bf16"));
+  ASSERT_TRUE(h);
+  std::map<int, uint64_t> ids;
+  for (int i = 0; i < 24; ++i) ids[i] = h->add(some_prompt(5 + i * 29, i), testing::greedy(12));
+  h->engine->run_until_idle();
+  int exact = 0;
+  for (auto& [i, id] : ids) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    ASSERT_EQ(h->results[id].tokens.size(), 12u);
+    exact += check_decisions(*cpu, some_prompt(5 + i * 29, i), h->results[id].tokens, 2e-2);
   }
+  std::printf("%d of %d GPU engine tokens are exactly the CPU's argmax\n", exact, 24 * 12);
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadDims, CudaVsCpuTest, ::testing::Values(64, 128),

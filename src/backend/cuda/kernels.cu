@@ -78,13 +78,13 @@ __global__ void qkv_kernel(QkvArgs a) {
   }
 }
 
-__global__ void silu_mul_kernel(const float* gu, __nv_bfloat16* act, int I, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = i / I, c = i % I;
-    const float g = gu[t * 2 * I + c], u = gu[t * 2 * I + I + c];
-    act[i] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
-  }
+// grid (columns / 256, tokens): no 64-bit division per element.
+__global__ void silu_mul_kernel(const float* gu, __nv_bfloat16* act, int I) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= I) return;
+  const int64_t t = blockIdx.y;
+  const float g = gu[t * 2 * I + c], u = gu[t * 2 * I + I + c];
+  act[t * I + c] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
 }
 
 __global__ void add_kernel(float* x, const float* y, int64_t n) {
@@ -120,9 +120,8 @@ void qkv_rope_cache(const QkvArgs& a, cudaStream_t s) {
 }
 
 void silu_mul(const float* gate_up, bf16_t* act, int T, int I, cudaStream_t s) {
-  const int64_t n = static_cast<int64_t>(T) * I;
-  if (n == 0) return;
-  silu_mul_kernel<<<grid_for(n, 256), 256, 0, s>>>(gate_up, reinterpret_cast<__nv_bfloat16*>(act), I, n);
+  if (T == 0 || I == 0) return;
+  silu_mul_kernel<<<dim3((I + 255) / 256, T), 256, 0, s>>>(gate_up, reinterpret_cast<__nv_bfloat16*>(act), I);
 }
 
 void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
