@@ -64,10 +64,28 @@ def main():
         check(r.returncode == 0 and json.loads(r.stdout)["token_ids"] == golden["greedy_ids"],
               f"CLI greedy ids differ from goldens: {r.stdout} {r.stderr}")
 
+        # A batch from --prompts-file: every golden prompt at once, each line its golden continuation.
+        goldens = json.load(open(os.path.join(a.models, "goldens.json")))["tiny-qwen3"]
+        batch_file = os.path.join(tmp, "prompts.jsonl")
+        with open(batch_file, "w") as f:
+            for g in goldens:
+                f.write(json.dumps(g["prompt_ids"]) + "\n")
+        r = run([gen, "--model", os.path.join(a.models, "tiny-qwen3"), "--prompts-file", batch_file, "--max-tokens",
+                 "24", "--temperature", "0", "--ignore-eos"])
+        check(r.returncode == 0, f"--prompts-file failed: {r.stderr}")
+        lines = [json.loads(x) for x in r.stdout.splitlines()]
+        check([x["token_ids"] for x in lines] == [g["greedy_ids"] for g in goldens],
+              f"--prompts-file outputs differ from goldens: {r.stdout}")
+        with open(batch_file, "w") as f:
+            f.write("[1, 2]\n[1, \"x\"]\n")
+        r = run([gen, "--model", os.path.join(a.models, "tiny-qwen3"), "--prompts-file", batch_file])
+        check(r.returncode == 1 and "prompts.jsonl:2: not a JSON array of token ids" in r.stderr,
+              f"bad --prompts-file line: {r.returncode} {r.stderr}")
+
         # Bad input: one line on stderr, exit code 1, no crash.
         bad_cases = [
             ([gen], "--model is required"),
-            ([gen, "--model", model], "give exactly one of --prompt and --prompt-ids"),
+            ([gen, "--model", model], "give exactly one of --prompt, --prompt-ids and --prompts-file"),
             ([gen, "--model", model, "--prompt", "x", "--max-tokens", "ten"], "is not an integer"),
             ([gen, "--model", model, "--prompt", "x", "--bogus"], "unknown argument"),
             ([gen, "--model", "/nonexistent", "--prompt-ids", "1"], "/nonexistent"),
