@@ -95,7 +95,9 @@ baton::Status run(int argc, char** argv) {
       agents.push_back(std::move(agent));
     }
     kv_regions.resize(agents.size());
-    o.backend.kv_allocator = [&agents, &kv_regions](int rank, size_t n) -> Result<void*> {
+    // Host pools come from the agent (UCX can map them for peers); a GPU backend allocates its
+    // pools on its devices, and they are registered below as GPU memory (cuda_ipc on one host).
+    if (o.backend.device == "cpu") o.backend.kv_allocator = [&agents, &kv_regions](int rank, size_t n) -> Result<void*> {
       if (rank < 0 || rank >= static_cast<int>(agents.size())) return make_error("no transfer agent for rank ", rank);
       BATON_ASSIGN_OR_RETURN(auto mem, agents[rank]->allocate_memory(n));
       kv_regions[rank] = mem.second;
@@ -144,7 +146,14 @@ baton::Status run(int argc, char** argv) {
   if (pd) {
     layout = describe_kv_layout(*engine, api.served_model_names[0]);
     std::vector<RankKv> ranks;
-    for (int r = 0; r < engine->tp_size(); ++r) ranks.push_back({agents[r].get(), kv_regions[r], engine->kv_memory(r)});
+    for (int r = 0; r < engine->tp_size(); ++r) {
+      const KvMemory mem = engine->kv_memory(r);
+      if (mem.device >= 0) {
+        BATON_ASSIGN_OR_RETURN(kv_regions[r], agents[r]->register_memory(mem.base, mem.total_bytes,
+                                                                         xfer::MemoryKind::kCuda, mem.device));
+      }
+      ranks.push_back({agents[r].get(), kv_regions[r], mem});
+    }
     connector = std::make_unique<KvConnector>(*engine, kv.role, engine_id, layout, std::move(ranks), kv.kv_timeout_s);
     openai_server.set_kv_connector(connector.get());
     KvConnector* c = connector.get();

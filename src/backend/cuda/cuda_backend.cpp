@@ -275,6 +275,9 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
     return make_error("--block-size must be in 1..1024 (got ", options.block_size, ")");
   BATON_ASSIGN_OR_RETURN(KvDtype kv_dtype, parse_kv_dtype(options.kv_dtype, KvDtype::kBF16));
   if (kv_dtype == KvDtype::kF32) return make_error("CUDA backend: the KV cache is bf16 or fp8, not fp32");
+  if (options.kv_allocator)
+    return make_error("CUDA backend: the KV pool lives on the GPU; register kv_memory() with the transfer engine "
+                      "instead of passing a host allocator");
   if (options.max_batch_tokens < 16) return make_error("--max-batch-tokens must be at least 16");
   if (!(options.gpu_memory_utilization > 0 && options.gpu_memory_utilization <= 1))
     return make_error("--gpu-memory-utilization must be in (0, 1]");
