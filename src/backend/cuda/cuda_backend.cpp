@@ -665,8 +665,13 @@ Result<std::unique_ptr<Backend>> create_backend_from(const ModelConfig& config, 
   for (int r = 0; r < n; ++r) devs[r] = r;
   BATON_NCCL(ncclCommInitAll(comms.data(), n, devs.data()));
   std::vector<std::unique_ptr<Backend>> ranks;
+  // Block ids index every rank's pool, so all ranks get rank 0's number of blocks: rank 0 sizes
+  // its pool first (it alone holds the LM head, so the others have at least as much room).
+  BackendOptions rank_options = options;
+  if (rank_options.kv_cache_bytes > 0) rank_options.kv_cache_bytes /= size_t(n);
   for (int r = 0; r < n; ++r) {
-    auto b = CudaBackend::create(config, tensors, options, Rank{r, n, r, comms[r]});
+    if (r == 1) rank_options.kv_cache_bytes = size_t(ranks[0]->kv_spec().num_blocks) * ranks[0]->kv_spec().bytes_per_block;
+    auto b = CudaBackend::create(config, tensors, rank_options, Rank{r, n, r, comms[r]});
     if (!b.ok()) {  // ranks 0..r own (and have destroyed) their communicators
       for (int k = r + 1; k < n; ++k) ncclCommDestroy(comms[k]);
       return Error{b.error()};
