@@ -230,10 +230,13 @@ Status KvConnector::prepare_remote_prefill(Request& request, const Json& params)
   }
   const int prompt_len = static_cast<int>(request.prompt.size());
   const size_t need = static_cast<size_t>((prompt_len + layout_.block_size - 1) / layout_.block_size);
-  const int remote_prompt = params.value("prompt_tokens", -1);
+  // From the request body: a wrong type counts as missing (the prompt is then computed here).
+  const bool has_count = params.contains("prompt_tokens") && params["prompt_tokens"].is_number_integer();
+  const int remote_prompt = has_count ? params["prompt_tokens"].get<int>() : -1;
+  const bool has_digest = params.contains("prompt_digest") && params["prompt_digest"].is_string();
   const uint64_t digest = prompt_digest(request.prompt);
-  const bool same_prompt =
-      remote_prompt == prompt_len && params.value("prompt_digest", std::string()) == xfer::to_hex(&digest, sizeof digest);
+  const bool same_prompt = remote_prompt == prompt_len && has_digest &&
+                           params["prompt_digest"].get<std::string>() == xfer::to_hex(&digest, sizeof digest);
   if (!same_prompt || remote->block_ids.size() < need) {
     // The prefill saw another prompt (a different tokenizer or template): its KV is no use.
     log::warn("request ", request.request_id, ": the prefill computed ", remote_prompt, " prompt tokens, here ",

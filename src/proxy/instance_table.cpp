@@ -28,7 +28,8 @@ Result<bool> InstanceTable::update(const Json& m, Clock::time_point now) {
   } catch (...) {
   }
   if (port <= 0 || port > 65535) return make_error(what, ": http_address '", addr, "' has no valid port");
-  const std::string type = m.value("type", std::string());
+  // A type that is not a string is no type (value() would throw on it).
+  const std::string type = m.contains("type") && m["type"].is_string() ? m["type"].get<std::string>() : "";
   std::lock_guard lock(mutex_);
   if (type == "unregister") {
     if (instances_.erase(addr)) log::info("proxy: ", addr, " unregistered");

@@ -171,8 +171,12 @@ void ProxyServer::registration_loop() {
         log::warn("proxy: ignoring a registration that is not msgpack");
         continue;
       }
-      if (!config_.token.empty() && m.value("token", std::string()) != config_.token) {
-        const std::string who = m.is_object() ? m.value("http_address", std::string("?")) : std::string("?");
+      // Fields read here may be missing or of any type: a wrong type counts as missing.
+      auto text = [&m](const char* key, const char* fallback) {
+        return m.is_object() && m.contains(key) && m[key].is_string() ? m[key].get<std::string>() : std::string(fallback);
+      };
+      if (!config_.token.empty() && text("token", "") != config_.token) {
+        const std::string who = text("http_address", "?");
         if (rejected_.insert(who).second)
           log::warn("proxy: ignoring registrations from ", who, ": missing or wrong deployment token");
         continue;
