@@ -1679,8 +1679,10 @@ Result<ChatTemplate> ChatTemplate::load(const std::string& model_dir) {
     if (it != config.end() && it->is_string()) {
       source = it->get<std::string>();
     } else if (it != config.end() && it->is_array()) {
-      for (const auto& entry : *it)
-        if (entry.value("name", "") == "default" && entry.contains("template")) source = entry["template"].get<std::string>();
+      for (const auto& entry : *it)  // [{"name": ..., "template": ...}]; anything else is skipped
+        if (entry.is_object() && entry.contains("name") && entry["name"] == "default" && entry.contains("template") &&
+            entry["template"].is_string())
+          source = entry["template"].get<std::string>();
     }
   }
   const std::string jinja_path = (fs::path(model_dir) / "chat_template.jinja").string();

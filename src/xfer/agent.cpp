@@ -366,9 +366,12 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer) {
   if (h->type == MsgType::kRefused) return make_error("peer ", peer.name, " refused the session: ", payload);
   if (h->type != MsgType::kWelcome) return make_error("peer ", peer.name, " answered the handshake with message ", static_cast<int>(h->type));
   BATON_ASSIGN_OR_RETURN(Json welcome, parse_json(payload, "welcome"));
+  if (!welcome.is_object()) return make_error("peer ", peer.name, " answered the handshake with a malformed welcome");
   BATON_RETURN_IF_ERROR(s.set_recv_timeout(std::chrono::milliseconds(0)));
 
-  std::shared_ptr<Session> session(new Session(*this, welcome.value("agent", peer.name), std::move(s)));
+  const std::string name = welcome.contains("agent") && welcome["agent"].is_string() ? welcome["agent"].get<std::string>()
+                                                                                      : peer.name;
+  std::shared_ptr<Session> session(new Session(*this, name, std::move(s)));
   if (rma_ && rma_degraded_) log::warn("session to ", peer.name, ": UCX degraded by an earlier peer failure; using TCP");
   if (rma_ && !rma_degraded_ && welcome.contains(rma_->name()) && welcome[rma_->name()].is_string()) {
     auto ep = rma_->connect(welcome[rma_->name()].get<std::string>());
