@@ -84,7 +84,10 @@ class UcxEndpoint : public RmaEndpoint {
 
   Result<uint64_t> start(const std::vector<RmaOp>& ops, bool write) override {
     auto batch = std::make_shared<Batch>();
-    batch->remaining = static_cast<int>(ops.size());
+    // A put completes when its local buffer may be reused, not when the peer has the bytes: a
+    // write batch ends with an endpoint flush, which completes once every earlier put has
+    // landed remotely.
+    batch->remaining = static_cast<int>(ops.size()) + (write ? 1 : 0);
     std::lock_guard lock(m_);
     for (const RmaOp& op : ops) {
       auto it = rkeys_.find(op.remote_region);
@@ -101,17 +104,32 @@ class UcxEndpoint : public RmaEndpoint {
       ucp_rkey_h rkey = rkeys_[op.remote_region];
       ucs_status_ptr_t r = write ? ucp_put_nbx(ep_, op.local, op.length, op.remote_address, rkey, &p)
                                  : ucp_get_nbx(ep_, op.local, op.length, op.remote_address, rkey, &p);
-      if (r == nullptr || UCS_PTR_IS_ERR(r)) delete ref;  // no callback will come
-      if (r == nullptr) {
-        batch->remaining.fetch_sub(1);  // completed in place
-      } else if (UCS_PTR_IS_ERR(r)) {
-        std::lock_guard bl(batch->m);
-        batch->error = std::string("UCX ") + (write ? "put" : "get") + " failed: " + ucs_status_string(UCS_PTR_STATUS(r));
-        batch->failed = true;
-        batch->remaining.fetch_sub(1);
-      }
+      settle(batch, ref, r, write ? "put" : "get");
+    }
+    if (write) {
+      ucp_request_param_t p{};
+      p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+      p.cb.send = on_done;
+      auto* ref = new std::shared_ptr<Batch>(batch);
+      p.user_data = ref;
+      settle(batch, ref, ucp_ep_flush_nbx(ep_, &p), "flush");
     }
     return handle;
+  }
+
+  // After a non-blocking UCX call: nothing to wait for (done in place, or failed) settles the
+  // request now; otherwise on_done will.
+  static void settle(const std::shared_ptr<Batch>& batch, std::shared_ptr<Batch>* ref, ucs_status_ptr_t r,
+                     const char* what) {
+    if (r == nullptr || UCS_PTR_IS_ERR(r)) delete ref;  // no callback will come
+    if (r == nullptr) {
+      batch->remaining.fetch_sub(1);  // completed in place
+    } else if (UCS_PTR_IS_ERR(r)) {
+      std::lock_guard bl(batch->m);
+      batch->error = std::string("UCX ") + what + " failed: " + ucs_status_string(UCS_PTR_STATUS(r));
+      batch->failed = true;
+      batch->remaining.fetch_sub(1);
+    }
   }
 
   TransferState poll(uint64_t handle, std::string* error) override {
