@@ -36,6 +36,20 @@ __device__ __forceinline__ const typename Kv::T* kv_row(const AttnArgs& a, const
   return static_cast<const typename Kv::T*>(a.layer_kv) + (((block * 2 + kv) * a.KVH + g) * a.block_size + off) * a.D;
 }
 
+// Elements [e, e + 8) of key and value j as fp32 (prefill staging), or zeros for a key past the
+// tile's last position hi.
+template <typename Kv>
+__device__ __forceinline__ void load_kv8(const AttnArgs& a, const int32_t* table, int j, int hi, int e, int g,
+                                         float (&kf)[8], float (&vf)[8]) {
+  if (j <= hi) {
+    load_f32<Kv, 8>(kv_row<Kv>(a, table, j, 0, g) + e, kf);
+    load_f32<Kv, 8>(kv_row<Kv>(a, table, j, 1, g) + e, vf);
+  } else {
+#pragma unroll
+    for (int x = 0; x < 8; ++x) kf[x] = vf[x] = 0.f;
+  }
+}
+
 template <int D, class Kv>
 __global__ void __launch_bounds__(128) decode_kernel(AttnArgs a, int n_splits, float* ws) {
   constexpr int kLanes = 8, kE = D / kLanes, kGroups = 128 / kLanes;
@@ -159,13 +173,7 @@ __global__ void __launch_bounds__(256) prefill_kernel(AttnArgs a, const int2* ti
     for (int i = threadIdx.x; i < kKeys * D / 8; i += blockDim.x) {
       const int kk = i / (D / 8), e = (i % (D / 8)) * 8, j = base + kk;
       float kf[8], vf[8];
-      if (j <= hi) {
-        load_f32<Kv, 8>(kv_row<Kv>(a, table, j, 0, g) + e, kf);
-        load_f32<Kv, 8>(kv_row<Kv>(a, table, j, 1, g) + e, vf);
-      } else {
-#pragma unroll
-        for (int x = 0; x < 8; ++x) kf[x] = vf[x] = 0.f;
-      }
+      load_kv8<Kv>(a, table, j, hi, e, g, kf, vf);
       ks[kk][e / 4] = make_float4(kf[0], kf[1], kf[2], kf[3]);
       ks[kk][e / 4 + 1] = make_float4(kf[4], kf[5], kf[6], kf[7]);
       vs[kk][e / 4] = make_float4(vf[0], vf[1], vf[2], vf[3]);
@@ -283,13 +291,7 @@ __global__ void __launch_bounds__(128) prefill_tc_kernel(AttnArgs a, const int2*
     for (int i = threadIdx.x; i < kKeys * D / 8; i += blockDim.x) {
       const int kk = i / (D / 8), e = (i % (D / 8)) * 8, j = base + kk;
       float kf[8], vf[8];
-      if (j <= hi) {
-        load_f32<Kv, 8>(kv_row<Kv>(a, table, j, 0, g) + e, kf);
-        load_f32<Kv, 8>(kv_row<Kv>(a, table, j, 1, g) + e, vf);
-      } else {
-#pragma unroll
-        for (int x = 0; x < 8; ++x) kf[x] = vf[x] = 0.f;
-      }
+      load_kv8<Kv>(a, table, j, hi, e, g, kf, vf);
 #pragma unroll
       for (int x = 0; x < 8; x += 2) {
         *reinterpret_cast<__nv_bfloat162*>(ks + kk * D + e + x) = __floats2bfloat162_rn(kf[x], kf[x + 1]);

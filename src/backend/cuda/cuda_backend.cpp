@@ -307,17 +307,18 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
     Layer l;
     BATON_ASSIGN_OR_RETURN(l.attn_norm, upload(to_f32(lt.attn_norm)));
     BATON_ASSIGN_OR_RETURN(l.mlp_norm, upload(to_f32(lt.mlp_norm)));
-    std::vector<float> w;
-    append_rows(w, lt.wq, q0 * D, int64_t(c.num_heads) * D);
-    append_rows(w, lt.wk, kv0 * D, int64_t(c.num_kv_heads) * D);
-    append_rows(w, lt.wv, kv0 * D, int64_t(c.num_kv_heads) * D);
+    // This rank's q, k and v rows (heads), one after the other: the fused QKV weight and bias.
+    auto qkv_rows = [&](const TensorView* q, const TensorView* k, const TensorView* v) {
+      std::vector<float> rows;
+      append_rows(rows, q, q0 * D, int64_t(c.num_heads) * D);
+      append_rows(rows, k, kv0 * D, int64_t(c.num_kv_heads) * D);
+      append_rows(rows, v, kv0 * D, int64_t(c.num_kv_heads) * D);
+      return rows;
+    };
+    std::vector<float> w = qkv_rows(lt.wq, lt.wk, lt.wv);
     BATON_ASSIGN_OR_RETURN(l.w_qkv, upload_bf16(w));
     if (lt.bq) {
-      std::vector<float> bias;
-      append_rows(bias, lt.bq, q0 * D, int64_t(c.num_heads) * D);
-      append_rows(bias, lt.bk, kv0 * D, int64_t(c.num_kv_heads) * D);
-      append_rows(bias, lt.bv, kv0 * D, int64_t(c.num_kv_heads) * D);
-      BATON_ASSIGN_OR_RETURN(l.b_qkv, upload(bias));
+      BATON_ASSIGN_OR_RETURN(l.b_qkv, upload(qkv_rows(lt.bq, lt.bk, lt.bv)));
     }
     if (lt.q_norm) {
       BATON_ASSIGN_OR_RETURN(l.q_norm, upload(to_f32(lt.q_norm)));

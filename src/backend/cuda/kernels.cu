@@ -87,13 +87,6 @@ __global__ void silu_mul_kernel(const float* gu, __nv_bfloat16* act, int I) {
   act[t * I + c] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
 }
 
-__global__ void add_kernel(float* x, const float* y, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    x[i] += y[i];
-}
-
-int grid_for(int64_t n, int threads) { return static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 65536)); }
 
 }  // namespace
 
@@ -124,9 +117,5 @@ void silu_mul(const float* gate_up, bf16_t* act, int T, int I, cudaStream_t s) {
   silu_mul_kernel<<<dim3((I + 255) / 256, T), 256, 0, s>>>(gate_up, reinterpret_cast<__nv_bfloat16*>(act), I);
 }
 
-void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
-  if (n == 0) return;
-  add_kernel<<<grid_for(n, 256), 256, 0, s>>>(x, y, n);
-}
 
 }  // namespace baton::cuda

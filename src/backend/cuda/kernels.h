@@ -75,9 +75,6 @@ bool prefill_kernel_supports(int head_dim);
 // act[t, i] = silu(gu[t, i]) * gu[t, I + i], as bf16.
 void silu_mul(const float* gate_up, bf16_t* act, int T, int I, cudaStream_t s);
 
-// x[i] += y[i] (fp32).
-void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s);
-
 // Sampling on the device, one row of logits [rows, V] each. temperature 0: argmax (first
 // maximum). Else softmax(logits / temperature) limited to the top_k best (0: all) and then to
 // the smallest best set holding top_p of the mass, sampled with Philox(seed, offset).
