@@ -5,6 +5,8 @@
 //     from it. Prints a table and, with --json, writes the rows.
 //   baton-bench model --model DIR [--device cuda] ...   (apps/bench_model.cpp)
 //     Prefill, decode and generation speed of a model against the device's copy and GEMM rates.
+//   baton-bench serve --base-url URL ... / baton-bench report FILES   (apps/bench_serve.cpp)
+//     Serving benchmark (TTFT, TPOT, ITL, E2E, throughput, goodput) and sweep comparisons.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -200,13 +202,23 @@ Status xfer_bench(int argc, char** argv) {
 }  // namespace baton
 
 baton::Status run(int argc, char** argv) {
-  if (argc >= 2 && std::strcmp(argv[1], "xfer") == 0) return baton::xfer_bench(argc - 1, argv + 1);
+  const std::string sub = argc >= 2 ? argv[1] : "";
+  if (sub == "xfer") return baton::xfer_bench(argc - 1, argv + 1);
 #if BATON_BENCH_MODEL
-  if (argc >= 2 && std::strcmp(argv[1], "model") == 0) return baton::model_bench(argc - 1, argv + 1);
-  return baton::make_error("usage: baton-bench xfer|model [options] (see baton-bench SUBCOMMAND --help)");
-#else
-  return baton::make_error("usage: baton-bench xfer [options] (see baton-bench xfer --help)");
+  if (sub == "model") return baton::model_bench(argc - 1, argv + 1);
 #endif
+#if BATON_BENCH_SERVE
+  if (sub == "serve") return baton::serve_bench(argc - 1, argv + 1);
+  if (sub == "report") return baton::report_bench(argc - 1, argv + 1);
+#endif
+  std::string subs = "xfer";
+#if BATON_BENCH_MODEL
+  subs += "|model";
+#endif
+#if BATON_BENCH_SERVE
+  subs += "|serve|report";
+#endif
+  return baton::make_error("usage: baton-bench ", subs, " [options] (see baton-bench SUBCOMMAND --help)");
 }
 
 int main(int argc, char** argv) { return baton::run_main("baton-bench", argc, argv, run); }

@@ -8,4 +8,9 @@ namespace baton {
 // baton-bench model: prefill, decode and generation speed against the device's limits.
 Status model_bench(int argc, char** argv);
 
+// baton-bench serve: a serving benchmark against an OpenAI-compatible server (apps/bench_serve.cpp).
+Status serve_bench(int argc, char** argv);
+// baton-bench report: a table and a plot from several serve results.
+Status report_bench(int argc, char** argv);
+
 }  // namespace baton

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything baton needs to build and test on Debian 12. Idempotent: a second run on a
 # ready machine installs nothing and takes a second or two.
-#   apt: compiler, CMake, Ninja, GoogleTest, Google Benchmark, JSON, PCRE2, ICU, Boost, UCX, ZeroMQ
+#   apt: compiler, CMake, Ninja, GoogleTest, Google Benchmark, JSON, PCRE2, ICU, Boost, UCX, ZeroMQ,
+#        gnuplot (baton-bench serve plots)
 #   venv (.venv): the Python reference and client packages the tests compare against
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libpcre2-dev libicu-dev libboost1.81-dev libucx-dev ucx-utils libzmq3-dev
-  python3 python3-venv python3-pip clang curl
+  python3 python3-venv python3-pip clang curl gnuplot-nox
 )
 PY_PACKAGES=(tokenizers transformers jinja2 openai)
 

@@ -193,6 +193,7 @@ std::variant<ApiRequest, ApiError> parse_request(std::string_view body, Endpoint
   if (auto e = read_bool(j, "echo", echo)) return *e;
   if (echo) return bad("echo", "'echo' is not supported");
   if (auto e = read_bool(j, "ignore_eos", p.ignore_eos)) return *e;
+  if (auto e = read_bool(j, "return_token_ids", r.return_token_ids)) return *e;
   if (auto e = read_bool(j, "skip_special_tokens", p.skip_special_tokens)) return *e;
   if (auto e = read_bool(j, "include_stop_str_in_output", p.include_stop_str_in_output)) return *e;
   if (auto e = read_bool(j, "stream", r.stream)) return *e;
@@ -301,40 +302,45 @@ Json reason(const std::string& r) { return r.empty() ? Json(nullptr) : Json(r); 
 
 Json completion_response(const std::string& id, int64_t created, const std::string& model,
                          const std::vector<Choice>& choices, const Usage& usage, bool with_logprobs,
-                         const TokenText& token_text) {
+                         const TokenText& token_text, bool with_token_ids) {
   Json cs = Json::array();
-  for (const auto& c : choices)
+  for (const auto& c : choices) {
     cs.push_back({{"index", c.index},
                   {"text", c.text},
                   {"logprobs", with_logprobs ? completion_logprobs(c, token_text) : Json(nullptr)},
                   {"finish_reason", reason(c.finish_reason)},
                   {"stop_reason", nullptr}});
+    if (with_token_ids) cs.back()["token_ids"] = c.token_ids;
+  }
   return {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model}, {"choices", cs}, {"usage", usage_json(usage)}};
 }
 
 Json chat_response(const std::string& id, int64_t created, const std::string& model, const std::vector<Choice>& choices,
-                   const Usage& usage, bool with_logprobs, const TokenText& token_text) {
+                   const Usage& usage, bool with_logprobs, const TokenText& token_text, bool with_token_ids) {
   Json cs = Json::array();
-  for (const auto& c : choices)
+  for (const auto& c : choices) {
     cs.push_back({{"index", c.index},
                   {"message", {{"role", "assistant"}, {"content", c.text}}},
                   {"logprobs", with_logprobs ? chat_logprobs(c, token_text) : Json(nullptr)},
                   {"finish_reason", reason(c.finish_reason)},
                   {"stop_reason", nullptr}});
+    if (with_token_ids) cs.back()["token_ids"] = c.token_ids;
+  }
   return {{"id", id}, {"object", "chat.completion"}, {"created", created}, {"model", model}, {"choices", cs}, {"usage", usage_json(usage)}};
 }
 
 Json completion_chunk(const std::string& id, int64_t created, const std::string& model, const Choice& d,
-                      bool with_logprobs, const TokenText& token_text) {
+                      bool with_logprobs, const TokenText& token_text, bool with_token_ids) {
   Json c = {{"index", d.index},
             {"text", d.text},
             {"logprobs", with_logprobs ? completion_logprobs(d, token_text) : Json(nullptr)},
             {"finish_reason", reason(d.finish_reason)}};
+  if (with_token_ids) c["token_ids"] = d.token_ids;
   return {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model}, {"choices", Json::array({c})}};
 }
 
 Json chat_chunk(const std::string& id, int64_t created, const std::string& model, const Choice& d, bool first,
-                bool with_logprobs, const TokenText& token_text) {
+                bool with_logprobs, const TokenText& token_text, bool with_token_ids) {
   Json delta = Json::object();
   if (first) delta["role"] = "assistant";
   if (first || !d.text.empty()) delta["content"] = d.text;
@@ -342,6 +348,7 @@ Json chat_chunk(const std::string& id, int64_t created, const std::string& model
             {"delta", delta},
             {"logprobs", with_logprobs ? chat_logprobs(d, token_text) : Json(nullptr)},
             {"finish_reason", reason(d.finish_reason)}};
+  if (with_token_ids) c["token_ids"] = d.token_ids;
   return {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model}, {"choices", Json::array({c})}};
 }
 

@@ -35,6 +35,7 @@ struct ApiRequest {
   bool stream = false;
   bool include_usage = false;
   bool chat_logprobs = false;  // chat: logprobs true; params.logprobs holds top_logprobs
+  bool return_token_ids = false;  // vLLM's: each choice (and stream chunk) carries its token ids
   Json kv_transfer_params;     // passed through (P/D), null when absent
   Json chat_template_kwargs;   // extra template variables (chat)
   Json tools;                  // chat tools, given to the template
@@ -63,14 +64,15 @@ using TokenText = std::function<std::string(int)>;
 
 Json completion_response(const std::string& id, int64_t created, const std::string& model,
                          const std::vector<Choice>& choices, const Usage& usage, bool with_logprobs,
-                         const TokenText& token_text);
+                         const TokenText& token_text, bool with_token_ids = false);
 Json chat_response(const std::string& id, int64_t created, const std::string& model, const std::vector<Choice>& choices,
-                   const Usage& usage, bool with_logprobs, const TokenText& token_text);
+                   const Usage& usage, bool with_logprobs, const TokenText& token_text, bool with_token_ids = false);
 // One stream chunk (choice delta); `first` adds the assistant role to a chat delta.
+// `with_token_ids` (request's return_token_ids) adds each choice's "token_ids".
 Json completion_chunk(const std::string& id, int64_t created, const std::string& model, const Choice& delta,
-                      bool with_logprobs, const TokenText& token_text);
+                      bool with_logprobs, const TokenText& token_text, bool with_token_ids = false);
 Json chat_chunk(const std::string& id, int64_t created, const std::string& model, const Choice& delta, bool first,
-                bool with_logprobs, const TokenText& token_text);
+                bool with_logprobs, const TokenText& token_text, bool with_token_ids = false);
 Json usage_chunk(const std::string& id, int64_t created, const std::string& model, Endpoint endpoint, const Usage& usage);
 Json usage_json(const Usage& u);
 

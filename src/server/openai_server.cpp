@@ -298,10 +298,16 @@ awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder
     delta.text = ev.out.text;
     delta.logprobs = ev.out.logprobs;
     delta.finish_reason = ev.out.finished ? ev.out.finish_reason : "";
-    if (delta.text.empty() && delta.finish_reason.empty() && delta.logprobs.empty()) continue;  // text held back
-    std::string chunk = sse(endpoint == Endpoint::kChat
-                                ? openai::chat_chunk(rid, created, model_name, delta, false, with_logprobs, text_of)
-                                : openai::completion_chunk(rid, created, model_name, delta, with_logprobs, text_of));
+    if (r.return_token_ids) delta.token_ids = ev.out.token_ids;
+    // Text held back (an incomplete UTF-8 sequence or a possible stop string) waits for the next
+    // chunk, unless the client counts tokens.
+    if (delta.text.empty() && delta.finish_reason.empty() && delta.logprobs.empty() && delta.token_ids.empty())
+      continue;
+    std::string chunk =
+        sse(endpoint == Endpoint::kChat
+                ? openai::chat_chunk(rid, created, model_name, delta, false, with_logprobs, text_of, r.return_token_ids)
+                : openai::completion_chunk(rid, created, model_name, delta, with_logprobs, text_of,
+                                           r.return_token_ids));
     if (!co_await res.write_chunk(std::move(chunk))) {
       log::info("request ", rid, ": client went away mid-stream; aborting");
       abort_all();
@@ -339,8 +345,10 @@ awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder
     co_return;
   }
   Json body = endpoint == Endpoint::kChat
-                  ? openai::chat_response(rid, created, model_name, choices, usage, with_logprobs, text_of)
-                  : openai::completion_response(rid, created, model_name, choices, usage, with_logprobs, text_of);
+                  ? openai::chat_response(rid, created, model_name, choices, usage, with_logprobs, text_of,
+                                          r.return_token_ids)
+                  : openai::completion_response(rid, created, model_name, choices, usage, with_logprobs, text_of,
+                                                r.return_token_ids);
   if (!kv_transfer_params.is_null()) body["kv_transfer_params"] = std::move(kv_transfer_params);
   std::string text = body.dump(-1, ' ', false, Json::error_handler_t::replace);
   co_await res.send(http::Status::ok, "application/json", std::move(text));

@@ -71,6 +71,19 @@ def completions_equal_engine(ctx):
                     reasons.append(ch.finish_reason)
         assert text == want["text"], (text, want["text"])
         assert usage.completion_tokens == len(want["token_ids"]) and reasons == [want["finish_reason"]]
+        # vLLM's return_token_ids: every token shows up in the stream, also where its text is held
+        # back (an incomplete UTF-8 sequence), and in the whole response.
+        stream = c.completions.create(prompt=prompt, max_tokens=20, temperature=0, stream=True, model="tiny-qwen3",
+                                      extra_body={"return_token_ids": True})
+        ids, text = [], ""
+        for chunk in stream:
+            for ch in chunk.choices:
+                ids += ch.model_extra["token_ids"]
+                text += ch.text
+        assert ids == want["token_ids"] and text == want["text"], (ids, want["token_ids"])
+        r = c.completions.create(prompt=prompt, max_tokens=20, temperature=0, model="tiny-qwen3",
+                                 extra_body={"return_token_ids": True})
+        assert r.choices[0].model_extra["token_ids"] == want["token_ids"]
 
 
 @test
