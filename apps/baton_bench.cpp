@@ -38,6 +38,7 @@ Status xfer_bench(int argc, char** argv) {
   double seconds = 0.5;
   bool shared = false;
   bool cuda = false;
+  int owner_gpu = 0, reader_gpu = 0;
   ArgParser args("baton-bench xfer", "Transfer engine read bandwidth and latency between two local processes.");
   args.add({"--transport"}, &transport, "ucx or tcp");
   args.add({"--sizes"}, &sizes_s, "range sizes in bytes");
@@ -46,6 +47,8 @@ Status xfer_bench(int argc, char** argv) {
   args.add({"--seconds"}, &seconds, "time per measurement");
   args.add({"--json"}, &json_path, "write results here");
   args.add_flag({"--cuda"}, &cuda, "GPU memory on both sides (cuda_ipc), with an in-process cudaMemcpy baseline");
+  args.add({"--owner-gpu"}, &owner_gpu, "--cuda: the GPU of the peer's (owner's) memory");
+  args.add({"--reader-gpu"}, &reader_gpu, "--cuda: the GPU of this (reading) process's memory");
   args.add_flag({"--shared"}, &shared, "regions from Agent::allocate_memory (UCX shared memory), as a KV pool uses");
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
   if (args.help_requested()) return {};
@@ -66,7 +69,8 @@ Status xfer_bench(int argc, char** argv) {
     if (agent.ok() && cuda) {
 #if BATON_HAS_CUDA
       void* g = nullptr;
-      if (cudaMalloc(&g, region_bytes) == cudaSuccess) d = (*agent)->register_memory(g, region_bytes, xfer::MemoryKind::kCuda);
+      if (cudaSetDevice(owner_gpu) == cudaSuccess && cudaMalloc(&g, region_bytes) == cudaSuccess)
+        d = (*agent)->register_memory(g, region_bytes, xfer::MemoryKind::kCuda);
 #endif
     } else if (agent.ok() && shared) {
       auto a = (*agent)->allocate_memory(region_bytes);
@@ -113,6 +117,7 @@ Status xfer_bench(int argc, char** argv) {
   void* local_gpu = nullptr;
   if (cuda) {
 #if BATON_HAS_CUDA
+    if (cudaSetDevice(reader_gpu) != cudaSuccess) return make_error("--reader-gpu ", reader_gpu, ": no such GPU");
     if (cudaMalloc(&local_gpu, region_bytes) != cudaSuccess) return make_error("cudaMalloc failed");
     BATON_ASSIGN_OR_RETURN(mine, agent->register_memory(local_gpu, region_bytes, xfer::MemoryKind::kCuda));
 #else
@@ -160,13 +165,15 @@ Status xfer_bench(int argc, char** argv) {
 #if BATON_HAS_CUDA
       if (cuda) {  // the same copies inside one process: the ceiling cuda_ipc is measured against
         void* peer_like = nullptr;
+        cudaSetDevice(owner_gpu);
         cudaMalloc(&peer_like, 2 * size * batch);
+        cudaSetDevice(reader_gpu);
         cudaStream_t st;
         cudaStreamCreate(&st);
         auto copy_once = [&] {
           for (uint64_t i = 0; i < batch; ++i)
-            cudaMemcpyAsync(static_cast<char*>(local_gpu) + 2 * i * size, static_cast<char*>(peer_like) + 2 * i * size,
-                            size, cudaMemcpyDeviceToDevice, st);
+            cudaMemcpyPeerAsync(static_cast<char*>(local_gpu) + 2 * i * size, reader_gpu,
+                                static_cast<char*>(peer_like) + 2 * i * size, owner_gpu, size, st);
           cudaStreamSynchronize(st);
         };
         copy_once();
@@ -179,8 +186,11 @@ Status xfer_bench(int argc, char** argv) {
           el = std::chrono::duration<double>(Clock::now() - c0).count();
         }
         const double base = static_cast<double>(size * batch * m) / el / 1e9;
-        std::printf("|   in-process cudaMemcpy d2d | | %.2f | ratio %.2f | |\n", base, gbps / base);
+        std::printf("|   in-process cudaMemcpyPeer (GPU %d -> %d) | | %.2f | ratio %.2f | |\n", owner_gpu, reader_gpu, base,
+                    gbps / base);
         row["memcpy_gb_per_s"] = base;
+        row["owner_gpu"] = owner_gpu;
+        row["reader_gpu"] = reader_gpu;
         row["ratio"] = gbps / base;
         cudaStreamDestroy(st);
         cudaFree(peer_like);

@@ -195,7 +195,7 @@ Status model_bench(int argc, char** argv) {
 
   Json out;
   DeviceRates rates;
-  if (bo.device == "cuda") {
+  if (bo.device.rfind("cuda", 0) == 0) {
     BATON_ASSIGN_OR_RETURN(rates, measure_device());
   }
   out["device_copy_GBps"] = rates.copy_bytes_per_s / 1e9;

@@ -10,6 +10,9 @@
                                 at that step (a near-tie is where bf16 and fp32 may disagree)
   generate MODEL --batches 1,8,64 --prompt 128 --new 128 --json OUT
                                 transformers' generate() output tokens/s (bf16, static cache)
+  same A.jsonl B.jsonl [--ref OUT_PREFIX.hf.json] [--json OUT]
+                                two baton runs of the same prompts (tp=1 vs tp=2, colocated vs P/D):
+                                equal outputs, and transformers' margin where one diverges
   bf16-error MODELS_DIR         how far transformers itself lands from its fp32 goldens
                                 (goldens.json) when it runs the test models in bf16
 """
@@ -112,6 +115,29 @@ def compare(args):
     json.dump(summary, open(args.out_prefix + ".compare.json", "w"))
 
 
+def same(args):
+    """Two baton runs of the same prompts (tp=1 vs tp=2, colocated vs P/D): equal outputs, and where
+    one differs, transformers' fp32 margin at that token (a near-tie or not)."""
+    a = [json.loads(line)["token_ids"] for line in open(args.a) if line.strip()]
+    b = [json.loads(line)["token_ids"] for line in open(args.b) if line.strip()]
+    ref = json.load(open(args.ref)) if args.ref else None
+    if len(a) != len(b):
+        sys.exit(f"{len(a)} vs {len(b)} outputs")
+    def agree(x, y):
+        return next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+    diverged = []
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            k = agree(x, y)
+            margin = ref[i]["margins"][k] if ref and k < len(ref[i]["margins"]) and ref[i]["greedy_ids"][:k] == x[:k] else None
+            diverged.append({"prompt": i, "first_divergence": k, "hf_fp32_margin_there": margin})
+    summary = {"prompts": len(a), "equal": len(a) - len(diverged), "tokens_per_prompt": len(a[0]) if a else 0,
+               "mean_agreeing_tokens": sum(agree(x, y) for x, y in zip(a, b)) / max(1, len(a)), "divergences": diverged}
+    print(json.dumps(summary))
+    if args.json:
+        json.dump(summary, open(args.json, "w"))
+
+
 def generate(args):
     cfg = json.load(open(os.path.join(args.model, "config.json")))
     model = load(args.model, torch.bfloat16)
@@ -164,6 +190,8 @@ def main():
     p = sub.add_parser("generate"); p.add_argument("model"); p.add_argument("--batches", default="1,8,64")
     p.add_argument("--prompt", type=int, default=128); p.add_argument("--new", type=int, default=128)
     p.add_argument("--json", required=True); p.set_defaults(fn=generate)
+    p = sub.add_parser("same"); p.add_argument("a"); p.add_argument("b"); p.add_argument("--ref", default="")
+    p.add_argument("--json", default=""); p.set_defaults(fn=same)
     p = sub.add_parser("bf16-error"); p.add_argument("models"); p.add_argument("--json", required=True)
     p.set_defaults(fn=bf16_error)
     args = ap.parse_args()

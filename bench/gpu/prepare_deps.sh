@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Copies the dependencies that the GPU machine lacks into .device/ (git-ignored; name it in the
-# device tool's `carry`): nlohmann/json headers, GoogleTest sources, and PCRE2 and ICU headers with
-# their static libraries (the tokenizer's regex and normalization), and the small test models: ~52 MB.
+# device tool's `carry`): nlohmann/json headers, GoogleTest sources, PCRE2 and ICU headers with
+# their static libraries (the tokenizer's regex and normalization), Boost headers (packed) and
+# ZeroMQ for the servers, and the small test models: ~55 MB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/setup.sh >/dev/null
@@ -12,6 +13,21 @@ cp /usr/include/pcre2.h .device/include/
 cp -r /usr/include/unicode .device/include/
 cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a /usr/lib/x86_64-linux-gnu/libicuuc.a /usr/lib/x86_64-linux-gnu/libicudata.a \
   .device/lib/
+# baton-server and baton-proxy: the Boost headers that Asio and Beast pull in (found by asking the
+# compiler, plus the whole of asio/beast/config/system/mp11), packed (~1 MB), and ZeroMQ's shared
+# library with the libraries it needs (Debian's; found through the build's rpath there).
+for f in $(grep -rlE "boost/|server/|proxy/|zmq.h|disagg/" src apps tests --include=*.cpp); do
+  g++ -std=c++20 -M -Isrc -I. $f 2>/dev/null
+done | tr ' \\' '\n\n' | grep -E "^/usr/include/boost/" | sed 's#^/usr/include/##' > .device/boost.list
+(cd /usr/include && find boost/asio boost/beast boost/config boost/system boost/mp11 -type f) >> .device/boost.list
+sort -u -o .device/boost.list .device/boost.list
+tar -cJf .device/boost.tar.xz -C /usr/include -T .device/boost.list && rm .device/boost.list
+mkdir -p .device/zmq
+cp /usr/include/zmq.h .device/zmq/
+for lib in $(ldd /usr/lib/x86_64-linux-gnu/libzmq.so.5 | awk '/=>/ {print $3}' | grep -vE "/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libresolv|libdl|librt)\.so"); do
+  cp -L "$lib" .device/zmq/
+done
+cp -L /usr/lib/x86_64-linux-gnu/libzmq.so.5 .device/zmq/
 # The test models the CUDA tests compare with (BATON_MODELS_DIR), without the tokenizer-only dirs.
 mkdir -p .device/models
 cp -r ../shared/models/goldens.json ../shared/models/stories260k ../shared/models/tiny-* .device/models/

@@ -31,7 +31,7 @@ Result<KvDtype> parse_kv_dtype(const std::string& name, KvDtype auto_dtype) {
 }
 
 void add_backend_flags(ArgParser& args, BackendOptions& o) {
-  args.add({"--device"}, &o.device, "cpu or cuda");
+  args.add({"--device"}, &o.device, "cpu, cuda or cuda:N (TP ranks on GPUs N, N+1, ...)");
   args.add({"--block-size"}, &o.block_size, "KV cache block size in tokens");
   args.add({"--kv-cache-dtype", "--kv_cache_dtype"}, &o.kv_dtype, "auto, fp32 (cpu), bf16, fp8 (e4m3)");
   args.add({"--kv-cache-memory"}, &o.kv_cache_bytes,
@@ -47,7 +47,16 @@ void add_backend_flags(ArgParser& args, BackendOptions& o) {
 Result<std::unique_ptr<Backend>> create_backend(const std::string& model_dir, const BackendOptions& options) {
   if (options.device == "cpu") return create_cpu_backend(model_dir, options);
   if (options.device == "cuda") return create_cuda_backend(model_dir, options);
-  return make_error("--device must be cpu or cuda (got '", options.device, "')");
+  if (options.device.rfind("cuda:", 0) == 0) {
+    const std::string n = options.device.substr(5);
+    if (n.empty() || n.size() > 3 || n.find_first_not_of("0123456789") != std::string::npos)
+      return make_error("--device: '", options.device, "' is not cuda:N (N a GPU index)");
+    BackendOptions o = options;
+    o.device = "cuda";
+    o.first_gpu = std::stoi(n);
+    return create_cuda_backend(model_dir, o);
+  }
+  return make_error("--device must be cpu, cuda or cuda:N (got '", options.device, "')");
 }
 
 Status Backend::forward_sample(const Batch&, std::span<const DeviceSampling>, std::span<int32_t>) {

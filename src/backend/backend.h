@@ -66,7 +66,8 @@ struct KvMemory {
 };
 
 struct BackendOptions {
-  std::string device = "cpu";  // cpu | cuda
+  std::string device = "cpu";  // cpu | cuda | cuda:N (ranks on GPUs N, N+1, ...)
+  int first_gpu = 0;           // set from cuda:N by create_backend
   KvAllocator kv_allocator;  // host pools only; empty: the backend allocates the pool itself
   int block_size = 16;
   // The KV pool; blocks = bytes / bytes_per_block. 0: 256 MiB on the CPU; on a GPU what
@@ -114,6 +115,8 @@ class ArgParser;
 void add_backend_flags(ArgParser& args, BackendOptions& o);
 
 // Loads config.json and the safetensors of `model_dir` and builds the backend options.device names.
+// "cuda:N" puts TP rank r on GPU N + r (two instances on one host use different GPUs yet see all,
+// as CUDA IPC between them needs).
 Result<std::unique_ptr<Backend>> create_backend(const std::string& model_dir, const BackendOptions& options);
 Result<std::unique_ptr<Backend>> create_cpu_backend(const std::string& model_dir, const BackendOptions& options);
 // Errors with a one-line message when baton was built without CUDA or no GPU is present.

@@ -650,20 +650,22 @@ Result<std::unique_ptr<Backend>> create_backend_from(const ModelConfig& config, 
   int n_devices = 0;
   if (cudaGetDeviceCount(&n_devices) != cudaSuccess || n_devices == 0)
     return make_error("--device cuda: no CUDA device is visible");
-  const int n = options.tp_size;
+  const int n = options.tp_size, first = options.first_gpu;
   if (n < 1) return make_error("-tp must be at least 1");
-  if (n > n_devices) return make_error("-tp ", n, " needs ", n, " GPUs; ", n_devices, " visible");
+  if (first < 0 || first + n > n_devices)
+    return make_error("-tp ", n, " from GPU ", first, " needs GPUs ", first, "..", first + n - 1, "; ", n_devices,
+                      " visible");
   if (config.num_heads % n != 0 || config.intermediate_size % n != 0 || !tp_splits_kv_heads(config.num_kv_heads, n))
     return make_error("-tp ", n, " does not divide the model's ", config.num_heads, " heads, ", config.num_kv_heads,
                       " KV heads and intermediate size ", config.intermediate_size, " evenly");
   if (n == 1) {
-    BATON_ASSIGN_OR_RETURN(auto b, CudaBackend::create(config, tensors, options, Rank{0, 1, 0, nullptr}));
+    BATON_ASSIGN_OR_RETURN(auto b, CudaBackend::create(config, tensors, options, Rank{0, 1, first, nullptr}));
     return std::unique_ptr<Backend>(std::move(b));
   }
 #ifdef BATON_HAS_NCCL
   std::vector<ncclComm_t> comms(n);
   std::vector<int> devs(n);
-  for (int r = 0; r < n; ++r) devs[r] = r;
+  for (int r = 0; r < n; ++r) devs[r] = first + r;
   BATON_NCCL(ncclCommInitAll(comms.data(), n, devs.data()));
   std::vector<std::unique_ptr<Backend>> ranks;
   // Block ids index every rank's pool, so all ranks get rank 0's number of blocks: rank 0 sizes
@@ -672,7 +674,7 @@ Result<std::unique_ptr<Backend>> create_backend_from(const ModelConfig& config, 
   if (rank_options.kv_cache_bytes > 0) rank_options.kv_cache_bytes /= size_t(n);
   for (int r = 0; r < n; ++r) {
     if (r == 1) rank_options.kv_cache_bytes = size_t(ranks[0]->kv_spec().num_blocks) * ranks[0]->kv_spec().bytes_per_block;
-    auto b = CudaBackend::create(config, tensors, rank_options, Rank{r, n, r, comms[r]});
+    auto b = CudaBackend::create(config, tensors, rank_options, Rank{r, n, first + r, comms[r]});
     if (!b.ok()) {  // ranks 0..r own (and have destroyed) their communicators
       for (int k = r + 1; k < n; ++k) ncclCommDestroy(comms[k]);
       return Error{b.error()};
