@@ -168,6 +168,9 @@ Status xfer_bench(int argc, char** argv) {
         cudaSetDevice(owner_gpu);
         cudaMalloc(&peer_like, 2 * size * batch);
         cudaSetDevice(reader_gpu);
+        // As cuda_ipc does (cudaIpcMemLazyEnablePeerAccess): without peer access a copy between
+        // two GPUs is staged through the host.
+        if (owner_gpu != reader_gpu && cudaDeviceEnablePeerAccess(owner_gpu, 0) != cudaSuccess) cudaGetLastError();
         cudaStream_t st;
         cudaStreamCreate(&st);
         auto copy_once = [&] {
