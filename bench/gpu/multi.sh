@@ -9,7 +9,7 @@
 #      to colocated; heterogeneous TP (prefill tp=2 on GPUs 0-1, decode tp=1 sharing GPU 1)
 #   5. the serving sweep (baton-bench serve) colocated on one GPU, colocated tp=2, and P/D on
 #      GPUs 0 -> 1, on the Qwen2.5-0.5B-shaped model
-#   bash bench/gpu/multi.sh [all | a comma list of tests,tp,xfer,pd,sweep]
+#   bash bench/gpu/multi.sh [all | a comma list of tests,tp,xfer,pd,hetero,sweep]
 # Results go to $OUT (logs, JSON); the models are written to /tmp.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,7 +26,7 @@ bash bench/gpu/build.sh || exit 1
 stamp "build done"
 B=./build-gpu/apps
 MODELS=/tmp/baton-models
-python3 bench/gpu/hf_reference.py make "$MODELS" 2>&1 | grep -v Warning | tail -2
+[ -f "$MODELS/llama3.2-1b/config.json" ] || python3 bench/gpu/hf_reference.py make "$MODELS" 2>&1 | grep -v Warning | tail -2
 want() { [[ $MODE == all || ",$MODE," == *",$1,"* ]]; }
 
 if want tests; then
@@ -66,7 +66,14 @@ PIDS=()
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done; PIDS=(); }
 trap stop_all EXIT
 healthy() { python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/health', timeout=2)" "$1" 2>/dev/null; }
-wait_healthy() { for _ in $(seq 1 600); do healthy "$1" && return 0; sleep 0.3; done; echo "not healthy: $1"; return 1; }
+wait_healthy() {
+  for _ in $(seq 1 600); do
+    healthy "$1" && return 0
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || { echo "a process exited before $1 was healthy"; return 1; }; done
+    sleep 0.3
+  done
+  echo "not healthy: $1"; return 1
+}
 KV="--kv-cache-memory 8589934592"
 pd_pair() {  # label, prefill args, decode args
   local ping=19102 proxy=19101
@@ -79,7 +86,7 @@ pd_pair() {  # label, prefill args, decode args
   $B/baton-server --model "$MODELS/qwen2.5-0.5b" --host 127.0.0.1 $KV $3 --log-level warning \
     --kv-transfer-config '{"kv_role":"kv_consumer","proxy_ip":"127.0.0.1","proxy_ping_port":19102,"http_port":19104}' \
     > "$OUT/pd_$1.decode.log" 2>&1 & PIDS+=($!)
-  wait_healthy http://127.0.0.1:$proxy || { tail -3 "$OUT"/pd_"$1".*.log; stop_all; return 1; }
+  wait_healthy http://127.0.0.1:$proxy || { tail -n 4 "$OUT"/pd_"$1".*.log; stop_all; return 1; }
   python3 bench/gpu/pd_outputs.py http://127.0.0.1:$proxy "$OUT/qwen2.5-0.5b.prompts.jsonl" "$OUT/pd_$1.jsonl"
   python3 -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())" \
     http://127.0.0.1:19104/metrics | grep -E "^baton:kv_transfer" | tee "$OUT/pd_$1.decode_kv.txt"
@@ -87,15 +94,17 @@ pd_pair() {  # label, prefill args, decode args
   python3 bench/gpu/hf_reference.py same "$OUT/colocated_gpu0.jsonl" "$OUT/pd_$1.jsonl" --json "$OUT/pd_$1.vs_colocated.json"
   stop_all
 }
-if want pd && [ "$NGPU" -ge 2 ]; then
+if (want pd || want hetero) && [ "$NGPU" -ge 2 ]; then
   [ -f "$OUT/qwen2.5-0.5b.prompts.jsonl" ] || python3 bench/gpu/hf_reference.py greedy "$MODELS/qwen2.5-0.5b" "$OUT/qwen2.5-0.5b" | tail -1
   $B/baton-server --model "$MODELS/qwen2.5-0.5b" --host 127.0.0.1 --port 19100 --device cuda:0 $KV --log-level warning \
     > "$OUT/colocated_gpu0.log" 2>&1 & PIDS+=($!)
   wait_healthy http://127.0.0.1:19100 && python3 bench/gpu/pd_outputs.py http://127.0.0.1:19100 \
     "$OUT/qwen2.5-0.5b.prompts.jsonl" "$OUT/colocated_gpu0.jsonl"
   stop_all
-  pd_pair gpu0_to_gpu1 "--device cuda:0" "--device cuda:1"
-  pd_pair p_tp2_d_tp1 "--device cuda:0 -tp 2" "--device cuda:1"
+  if want pd; then pd_pair gpu0_to_gpu1 "--device cuda:0" "--device cuda:1"; fi
+  # Heterogeneous TP: the prefill's two ranks each hold one of the model's two KV heads; the
+  # decode's one rank reads its head slice from both.
+  if want hetero; then pd_pair p_tp2_d_tp1 "--device cuda:0 -tp 2" "--device cuda:1"; fi
   stamp "pd done"
 fi
 

@@ -152,6 +152,20 @@ class CudaIpcTransport : public RmaTransport {
       return reinterpret_cast<GetRange>(fn);
     }();
     if (!get_range) return make_error("cuda_ipc: the CUDA driver has no cuMemGetAddressRange");
+    // The driver answers for the current device's context: switch to the memory's GPU (a process
+    // with ranks on several GPUs registers each rank's pool from one thread).
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, addr) != cudaSuccess || attr.type != cudaMemoryTypeDevice) {
+      cudaGetLastError();
+      return make_error("cuda_ipc: ", len, " bytes at ", addr, " is not GPU memory");
+    }
+    int previous = 0;
+    cudaGetDevice(&previous);
+    cudaSetDevice(attr.device);
+    struct Restore {
+      int device;
+      ~Restore() { cudaSetDevice(device); }
+    } restore{previous};
     CUdeviceptr base = 0;
     size_t size = 0;
     if (get_range(&base, &size, reinterpret_cast<CUdeviceptr>(addr)) != CUDA_SUCCESS)
