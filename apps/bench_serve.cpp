@@ -146,6 +146,7 @@ struct RequestResult {
   double ttft_s = -1, e2e_s = 0;
   std::vector<double> itl_s;  // gaps between chunks after the first
   int streamed_tokens = 0, prompt_tokens = 0, completion_tokens = -1;
+  bool usage_missing = false;  // counted from the stream (a server that sends no usage)
   double tpot_s() const {
     return completion_tokens > 1 ? (e2e_s - ttft_s) / (completion_tokens - 1) : -1;
   }
@@ -162,6 +163,7 @@ struct Target {
   bool token_ids = true;
   bool ignore_eos = true;
   double temperature = 0;
+  Json extra_body = Json::object();  // merged into every request (--extra-body)
   std::chrono::milliseconds timeout{600000};
 };
 
@@ -181,6 +183,7 @@ std::string request_body(const Target& t, const RequestSpec& r) {
   b["stream_options"] = {{"include_usage", true}};
   if (t.ignore_eos) b["ignore_eos"] = true;
   if (t.token_ids) b["return_token_ids"] = true;
+  for (const auto& [k, v] : t.extra_body.items()) b[k] = v;
   return b.dump();
 }
 
@@ -243,11 +246,14 @@ awaitable<void> run_request(const Target& t, const RequestSpec& spec, RequestRes
       int n = 0;
       if (auto ids = c.find("token_ids"); ids != c.end() && ids->is_array()) {
         n = static_cast<int>(ids->size());
-      } else {  // a server without token ids: a chunk with text is one token
+      } else {  // a server without token ids: a chunk with text is one token (also an empty text,
+                // as servers that stream one chunk per token send for a partial UTF-8 character),
+                // except the text-less chunk that only finishes the choice
         const Json* text = nullptr;
         if (auto d = c.find("delta"); d != c.end() && d->is_object() && d->contains("content")) text = &(*d)["content"];
         if (auto tx = c.find("text"); tx != c.end()) text = &*tx;
-        n = text && text->is_string() && !text->get<std::string>().empty() ? 1 : 0;
+        const bool finishing = c.contains("finish_reason") && !c["finish_reason"].is_null();
+        n = text && text->is_string() && (!text->get<std::string>().empty() || !finishing) ? 1 : 0;
       }
       if (n == 0) continue;
       res.streamed_tokens += n;
@@ -261,7 +267,12 @@ awaitable<void> run_request(const Target& t, const RequestSpec& spec, RequestRes
   }
   res.e2e_s = seconds_since(sent);
   if (!done) co_return fail("the stream ended without [DONE]");
-  if (!usage_seen) co_return fail("no usage in the stream (stream_options.include_usage ignored?)");
+  if (!usage_seen && t.token_ids) co_return fail("no usage in the stream (stream_options.include_usage ignored?)");
+  if (!usage_seen) {  // a server without usage in streams (--no-token-ids): count what came
+    res.completion_tokens = res.streamed_tokens;
+    res.prompt_tokens = spec.input_tokens;
+    res.usage_missing = true;
+  }
   if (res.ttft_s < 0 && res.completion_tokens > 0) co_return fail("usage counts tokens but none was streamed");
   if (t.token_ids && res.streamed_tokens != res.completion_tokens)
     co_return fail("streamed " + std::to_string(res.streamed_tokens) + " tokens but usage.completion_tokens is " +
@@ -303,6 +314,7 @@ struct DatasetOptions {
   int input_len = 256, output_len = 64;
   double range_ratio = 0, prefix_ratio = 0;
   int token_lo = 3, token_hi = 259;  // ids every vocabulary we serve has (byte tokens)
+  bool text_prompts = false;         // random prompts sent as text (servers that take no token ids)
   uint64_t seed = 0;
 };
 
@@ -313,7 +325,8 @@ int draw_len(std::mt19937_64& rng, int len, double ratio) {
 }
 
 Result<std::vector<RequestSpec>> random_dataset(const DatasetOptions& o, size_t n, const Tokenizer* tok, bool chat) {
-  if (chat && !tok) return make_error("--dataset random with a chat endpoint needs --tokenizer DIR (prompts are text)");
+  if ((chat || o.text_prompts) && !tok)
+    return make_error("--dataset random with text prompts (a chat endpoint or --text-prompts) needs --tokenizer DIR");
   std::mt19937_64 rng(o.seed);
   int lo = o.token_lo, hi = o.token_hi;
   if (tok) lo = 0, hi = tok->vocab_size();
@@ -332,7 +345,7 @@ Result<std::vector<RequestSpec>> random_dataset(const DatasetOptions& o, size_t 
     while (static_cast<int>(r.ids.size()) < in) r.ids.push_back(draw_token());
     r.input_tokens = in;
     r.max_tokens = draw_len(rng, o.output_len, o.range_ratio);
-    if (chat) {
+    if (chat || o.text_prompts) {
       r.text = tok->decode(r.ids);
       r.ids.clear();
     }
@@ -540,7 +553,7 @@ std::string iso_now() {
 
 Status serve_bench(int argc, char** argv) {
   std::string base_url = "http://127.0.0.1:8000", endpoint = "/v1/completions", model, tokenizer_dir, rate_s = "inf",
-              slo_s, json_path, plot_path, label, api_key, percentiles_s = "50,90,99";
+              slo_s, json_path, plot_path, label, api_key, percentiles_s = "50,90,99", extra_body;
   DatasetOptions ds;
   size_t num_prompts = 100, warmup = 0, max_concurrency = 0;
   double burstiness = 1.0, timeout_s = 600, temperature = 0;
@@ -558,7 +571,10 @@ Status serve_bench(int argc, char** argv) {
   args.add({"--random-output-len"}, &ds.output_len, "max_tokens (random; default for file records)");
   args.add({"--random-range-ratio"}, &ds.range_ratio, "lengths uniform in len*(1-r)..len*(1+r)");
   args.add({"--random-prefix-ratio"}, &ds.prefix_ratio, "fraction of each prompt that is a prefix all share");
-  args.add({"--seed"}, &ds.seed, "dataset and arrival seed");
+  args.add_flag({"--text-prompts"}, &ds.text_prompts, "send random prompts as text (decoded with --tokenizer), "
+                                                     "for servers that take no token ids");
+  args.add({"--seed"}, &ds.seed, "dataset and arrival seed (a server with prefix caching has seen the prompts "
+                                  "of an earlier run with the same seed)");
   args.add({"--num-prompts"}, &num_prompts, "measured requests");
   args.add({"--warmup"}, &warmup, "requests sent (and waited for) before measuring");
   args.add({"--request-rate"}, &rate_s, "requests per second (Poisson arrivals) or inf (all at once)");
@@ -568,8 +584,10 @@ Status serve_bench(int argc, char** argv) {
   args.add({"--percentiles"}, &percentiles_s, "percentiles to report");
   args.add({"--temperature"}, &temperature, "sampling temperature");
   args.add_flag({"--use-eos"}, &use_eos, "let requests stop at EOS (default: ignore_eos, exact output lengths)");
-  args.add_flag({"--no-token-ids"}, &no_token_ids, "do not ask for return_token_ids (servers without it; "
-                                                   "a chunk with text counts as one token)");
+  args.add_flag({"--no-token-ids"}, &no_token_ids, "do not ask for return_token_ids (servers without it): a "
+                                                   "chunk with text counts as one token, and a stream without "
+                                                   "usage is counted from its chunks");
+  args.add({"--extra-body"}, &extra_body, "JSON object merged into every request (e.g. '{\"logit_bias\": {\"2\": -100}}')");
   args.add({"--api-key"}, &api_key, "Bearer token");
   args.add({"--timeout-s"}, &timeout_s, "per request: the wait for the header and between chunks");
   args.add({"--label"}, &label, "a name for this run in the JSON (e.g. colocated, pd)");
@@ -584,6 +602,11 @@ Status serve_bench(int argc, char** argv) {
   target.temperature = temperature;
   target.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
   if (!api_key.empty()) target.authorization = "Bearer " + api_key;
+  if (!extra_body.empty()) {
+    auto j = parse_json(extra_body, "--extra-body");
+    if (!j.ok() || !j->is_object()) return make_error("--extra-body must be a JSON object");
+    target.extra_body = *j;
+  }
   double rate = 0;  // 0: inf
   if (rate_s != "inf") {
     try {
@@ -695,6 +718,7 @@ Status serve_bench(int argc, char** argv) {
                 {"prompt_tokens", r.prompt_tokens},
                 {"completion_tokens", r.completion_tokens},
                 {"streamed_tokens", r.streamed_tokens},
+                {"usage_missing", r.usage_missing},
                 {"ttft_ms", r.ttft_s >= 0 ? Json(r.ttft_s * 1e3) : Json(nullptr)},
                 {"tpot_ms", r.tpot_s() >= 0 ? Json(r.tpot_s() * 1e3) : Json(nullptr)},
                 {"e2e_ms", r.e2e_s * 1e3}};

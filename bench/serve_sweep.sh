@@ -69,11 +69,14 @@ wait_health() {  # url, what
 
 run_rates() {  # label, base url
   IFS=, read -ra rates <<<"$RATES"
+  # A new seed per rate: the same prompts again would hit the server's prefix cache.
+  local seed=0
   for r in "${rates[@]}"; do
+    seed=$((seed + 1))
     echo "serve_sweep: $1 at rate $r"
     # shellcheck disable=SC2086
     "$BIN/baton-bench" serve --base-url "$2" --label "$1" --request-rate "$r" --num-prompts "$NUM" \
-      --warmup 4 --random-input-len "$IN_LEN" --random-output-len "$OUT_LEN" --slo "$SLO" --seed 1 \
+      --warmup 4 --random-input-len "$IN_LEN" --random-output-len "$OUT_LEN" --slo "$SLO" --seed "$seed" \
       --json "$OUT/${1}_rate${r}.json" --plot "$OUT/${1}_rate${r}.png" $EXTRA >"$OUT/${1}_rate${r}.txt" || true
     grep -E "Successful|Failed requests|Output token|Median ttft|Median tpot" "$OUT/${1}_rate${r}.txt" || true
   done

@@ -189,6 +189,8 @@ std::variant<ApiRequest, ApiError> parse_request(std::string_view body, Endpoint
   if (auto e = read_int(j, "n", n, 1, 1)) return bad("n", "only n = 1 is supported");
   if (auto it = j.find("best_of"); it != j.end() && !it->is_null() && !(it->is_number_integer() && it->get<int64_t>() == 1))
     return bad("best_of", "only best_of = 1 is supported");
+  if (auto it = j.find("logit_bias"); it != j.end() && !it->is_null() && !(it->is_object() && it->empty()))
+    return bad("logit_bias", "'logit_bias' is not supported");
   bool echo = false;
   if (auto e = read_bool(j, "echo", echo)) return *e;
   if (echo) return bad("echo", "'echo' is not supported");
