@@ -246,14 +246,20 @@ awaitable<void> run_request(const Target& t, const RequestSpec& spec, RequestRes
       int n = 0;
       if (auto ids = c.find("token_ids"); ids != c.end() && ids->is_array()) {
         n = static_cast<int>(ids->size());
-      } else {  // a server without token ids: a chunk with text is one token (also an empty text,
-                // as servers that stream one chunk per token send for a partial UTF-8 character),
-                // except the text-less chunk that only finishes the choice
+      } else if (!t.token_ids) {
+        // A server without token ids: a chunk with text is one token (also an empty text, as
+        // servers that stream one chunk per token send for a partial UTF-8 character), except
+        // a chat delta that only opens the message (role) or a chunk that only finishes it.
         const Json* text = nullptr;
-        if (auto d = c.find("delta"); d != c.end() && d->is_object() && d->contains("content")) text = &(*d)["content"];
+        bool opens = false;
+        if (auto d = c.find("delta"); d != c.end() && d->is_object() && d->contains("content")) {
+          text = &(*d)["content"];
+          opens = d->contains("role");
+        }
         if (auto tx = c.find("text"); tx != c.end()) text = &*tx;
         const bool finishing = c.contains("finish_reason") && !c["finish_reason"].is_null();
-        n = text && text->is_string() && (!text->get<std::string>().empty() || !finishing) ? 1 : 0;
+        const bool empty = !text || !text->is_string() || text->get<std::string>().empty();
+        n = text && text->is_string() && (!empty || (!finishing && !opens)) ? 1 : 0;
       }
       if (n == 0) continue;
       res.streamed_tokens += n;

@@ -257,7 +257,8 @@ awaitable<void> OpenAiServer::generate(const http::Request& req, http::Responder
       for (size_t i = 0; i < ids.size(); ++i) {
         openai::Choice role;
         role.index = static_cast<int>(i);
-        std::string chunk = sse(openai::chat_chunk(rid, created, model_name, role, true, false, text_of));
+        std::string chunk =
+            sse(openai::chat_chunk(rid, created, model_name, role, true, false, text_of, r.return_token_ids));
         if (!co_await res.write_chunk(std::move(chunk))) {
           abort_all();
           co_return;

@@ -482,7 +482,7 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
             agent_.regions_.at(op.local_region).desc.kind == MemoryKind::kCuda;
       rma_ops.push_back({*p, r->second.address + op.remote_offset, op.remote_region, op.length});
     }
-    transfers_[id].started = Clock::now();
+    transfers_[id];
   }
   std::unique_lock rma_lock(mutex_);
   if (gpu && !gpu_) {
@@ -612,7 +612,7 @@ TransferState Session::poll(TransferId id, std::string* error) {
 Status Session::wait(TransferId id) { return wait(id, agent_.config_.timeout); }
 
 Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
+  std::optional<Clock::time_point> deadline;  // read the clock only if the transfer is not done yet
   std::string error;
   for (int spins = 0;; ++spins) {
     TransferState s = poll(id, &error);
@@ -626,7 +626,8 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
       if (s == TransferState::kDone) return {};
       return make_error(error);
     }
-    if (Clock::now() >= deadline) {
+    if (!deadline) deadline = Clock::now() + timeout;
+    if (Clock::now() >= *deadline) {
       // A stalled peer: the session cannot be trusted any more (answers may still arrive).
       fail_all("no completion within " + std::to_string(timeout.count()) + " ms");
       continue;  // poll() now reports the failure
@@ -640,7 +641,7 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
       lock.unlock();
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     } else {
-      cv_.wait_until(lock, std::min(deadline, Clock::now() + std::chrono::milliseconds(100)));
+      cv_.wait_until(lock, std::min(*deadline, Clock::now() + std::chrono::milliseconds(100)));
     }
   }
 }

@@ -73,7 +73,6 @@ class Session {
     std::string error;
     uint64_t rma_handle = 0;  // RMA transfers (UCX or CUDA IPC)
     bool on_gpu = false;      // rma_handle belongs to the cuda_ipc endpoint
-    Clock::time_point started;
   };
 
   Session(Agent& agent, std::string peer, Socket socket);

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -69,6 +70,14 @@ class UcxEndpoint : public RmaEndpoint {
     std::lock_guard lock(m_);
     if (auto old = rkeys_.find(remote.region); old != rkeys_.end()) ucp_rkey_destroy(old->second);
     rkeys_[remote.region] = rkey;
+    // Shared-memory regions (Agent::allocate_memory) are mapped into this process by the rkey:
+    // their ranges move with a plain copy, without a UCX request per range.
+    void* mapped = nullptr;
+    if (ucp_rkey_ptr(rkey, remote.address, &mapped) == UCS_OK && mapped) {
+      direct_[remote.region] = {static_cast<std::byte*>(mapped), remote.address};
+    } else {
+      direct_.erase(remote.region);
+    }
     return {};
   }
 
@@ -76,6 +85,7 @@ class UcxEndpoint : public RmaEndpoint {
 
   void remove_region(uint64_t region) override {
     std::lock_guard lock(m_);
+    direct_.erase(region);
     if (auto it = rkeys_.find(region); it != rkeys_.end()) {
       ucp_rkey_destroy(it->second);
       rkeys_.erase(it);
@@ -83,6 +93,26 @@ class UcxEndpoint : public RmaEndpoint {
   }
 
   Result<uint64_t> start(const std::vector<RmaOp>& ops, bool write) override {
+    {
+      // Every range in mapped shared memory: copy now (under the lock, so the mapping cannot
+      // go away mid-copy) and hand back a handle that is already complete.
+      std::lock_guard lock(m_);
+      bool all_direct = !ops.empty();
+      for (const RmaOp& op : ops) all_direct = all_direct && direct_.count(op.remote_region);
+      if (all_direct) {
+        for (const RmaOp& op : ops) {
+          const Direct& d = direct_.find(op.remote_region)->second;
+          std::byte* remote = d.base + (op.remote_address - d.address);
+          if (write) {
+            std::memcpy(remote, op.local, op.length);
+          } else {
+            std::memcpy(op.local, remote, op.length);
+          }
+        }
+        std::atomic_thread_fence(std::memory_order_release);
+        return kCompleted;
+      }
+    }
     auto batch = std::make_shared<Batch>();
     // A put completes when its local buffer may be reused, not when the peer has the bytes: a
     // write batch ends with an endpoint flush, which completes once every earlier put has
@@ -133,6 +163,7 @@ class UcxEndpoint : public RmaEndpoint {
   }
 
   TransferState poll(uint64_t handle, std::string* error) override {
+    if (handle == kCompleted) return TransferState::kDone;
     std::shared_ptr<Batch> b;
     {
       std::lock_guard lock(m_);
@@ -153,6 +184,7 @@ class UcxEndpoint : public RmaEndpoint {
   }
 
   void release(uint64_t handle) override {
+    if (handle == kCompleted) return;
     std::lock_guard lock(m_);
     auto it = batches_.find(handle);
     if (it == batches_.end()) return;
@@ -163,7 +195,14 @@ class UcxEndpoint : public RmaEndpoint {
   ucp_worker_h worker_;
   ucp_ep_h ep_;
   std::mutex m_;
+  // A batch copied in place by start(): handles from next_handle_ never reach it.
+  static constexpr uint64_t kCompleted = ~uint64_t{0};
+  struct Direct {
+    std::byte* base;   // where the peer's region starts in this process
+    uint64_t address;  // the peer's address of that start
+  };
   std::unordered_map<uint64_t, ucp_rkey_h> rkeys_;
+  std::unordered_map<uint64_t, Direct> direct_;
   std::unordered_map<uint64_t, std::shared_ptr<Batch>> batches_;
   uint64_t next_handle_ = 1;
 };
