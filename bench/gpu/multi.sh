@@ -36,17 +36,19 @@ if want tests; then
 fi
 
 if want tp; then
-  for m in qwen2.5-0.5b llama3.2-1b; do
+  TP=${TP:-2}  # the TP size compared with tp=1 (TP=4 on a 4-GPU machine: the Llama shape only,
+               # Qwen2.5-0.5B's 14 heads do not split 4 ways)
+  for m in ${TP_MODELS:-qwen2.5-0.5b llama3.2-1b}; do
     python3 bench/gpu/hf_reference.py greedy "$MODELS/$m" "$OUT/$m" 2>&1 | tail -1
-    for tp in 1 2; do
+    for tp in 1 $TP; do
       timeout 300 $B/baton-generate --model "$MODELS/$m" --device cuda -tp $tp --prompts-file "$OUT/$m.prompts.jsonl" \
         --max-tokens 32 --ignore-eos --temperature 0 > "$OUT/$m.tp$tp.jsonl" 2> "$OUT/$m.tp$tp.log" ||
         tail -5 "$OUT/$m.tp$tp.log"
     done
-    echo "$m: tp=2 vs tp=1"
-    python3 bench/gpu/hf_reference.py same "$OUT/$m.tp1.jsonl" "$OUT/$m.tp2.jsonl" --ref "$OUT/$m.hf.json" \
-      --json "$OUT/$m.tp2_vs_tp1.json"
-    for tp in 1 2; do
+    echo "$m: tp=$TP vs tp=1"
+    python3 bench/gpu/hf_reference.py same "$OUT/$m.tp1.jsonl" "$OUT/$m.tp$TP.jsonl" --ref "$OUT/$m.hf.json" \
+      --json "$OUT/$m.tp${TP}_vs_tp1.json"
+    for tp in 1 $TP; do
       timeout 300 $B/baton-bench model --model "$MODELS/$m" --device cuda -tp $tp --batches 1,8,64 --gen-batches "" \
         --json "$OUT/$m.tp$tp.bench.json" > "$OUT/$m.tp$tp.bench.txt" 2>&1 || tail -5 "$OUT/$m.tp$tp.bench.txt"
       grep -E "decode|generate|prefill" "$OUT/$m.tp$tp.bench.txt" | head -12
