@@ -490,10 +490,21 @@ Result<Target> parse_target(const std::string& base_url, const std::string& endp
   } catch (...) {
     return make_error("--base-url: bad port in '", base_url, "'");
   }
+  if (t.port <= 0 || t.port > 65535) return make_error("--base-url: bad port in '", base_url, "'");
   boost::system::error_code ec;
   asio::ip::make_address(t.host, ec);
-  if (ec || t.port <= 0 || t.port > 65535)
-    return make_error("--base-url: '", base_url, "' needs an IP address (or localhost) and a port");
+  if (ec) {  // a host name: resolved once, here (IPv4 first)
+    asio::io_context io;
+    asio::ip::tcp::resolver resolver(io);
+    auto found = resolver.resolve(t.host, std::to_string(t.port), ec);
+    if (ec || found.empty()) return make_error("--base-url: cannot resolve host '", t.host, "' (", ec.message(), ")");
+    t.host = found.begin()->endpoint().address().to_string();
+    for (const auto& e : found)
+      if (e.endpoint().address().is_v4()) {
+        t.host = e.endpoint().address().to_string();
+        break;
+      }
+  }
   if (endpoint != "/v1/completions" && endpoint != "/v1/chat/completions")
     return make_error("--endpoint must be /v1/completions or /v1/chat/completions");
   t.endpoint = endpoint;
@@ -566,7 +577,7 @@ Status serve_bench(int argc, char** argv) {
   bool no_token_ids = false, use_eos = false;
   ArgParser args("baton-bench serve", "Serving benchmark against an OpenAI-compatible server: TTFT, TPOT, ITL, E2E, "
                                       "throughput and goodput under a request rate.");
-  args.add({"--base-url"}, &base_url, "server or proxy, http://IP:PORT");
+  args.add({"--base-url"}, &base_url, "server or proxy, http://HOST:PORT");
   args.add({"--endpoint"}, &endpoint, "/v1/completions or /v1/chat/completions");
   args.add({"--model"}, &model, "model name to send (default: the server's first, from /v1/models)");
   args.add({"--tokenizer"}, &tokenizer_dir, "HF model dir or tokenizer.json: random prompts from its vocabulary "

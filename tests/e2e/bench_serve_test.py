@@ -188,7 +188,8 @@ def failures_are_counted_not_hidden(ctx):
     assert j["completed"] == 0 and j["failed"] == 5 and sum(j["failures"].values()) == 5, j["failures"]
     assert all(not r["ok"] and "cannot connect" in r["error"] for r in j["requests"])
     for bad, msg in [(["--request-rate", "fast"], "--request-rate"), (["--slo", "ttft=3"], "unit"),
-                     (["--endpoint", "/v1/embeddings"], "--endpoint"), (["--base-url", "http://host.invalid:1"], "IP")]:
+                     (["--endpoint", "/v1/embeddings"], "--endpoint"), (["--base-url", "http://host.invalid:1"], "cannot resolve host"),
+                     (["--base-url", "https://127.0.0.1:1"], "only http://")]:
         out = run_bench(ctx, *bad, expect_rc=1)
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and msg in lines[0], (bad, out.stderr)
