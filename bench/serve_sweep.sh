@@ -47,24 +47,10 @@ fi
 mkdir -p "$OUT"
 LOGS="$OUT/logs"; mkdir -p "$LOGS"
 BASE=${BASE_PORT:-18400}
-PIDS=()
-stop_all() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
+source bench/procs.sh
 trap stop_all EXIT
-
-http_get() { python3 -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())" "$1"; }
 wait_health() {  # url, what
-  for _ in $(seq 1 900); do
-    if http_get "$1/health" >/dev/null 2>&1; then return 0; fi
-    for p in "${PIDS[@]}"; do
-      kill -0 "$p" 2>/dev/null || { echo "serve_sweep: a process exited early ($2):"; tail -n 5 "$LOGS"/*.log; exit 1; }
-    done
-    sleep 0.2
-  done
-  echo "serve_sweep: $2 not healthy after 180 s"; tail -n 5 "$LOGS"/*.log; exit 1
+  wait_url "$1/health" || { echo "serve_sweep: $2 is not serving"; tail -n 5 "$LOGS"/*.log; exit 1; }
 }
 
 run_rates() {  # label, base url

@@ -88,14 +88,16 @@ def greedy(args):
     print(f"{args.model}: {len(rows)} greedy references")
 
 
+def agree(a, b):
+    """Tokens before the first difference."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def compare(args):
     ref = json.load(open(args.out_prefix + ".hf.json"))
     ours = [json.loads(line)["token_ids"] for line in open(args.ours) if line.strip()]
     if len(ours) != len(ref):
         sys.exit(f"{len(ours)} outputs for {len(ref)} prompts")
-    def agree(a, b):  # tokens before the first difference
-        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
     exact, report = 0, []
     hf_bf16_exact = sum(r["bf16_greedy_ids"] == r["greedy_ids"] for r in ref)
     for r, o in zip(ref, ours):
@@ -123,8 +125,6 @@ def same(args):
     ref = json.load(open(args.ref)) if args.ref else None
     if len(a) != len(b):
         sys.exit(f"{len(a)} vs {len(b)} outputs")
-    def agree(x, y):
-        return next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
     diverged = []
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:

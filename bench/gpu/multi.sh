@@ -64,18 +64,9 @@ if want xfer && [ "$NGPU" -ge 2 ]; then
 fi
 
 # One P/D pair (or colocated server) at a time, for the equality checks.
-PIDS=()
-stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done; PIDS=(); }
+source bench/procs.sh
 trap stop_all EXIT
-healthy() { python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/health', timeout=2)" "$1" 2>/dev/null; }
-wait_healthy() {
-  for _ in $(seq 1 600); do
-    healthy "$1" && return 0
-    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || { echo "a process exited before $1 was healthy"; return 1; }; done
-    sleep 0.3
-  done
-  echo "not healthy: $1"; return 1
-}
+wait_healthy() { wait_url "$1/health" 180; }
 KV="--kv-cache-memory 8589934592"
 pd_pair() {  # label, prefill args, decode args
   local ping=19102 proxy=19101
@@ -90,8 +81,7 @@ pd_pair() {  # label, prefill args, decode args
     > "$OUT/pd_$1.decode.log" 2>&1 & PIDS+=($!)
   wait_healthy http://127.0.0.1:$proxy || { tail -n 4 "$OUT"/pd_"$1".*.log; stop_all; return 1; }
   python3 bench/gpu/pd_outputs.py http://127.0.0.1:$proxy "$OUT/qwen2.5-0.5b.prompts.jsonl" "$OUT/pd_$1.jsonl"
-  python3 -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())" \
-    http://127.0.0.1:19104/metrics | grep -E "^baton:kv_transfer" | tee "$OUT/pd_$1.decode_kv.txt"
+  http_get http://127.0.0.1:19104/metrics | grep -E "^baton:kv_transfer" | tee "$OUT/pd_$1.decode_kv.txt"
   echo "P/D $1 vs colocated:"
   python3 bench/gpu/hf_reference.py same "$OUT/colocated_gpu0.jsonl" "$OUT/pd_$1.jsonl" --json "$OUT/pd_$1.vs_colocated.json"
   stop_all

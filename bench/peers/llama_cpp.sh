@@ -51,17 +51,8 @@ sys.argv = [sys.argv[1] + "/convert_hf_to_gguf.py"] + sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 EOF
 
-PID=""
-stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi; }
-trap stop EXIT
-wait_up() {
-  for _ in $(seq 1 300); do
-    python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/v1/models', timeout=2)" "$1" 2>/dev/null && return 0
-    kill -0 "$PID" 2>/dev/null || { echo "llama_cpp.sh: the server exited"; return 1; }
-    sleep 0.2
-  done
-  return 1
-}
+source bench/procs.sh
+trap stop_all EXIT
 # llama.cpp's server has no ignore_eos: EOS is biased away there (baton gets ignore_eos), so that
 # every request makes the same number of tokens on both.
 EOS=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1] + '/config.json'))['eos_token_id'])" "$MODEL")
@@ -78,13 +69,13 @@ sweep() {  # label url [extra request body]
   done
 }
 build/apps/baton-server --model "$MODEL" --host 127.0.0.1 --port 18601 --log-level warning > "$OUT/baton.log" 2>&1 &
-PID=$!
-wait_up http://127.0.0.1:18601 && sweep baton http://127.0.0.1:18601
-stop
+PIDS+=($!)
+wait_url http://127.0.0.1:18601/v1/models 60 && sweep baton http://127.0.0.1:18601
+stop_all
 $VENV/bin/python -m llama_cpp.server --model "$GGUF" --host 127.0.0.1 --port 18602 --n_threads "$(nproc)" \
   --n_ctx 4096 --interrupt_requests False --model_alias "$(basename "$MODEL")" > "$OUT/llama_cpp.log" 2>&1 &
-PID=$!
-wait_up http://127.0.0.1:18602 && sweep llama.cpp http://127.0.0.1:18602 "{\"logit_bias\": {\"$EOS\": -100}}"
-stop
+PIDS+=($!)
+wait_url http://127.0.0.1:18602/v1/models 60 && sweep llama.cpp http://127.0.0.1:18602 "{\"logit_bias\": {\"$EOS\": -100}}"
+stop_all
 build/apps/baton-bench report "$OUT"/*_rate*.json --table "$OUT/compare.md" --plot "$OUT/compare.png" \
   --title "baton vs llama.cpp server, $(basename "$MODEL") on $(nproc) CPU cores, in $IN_LEN / out $OUT_LEN"
