@@ -7,6 +7,8 @@
 #                                  transformers, baton-bench model, transformers' generate()
 #   bash bench/gpu/cuda.sh all     both
 #   bash bench/gpu/cuda.sh profile where a step's time goes, kernel by kernel (BATON_CUDA_PROFILE=1)
+#   bash bench/gpu/cuda.sh ab      decode step time with our skinny GEMMs and programmatic dependent
+#                                  launch, each turned off in turn (BATON_CUDA_GEMV=0, BATON_CUDA_PDL=0)
 # Results go to $OUT (logs, JSON); the models are written to /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,7 +30,7 @@ fi
 
 if [[ $MODE == bench || $MODE == all ]]; then
   MODELS=/tmp/baton-models
-  python3 bench/gpu/hf_reference.py make "$MODELS" 2>&1 | grep -v Warning | tail -3
+  python3 bench/gpu/hf_reference.py make "$MODELS" 2>&1 | { grep -v Warning || true; } | tail -3
   for m in qwen2.5-0.5b llama3.2-1b; do
     python3 bench/gpu/hf_reference.py greedy "$MODELS/$m" "$OUT/$m" 2>&1 | tail -1
     ./build-gpu/apps/baton-generate --model "$MODELS/$m" --device cuda --prompts-file "$OUT/$m.prompts.jsonl" \
@@ -51,6 +53,18 @@ if [[ $MODE == profile || $MODE == all ]]; then
     echo "profile: $args"
     BATON_CUDA_PROFILE=1 ./build-gpu/apps/baton-bench model --model "$MODELS/llama3.2-1b" --device cuda $args \
       --gen-batches "" 2>&1 | grep -vE "cuda backend:|^device|^model" | tail -18
+  done
+fi
+if [[ $MODE == ab ]]; then
+  MODELS=/tmp/baton-models
+  python3 bench/gpu/hf_reference.py make "$MODELS" > /dev/null 2>&1
+  for m in qwen2.5-0.5b llama3.2-1b; do
+    for cfg in "" "BATON_CUDA_PDL=0" "BATON_CUDA_GEMV=0" "BATON_CUDA_GEMV=0 BATON_CUDA_PDL=0"; do
+      echo "== $m ${cfg:-default}"
+      label=$(echo "${cfg:-default}" | tr ' =' '_-')
+      env $cfg ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda --kv-cache-dtype bf16 \
+        --gen-batches "" --json "$OUT/ab.$m.$label.json" 2>&1 | grep -vE "cuda backend:"
+    done
   done
 fi
 echo "total: $(( $(date +%s) - T0 )) s"

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <map>
 
 #include "backend/backend.h"
@@ -50,14 +51,18 @@ struct GoldenParam {
   std::string model;
   std::string kv_dtype;
 };
-void PrintTo(const GoldenParam& p, std::ostream* os) { *os << p.model << " " << p.kv_dtype; }
+void PrintTo(const GoldenParam& p, std::ostream* os) {
+  *os << p.model << " " << p.kv_dtype;
+}
 class CudaGoldensTest : public ::testing::TestWithParam<GoldenParam> {};
 
 // How far bf16 compute may move logits, relative to their scale (max(1, max |logit|)): 2e-2 for
 // bf16 checkpoints. stories260k is an fp32 checkpoint: rounding its weights to bf16 alone moves
 // its logits by up to 0.1, and transformers itself, run in bf16, lands 0.18 relative from its
 // fp32 goldens (bench/RESULTS.md), so it gets 0.1.
-double bf16_tolerance(const Backend& b) { return b.config().dtype == "float32" ? 1e-1 : 2e-2; }
+double bf16_tolerance(const Backend& b) {
+  return b.config().dtype == "float32" ? 1e-1 : 2e-2;
+}
 
 double scale_of(const std::vector<float>& logits) {
   double s = 1;
@@ -67,7 +72,9 @@ double scale_of(const std::vector<float>& logits) {
 
 // An fp8 cache with unit scales moves stories260k's logits by up to half their scale on the CPU
 // too (a trained fp32 checkpoint without KV scales): nothing to compare there.
-bool fp8_meaningless(const GoldenParam& p) { return p.kv_dtype == "fp8" && p.model == "stories260k"; }
+bool fp8_meaningless(const GoldenParam& p) {
+  return p.kv_dtype == "fp8" && p.model == "stories260k";
+}
 
 // Teacher forcing through the backend: the prompt as one prefill pass, then `tokens` one decode
 // step at a time (single-sequence decode steps run as CUDA graphs). At every step the logit of
@@ -83,8 +90,8 @@ int check_decisions(Backend& b, const std::vector<int>& prompt, const std::vecto
   for (size_t i = 0; i < tokens.size(); ++i) {
     const int best = argmax(logits);
     const double gap = double(logits[best]) - logits[tokens[i]];
-    EXPECT_LE(gap, tol * scale_of(logits)) << "step " << i << ": token " << tokens[i] << " is " << gap
-                                           << " below the best (" << best << ")";
+    EXPECT_LE(gap, tol * scale_of(logits))
+        << "step " << i << ": token " << tokens[i] << " is " << gap << " below the best (" << best << ")";
     exact += best == tokens[i] ? 1 : 0;
     std::vector<int32_t> tok{tokens[i]};
     SeqBatch s{1, int(prompt.size() + i), table, true};
@@ -123,8 +130,10 @@ TEST_P(CudaGoldensTest, LastLogitsMatchReference) {
       const auto want = prompt_logits(*cpu8, prompt);
       const double fp8_effect = max_rel_diff(want, prompt_logits(*cpu32, prompt));
       const double err = max_rel_diff(logits, want);
-      std::printf("fp8 KV, %s case %d: |gpu - cpu| = %.4f of the logits' scale; fp8 itself moves them %.4f\n",
-                  model.c_str(), case_no - 1, err, fp8_effect);
+      std::printf(
+          "fp8 KV, %s case %d: |gpu - cpu| = %.4f of the logits' scale; fp8 itself moves them "
+          "%.4f\n",
+          model.c_str(), case_no - 1, err, fp8_effect);
       EXPECT_LT(err, tol + fp8_effect);
       continue;
     }
@@ -349,6 +358,78 @@ TEST(CudaSamplingTest, FollowsTheDistribution) {
     for (size_t k = 0; k < keep; ++k) kept = kept || order[k].second == tok;
     EXPECT_TRUE(kept) << "token " << tok << " is outside the top-p 0.5 set of " << keep;
   }
+}
+
+// Steps of up to 8 tokens run their GEMMs through our skinny GEMM kernels (norm and SiLU fused
+// in) instead of cuBLAS; BATON_CUDA_GEMV=0 turns them off. Both paths must give the same logits
+// up to summation order, for every step size 1..8 (1..4 skinny, then cuBLAS in both), for decode
+// steps (graphs) and for a mixed step whose logits rows are a subset (the fused final norm gathers
+// rows). Shapes with ragged ends: hidden 264 and intermediate 776 are not multiples of the 256
+// elements a warp loads at once.
+TEST(CudaBackendTest, SkinnyGemmsMatchCublas) {
+  BATON_REQUIRE_GPU();
+  testing::TempDir dir;
+  RandomModelOptions m;
+  m.architecture = "Qwen3ForCausalLM";
+  m.hidden_size = 264;
+  m.intermediate_size = 776;
+  m.num_heads = 4;
+  m.num_kv_heads = 2;
+  m.head_dim = 64;
+  m.num_layers = 3;
+  ASSERT_TRUE(write_random_model(dir.path(), m).ok());
+  BackendOptions o = cuda_options("bf16");
+  o.max_graph_batch = 8;
+  ::setenv("BATON_CUDA_GEMV", "0", 1);
+  auto ref = make(dir.path(), o);
+  ::unsetenv("BATON_CUDA_GEMV");
+  auto gpu = make(dir.path(), o);
+  ASSERT_TRUE(ref && gpu);
+  const int V = gpu->config().vocab_size;
+
+  // Eight sequences, prompts of 20 + 3 i tokens (prefill passes of > 8 tokens: cuBLAS in both).
+  const int n_seqs = 8, per_seq = 8;  // blocks of 16 per sequence, disjoint
+  std::vector<std::vector<int>> prompts;
+  std::vector<std::vector<int32_t>> tables(n_seqs);
+  for (int i = 0; i < n_seqs; ++i) {
+    prompts.push_back(some_prompt(20 + 3 * i, i));
+    for (int j = 0; j < per_seq; ++j) tables[i].push_back(i * per_seq + j);
+    std::vector<int32_t> toks(prompts[i].begin(), prompts[i].end());
+    SeqBatch s{int(toks.size()), 0, tables[i], true};
+    std::vector<float> a(V), b(V);
+    ASSERT_TRUE(ref->forward({toks, std::span<const SeqBatch>(&s, 1)}, a).ok());
+    ASSERT_TRUE(gpu->forward({toks, std::span<const SeqBatch>(&s, 1)}, b).ok());
+    EXPECT_LT(max_rel_diff(b, a), 5e-3) << "prompt " << i << " (LM head on one row)";
+  }
+  std::vector<int> past(n_seqs);
+  for (int i = 0; i < n_seqs; ++i) past[i] = int(prompts[i].size());
+  // Decode steps of 1..8 sequences.
+  for (int n = 1; n <= n_seqs; ++n) {
+    SCOPED_TRACE("decode step of " + std::to_string(n));
+    std::vector<int32_t> toks;
+    std::vector<SeqBatch> seqs;
+    for (int i = 0; i < n; ++i) {
+      toks.push_back((n * 31 + i * 7) % 400);
+      seqs.push_back({1, past[i], tables[i], true});
+    }
+    std::vector<float> a(size_t(n) * V), b(size_t(n) * V);
+    ASSERT_TRUE(ref->forward({toks, seqs}, a).ok());
+    ASSERT_TRUE(gpu->forward({toks, seqs}, b).ok());
+    EXPECT_LT(max_rel_diff(b, a), 5e-3);
+    for (int i = 0; i < n; ++i) ++past[i];
+  }
+  // A mixed step of 7 tokens: 3 more of sequence 0 (logits for its last), one each of 1..4, and
+  // only sequences 0, 2 and 4 want logits.
+  std::vector<int32_t> toks{5, 6, 7, 8, 9, 10, 11};
+  std::vector<SeqBatch> seqs{{3, past[0], tables[0], true},
+                             {1, past[1], tables[1], false},
+                             {1, past[2], tables[2], true},
+                             {1, past[3], tables[3], false},
+                             {1, past[4], tables[4], true}};
+  std::vector<float> a(size_t(3) * V), b(size_t(3) * V);
+  ASSERT_TRUE(ref->forward({toks, seqs}, a).ok());
+  ASSERT_TRUE(gpu->forward({toks, seqs}, b).ok());
+  EXPECT_LT(max_rel_diff(b, a), 5e-3) << "mixed step";
 }
 
 TEST(CudaBackendTest, BadOptionsAreOneLineErrors) {

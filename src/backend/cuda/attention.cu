@@ -2,13 +2,14 @@
 //
 // Decode: one CTA per (query head, token, split) with 16 groups of 8 lanes; each group walks
 // its own keys (one key per group at a time, 8 lanes share its head_dim elements) keeping an
-// online softmax; the groups merge in shared memory and the splits through a workspace.
+// online softmax; the groups merge in shared memory and the splits through a workspace, merged
+// by whichever split of a (token, head) finishes last.
 // Prefill: one CTA per (tile of up to 64 query rows, query head); K and V of a chunk of keys at a
 // time go through shared memory and every row of the tile uses them. For head sizes 64 and 128
 // the products run on tensor cores (WMMA, bf16 in, fp32 accumulate): each of 4 warps owns 16 query
 // rows, computes S = Q K^T for 64 keys, does the online softmax on S in shared memory (a row at a
-// time across the warp), and adds P V into its O rows, which live in shared memory so that they can be
-// rescaled row by row.
+// time across the warp), and adds P V into its O rows, which live in shared memory so that they can
+// be rescaled row by row.
 #include <mma.h>
 
 #include "backend/cuda/common.cuh"
@@ -19,7 +20,9 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-__device__ __forceinline__ __nv_bfloat16* out_bf16(const AttnArgs& a) { return reinterpret_cast<__nv_bfloat16*>(a.out); }
+__device__ __forceinline__ __nv_bfloat16* out_bf16(const AttnArgs& a) {
+  return reinterpret_cast<__nv_bfloat16*>(a.out);
+}
 
 struct KeyRange {
   int first, last;  // inclusive; empty when last < first
@@ -50,31 +53,134 @@ __device__ __forceinline__ void load_kv8(const AttnArgs& a, const int32_t* table
   }
 }
 
+constexpr int kDecodeThreads = 256;
+constexpr int kMaxSplits = 32;  // the backend's splits_for never asks for more
+
+// out[t, h] from the splits' partials (A[D], M, L each) in ws. Every split's M and L are read at
+// once (one thread each), then each output element sums over the splits with its loads unrolled.
+__device__ void merge_splits(const AttnArgs& a, int n_splits, int splits, const float* ws, int t, int h) {
+  __shared__ float sm_scale[kMaxSplits], sm_l[kMaxSplits];
+  const int D = a.D;
+  const float* w = ws + (static_cast<int64_t>(t) * a.H + h) * n_splits * (D + 2);
+  if (threadIdx.x < splits) {
+    sm_scale[threadIdx.x] = __ldcg(w + threadIdx.x * (D + 2) + D);
+    sm_l[threadIdx.x] = __ldcg(w + threadIdx.x * (D + 2) + D + 1);
+  }
+  __syncthreads();
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, sm_scale[s]);
+  __syncthreads();
+  if (threadIdx.x < splits) sm_scale[threadIdx.x] = M == -INFINITY ? 0.f : exp2f(sm_scale[threadIdx.x] - M);
+  __syncthreads();
+  float L = 0.f;
+  for (int s = 0; s < splits; ++s) L += sm_l[s] * sm_scale[s];
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float A = 0.f;
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) A += __ldcg(w + s * (D + 2) + d) * sm_scale[s];
+    out_bf16(a)[static_cast<int64_t>(t) * a.H * D + h * D + d] = __float2bfloat16(L > 0.f ? A / L * a.v_scale : 0.f);
+  }
+}
+
+// kFused (decode steps, one new token per sequence): the kernel also does qkv_rope_cache's work
+// for its token. Every CTA prepares its query head (bias, QK-norm, RoPE) from the raw QKV row;
+// the CTA whose keys end at the new token prepares that token's key and value too, rounded
+// through the cache's format so that they are exactly what a later read of the cache returns,
+// and uses them for the last key instead of reading the cache; the first query head of each KV
+// group writes them to the cache. Same arithmetic as qkv_kernel, one launch fewer per layer.
 template <int D, class Kv>
-__global__ void __launch_bounds__(128) decode_kernel(AttnArgs a, int n_splits, float* ws) {
-  constexpr int kLanes = 8, kE = D / kLanes, kGroups = 128 / kLanes;
+__device__ void prepare_qkv(const QkvArgs& p, int t, int h, int g, bool with_kv, bool write_kv, float* qv, float* kn,
+                            float* vn) {
+  __shared__ float scratch[32];
+  const int half = D / 2, row_len = (p.H + 2 * p.KVH) * D;
+  const float* row = p.qkv + static_cast<int64_t>(t) * row_len;
+  const int q_at = h * D, k_at = (p.H + g) * D, v_at = (p.H + p.KVH + g) * D;
+  float ssq = 0.f, ssk = 0.f;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    const float x = row[q_at + d] + (p.bias ? p.bias[q_at + d] : 0.f);
+    qv[d] = x, ssq += x * x;
+    if (with_kv) {
+      const float k = row[k_at + d] + (p.bias ? p.bias[k_at + d] : 0.f);
+      kn[d] = k, ssk += k * k;
+      vn[d] = row[v_at + d] + (p.bias ? p.bias[v_at + d] : 0.f);
+    }
+  }
+  float inv_q = 1.f, inv_k = 1.f;
+  if (p.q_norm) {  // uniform: every thread takes part in the reductions
+    inv_q = rsqrtf(block_reduce<false>(ssq, scratch) / D + p.eps);
+    inv_k = rsqrtf(block_reduce<false>(ssk, scratch) / D + p.eps);
+  }
+  __syncthreads();
+  const int pos = p.positions[t];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float sn, cs;
+    sincosf(static_cast<float>(pos) * p.inv_freq[i], &sn, &cs);
+    float x1 = qv[i], x2 = qv[i + half];
+    if (p.q_norm) x1 = x1 * inv_q * p.q_norm[i], x2 = x2 * inv_q * p.q_norm[i + half];
+    qv[i] = x1 * cs - x2 * sn, qv[i + half] = x2 * cs + x1 * sn;
+    if (with_kv) {
+      x1 = kn[i], x2 = kn[i + half];
+      if (p.q_norm) x1 = x1 * inv_k * p.k_norm[i], x2 = x2 * inv_k * p.k_norm[i + half];
+      kn[i] = x1 * cs - x2 * sn, kn[i + half] = x2 * cs + x1 * sn;
+    }
+  }
+  __syncthreads();
+  if (!with_kv) return;
+  typename Kv::T *kdst = nullptr, *vdst = nullptr;
+  if (write_kv) {
+    const int64_t slot = p.slots[t], block = slot / p.block_size, off = slot % p.block_size;
+    kdst = static_cast<typename Kv::T*>(p.layer_kv) + (((block * 2) * p.KVH + g) * p.block_size + off) * D;
+    vdst = static_cast<typename Kv::T*>(p.layer_kv) + (((block * 2 + 1) * p.KVH + g) * p.block_size + off) * D;
+  }
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    const typename Kv::T k = Kv::from_f32(kn[d] * p.k_inv_scale), v = Kv::from_f32(vn[d] * p.v_inv_scale);
+    kn[d] = Kv::to_f32(k), vn[d] = Kv::to_f32(v);
+    if (write_kv) kdst[d] = k, vdst[d] = v;
+  }
+  __syncthreads();
+}
+
+template <int D, class Kv, bool kFused>
+__global__ void __launch_bounds__(kDecodeThreads)
+    decode_kernel(AttnArgs a, QkvArgs p, int n_splits, float* ws, int* arrivals) {
+  pdl_trigger();
+  pdl_wait();
+  constexpr int kLanes = 8, kE = D / kLanes, kGroups = kDecodeThreads / kLanes;
   const int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z;
   const int gid = threadIdx.x / kLanes, sub = threadIdx.x % kLanes;
   const int g = h / (a.H / a.KVH);
   const KeyRange r = keys_of(a.positions[t], a.window);
   const int n_keys = r.last - r.first + 1;
-  const int chunk = n_keys > 0 ? (n_keys + n_splits - 1) / n_splits : 0;
+  // A graph fixes n_splits for every context length; a short context uses fewer of them (at
+  // least two keys per group each), and the CTAs beyond leave at once.
+  const int splits = max(1, min(n_splits, (n_keys + 2 * kGroups - 1) / (2 * kGroups)));
+  if (split >= splits) return;
+  const int chunk = n_keys > 0 ? (n_keys + splits - 1) / splits : 0;
   const int begin = r.first + split * chunk, end = min(begin + chunk, r.last + 1);
   const int32_t* table = a.tables + static_cast<int64_t>(a.seq_of[t]) * *a.table_stride;
 
   float q[kE], acc[kE];
   const float qs = a.scale * a.k_scale * kLog2e;
-  const float* qrow = a.q + static_cast<int64_t>(t) * a.q_row_stride + h * D + sub * kE;
+  __shared__ float qv[kFused ? D : 1], kn[kFused ? D : 1], vn[kFused ? D : 1];
+  const bool has_new =
+      kFused && r.last >= 0 && begin <= r.last && r.last < end;  // this CTA's keys end at the new token
+  if constexpr (kFused) {
+    if (r.last >= 0)
+      prepare_qkv<D, Kv>(p, t, h, g, has_new, has_new && h % (a.H / a.KVH) == 0 && p.slots[t] >= 0, qv, kn, vn);
+  }
+  const float* qrow = kFused ? qv + sub * kE : a.q + static_cast<int64_t>(t) * a.q_row_stride + h * D + sub * kE;
 #pragma unroll
   for (int i = 0; i < kE; ++i) q[i] = qrow[i] * qs, acc[i] = 0.f;
   float m = -INFINITY, l = 0.f;
-
   // The trip count is the same for every group, so the shuffles see full warps.
   for (int j0 = begin; j0 < end; j0 += kGroups) {
     const int j = j0 + gid;
     const bool ok = j < end;
     float k[kE], v[kE];
-    if (ok) {
+    if (kFused && ok && has_new && j == r.last) {
+#pragma unroll
+      for (int i = 0; i < kE; ++i) k[i] = kn[sub * kE + i], v[i] = vn[sub * kE + i];
+    } else if (ok) {
       load_f32<Kv, kE>(kv_row<Kv>(a, table, j, 0, g) + sub * kE, k);
       load_f32<Kv, kE>(kv_row<Kv>(a, table, j, 1, g) + sub * kE, v);
     } else {
@@ -104,14 +210,17 @@ __global__ void __launch_bounds__(128) decode_kernel(AttnArgs a, int n_splits, f
   float M = -INFINITY;
 #pragma unroll
   for (int i = 0; i < kGroups; ++i) M = fmaxf(M, sm_m[i]);
+  __syncthreads();
+  if (threadIdx.x < kGroups) sm_m[threadIdx.x] = M == -INFINITY ? 0.f : exp2f(sm_m[threadIdx.x] - M);  // group weights
+  __syncthreads();
   float L = 0.f;
-  if (M != -INFINITY)
-    for (int i = 0; i < kGroups; ++i) L += sm_l[i] * exp2f(sm_m[i] - M);
+#pragma unroll
+  for (int i = 0; i < kGroups; ++i) L += sm_l[i] * sm_m[i];
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float A = 0.f;
-    if (M != -INFINITY)
-      for (int i = 0; i < kGroups; ++i) A += sm_acc[i][d] * exp2f(sm_m[i] - M);
-    if (n_splits == 1) {
+#pragma unroll 8
+    for (int i = 0; i < kGroups; ++i) A += sm_acc[i][d] * sm_m[i];
+    if (splits == 1) {
       out_bf16(a)[static_cast<int64_t>(t) * a.H * D + h * D + d] = __float2bfloat16(L > 0.f ? A / L * a.v_scale : 0.f);
     } else {
       float* w = ws + ((static_cast<int64_t>(t) * a.H + h) * n_splits + split) * (D + 2);
@@ -119,27 +228,29 @@ __global__ void __launch_bounds__(128) decode_kernel(AttnArgs a, int n_splits, f
       if (d == 0) w[D] = M, w[D + 1] = L;
     }
   }
-}
-
-__global__ void merge_splits_kernel(AttnArgs a, int n_splits, const float* ws) {
-  const int h = blockIdx.x, t = blockIdx.y, D = a.D;
-  const float* w = ws + (static_cast<int64_t>(t) * a.H + h) * n_splits * (D + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < n_splits; ++s) M = fmaxf(M, w[s * (D + 2) + D]);
-  float L = 0.f;
-  if (M != -INFINITY)
-    for (int s = 0; s < n_splits; ++s) L += w[s * (D + 2) + D + 1] * exp2f(w[s * (D + 2) + D] - M);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float A = 0.f;
-    if (M != -INFINITY)
-      for (int s = 0; s < n_splits; ++s) A += w[s * (D + 2) + d] * exp2f(w[s * (D + 2) + D] - M);
-    out_bf16(a)[static_cast<int64_t>(t) * a.H * D + h * D + d] = __float2bfloat16(L > 0.f ? A / L * a.v_scale : 0.f);
+  if (splits == 1) return;
+  // The last split of (token, head) to finish merges them all (no merge kernel to launch): each
+  // split publishes its partial, then counts itself in; the one that completes the count merges
+  // and resets the counter for the next layer.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* arrived = arrivals + static_cast<int64_t>(t) * a.H + h;
+    last = atomicAdd(arrived, 1) == splits - 1;
+    if (last) *arrived = 0;
   }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  merge_splits(a, n_splits, splits, ws, t, h);
 }
 
 // 256 threads: 64 rows x 4 parts; part p owns the float4 chunks p, p + 4, p + 8, ... of a row.
 template <int D, class Kv>
 __global__ void __launch_bounds__(256) prefill_kernel(AttnArgs a, const int2* tiles) {
+  pdl_trigger();
+  pdl_wait();
   constexpr int kParts = 4, kChunks = D / 16;  // float4 chunks per part
   static_assert(kPrefillTileRows * kParts == 256);
   constexpr int kKeys = D > 128 ? 16 : 32;
@@ -228,23 +339,24 @@ __global__ void __launch_bounds__(256) prefill_kernel(AttnArgs a, const int2* ti
   }
 }
 
-
 namespace wmma = nvcuda::wmma;
 
 template <int D>
 struct TcLayout {
-  static constexpr int kKeys = 64, kWarps = 4;  // 4 warps x 16 query rows
-  static constexpr size_t q = 0;                                    // [64][D] bf16
-  static constexpr size_t k = q + 64 * D * 2;                        // [64][D] bf16
-  static constexpr size_t v = k + kKeys * D * 2;                     // [64][D] bf16
-  static constexpr size_t s = v + kKeys * D * 2;                     // [warp][16][64] fp32
-  static constexpr size_t p = s + kWarps * 16 * kKeys * 4;           // [warp][16][64] bf16
-  static constexpr size_t o = p + kWarps * 16 * kKeys * 2;           // [warp][16][D] fp32
+  static constexpr int kKeys = 64, kWarps = 4;              // 4 warps x 16 query rows
+  static constexpr size_t q = 0;                            // [64][D] bf16
+  static constexpr size_t k = q + 64 * D * 2;               // [64][D] bf16
+  static constexpr size_t v = k + kKeys * D * 2;            // [64][D] bf16
+  static constexpr size_t s = v + kKeys * D * 2;            // [warp][16][64] fp32
+  static constexpr size_t p = s + kWarps * 16 * kKeys * 4;  // [warp][16][64] bf16
+  static constexpr size_t o = p + kWarps * 16 * kKeys * 2;  // [warp][16][D] fp32
   static constexpr size_t bytes = o + kWarps * 16 * D * 4;
 };
 
 template <int D, class Kv>
 __global__ void __launch_bounds__(128) prefill_tc_kernel(AttnArgs a, const int2* tiles) {
+  pdl_trigger();
+  pdl_wait();
   using L = TcLayout<D>;
   constexpr int kKeys = L::kKeys;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -368,20 +480,33 @@ void launch_prefill_tc(const AttnArgs& a, const int2* tiles, int n_tiles, cudaSt
   constexpr size_t bytes = TcLayout<D>::bytes;
   // Per kernel and device; cheap, and prefill passes are never captured in graphs.
   cudaFuncSetAttribute(prefill_tc_kernel<D, Kv>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  prefill_tc_kernel<D, Kv><<<dim3(n_tiles, a.H), 128, bytes, s>>>(a, tiles);
+  launch(prefill_tc_kernel<D, Kv>, dim3(n_tiles, a.H), 128, bytes, s, a, tiles);
 }
 
-template <class Kv>
-void launch_decode(const AttnArgs& a, int n_splits, float* ws, cudaStream_t s) {
+template <class Kv, bool kFused>
+void launch_decode(const AttnArgs& a, const QkvArgs& p, int n_splits, float* ws, int* arrivals, cudaStream_t s) {
   const dim3 grid(a.H, a.T, n_splits);
   switch (a.D) {
-    case 8: decode_kernel<8, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
-    case 16: decode_kernel<16, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
-    case 32: decode_kernel<32, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
-    case 64: decode_kernel<64, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
-    case 128: decode_kernel<128, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
-    case 256: decode_kernel<256, Kv><<<grid, 128, 0, s>>>(a, n_splits, ws); break;
-    default: break;  // the backend refuses other head sizes at load
+    case 8:
+      launch(decode_kernel<8, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
+      break;
+    case 16:
+      launch(decode_kernel<16, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
+      break;
+    case 32:
+      launch(decode_kernel<32, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
+      break;
+    case 64:
+      launch(decode_kernel<64, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
+      break;
+    case 128:
+      launch(decode_kernel<128, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
+      break;
+    case 256:
+      launch(decode_kernel<256, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
+      break;
+    default:
+      break;  // the backend refuses other head sizes at load
   }
 }
 
@@ -389,26 +514,44 @@ template <class Kv>
 void launch_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s) {
   const dim3 grid(n_tiles, a.H);
   switch (a.D) {
-    case 16: prefill_kernel<16, Kv><<<grid, 256, 0, s>>>(a, tiles); break;
-    case 32: prefill_kernel<32, Kv><<<grid, 256, 0, s>>>(a, tiles); break;
-    case 64: launch_prefill_tc<64, Kv>(a, tiles, n_tiles, s); break;
-    case 128: launch_prefill_tc<128, Kv>(a, tiles, n_tiles, s); break;
-    case 256: prefill_kernel<256, Kv><<<grid, 256, 0, s>>>(a, tiles); break;
-    default: break;
+    case 16:
+      launch(prefill_kernel<16, Kv>, grid, 256, 0, s, a, tiles);
+      break;
+    case 32:
+      launch(prefill_kernel<32, Kv>, grid, 256, 0, s, a, tiles);
+      break;
+    case 64:
+      launch_prefill_tc<64, Kv>(a, tiles, n_tiles, s);
+      break;
+    case 128:
+      launch_prefill_tc<128, Kv>(a, tiles, n_tiles, s);
+      break;
+    case 256:
+      launch(prefill_kernel<256, Kv>, grid, 256, 0, s, a, tiles);
+      break;
+    default:
+      break;
   }
 }
 
 }  // namespace
 
-bool prefill_kernel_supports(int d) { return d == 16 || d == 32 || d == 64 || d == 128 || d == 256; }
+bool prefill_kernel_supports(int d) {
+  return d == 16 || d == 32 || d == 64 || d == 128 || d == 256;
+}
 
-void attention_decode(const AttnArgs& a, int n_splits, float* workspace, cudaStream_t s) {
+void attention_decode(const AttnArgs& a, int n_splits, float* workspace, int* arrivals, const QkvArgs* fuse,
+                      cudaStream_t s) {
   if (a.T == 0) return;
-  if (a.fp8)
-    launch_decode<Fp8Kv>(a, n_splits, workspace, s);
+  const QkvArgs none{};
+  if (fuse && a.fp8)
+    launch_decode<Fp8Kv, true>(a, *fuse, n_splits, workspace, arrivals, s);
+  else if (fuse)
+    launch_decode<Bf16Kv, true>(a, *fuse, n_splits, workspace, arrivals, s);
+  else if (a.fp8)
+    launch_decode<Fp8Kv, false>(a, none, n_splits, workspace, arrivals, s);
   else
-    launch_decode<Bf16Kv>(a, n_splits, workspace, s);
-  if (n_splits > 1) merge_splits_kernel<<<dim3(a.H, a.T), a.D < 128 ? a.D : 128, 0, s>>>(a, n_splits, workspace);
+    launch_decode<Bf16Kv, false>(a, none, n_splits, workspace, arrivals, s);
 }
 
 void attention_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s) {

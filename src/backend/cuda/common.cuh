@@ -3,10 +3,47 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
 namespace baton::cuda {
+
+// Programmatic dependent launch (sm_90). A kernel launched with launch() may start while the
+// kernel before it on the stream is still running, so that its launch and its prologue overlap
+// that kernel's tail. Every kernel launched that way calls pdl_wait() before it reads anything
+// the earlier kernels write or writes anything they read (the wait returns once they have all
+// completed and their writes are visible), and pdl_trigger() as early as it likes to let the next
+// kernel be launched. Both are no-ops without the launch attribute or below sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether launch() asks for programmatic dependent launch (set_pdl in kernels.h: per thread).
+bool pdl_enabled();
+
+// kernel<<<grid, block, smem, s>>>(args...), with programmatic dependent launch when enabled.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

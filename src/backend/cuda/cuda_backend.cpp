@@ -11,6 +11,12 @@
 // add into x and the others' overwrite their x with their partial sum, so one NCCL all-reduce
 // of x (sum) leaves the same x + sum of partials on every rank.
 //
+// Steps of at most kGemvMaxRows tokens (small-batch decode) take a shorter path: our skinny GEMMs
+// (gemv.cu) compute the RMSNorm in their prologue and SiLU-and-mul in their epilogue, so a layer
+// is norm+QKV, attention, O, norm+gate/up+SiLU, down; their kernels use programmatic dependent
+// launch. In decode steps (one new token per sequence) the attention kernel also does the bias,
+// QK-norm, RoPE and cache write.
+//
 // A step's inputs (tokens, positions, cache slots, block tables) go up in one copy from pinned
 // memory into device buffers at fixed addresses; a decode step of a batch size seen before is
 // one graph launch. Nothing is allocated inside a step.
@@ -40,20 +46,20 @@ namespace baton {
 namespace cuda {
 namespace {
 
-#define BATON_CU(expr)                                                                    \
-  do {                                                                                    \
-    cudaError_t e_ = (expr);                                                              \
+#define BATON_CU(expr)                                                                            \
+  do {                                                                                            \
+    cudaError_t e_ = (expr);                                                                      \
     if (e_ != cudaSuccess) return make_error("CUDA: ", cudaGetErrorString(e_), " (", #expr, ")"); \
   } while (0)
-#define BATON_CUBLAS(expr)                                                                          \
-  do {                                                                                              \
-    cublasStatus_t s_ = (expr);                                                                     \
+#define BATON_CUBLAS(expr)                                                                                       \
+  do {                                                                                                           \
+    cublasStatus_t s_ = (expr);                                                                                  \
     if (s_ != CUBLAS_STATUS_SUCCESS) return make_error("cuBLAS: ", cublasGetStatusString(s_), " (", #expr, ")"); \
   } while (0)
 #ifdef BATON_HAS_NCCL
-#define BATON_NCCL(expr)                                                                     \
-  do {                                                                                       \
-    ncclResult_t r_ = (expr);                                                                \
+#define BATON_NCCL(expr)                                                                          \
+  do {                                                                                            \
+    ncclResult_t r_ = (expr);                                                                     \
     if (r_ != ncclSuccess) return make_error("NCCL: ", ncclGetErrorString(r_), " (", #expr, ")"); \
   } while (0)
 #endif
@@ -182,9 +188,13 @@ class CudaBackend : public Backend {
   Status all_reduce(float* x, size_t n);
   int splits_for(int T, int max_keys) const;
   template <class T>
-  T* dev(size_t offset) const { return reinterpret_cast<T*>(dev_staging_ + offset); }
+  T* dev(size_t offset) const {
+    return reinterpret_cast<T*>(dev_staging_ + offset);
+  }
   template <class T>
-  T* host(size_t offset) const { return reinterpret_cast<T*>(host_staging_ + offset); }
+  T* host(size_t offset) const {
+    return reinterpret_cast<T*>(host_staging_ + offset);
+  }
 
   ModelConfig full_, cfg_;
   Rank rank_;
@@ -192,6 +202,8 @@ class CudaBackend : public Backend {
   cublasHandle_t cublas_ = nullptr;
   std::vector<void*> allocations_;
   int num_sms_ = 0;
+  bool gemv_ = true;  // skinny GEMMs for steps of <= kGemvMaxRows tokens
+  bool pdl_ = true;   // programmatic dependent launch in those steps
 
   bf16_t *embed_ = nullptr, *lm_head_ = nullptr;
   float *final_norm_ = nullptr, *inv_freq_ = nullptr;
@@ -205,11 +217,12 @@ class CudaBackend : public Backend {
   float *x_ = nullptr, *qkv_ = nullptr, *gate_up_ = nullptr, *logits_ = nullptr, *attn_ws_ = nullptr;
   bf16_t *h_ = nullptr, *attn_ = nullptr, *act_ = nullptr;
   int32_t* sampled_ = nullptr;
+  int* attn_arrivals_ = nullptr;  // split-K decode attention: splits finished per (token, head)
   size_t attn_ws_rows_ = 0;
   std::unique_ptr<StagingLayout> layout_;
   std::byte* host_staging_ = nullptr;  // pinned
   std::byte* dev_staging_ = nullptr;
-  int32_t* host_sampled_ = nullptr;  // pinned
+  int32_t* host_sampled_ = nullptr;        // pinned
   std::map<int, cudaGraphExec_t> graphs_;  // decode batch size -> graph
   std::unique_ptr<StepProfiler> prof_;     // BATON_CUDA_PROFILE=1
   std::vector<int> graph_sizes_;
@@ -228,7 +241,7 @@ Result<T*> CudaBackend::alloc(size_t n) {
 
 template <class T>
 Result<T*> CudaBackend::upload(const std::vector<T>& host) {
-  BATON_ASSIGN_OR_RETURN(T* p, alloc<T>(host.size()));
+  BATON_ASSIGN_OR_RETURN(T * p, alloc<T>(host.size()));
   BATON_CU(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
   return p;
 }
@@ -276,15 +289,21 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   BATON_ASSIGN_OR_RETURN(KvDtype kv_dtype, parse_kv_dtype(options.kv_dtype, KvDtype::kBF16));
   if (kv_dtype == KvDtype::kF32) return make_error("CUDA backend: the KV cache is bf16 or fp8, not fp32");
   if (options.kv_allocator)
-    return make_error("CUDA backend: the KV pool lives on the GPU; register kv_memory() with the transfer engine "
-                      "instead of passing a host allocator");
+    return make_error(
+        "CUDA backend: the KV pool lives on the GPU; register kv_memory() with the transfer engine "
+        "instead of passing a host allocator");
   if (options.max_batch_tokens < 16) return make_error("--max-batch-tokens must be at least 16");
   if (!(options.gpu_memory_utilization > 0 && options.gpu_memory_utilization <= 1))
     return make_error("--gpu-memory-utilization must be in (0, 1]");
 
   if (const char* p = std::getenv("BATON_CUDA_PROFILE"); p && std::string(p) == "1")
     prof_ = std::make_unique<StepProfiler>();
+  // For A/B measurements: BATON_CUDA_GEMV=0 runs decode GEMMs on cuBLAS, BATON_CUDA_PDL=0 launches
+  // every kernel only after the one before it has finished.
+  if (const char* p = std::getenv("BATON_CUDA_GEMV")) gemv_ = std::string(p) != "0";
+  if (const char* p = std::getenv("BATON_CUDA_PDL")) pdl_ = std::string(p) != "0";
   BATON_CU(cudaSetDevice(rank_.device));
+  gemv_init();
   BATON_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   BATON_CU(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, rank_.device));
   BATON_CUBLAS(cublasCreate(&cublas_));
@@ -333,7 +352,8 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
     if (lt.k_scale) {
       l.k_scale = to_f32(lt.k_scale)[0];
       l.v_scale = to_f32(lt.v_scale)[0];
-      if (!(l.k_scale > 0 && l.v_scale > 0)) return make_error("layer ", layers_.size(), ": KV scales must be positive");
+      if (!(l.k_scale > 0 && l.v_scale > 0))
+        return make_error("layer ", layers_.size(), ": KV scales must be positive");
     }
     layers_.push_back(l);
   }
@@ -354,6 +374,9 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   BATON_ASSIGN_OR_RETURN(sampled_, alloc<int32_t>(cap_rows_));
   attn_ws_rows_ = size_t(8) * num_sms_;
   BATON_ASSIGN_OR_RETURN(attn_ws_, alloc<float>(attn_ws_rows_ * (D + 2)));
+  BATON_ASSIGN_OR_RETURN(attn_arrivals_, alloc<int>(attn_ws_rows_));
+  BATON_CU(cudaMemsetAsync(attn_arrivals_, 0, sizeof(int) * attn_ws_rows_,
+                           stream_));  // waited for below
   BATON_CU(cudaMallocHost(&host_sampled_, sizeof(int32_t) * cap_rows_));
 
   // The KV pool: what the memory budget leaves, or the size asked for.
@@ -376,7 +399,8 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   size_t budget = options.kv_cache_bytes;
   if (budget == 0) {
     const size_t reserve = size_t{512} << 20;  // cuBLAS, graphs, NCCL, the CUDA context's growth
-    const double allowed = options.gpu_memory_utilization * double(total_b) - double(total_b - free_b) - double(reserve);
+    const double allowed =
+        options.gpu_memory_utilization * double(total_b) - double(total_b - free_b) - double(reserve);
     if (allowed < double(kv.bytes_per_block))
       return make_error("GPU ", rank_.device, ": no memory left for the KV cache (", free_b >> 20, " MiB free of ",
                         total_b >> 20, " MiB; raise --gpu-memory-utilization)");
@@ -445,47 +469,115 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   auto mark = [this](const char* what) {
     if (prof_) prof_->mark(what);
   };
+  // Steps of a few tokens (decode) run their GEMMs as skinny GEMMs with the norms and SiLU fused
+  // in.
+  const bool skinny = gemv_ && gemv_supported(T, H) && gemv_supported(T, I) && gemv_supported(T, c.q_dim());
+  // Only there does it pay: its kernels are a few microseconds each and the skinny GEMMs start
+  // their weight loads before the wait. Beside cuBLAS at batch 64 it measured slower.
+  set_pdl(pdl_ && skinny);
+  auto accumulate = [this](const bf16_t* in, const bf16_t* wt, int m, int n, int k, float beta) {
+    return GemvArgs{GemvKind::kAccumulate, wt, m, n, k, in, nullptr, nullptr, nullptr, 0.f, x_, beta, nullptr};
+  };
   embed(dev<int32_t>(L.tokens), embed_, x_, T, H, stream_);
   mark("embed");
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& w = layers_[li];
     std::byte* layer_kv = static_cast<std::byte*>(kv_base_) + li * kv_layer_bytes_;
-    rmsnorm(x_, nullptr, w.attn_norm, h_, T, H, c.rms_norm_eps, stream_);
-    mark("rmsnorm");
-    BATON_RETURN_IF_ERROR(gemm(h_, w.w_qkv, qkv_, T, qkv_n, H, 0.f));
-    mark("gemm qkv");
+    if (skinny) {
+      gemv({GemvKind::kNormStore, w.w_qkv, T, qkv_n, H, nullptr, x_, nullptr, w.attn_norm, c.rms_norm_eps, qkv_, 0.f,
+            nullptr},
+           stream_);
+      mark("gemv norm+qkv");
+    } else {
+      rmsnorm(x_, nullptr, w.attn_norm, h_, T, H, c.rms_norm_eps, stream_);
+      mark("rmsnorm");
+      BATON_RETURN_IF_ERROR(gemm(h_, w.w_qkv, qkv_, T, qkv_n, H, 0.f));
+      mark("gemm qkv");
+    }
     const bool fp8 = kv_spec_.dtype == KvDtype::kFP8;
-    QkvArgs q{qkv_,         w.b_qkv,    w.q_norm, w.k_norm, inv_freq_, dev<int32_t>(L.positions), dev<int32_t>(L.slots),
-              layer_kv,     T,          c.num_heads, c.num_kv_heads, D, kv_spec_.block_size, c.rms_norm_eps, fp8,
-              fp8 ? 1.f / w.k_scale : 1.f, fp8 ? 1.f / w.v_scale : 1.f};
-    qkv_rope_cache(q, stream_);
-    mark("qkv rope/cache");
-    AttnArgs a{qkv_,          qkv_n,         layer_kv,    dev<int32_t>(L.tables), dev<int32_t>(L.table_stride),
-               dev<int32_t>(L.seq_of), dev<int32_t>(L.positions), attn_, T, c.num_heads, c.num_kv_heads, D,
-               kv_spec_.block_size, c.sliding_window, fp8, 1.f / std::sqrt(float(D)),
-               fp8 ? w.k_scale : 1.f, fp8 ? w.v_scale : 1.f};
+    QkvArgs q{qkv_,
+              w.b_qkv,
+              w.q_norm,
+              w.k_norm,
+              inv_freq_,
+              dev<int32_t>(L.positions),
+              dev<int32_t>(L.slots),
+              layer_kv,
+              T,
+              c.num_heads,
+              c.num_kv_heads,
+              D,
+              kv_spec_.block_size,
+              c.rms_norm_eps,
+              fp8,
+              fp8 ? 1.f / w.k_scale : 1.f,
+              fp8 ? 1.f / w.v_scale : 1.f};
+    if (!decode) {  // decode steps: the attention kernel does this itself
+      qkv_rope_cache(q, stream_);
+      mark("qkv rope/cache");
+    }
+    AttnArgs a{qkv_,
+               qkv_n,
+               layer_kv,
+               dev<int32_t>(L.tables),
+               dev<int32_t>(L.table_stride),
+               dev<int32_t>(L.seq_of),
+               dev<int32_t>(L.positions),
+               attn_,
+               T,
+               c.num_heads,
+               c.num_kv_heads,
+               D,
+               kv_spec_.block_size,
+               c.sliding_window,
+               fp8,
+               1.f / std::sqrt(float(D)),
+               fp8 ? w.k_scale : 1.f,
+               fp8 ? w.v_scale : 1.f};
     if (decode || !prefill_kernel_supports(D))
-      attention_decode(a, n_splits, attn_ws_, stream_);
+      attention_decode(a, n_splits, attn_ws_, attn_arrivals_, decode ? &q : nullptr, stream_);
     else
       attention_prefill(a, dev<int2>(L.tiles), n_tiles, stream_);
     mark("attention");
-    BATON_RETURN_IF_ERROR(gemm(attn_, w.wo, x_, T, H, c.q_dim(), own));
-    mark("gemm o");
+    if (skinny) {
+      gemv(accumulate(attn_, w.wo, T, H, c.q_dim(), own), stream_);
+      mark("gemv o");
+    } else {
+      BATON_RETURN_IF_ERROR(gemm(attn_, w.wo, x_, T, H, c.q_dim(), own));
+      mark("gemm o");
+    }
     BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
     mark("all-reduce");
-    rmsnorm(x_, nullptr, w.mlp_norm, h_, T, H, c.rms_norm_eps, stream_);
-    mark("rmsnorm");
-    BATON_RETURN_IF_ERROR(gemm(h_, w.w_gate_up, gate_up_, T, 2 * I, H, 0.f));
-    mark("gemm gate/up");
-    silu_mul(gate_up_, act_, T, I, stream_);
-    mark("silu*mul");
-    BATON_RETURN_IF_ERROR(gemm(act_, w.w_down, x_, T, H, I, own));
-    mark("gemm down");
+    if (skinny) {
+      gemv({GemvKind::kNormSiluMul, w.w_gate_up, T, I, H, nullptr, x_, nullptr, w.mlp_norm, c.rms_norm_eps, nullptr,
+            0.f, act_},
+           stream_);
+      mark("gemv norm+gate/up+silu");
+      gemv(accumulate(act_, w.w_down, T, H, I, own), stream_);
+      mark("gemv down");
+    } else {
+      rmsnorm(x_, nullptr, w.mlp_norm, h_, T, H, c.rms_norm_eps, stream_);
+      mark("rmsnorm");
+      BATON_RETURN_IF_ERROR(gemm(h_, w.w_gate_up, gate_up_, T, 2 * I, H, 0.f));
+      mark("gemm gate/up");
+      silu_mul(gate_up_, act_, T, I, stream_);
+      mark("silu*mul");
+      BATON_RETURN_IF_ERROR(gemm(act_, w.w_down, x_, T, H, I, own));
+      mark("gemm down");
+    }
     BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
     mark("all-reduce");
   }
   if (rank_.rank != 0 || n_rows == 0) return {};
-  rmsnorm(x_, identity_rows ? nullptr : dev<int32_t>(L.logit_rows), final_norm_, h_, n_rows, H, c.rms_norm_eps, stream_);
+  const int32_t* rows = identity_rows ? nullptr : dev<int32_t>(L.logit_rows);
+  if (gemv_ && gemv_supported(n_rows, H)) {
+    gemv({GemvKind::kNormStore, lm_head_, n_rows, c.vocab_size, H, nullptr, x_, rows, final_norm_, c.rms_norm_eps,
+          logits_, 0.f, nullptr},
+         stream_);
+    mark("gemv norm+lm head");
+    return {};
+  }
+  rmsnorm(x_, rows, final_norm_, h_, n_rows, H, c.rms_norm_eps, stream_);
   mark("rmsnorm");
   BATON_RETURN_IF_ERROR(gemm(h_, lm_head_, logits_, n_rows, c.vocab_size, H, 0.f));
   mark("lm head");
@@ -507,8 +599,8 @@ Status CudaBackend::forward_sample(const Batch& batch, std::span<const DeviceSam
   size_t n_logits = 0;
   for (const SeqBatch& s : batch.seqs) n_logits += s.need_logits ? 1 : 0;
   if (rank_.rank == 0 && (params.size() != n_logits || tokens.size() != n_logits))
-    return make_error("forward_sample: ", params.size(), " sampling params and ", tokens.size(),
-                      " token slots for ", n_logits, " rows");
+    return make_error("forward_sample: ", params.size(), " sampling params and ", tokens.size(), " token slots for ",
+                      n_logits, " rows");
   return run(batch, {{}, params, tokens});
 }
 
@@ -569,7 +661,8 @@ Status CudaBackend::run_piece(const Batch& b, Output out) {
 
   // Stage the inputs.
   int32_t *tokens = host<int32_t>(L.tokens), *positions = host<int32_t>(L.positions), *slots = host<int32_t>(L.slots),
-          *seq_of = host<int32_t>(L.seq_of), *logit_rows = host<int32_t>(L.logit_rows), *tables = host<int32_t>(L.tables);
+          *seq_of = host<int32_t>(L.seq_of), *logit_rows = host<int32_t>(L.logit_rows),
+          *tables = host<int32_t>(L.tables);
   int2* tiles = host<int2>(L.tiles);
   int n_rows = 0, n_tiles = 0;
   for (int si = 0, t = 0; si < S; ++si) {
@@ -673,7 +766,8 @@ Result<std::unique_ptr<Backend>> create_backend_from(const ModelConfig& config, 
   BackendOptions rank_options = options;
   if (rank_options.kv_cache_bytes > 0) rank_options.kv_cache_bytes /= size_t(n);
   for (int r = 0; r < n; ++r) {
-    if (r == 1) rank_options.kv_cache_bytes = size_t(ranks[0]->kv_spec().num_blocks) * ranks[0]->kv_spec().bytes_per_block;
+    if (r == 1)
+      rank_options.kv_cache_bytes = size_t(ranks[0]->kv_spec().num_blocks) * ranks[0]->kv_spec().bytes_per_block;
     auto b = CudaBackend::create(config, tensors, rank_options, Rank{r, n, first + r, comms[r]});
     if (!b.ok()) {  // ranks 0..r own (and have destroyed) their communicators
       for (int k = r + 1; k < n; ++k) ncclCommDestroy(comms[k]);

@@ -7,6 +7,8 @@ namespace baton::cuda {
 namespace {
 
 __global__ void embed_kernel(const int32_t* tokens, const __nv_bfloat16* table, float* x, int hidden) {
+  pdl_trigger();
+  pdl_wait();
   const int t = blockIdx.x;
   const __nv_bfloat16* row = table + static_cast<int64_t>(tokens[t]) * hidden;
   float* dst = x + static_cast<int64_t>(t) * hidden;
@@ -16,6 +18,8 @@ __global__ void embed_kernel(const int32_t* tokens, const __nv_bfloat16* table, 
 __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, const float* w, __nv_bfloat16* out, int hidden,
                                float eps) {
   __shared__ float scratch[32];
+  pdl_trigger();
+  pdl_wait();
   const int r = blockIdx.x;
   const float* src = x + static_cast<int64_t>(rows ? rows[r] : r) * hidden;
   float ss = 0.f;
@@ -29,6 +33,8 @@ __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, const float*
 // One warp per (token, head); lane handles rotation pairs (p, p + D/2).
 template <class Kv>
 __global__ void qkv_kernel(QkvArgs a) {
+  pdl_trigger();
+  pdl_wait();
   const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   const int n_heads = a.H + 2 * a.KVH;
   if (warp >= a.T * n_heads) return;
@@ -80,6 +86,8 @@ __global__ void qkv_kernel(QkvArgs a) {
 
 // grid (columns / 256, tokens): no 64-bit division per element.
 __global__ void silu_mul_kernel(const float* gu, __nv_bfloat16* act, int I) {
+  pdl_trigger();
+  pdl_wait();
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= I) return;
   const int64_t t = blockIdx.y;
@@ -87,19 +95,28 @@ __global__ void silu_mul_kernel(const float* gu, __nv_bfloat16* act, int I) {
   act[t * I + c] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
 }
 
+thread_local bool t_pdl = false;
 
 }  // namespace
 
+bool pdl_enabled() {
+  return t_pdl;
+}
+void set_pdl(bool on) {
+  t_pdl = on;
+}
+
 void embed(const int32_t* tokens, const bf16_t* table, float* x, int T, int hidden, cudaStream_t s) {
   if (T == 0) return;
+  // A plain launch: what precedes it is the copy of the step's inputs, not a kernel.
   embed_kernel<<<T, 256, 0, s>>>(tokens, reinterpret_cast<const __nv_bfloat16*>(table), x, hidden);
 }
 
 void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* out, int n_rows, int hidden, float eps,
              cudaStream_t s) {
   if (n_rows == 0) return;
-  rmsnorm_kernel<<<n_rows, hidden >= 1024 ? 512 : 256, 0, s>>>(x, rows, w, reinterpret_cast<__nv_bfloat16*>(out),
-                                                                hidden, eps);
+  launch(rmsnorm_kernel, n_rows, hidden >= 1024 ? 512 : 256, 0, s, x, rows, w, reinterpret_cast<__nv_bfloat16*>(out),
+         hidden, eps);
 }
 
 void qkv_rope_cache(const QkvArgs& a, cudaStream_t s) {
@@ -107,15 +124,14 @@ void qkv_rope_cache(const QkvArgs& a, cudaStream_t s) {
   if (warps == 0) return;
   const int blocks = static_cast<int>((warps + 3) / 4);
   if (a.fp8)
-    qkv_kernel<Fp8Kv><<<blocks, 128, 0, s>>>(a);
+    launch(qkv_kernel<Fp8Kv>, blocks, 128, 0, s, a);
   else
-    qkv_kernel<Bf16Kv><<<blocks, 128, 0, s>>>(a);
+    launch(qkv_kernel<Bf16Kv>, blocks, 128, 0, s, a);
 }
 
 void silu_mul(const float* gate_up, bf16_t* act, int T, int I, cudaStream_t s) {
   if (T == 0 || I == 0) return;
-  silu_mul_kernel<<<dim3((I + 255) / 256, T), 256, 0, s>>>(gate_up, reinterpret_cast<__nv_bfloat16*>(act), I);
+  launch(silu_mul_kernel, dim3((I + 255) / 256, T), 256, 0, s, gate_up, reinterpret_cast<__nv_bfloat16*>(act), I);
 }
-
 
 }  // namespace baton::cuda

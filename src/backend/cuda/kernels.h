@@ -37,7 +37,7 @@ struct QkvArgs {
   void* layer_kv;
   int T, H, KVH, D, block_size;
   float eps;
-  bool fp8;                  // cache dtype: fp8 e4m3, else bf16
+  bool fp8;                        // cache dtype: fp8 e4m3, else bf16
   float k_inv_scale, v_inv_scale;  // fp8: 1 / scale
 };
 void qkv_rope_cache(const QkvArgs& a, cudaStream_t s);
@@ -61,8 +61,12 @@ struct AttnArgs {
 };
 // Decode-shaped (any T, best when each sequence adds one token): one CTA per (head, token,
 // split); the keys of a row are cut into n_splits ranges whose partial softmaxes are merged
-// through `workspace` (T * H * n_splits * (D + 2) floats; unused when n_splits == 1).
-void attention_decode(const AttnArgs& a, int n_splits, float* workspace, cudaStream_t s);
+// through `workspace` (T * H * n_splits * (D + 2) floats) by the last split to finish, counted in
+// `arrivals` (T * H ints, zero before the first call; each call leaves them zero). Both are
+// unused when n_splits == 1. fuse (steps where every sequence adds one token): q, k and v are
+// a.q's raw rows, and the kernel does qkv_rope_cache(*fuse)'s work itself; null: a.q is ready.
+void attention_decode(const AttnArgs& a, int n_splits, float* workspace, int* arrivals, const QkvArgs* fuse,
+                      cudaStream_t s);
 // Prefill-shaped: a CTA takes up to 64 consecutive query rows of one sequence (a tile) and one
 // head, and streams that sequence's keys through shared memory once for all of them.
 // tiles[i] = {first row, number of rows} (rows of one sequence, consecutive positions).
@@ -71,6 +75,42 @@ void attention_decode(const AttnArgs& a, int n_splits, float* workspace, cudaStr
 constexpr int kPrefillTileRows = 64;
 void attention_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s);
 bool prefill_kernel_supports(int head_dim);
+
+// Skinny GEMMs for steps of at most kGemvMaxRows tokens (small-batch decode), where a GEMM is a
+// pass over the weights: each warp streams whole weight rows (16-byte loads, several in flight)
+// against the step's few input rows, staged once per CTA in shared memory as bf16. The input is
+// either bf16 rows or rows of the fp32 residual stream that the kernel RMS-normalises itself (so
+// the norm costs no launch of its own), and the output is fp32 (stored, or added into: the residual
+// add) or, for the MLP's gate/up weight, silu(gate) * up as bf16 (so SiLU-and-mul costs none
+// either). Numerics as rmsnorm + cuBLAS: bf16 products, fp32 sums.
+constexpr int kGemvMaxRows = 4;
+enum class GemvKind {
+  kNormStore,    // out = rmsnorm(x) W^T
+  kNormSiluMul,  // act = silu(rmsnorm(x) Wg^T) * (rmsnorm(x) Wu^T); W = [Wg; Wu], each [N, K]
+  kAccumulate,   // out = beta * out + in W^T (beta 0: out is not read)
+};
+struct GemvArgs {
+  GemvKind kind;
+  const bf16_t* w;  // [N, K] row-major (kNormSiluMul: [2N, K])
+  int M, N, K;
+  const bf16_t* in;     // kAccumulate: [M, K]
+  const float* x;       // the norm kinds: the residual stream, rows of K
+  const int32_t* rows;  // which rows of x (null: 0 .. M-1)
+  const float* norm_w;  // [K]
+  float eps;
+  float* out;  // [M, N] fp32
+  float beta;
+  bf16_t* act;  // kNormSiluMul: [M, N] bf16
+};
+// Whether gemv() takes M rows of K inputs (K a multiple of 8, the rows fit in shared memory).
+bool gemv_supported(int M, int K);
+void gemv(const GemvArgs& a, cudaStream_t s);
+// Once per device, before the first gemv() on it (allows the shared memory large inputs need).
+void gemv_init();
+
+// Whether our kernels launched from this thread use programmatic dependent launch (common.cuh);
+// off until set.
+void set_pdl(bool on);
 
 // act[t, i] = silu(gu[t, i]) * gu[t, I + i], as bf16.
 void silu_mul(const float* gate_up, bf16_t* act, int T, int I, cudaStream_t s);
