@@ -152,8 +152,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const KeyRange r = keys_of(a.positions[t], a.window);
   const int n_keys = r.last - r.first + 1;
   // A graph fixes n_splits for every context length; a short context uses fewer of them (at
-  // least two keys per group each), and the CTAs beyond leave at once.
-  const int splits = max(1, min(n_splits, (n_keys + 2 * kGroups - 1) / (2 * kGroups)));
+  // least a key per group each), and the CTAs beyond leave at once.
+  const int splits = max(1, min(n_splits, (n_keys + kGroups - 1) / kGroups));
   if (split >= splits) return;
   const int chunk = n_keys > 0 ? (n_keys + splits - 1) / splits : 0;
   const int begin = r.first + split * chunk, end = min(begin + chunk, r.last + 1);
@@ -164,10 +164,29 @@ __global__ void __launch_bounds__(kDecodeThreads)
   __shared__ float qv[kFused ? D : 1], kn[kFused ? D : 1], vn[kFused ? D : 1];
   const bool has_new =
       kFused && r.last >= 0 && begin <= r.last && r.last < end;  // this CTA's keys end at the new token
+
+  // Key j's K and V: from the cache, or the new token's from shared memory (after prepare_qkv).
+  float k[kE], v[kE];
+  auto load_key = [&](int j) {
+    if (kFused && has_new && j == r.last) {
+#pragma unroll
+      for (int i = 0; i < kE; ++i) k[i] = kn[sub * kE + i], v[i] = vn[sub * kE + i];
+    } else if (j < end) {
+      load_f32<Kv, kE>(kv_row<Kv>(a, table, j, 0, g) + sub * kE, k);
+      load_f32<Kv, kE>(kv_row<Kv>(a, table, j, 1, g) + sub * kE, v);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kE; ++i) k[i] = v[i] = 0.f;
+    }
+  };
+  // The first keys' loads go out before the query is prepared: independent round trips.
+  const bool first_is_new = kFused && has_new && begin + gid == r.last;
+  if (!first_is_new) load_key(begin + gid);
   if constexpr (kFused) {
     if (r.last >= 0)
       prepare_qkv<D, Kv>(p, t, h, g, has_new, has_new && h % (a.H / a.KVH) == 0 && p.slots[t] >= 0, qv, kn, vn);
   }
+  if (first_is_new) load_key(begin + gid);
   const float* qrow = kFused ? qv + sub * kE : a.q + static_cast<int64_t>(t) * a.q_row_stride + h * D + sub * kE;
 #pragma unroll
   for (int i = 0; i < kE; ++i) q[i] = qrow[i] * qs, acc[i] = 0.f;
@@ -176,17 +195,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   for (int j0 = begin; j0 < end; j0 += kGroups) {
     const int j = j0 + gid;
     const bool ok = j < end;
-    float k[kE], v[kE];
-    if (kFused && ok && has_new && j == r.last) {
-#pragma unroll
-      for (int i = 0; i < kE; ++i) k[i] = kn[sub * kE + i], v[i] = vn[sub * kE + i];
-    } else if (ok) {
-      load_f32<Kv, kE>(kv_row<Kv>(a, table, j, 0, g) + sub * kE, k);
-      load_f32<Kv, kE>(kv_row<Kv>(a, table, j, 1, g) + sub * kE, v);
-    } else {
-#pragma unroll
-      for (int i = 0; i < kE; ++i) k[i] = v[i] = 0.f;
-    }
+    if (j0 != begin) load_key(j);
     float s = 0.f;
 #pragma unroll
     for (int i = 0; i < kE; ++i) s += q[i] * k[i];

@@ -22,6 +22,9 @@ constexpr int kUnroll = 8;  // 16-byte chunks in flight per lane and weight row:
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
+__device__ __forceinline__ void prefetch_l1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
 
 // acc + dot(w, x) over 8 bf16 pairs, in fp32.
 __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
@@ -71,6 +74,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
       const char* row = reinterpret_cast<const char*>(w + (static_cast<int64_t>(r) * a.N + n + stride) * chunks);
       for (int off = lane * 128; off < a.K * 2; off += 32 * 128) prefetch_l2(row + off);
     }
+  if constexpr (kNorm)  // the norm's weights too: constant, and read right after the wait
+    for (int off = threadIdx.x * 128; off < a.K * 4; off += blockDim.x * 128)
+      prefetch_l1(reinterpret_cast<const char*>(a.norm_w) + off);
   pdl_wait();
 
   // Stage the inputs: bf16 rows as they are, or rmsnorm(x) * norm_w rounded to bf16 (as the
