@@ -46,8 +46,9 @@ struct DeviceRates {
     if ((expr) != cudaSuccess) return make_error("CUDA: ", #expr, " failed");            \
   } while (0)
 
-Result<DeviceRates> measure_device() {
+Result<DeviceRates> measure_device(int gpu) {
   DeviceRates r;
+  BENCH_CU(cudaSetDevice(gpu));
   const size_t bytes = size_t{1} << 30;
   void *a = nullptr, *b = nullptr;
   BENCH_CU(cudaMalloc(&a, bytes));
@@ -113,7 +114,9 @@ Result<DeviceRates> measure_device() {
   return r;
 }
 #else
-Result<DeviceRates> measure_device() { return DeviceRates{}; }
+Result<DeviceRates> measure_device(int) {
+  return DeviceRates{};
+}
 #endif
 
 // Bytes of weights one decode step reads (bf16): every layer's matrices and the LM head.
@@ -195,8 +198,11 @@ Status model_bench(int argc, char** argv) {
 
   Json out;
   DeviceRates rates;
-  if (bo.device.rfind("cuda", 0) == 0) {
-    BATON_ASSIGN_OR_RETURN(rates, measure_device());
+  BATON_ASSIGN_OR_RETURN(DeviceSpec device, parse_device(bo.device));
+  if (device.cuda) {  // on the GPU of rank 0
+    if (device.first_gpu >= cuda_device_count())
+      return make_error("--device ", bo.device, ": ", cuda_device_count(), " GPUs visible");
+    BATON_ASSIGN_OR_RETURN(rates, measure_device(device.first_gpu));
   }
   out["device_copy_GBps"] = rates.copy_bytes_per_s / 1e9;
   out["gemm_bf16_TFLOPs"] = rates.gemm_flops / 1e12;

@@ -44,19 +44,22 @@ void add_backend_flags(ArgParser& args, BackendOptions& o) {
            "tensor-parallel ranks (CPU: threads of this process; CUDA: one GPU each, NCCL)");
 }
 
-Result<std::unique_ptr<Backend>> create_backend(const std::string& model_dir, const BackendOptions& options) {
-  if (options.device == "cpu") return create_cpu_backend(model_dir, options);
-  if (options.device == "cuda") return create_cuda_backend(model_dir, options);
-  if (options.device.rfind("cuda:", 0) == 0) {
-    const std::string n = options.device.substr(5);
+Result<DeviceSpec> parse_device(const std::string& device) {
+  if (device == "cpu") return DeviceSpec{false, 0};
+  if (device == "cuda") return DeviceSpec{true, 0};
+  if (device.rfind("cuda:", 0) == 0) {
+    const std::string n = device.substr(5);
     if (n.empty() || n.size() > 3 || n.find_first_not_of("0123456789") != std::string::npos)
-      return make_error("--device: '", options.device, "' is not cuda:N (N a GPU index)");
-    BackendOptions o = options;
-    o.device = "cuda";
-    o.first_gpu = std::stoi(n);
-    return create_cuda_backend(model_dir, o);
+      return make_error("--device: '", device, "' is not cuda:N (N a GPU index)");
+    return DeviceSpec{true, std::stoi(n)};
   }
-  return make_error("--device must be cpu, cuda or cuda:N (got '", options.device, "')");
+  return make_error("--device must be cpu, cuda or cuda:N (got '", device, "')");
+}
+
+Result<std::unique_ptr<Backend>> create_backend(const std::string& model_dir, const BackendOptions& options) {
+  BATON_ASSIGN_OR_RETURN(DeviceSpec d, parse_device(options.device));
+  if (!d.cuda) return create_cpu_backend(model_dir, options);
+  return create_cuda_backend(model_dir, options, d.first_gpu);
 }
 
 Status Backend::forward_sample(const Batch&, std::span<const DeviceSampling>, std::span<int32_t>) {
@@ -64,7 +67,7 @@ Status Backend::forward_sample(const Batch&, std::span<const DeviceSampling>, st
 }
 
 #ifndef BATON_HAS_CUDA_BACKEND
-Result<std::unique_ptr<Backend>> create_cuda_backend(const std::string&, const BackendOptions&) {
+Result<std::unique_ptr<Backend>> create_cuda_backend(const std::string&, const BackendOptions&, int) {
   return make_error("--device cuda: this baton was built without the CUDA backend (no nvcc at build time)");
 }
 int cuda_device_count() { return 0; }

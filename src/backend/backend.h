@@ -66,8 +66,7 @@ struct KvMemory {
 };
 
 struct BackendOptions {
-  std::string device = "cpu";  // cpu | cuda | cuda:N (ranks on GPUs N, N+1, ...)
-  int first_gpu = 0;           // set from cuda:N by create_backend
+  std::string device = "cpu";  // cpu | cuda | cuda:N (ranks on GPUs N, N+1, ...); see parse_device
   KvAllocator kv_allocator;  // host pools only; empty: the backend allocates the pool itself
   int block_size = 16;
   // The KV pool; blocks = bytes / bytes_per_block. 0: 256 MiB on the CPU; on a GPU what
@@ -114,13 +113,22 @@ class ArgParser;
 // --kv_cache_dtype, --kv-cache-memory, --threads, -tp), shared by every app that runs a model.
 void add_backend_flags(ArgParser& args, BackendOptions& o);
 
+// BackendOptions::device, parsed: the CPU, or CUDA with TP rank r on GPU first_gpu + r ("cuda" is
+// "cuda:0"). The one place that reads the string.
+struct DeviceSpec {
+  bool cuda = false;
+  int first_gpu = 0;
+};
+Result<DeviceSpec> parse_device(const std::string& device);
+
 // Loads config.json and the safetensors of `model_dir` and builds the backend options.device names.
 // "cuda:N" puts TP rank r on GPU N + r (two instances on one host use different GPUs yet see all,
 // as CUDA IPC between them needs).
 Result<std::unique_ptr<Backend>> create_backend(const std::string& model_dir, const BackendOptions& options);
 Result<std::unique_ptr<Backend>> create_cpu_backend(const std::string& model_dir, const BackendOptions& options);
 // Errors with a one-line message when baton was built without CUDA or no GPU is present.
-Result<std::unique_ptr<Backend>> create_cuda_backend(const std::string& model_dir, const BackendOptions& options);
+Result<std::unique_ptr<Backend>> create_cuda_backend(const std::string& model_dir, const BackendOptions& options,
+                                                     int first_gpu);
 
 // GPUs the CUDA backend can use (0 without a GPU or without the CUDA backend).
 int cuda_device_count();

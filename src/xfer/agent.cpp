@@ -187,12 +187,13 @@ Json Agent::regions_json() const {
   return arr;
 }
 
-Result<std::byte*> Agent::locate(uint64_t region, uint64_t offset, uint64_t len) const {
+Result<std::byte*> Agent::locate(uint64_t region, uint64_t offset, uint64_t len, MemoryKind* kind) const {
   auto it = regions_.find(region);
   if (it == regions_.end()) return make_error("region ", region, " is not registered with agent ", config_.name);
   const Region& r = it->second;
   if (offset > r.length || len > r.length - offset)
     return make_error("range [", offset, ", ", offset + len, ") is outside region ", region, " (", r.length, " bytes)");
+  if (kind) *kind = r.desc.kind;
   return r.ptr + offset;
 }
 
@@ -458,48 +459,46 @@ Result<TransferId> Session::write(const std::vector<TransferOp>& ops) { return s
 
 Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool is_read) {
   if (broken_) return make_error("session to ", peer_, " is broken; connect again");
-  const std::vector<TransferOp> ops = coalesce(raw_ops);
+  // Per-thread scratch, so that a read allocates nothing (a KV handoff issues many).
+  thread_local std::vector<TransferOp> ops;
+  thread_local std::vector<std::pair<std::byte*, uint64_t>> local;
+  thread_local std::vector<RmaOp> rma_ops;
+  coalesce(raw_ops, ops);
+  local.clear();
+  rma_ops.clear();
   static std::atomic<TransferId> next_id{1};
   const TransferId id = next_id.fetch_add(1);
 
   // Check both ends of every op before anything moves.
-  std::vector<std::pair<std::byte*, uint64_t>> local;
-  std::vector<RmaOp> rma_ops;
   bool gpu = false;
   std::shared_lock local_lock(agent_.regions_mutex_);
-  {
-    std::lock_guard lock(mutex_);
-    for (const TransferOp& op : ops) {
-      auto p = agent_.locate(op.local_region, op.local_offset, op.length);
-      if (!p.ok()) return make_error("local ", p.error());
-      auto r = regions_.find(op.remote_region);
-      if (r == regions_.end()) return make_error("peer ", peer_, " has no region ", op.remote_region, " (or revoked it)");
-      if (op.remote_offset > r->second.length || op.length > r->second.length - op.remote_offset)
-        return make_error("range [", op.remote_offset, ", ", op.remote_offset + op.length, ") is outside region ",
-                          op.remote_region, " of ", peer_, " (", r->second.length, " bytes)");
-      local.emplace_back(*p, op.length);
-      gpu = gpu || r->second.kind == MemoryKind::kCuda ||
-            agent_.regions_.at(op.local_region).desc.kind == MemoryKind::kCuda;
-      rma_ops.push_back({*p, r->second.address + op.remote_offset, op.remote_region, op.length});
-    }
-    transfers_[id];
+  std::unique_lock lock(mutex_);
+  for (const TransferOp& op : ops) {
+    MemoryKind local_kind = MemoryKind::kHost;
+    auto p = agent_.locate(op.local_region, op.local_offset, op.length, &local_kind);
+    if (!p.ok()) return make_error("local ", p.error());
+    auto r = regions_.find(op.remote_region);
+    if (r == regions_.end()) return make_error("peer ", peer_, " has no region ", op.remote_region, " (or revoked it)");
+    if (op.remote_offset > r->second.length || op.length > r->second.length - op.remote_offset)
+      return make_error("range [", op.remote_offset, ", ", op.remote_offset + op.length, ") is outside region ",
+                        op.remote_region, " of ", peer_, " (", r->second.length, " bytes)");
+    local.emplace_back(*p, op.length);
+    gpu = gpu || r->second.kind == MemoryKind::kCuda || local_kind == MemoryKind::kCuda;
+    rma_ops.push_back({*p, r->second.address + op.remote_offset, op.remote_region, op.length});
   }
-  std::unique_lock rma_lock(mutex_);
-  if (gpu && !gpu_) {
-    transfers_.erase(id);
+  if (gpu && !gpu_)
     return make_error("GPU memory on either side needs cuda_ipc to ", peer_, " (same host, CUDA build)");
-  }
   if (RmaEndpoint* ep = gpu ? gpu_.get() : rma_.get()) {
     auto handle = ep->start(rma_ops, !is_read);
-    if (!handle.ok()) {
-      transfers_.erase(id);
-      return handle.error().empty() ? make_error("transfer failed") : make_error(handle.error());
-    }
-    transfers_[id].rma_handle = *handle;
-    transfers_[id].on_gpu = gpu;
+    if (!handle.ok()) return handle.error().empty() ? make_error("transfer failed") : make_error(handle.error());
+    if (*handle == RmaEndpoint::kDone) return id | kDoneAtStart;
+    Transfer& t = transfers_[id];
+    t.rma_handle = *handle;
+    t.on_gpu = gpu;
     return id;
   }
-  rma_lock.unlock();
+  transfers_[id];
+  lock.unlock();
   // TCP: the peer serves the request on its connection thread, in order.
   std::lock_guard send_lock(send_mutex_);
   {
@@ -594,6 +593,7 @@ void Session::fail_all(const std::string& why) {
 }
 
 TransferState Session::poll(TransferId id, std::string* error) {
+  if (id & kDoneAtStart) return TransferState::kDone;
   std::lock_guard lock(mutex_);
   auto it = transfers_.find(id);
   if (it == transfers_.end()) {
@@ -612,6 +612,7 @@ TransferState Session::poll(TransferId id, std::string* error) {
 Status Session::wait(TransferId id) { return wait(id, agent_.config_.timeout); }
 
 Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
+  if (id & kDoneAtStart) return {};
   std::optional<Clock::time_point> deadline;  // read the clock only if the transfer is not done yet
   std::string error;
   for (int spins = 0;; ++spins) {

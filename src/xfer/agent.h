@@ -75,6 +75,10 @@ class Session {
     bool on_gpu = false;      // rma_handle belongs to the cuda_ipc endpoint
   };
 
+  // A transfer the endpoint finished inside read()/write() (a copy from mapped shared memory)
+  // keeps no record: its id carries this bit, and poll/wait answer "done" from the id alone.
+  static constexpr TransferId kDoneAtStart = TransferId{1} << 63;
+
   Session(Agent& agent, std::string peer, Socket socket);
   Result<TransferId> start(const std::vector<TransferOp>& ops, bool is_read);
   void reader_loop();
@@ -152,8 +156,9 @@ class Agent {
   void accept_loop();
   void serve(Served& conn);
   Json regions_json() const;
-  // Validates [offset, offset+len) of a region; returns its memory or an error.
-  Result<std::byte*> locate(uint64_t region, uint64_t offset, uint64_t len) const;
+  // Validates [offset, offset+len) of a region; returns its memory (and, if asked, its kind) or
+  // an error.
+  Result<std::byte*> locate(uint64_t region, uint64_t offset, uint64_t len, MemoryKind* kind = nullptr) const;
   void deliver(const std::string& peer, std::string message);
 
   Config config_;

@@ -27,8 +27,10 @@ class RmaEndpoint {
   // Learns a peer region's key (from its MemoryDesc.keys).
   virtual Status add_region(const MemoryDesc& remote) = 0;
   virtual void remove_region(uint64_t region) = 0;
-  // Starts reads (write = false) or writes of every op; returns a handle for poll().
+  // Starts reads (write = false) or writes of every op; returns a handle for poll(), or kDone
+  // when they finished inside start() (nothing to poll or release then).
   virtual Result<uint64_t> start(const std::vector<RmaOp>& ops, bool write) = 0;
+  static constexpr uint64_t kDone = ~uint64_t{0};
   virtual TransferState poll(uint64_t handle, std::string* error) = 0;
   // Drives the transport from a waiting thread (lower latency than the background progress).
   virtual void progress() {}

@@ -39,6 +39,12 @@ Result<AgentDesc> AgentDesc::from_json(const Json& j) {
 
 std::vector<TransferOp> coalesce(const std::vector<TransferOp>& ops) {
   std::vector<TransferOp> out;
+  coalesce(ops, out);
+  return out;
+}
+
+void coalesce(const std::vector<TransferOp>& ops, std::vector<TransferOp>& out) {
+  out.clear();
   for (const TransferOp& op : ops) {
     if (op.length == 0) continue;
     if (!out.empty()) {
@@ -51,7 +57,6 @@ std::vector<TransferOp> coalesce(const std::vector<TransferOp>& ops) {
     }
     out.push_back(op);
   }
-  return out;
 }
 
 std::string to_hex(const void* data, size_t n) {

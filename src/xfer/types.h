@@ -56,6 +56,7 @@ enum class TransferState { kPending, kDone, kFailed };
 // Merges ops whose local and remote ranges both continue the previous op's (contiguous KV
 // blocks become one range). Keeps order otherwise.
 std::vector<TransferOp> coalesce(const std::vector<TransferOp>& ops);
+void coalesce(const std::vector<TransferOp>& ops, std::vector<TransferOp>& out);  // into out (cleared first)
 
 std::string to_hex(const void* data, size_t n);
 Result<std::string> from_hex(const std::string& hex);

@@ -739,11 +739,11 @@ Status CudaBackend::run_piece(const Batch& b, Output out) {
 }  // namespace
 
 Result<std::unique_ptr<Backend>> create_backend_from(const ModelConfig& config, const ModelTensors& tensors,
-                                                     const BackendOptions& options) {
+                                                     const BackendOptions& options, int first_gpu) {
   int n_devices = 0;
   if (cudaGetDeviceCount(&n_devices) != cudaSuccess || n_devices == 0)
     return make_error("--device cuda: no CUDA device is visible");
-  const int n = options.tp_size, first = options.first_gpu;
+  const int n = options.tp_size, first = first_gpu;
   if (n < 1) return make_error("-tp must be at least 1");
   if (first < 0 || first + n > n_devices)
     return make_error("-tp ", n, " from GPU ", first, " needs GPUs ", first, "..", first + n - 1, "; ", n_devices,
@@ -788,12 +788,13 @@ int cuda_device_count() {
   return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
 }
 
-Result<std::unique_ptr<Backend>> create_cuda_backend(const std::string& model_dir, const BackendOptions& options) {
+Result<std::unique_ptr<Backend>> create_cuda_backend(const std::string& model_dir, const BackendOptions& options,
+                                                     int first_gpu) {
   BATON_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::load(model_dir));
   BATON_ASSIGN_OR_RETURN(WeightStore store, WeightStore::open_dir(model_dir));
   auto tensors = ModelTensors::find(config, store);
   if (!tensors.ok()) return make_error(model_dir, ": ", tensors.error());
-  return cuda::create_backend_from(config, *tensors, options);
+  return cuda::create_backend_from(config, *tensors, options, first_gpu);
 }
 
 }  // namespace baton

@@ -93,45 +93,54 @@ class UcxEndpoint : public RmaEndpoint {
   }
 
   Result<uint64_t> start(const std::vector<RmaOp>& ops, bool write) override {
-    {
-      // Every range in mapped shared memory: copy now (under the lock, so the mapping cannot
-      // go away mid-copy) and hand back a handle that is already complete.
-      std::lock_guard lock(m_);
-      bool all_direct = !ops.empty();
-      for (const RmaOp& op : ops) all_direct = all_direct && direct_.count(op.remote_region);
-      if (all_direct) {
-        for (const RmaOp& op : ops) {
-          const Direct& d = direct_.find(op.remote_region)->second;
-          std::byte* remote = d.base + (op.remote_address - d.address);
-          if (write) {
-            std::memcpy(remote, op.local, op.length);
-          } else {
-            std::memcpy(op.local, remote, op.length);
-          }
-        }
-        std::atomic_thread_fence(std::memory_order_release);
-        return kCompleted;
+    std::lock_guard lock(m_);
+    // Each op's region looked up once (a batch is mostly one region: the last lookup is reused).
+    resolved_.resize(ops.size());
+    bool all_direct = !ops.empty();
+    uint64_t last_region = 0;
+    Resolved last{};
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const uint64_t region = ops[i].remote_region;
+      if (i == 0 || region != last_region) {
+        auto key = rkeys_.find(region);
+        if (key == rkeys_.end()) return make_error("no UCX key for remote region ", region);
+        auto d = direct_.find(region);
+        last = {key->second, d == direct_.end() ? nullptr : &d->second};
+        last_region = region;
       }
+      resolved_[i] = last;
+      all_direct = all_direct && last.direct;
+    }
+    if (all_direct) {
+      // Every range in mapped shared memory: copy now (under the lock, so the mapping cannot go
+      // away mid-copy) and hand back a handle that is already complete.
+      for (size_t i = 0; i < ops.size(); ++i) {
+        const RmaOp& op = ops[i];
+        std::byte* remote = resolved_[i].direct->base + (op.remote_address - resolved_[i].direct->address);
+        if (write) {
+          std::memcpy(remote, op.local, op.length);
+        } else {
+          std::memcpy(op.local, remote, op.length);
+        }
+      }
+      std::atomic_thread_fence(std::memory_order_release);
+      return kDone;
     }
     auto batch = std::make_shared<Batch>();
     // A put completes when its local buffer may be reused, not when the peer has the bytes: a
     // write batch ends with an endpoint flush, which completes once every earlier put has
     // landed remotely.
     batch->remaining = static_cast<int>(ops.size()) + (write ? 1 : 0);
-    std::lock_guard lock(m_);
-    for (const RmaOp& op : ops) {
-      auto it = rkeys_.find(op.remote_region);
-      if (it == rkeys_.end()) return make_error("no UCX key for remote region ", op.remote_region);
-    }
     uint64_t handle = next_handle_++;
     batches_[handle] = batch;
-    for (const RmaOp& op : ops) {
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const RmaOp& op = ops[i];
       ucp_request_param_t p{};
       p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
       p.cb.send = on_done;
       auto* ref = new std::shared_ptr<Batch>(batch);
       p.user_data = ref;
-      ucp_rkey_h rkey = rkeys_[op.remote_region];
+      ucp_rkey_h rkey = resolved_[i].rkey;
       ucs_status_ptr_t r = write ? ucp_put_nbx(ep_, op.local, op.length, op.remote_address, rkey, &p)
                                  : ucp_get_nbx(ep_, op.local, op.length, op.remote_address, rkey, &p);
       settle(batch, ref, r, write ? "put" : "get");
@@ -163,7 +172,7 @@ class UcxEndpoint : public RmaEndpoint {
   }
 
   TransferState poll(uint64_t handle, std::string* error) override {
-    if (handle == kCompleted) return TransferState::kDone;
+    if (handle == kDone) return TransferState::kDone;
     std::shared_ptr<Batch> b;
     {
       std::lock_guard lock(m_);
@@ -184,7 +193,7 @@ class UcxEndpoint : public RmaEndpoint {
   }
 
   void release(uint64_t handle) override {
-    if (handle == kCompleted) return;
+    if (handle == kDone) return;
     std::lock_guard lock(m_);
     auto it = batches_.find(handle);
     if (it == batches_.end()) return;
@@ -196,13 +205,17 @@ class UcxEndpoint : public RmaEndpoint {
   ucp_ep_h ep_;
   std::mutex m_;
   // A batch copied in place by start(): handles from next_handle_ never reach it.
-  static constexpr uint64_t kCompleted = ~uint64_t{0};
   struct Direct {
     std::byte* base;   // where the peer's region starts in this process
     uint64_t address;  // the peer's address of that start
   };
   std::unordered_map<uint64_t, ucp_rkey_h> rkeys_;
   std::unordered_map<uint64_t, Direct> direct_;
+  struct Resolved {
+    ucp_rkey_h rkey;
+    const Direct* direct;  // null: not mapped here
+  };
+  std::vector<Resolved> resolved_;  // start()'s per-op lookups, under m_ (kept to reuse its memory)
   std::unordered_map<uint64_t, std::shared_ptr<Batch>> batches_;
   uint64_t next_handle_ = 1;
 };
