@@ -613,6 +613,7 @@ Status serve_bench(int argc, char** argv) {
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
   if (args.help_requested()) return {};
 
+  if (!(timeout_s > 0 && timeout_s <= 86400)) return make_error("--timeout-s must be in (0, 86400]");
   BATON_ASSIGN_OR_RETURN(Target target, parse_target(base_url, endpoint));
   target.token_ids = !no_token_ids;
   target.ignore_eos = !use_eos;

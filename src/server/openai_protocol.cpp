@@ -110,7 +110,9 @@ std::optional<ApiError> read_messages(const Json& m, ApiRequest& r) {
       // OpenAI content parts: concatenate the text parts (no images here).
       std::string text;
       for (const auto& part : *content) {
-        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+        // Compared as JSON: a mistyped "type" is a refusal, not a conversion error.
+        if (!part.is_object() || !part.contains("type") || part["type"] != "text" || !part.contains("text") ||
+            !part["text"].is_string())
           return bad("messages", "only text content parts are supported");
         text += part["text"].get<std::string>();
       }

@@ -275,9 +275,14 @@ void Agent::serve(Served& conn) {
   if (!hello_payload.ok()) return;
   auto hj = parse_json(*hello_payload, "hello");
   if (!hj.ok() || !hj->is_object()) return refuse("malformed hello");
-  peer = hj->value("agent", "?");
-  if (hj->value("version", 0) != kProtocolVersion) return refuse("protocol version mismatch");
-  if (!config_.token.empty() && hj->value("token", "") != config_.token) return refuse("wrong or missing deployment token");
+  // Typed reads: a peer's mistyped field is a refusal, not an exception on this thread.
+  auto agent = json_get_or<std::string>(*hj, "agent", "?", "hello");
+  auto version = json_get_or<int64_t>(*hj, "version", 0, "hello");
+  auto token = json_get_or<std::string>(*hj, "token", "", "hello");
+  if (!agent.ok() || !version.ok() || !token.ok()) return refuse("malformed hello");
+  peer = *agent;
+  if (*version != kProtocolVersion) return refuse("protocol version mismatch");
+  if (!config_.token.empty() && *token != config_.token) return refuse("wrong or missing deployment token");
   Json welcome = {{"agent", config_.name}, {"regions", regions_json()}, {"version", kProtocolVersion}};
   if (rma_) welcome[rma_->name()] = rma_->address();
   if (gpu_) welcome[gpu_->name()] = gpu_->address();

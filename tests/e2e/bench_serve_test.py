@@ -189,7 +189,7 @@ def failures_are_counted_not_hidden(ctx):
     assert all(not r["ok"] and "cannot connect" in r["error"] for r in j["requests"])
     for bad, msg in [(["--request-rate", "fast"], "--request-rate"), (["--slo", "ttft=3"], "unit"),
                      (["--endpoint", "/v1/embeddings"], "--endpoint"), (["--base-url", "http://host.invalid:1"], "cannot resolve host"),
-                     (["--base-url", "https://127.0.0.1:1"], "only http://")]:
+                     (["--base-url", "https://127.0.0.1:1"], "only http://"), (["--timeout-s", "0"], "--timeout-s")]:
         out = run_bench(ctx, *bad, expect_rc=1)
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and msg in lines[0], (bad, out.stderr)

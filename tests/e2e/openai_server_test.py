@@ -141,6 +141,8 @@ def bad_input_gets_openai_errors_and_server_keeps_serving(ctx):
         ("/v1/chat/completions", json.dumps({"messages": []}).encode(), 400, "messages"),
         ("/v1/chat/completions", json.dumps({"messages": "hi"}).encode(), 400, "messages"),
         ("/v1/chat/completions", json.dumps({"messages": [{"content": "no role"}]}).encode(), 400, "messages"),
+        ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": [{"type": 1, "text": "hi"}]}]}).encode(),
+         400, "messages"),
         ("/v1/completions", b'{"prompt": "bad \xff\xfe utf8"}', 400, None),
         ("/v1/completions", json.dumps({"prompt": "x", "stop": [1, 2]}).encode(), 400, "stop"),
         ("/v1/completions", json.dumps([1, 2, 3]).encode(), 400, None),
