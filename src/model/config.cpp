@@ -12,11 +12,14 @@ Result<std::vector<int>> read_token_ids(const Json& j, const char* key, const st
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return ids;
   if (it->is_number_integer()) {
-    ids.push_back(it->get<int>());
+    auto id = json_detail::exact_integer<int>(*it);
+    if (!id) return make_error(what, ": '", key, "' is out of range");
+    ids.push_back(*id);
   } else if (it->is_array()) {
     for (const auto& v : *it) {
-      if (!v.is_number_integer()) return make_error(what, ": '", key, "' must hold integers");
-      ids.push_back(v.get<int>());
+      auto id = v.is_number_integer() ? json_detail::exact_integer<int>(v) : std::nullopt;
+      if (!id) return make_error(what, ": '", key, "' must hold integers in range");
+      ids.push_back(*id);
     }
   } else {
     return make_error(what, ": '", key, "' must be an integer or a list of integers");

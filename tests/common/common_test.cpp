@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "common/cli.h"
+#include "common/json.h"
 #include "common/thread_pool.h"
 #include "common/utf8.h"
 
@@ -67,6 +68,37 @@ TEST(ArgParserTest, ParsesAliasesAndReportsErrors) {
   EXPECT_EQ(p.parse(2, unknown).message(), "unknown argument '--nope' (see --help)");
   const char* missing[] = {"prog", "-tp"};
   EXPECT_EQ(p.parse(2, missing).message(), "-tp: missing value");
+}
+
+}  // namespace
+}  // namespace baton
+
+namespace baton {
+namespace {
+
+// Integers read from untrusted JSON must be exact and in range: nlohmann's own conversion of a
+// float such as 1e28 to an integer type is undefined behaviour (the fuzzers found it in the
+// safetensors header and in peers' memory descriptors).
+TEST(JsonGetTest, IntegersAreExactAndInRange) {
+  const Json j = parse_json(R"({"a": 3, "b": 3.0, "c": 1e28, "d": -1, "e": 2.5, "f": [1, 2.0, 7],
+                                "g": [1, 1e28], "h": 18446744073709551615, "i": "3", "k": 2147483648})",
+                            "doc")
+                     .value();
+  EXPECT_EQ(json_get<uint64_t>(j, "a", "doc").value(), 3u);
+  EXPECT_EQ(json_get<uint64_t>(j, "b", "doc").value(), 3u);
+  EXPECT_FALSE(json_get<uint64_t>(j, "c", "doc").ok());
+  EXPECT_FALSE(json_get<uint64_t>(j, "d", "doc").ok());
+  EXPECT_EQ(json_get<int64_t>(j, "d", "doc").value(), -1);
+  EXPECT_FALSE(json_get<int>(j, "e", "doc").ok());
+  EXPECT_EQ(json_get<std::vector<uint64_t>>(j, "f", "doc").value(), (std::vector<uint64_t>{1, 2, 7}));
+  auto g = json_get<std::vector<uint64_t>>(j, "g", "doc");
+  ASSERT_FALSE(g.ok());
+  EXPECT_NE(g.error().find("not an integer in range"), std::string::npos) << g.error();
+  EXPECT_EQ(json_get<uint64_t>(j, "h", "doc").value(), UINT64_MAX);
+  EXPECT_FALSE(json_get<int64_t>(j, "h", "doc").ok());
+  EXPECT_FALSE(json_get<int>(j, "i", "doc").ok());
+  EXPECT_FALSE(json_get<int>(j, "k", "doc").ok());
+  EXPECT_EQ(json_get<int64_t>(j, "k", "doc").value(), 2147483648);
 }
 
 }  // namespace
