@@ -65,6 +65,7 @@ Result<T> json_get(const Json& obj, const char* key, const std::string& what) {
   if (it == obj.end() || it->is_null()) return make_error(what, ": missing key '", key, "'");
   auto wrong = [&] { return make_error(what, ": key '", key, "' has the wrong type (", it->type_name(), ")"); };
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    if (!it->is_number()) return wrong();
     auto v = json_detail::exact_integer<T>(*it);
     if (!v) return make_error(what, ": key '", key, "' is not an integer in range (", it->dump(), ")");
     return *v;
