@@ -14,7 +14,9 @@
 // Steps of at most kGemvMaxRows tokens (small-batch decode) take a shorter path: our skinny GEMMs
 // (gemv.cu) compute the RMSNorm in their prologue and SiLU-and-mul in their epilogue, so a layer
 // is norm+QKV, attention, O, norm+gate/up+SiLU, down; their kernels use programmatic dependent
-// launch. In decode steps (one new token per sequence) the attention kernel also does the bias,
+// launch. Up to kGemvDotRows tokens that path is always faster; for more (the tensor-core kernel)
+// it depends on the model's width, so those decode graphs are captured both ways, timed, and the
+// faster one is kept. In decode steps (one new token per sequence) the attention kernel also does the bias,
 // QK-norm, RoPE and cache write.
 //
 // A step's inputs (tokens, positions, cache slots, block tables) go up in one copy from pinned
@@ -185,6 +187,10 @@ class CudaBackend : public Backend {
   // Enqueues the model for `T` staged tokens; logits for `n_rows` rows (rows == null: rows 0..).
   Status enqueue(int T, int n_rows, bool identity_rows, bool decode, int n_splits, int n_tiles);
   Status gemm(const bf16_t* a, const bf16_t* w, float* c, int m, int n, int k, float beta);
+  // The decode graph for `rows` rows: captured, or captured both ways and the faster kept.
+  Result<cudaGraphExec_t> decode_graph(int rows);
+  Result<cudaGraphExec_t> capture(int rows);
+  Result<float> time_graph(cudaGraphExec_t g);
   Status all_reduce(float* x, size_t n);
   int splits_for(int T, int max_keys) const;
   template <class T>
@@ -202,7 +208,12 @@ class CudaBackend : public Backend {
   cublasHandle_t cublas_ = nullptr;
   std::vector<void*> allocations_;
   int num_sms_ = 0;
-  bool gemv_ = true;  // skinny GEMMs for steps of <= kGemvMaxRows tokens
+  bool gemv_ = true;  // skinny GEMMs for steps of <= gemv_rows_ tokens
+  int gemv_rows_ = kGemvMaxRows;
+  // Decode graphs of kGemvDotRows + 1 .. gemv_rows_ rows are captured with skinny GEMMs and with
+  // cuBLAS, and the faster kept: the skinny path's fused kernels win on narrow models, cuBLAS's
+  // streaming on wide ones (bench/RESULTS.md).
+  bool tune_graphs_ = true;
   bool pdl_ = true;   // programmatic dependent launch in those steps
 
   bf16_t *embed_ = nullptr, *lm_head_ = nullptr;
@@ -301,6 +312,10 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   // For A/B measurements: BATON_CUDA_GEMV=0 runs decode GEMMs on cuBLAS, BATON_CUDA_PDL=0 launches
   // every kernel only after the one before it has finished.
   if (const char* p = std::getenv("BATON_CUDA_GEMV")) gemv_ = std::string(p) != "0";
+  // BATON_CUDA_GEMV_ROWS=N: skinny GEMMs for steps of at most N tokens; BATON_CUDA_TUNE=0: for
+  // every step they support, without timing them against cuBLAS.
+  if (const char* p = std::getenv("BATON_CUDA_GEMV_ROWS")) gemv_rows_ = std::clamp(std::atoi(p), 1, kGemvMaxRows);
+  if (const char* p = std::getenv("BATON_CUDA_TUNE")) tune_graphs_ = std::string(p) != "0";
   if (const char* p = std::getenv("BATON_CUDA_PDL")) pdl_ = std::string(p) != "0";
   BATON_CU(cudaSetDevice(rank_.device));
   gemv_init();
@@ -471,7 +486,7 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   };
   // Steps of a few tokens (decode) run their GEMMs as skinny GEMMs with the norms and SiLU fused
   // in.
-  const bool skinny = gemv_ && gemv_supported(T, H) && gemv_supported(T, I) && gemv_supported(T, c.q_dim());
+  const bool skinny = gemv_ && T <= gemv_rows_ && gemv_supported(T, H) && gemv_supported(T, I) && gemv_supported(T, c.q_dim());
   // Only there does it pay: its kernels are a few microseconds each and the skinny GEMMs start
   // their weight loads before the wait. Beside cuBLAS at batch 64 it measured slower.
   set_pdl(pdl_ && skinny);
@@ -570,7 +585,7 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   }
   if (rank_.rank != 0 || n_rows == 0) return {};
   const int32_t* rows = identity_rows ? nullptr : dev<int32_t>(L.logit_rows);
-  if (gemv_ && gemv_supported(n_rows, H)) {
+  if (gemv_ && n_rows <= gemv_rows_ && gemv_supported(n_rows, H)) {
     gemv({GemvKind::kNormStore, lm_head_, n_rows, c.vocab_size, H, nullptr, x_, rows, final_norm_, c.rms_norm_eps,
           logits_, 0.f, nullptr},
          stream_);
@@ -643,6 +658,73 @@ Status CudaBackend::run(const Batch& batch, Output out) {
   return {};
 }
 
+Result<cudaGraphExec_t> CudaBackend::capture(int rows) {
+  cudaGraph_t g = nullptr;
+  BATON_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  Status st = enqueue(rows, rows, true, true, splits_for(rows, 0), 0);
+  const cudaError_t end = cudaStreamEndCapture(stream_, &g);
+  BATON_RETURN_IF_ERROR(st);
+  BATON_CU(end);
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, g, 0);
+  cudaGraphDestroy(g);
+  BATON_CU(inst);
+  return exec;
+}
+
+// Mean time of a replay, after one to warm up. A decode graph replayed on the same staged inputs
+// recomputes the same values (it writes the same K/V into the same slots), so this is harmless;
+// every TP rank replays the same number of times, so their all-reduces pair up.
+Result<float> CudaBackend::time_graph(cudaGraphExec_t g) {
+  constexpr int kReplays = 5;
+  cudaEvent_t ev[2] = {};
+  BATON_CU(cudaEventCreate(&ev[0]));
+  if (cudaEventCreate(&ev[1]) != cudaSuccess) {
+    cudaEventDestroy(ev[0]);
+    return make_error("cudaEventCreate failed");
+  }
+  cudaError_t e = cudaGraphLaunch(g, stream_);
+  if (e == cudaSuccess) e = cudaEventRecord(ev[0], stream_);
+  for (int i = 0; i < kReplays && e == cudaSuccess; ++i) e = cudaGraphLaunch(g, stream_);
+  if (e == cudaSuccess) e = cudaEventRecord(ev[1], stream_);
+  if (e == cudaSuccess) e = cudaEventSynchronize(ev[1]);
+  float ms = 0.f;
+  if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, ev[0], ev[1]);
+  cudaEventDestroy(ev[0]);
+  cudaEventDestroy(ev[1]);
+  BATON_CU(e);
+  return ms / kReplays;
+}
+
+Result<cudaGraphExec_t> CudaBackend::decode_graph(int rows) {
+  const ModelConfig& c = cfg_;
+  const bool both = tune_graphs_ && gemv_ && rows > kGemvDotRows && rows <= gemv_rows_ &&
+                    gemv_supported(rows, c.hidden_size) && gemv_supported(rows, c.intermediate_size) &&
+                    gemv_supported(rows, c.q_dim());
+  BATON_ASSIGN_OR_RETURN(cudaGraphExec_t skinny, capture(rows));
+  if (!both) return skinny;
+  const int saved = gemv_rows_;
+  gemv_rows_ = kGemvDotRows;  // the same step on cuBLAS
+  Result<cudaGraphExec_t> other = capture(rows);
+  gemv_rows_ = saved;
+  if (!other.ok()) {
+    cudaGraphExecDestroy(skinny);
+    return Error{other.error()};
+  }
+  const cudaGraphExec_t cublas = *other;
+  Result<float> t_skinny = time_graph(skinny), t_cublas = time_graph(cublas);
+  if (!t_skinny.ok() || !t_cublas.ok()) {
+    cudaGraphExecDestroy(skinny);
+    cudaGraphExecDestroy(cublas);
+    return Error{!t_skinny.ok() ? t_skinny.error() : t_cublas.error()};
+  }
+  const bool keep_skinny = *t_skinny <= *t_cublas;
+  log::info("cuda backend: decode graph for ", rows, " rows: skinny GEMMs ", *t_skinny, " ms, cuBLAS ", *t_cublas,
+            " ms: keeping ", keep_skinny ? "skinny GEMMs" : "cuBLAS");
+  cudaGraphExecDestroy(keep_skinny ? cublas : skinny);
+  return keep_skinny ? skinny : cublas;
+}
+
 Status CudaBackend::run_piece(const Batch& b, Output out) {
   const StagingLayout& L = *layout_;
   const int T = int(b.tokens.size()), S = int(b.seqs.size()), bs = kv_spec_.block_size;
@@ -697,16 +779,7 @@ Status CudaBackend::run_piece(const Batch& b, Output out) {
   if (graph) {
     auto it = graphs_.find(rows);
     if (it == graphs_.end()) {
-      cudaGraph_t g = nullptr;
-      BATON_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-      Status st = enqueue(rows, rows, true, true, splits_for(rows, 0), 0);
-      const cudaError_t end = cudaStreamEndCapture(stream_, &g);
-      BATON_RETURN_IF_ERROR(st);
-      BATON_CU(end);
-      cudaGraphExec_t exec = nullptr;
-      const cudaError_t inst = cudaGraphInstantiate(&exec, g, 0);
-      cudaGraphDestroy(g);
-      BATON_CU(inst);
+      BATON_ASSIGN_OR_RETURN(cudaGraphExec_t exec, decode_graph(rows));
       it = graphs_.emplace(rows, exec).first;
     }
     BATON_CU(cudaGraphLaunch(it->second, stream_));

@@ -2,12 +2,13 @@
 //
 // At decode a layer's GEMMs read every weight once for a handful of tokens: the time is the
 // weight bytes over the memory bandwidth, plus whatever the kernel cannot hide. So each warp
-// owns whole weight rows (rows n, n + stride, ...), its lanes load 16-byte chunks of a row four
+// owns whole weight rows (rows n, n + stride, ...), its lanes load 16-byte chunks of a row eight
 // at a time (all loads of a short row in flight at once), and every CTA stages the M input rows
 // in shared memory once. Before waiting for the previous kernel (programmatic dependent launch)
 // a warp issues its first weight loads, which depend on nothing: the weight stream starts while
-// the kernel before is still finishing. Up to 4 rows: at 8, the shared-memory reads of the inputs
-// (one per row and chunk) outrun the weight stream and cuBLAS is faster (bench/RESULTS.md).
+// the kernel before is still finishing. That takes up to kGemvDotRows (4) input rows: with more,
+// the shared-memory reads of the inputs (one per row and chunk) outrun the weight stream, so 5 to 8
+// run on tensor cores (gemv_mma_kernel below).
 #include <algorithm>
 
 #include "backend/cuda/common.cuh"
@@ -51,36 +52,13 @@ __device__ __forceinline__ void load_batch(uint4 (&wv)[R][kUnroll], const uint4*
   }
 }
 
-template <int M, GemvKind kKind>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
-  constexpr bool kNorm = kKind != GemvKind::kAccumulate;
-  constexpr int R = kKind == GemvKind::kNormSiluMul ? 2 : 1;  // weight rows per output column
-  extern __shared__ uint4 xs[];                               // [M][K / 8] chunks of bf16 inputs
-  __shared__ float partial[M][kWarps];
+// Stages the M input rows into dst (bf16, rows `stride` elements apart; rows M .. rows - 1 zero):
+// bf16 rows as they are, or rmsnorm(x) * norm_w rounded to bf16 (as the rmsnorm kernel writes
+// them for cuBLAS). All M rows' loads are in flight together. Ends with __syncthreads().
+template <int M, bool kNorm>
+__device__ __forceinline__ void stage_inputs(const GemvArgs& a, __nv_bfloat16* dst, int stride, int rows,
+                                             float (&partial)[M][kWarps]) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int chunks = a.K >> 3;
-  const uint4* w = reinterpret_cast<const uint4*>(a.w);
-  const int stride = gridDim.x * kWarps;
-  int n = blockIdx.x * kWarps + warp;
-
-  // The weights depend on no earlier kernel: this warp's first loads go out before the wait (and
-  // its second row is asked of L2), so they overlap the previous kernel's tail and the staging.
-  pdl_trigger();
-  uint4 wv[R][kUnroll];
-  if (n < a.N) load_batch<R>(wv, w, a.N, chunks, n, lane);
-  if (n + stride < a.N)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const char* row = reinterpret_cast<const char*>(w + (static_cast<int64_t>(r) * a.N + n + stride) * chunks);
-      for (int off = lane * 128; off < a.K * 2; off += 32 * 128) prefetch_l2(row + off);
-    }
-  if constexpr (kNorm)  // the norm's weights too: constant, and read right after the wait
-    for (int off = threadIdx.x * 128; off < a.K * 4; off += blockDim.x * 128)
-      prefetch_l1(reinterpret_cast<const char*>(a.norm_w) + off);
-  pdl_wait();
-
-  // Stage the inputs: bf16 rows as they are, or rmsnorm(x) * norm_w rounded to bf16 (as the
-  // rmsnorm kernel writes them for cuBLAS). All M rows' loads are in flight together.
   if constexpr (kNorm) {
     const int k4 = a.K >> 2;
     const float4* x4[M];
@@ -111,21 +89,57 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
       inv[m] = rsqrtf(t / a.K + a.eps);
     }
     const float4* nw = reinterpret_cast<const float4*>(a.norm_w);
-    __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(xs);
     for (int i = threadIdx.x; i < k4; i += blockDim.x) {
       const float4 g = nw[i];
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         const float4 v = x4[m][i];
-        dst[(m * k4 + i) * 2] = __floats2bfloat162_rn(v.x * inv[m] * g.x, v.y * inv[m] * g.y);
-        dst[(m * k4 + i) * 2 + 1] = __floats2bfloat162_rn(v.z * inv[m] * g.z, v.w * inv[m] * g.w);
+        __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(dst + static_cast<int64_t>(m) * stride + 4 * i);
+        d[0] = __floats2bfloat162_rn(v.x * inv[m] * g.x, v.y * inv[m] * g.y);
+        d[1] = __floats2bfloat162_rn(v.z * inv[m] * g.z, v.w * inv[m] * g.w);
       }
     }
   } else {
+    const int chunks = a.K >> 3;
     const uint4* in = reinterpret_cast<const uint4*>(a.in);
-    for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) xs[i] = in[i];
+    for (int i = threadIdx.x; i < M * chunks; i += blockDim.x)
+      *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(i / chunks) * stride + 8 * (i % chunks)) = in[i];
   }
+  for (int i = threadIdx.x; i < (rows - M) * (a.K >> 3); i += blockDim.x)
+    *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(M + i / (a.K >> 3)) * stride + 8 * (i % (a.K >> 3))) =
+        make_uint4(0, 0, 0, 0);
   __syncthreads();
+}
+
+template <int M, GemvKind kKind>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
+  constexpr bool kNorm = kKind != GemvKind::kAccumulate;
+  constexpr int R = kKind == GemvKind::kNormSiluMul ? 2 : 1;  // weight rows per output column
+  extern __shared__ uint4 xs[];                               // [M][K / 8] chunks of bf16 inputs
+  __shared__ float partial[M][kWarps];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int chunks = a.K >> 3;
+  const uint4* w = reinterpret_cast<const uint4*>(a.w);
+  const int stride = gridDim.x * kWarps;
+  int n = blockIdx.x * kWarps + warp;
+
+  // The weights depend on no earlier kernel: this warp's first loads go out before the wait (and
+  // its second row is asked of L2), so they overlap the previous kernel's tail and the staging.
+  pdl_trigger();
+  uint4 wv[R][kUnroll];
+  if (n < a.N) load_batch<R>(wv, w, a.N, chunks, n, lane);
+  if (n + stride < a.N)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const char* row = reinterpret_cast<const char*>(w + (static_cast<int64_t>(r) * a.N + n + stride) * chunks);
+      for (int off = lane * 128; off < a.K * 2; off += 32 * 128) prefetch_l2(row + off);
+    }
+  if constexpr (kNorm)  // the norm's weights too: constant, and read right after the wait
+    for (int off = threadIdx.x * 128; off < a.K * 4; off += blockDim.x * 128)
+      prefetch_l1(reinterpret_cast<const char*>(a.norm_w) + off);
+  pdl_wait();
+
+  stage_inputs<M, kNorm>(a, reinterpret_cast<__nv_bfloat16*>(xs), a.K, M, partial);
 
   for (; n < a.N; n += stride) {
     // The residual this row adds to, read now rather than after the sums (lane m: row m's).
@@ -180,8 +194,132 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
   }
 }
 
+// 5 to 8 input rows: the per-row dot products above would spend more instructions on the inputs
+// than the weight stream leaves time for, so the products run on tensor cores. A CTA takes tiles
+// of 16 output rows (and, for kNormSiluMul, the 16 matching up rows) in turn, having staged the
+// inputs once (the grid fills the GPU once); its 8 warps split K, each taking
+// every 8th slice of 32, and their partial sums meet in shared memory. Per slice a lane loads 16
+// bytes of row g and of row g + 8 (g = lane / 4) and the matching 16 bytes of input row g, and
+// two mma.m16n8k16 consume them: the k order inside a slice is permuted the same way for weights
+// and inputs, which a dot product does not mind, so every load stays one 16-byte vector.
+constexpr int kMmaRows = 16;
+constexpr int kMmaUnroll = 4;  // slices in flight per warp
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// c += W[rows g, g + 8][slice] . x[token g][slice] for one 32-wide slice (wa: row g, wb: row g + 8).
+__device__ __forceinline__ void mma_slice(float (&c)[4], const uint4& wa, const uint4& wb, const uint4& xv) {
+  mma_bf16(c, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);
+  mma_bf16(c, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
+}
+
+template <int M, GemvKind kKind>
+__global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
+  constexpr bool kNorm = kKind != GemvKind::kAccumulate;
+  constexpr int R = kKind == GemvKind::kNormSiluMul ? 2 : 1;
+  extern __shared__ uint4 xs[];  // [8][K + 8] bf16: the inputs, zero rows past M, padded rows
+  __shared__ float partial[M][kWarps];
+  __shared__ float4 sums[kWarps][R][32];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int slices = a.K >> 5, stride = a.K + 8, tiles = (a.N + kMmaRows - 1) / kMmaRows;
+  // This lane's two weight rows (per R) of a tile, clamped into the matrix (rows past N compute
+  // garbage that is never stored).
+  const __nv_bfloat16* wrow[R][2];
+  auto rows_of = [&](int tile) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        wrow[r][h] = reinterpret_cast<const __nv_bfloat16*>(a.w) +
+                     (static_cast<int64_t>(r) * a.N + min(tile * kMmaRows + g + 8 * h, a.N - 1)) * a.K + 8 * q;
+  };
+  uint4 wv[R][2][kMmaUnroll];
+  auto load = [&](int s0) {
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int sl = s0 + kWarps * u;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          wv[r][h][u] =
+              sl < slices ? __ldg(reinterpret_cast<const uint4*>(wrow[r][h] + 32 * sl)) : make_uint4(0, 0, 0, 0);
+    }
+  };
+
+  pdl_trigger();
+  int tile = blockIdx.x;
+  rows_of(tile);
+  load(warp);  // the weights depend on no earlier kernel
+  if constexpr (kNorm)
+    for (int off = threadIdx.x * 128; off < a.K * 4; off += blockDim.x * 128)
+      prefetch_l1(reinterpret_cast<const char*>(a.norm_w) + off);
+  pdl_wait();
+  // Staged once per CTA; a CTA takes tile, tile + gridDim.x, ... (the grid fills the GPU once).
+  __nv_bfloat16* xb = reinterpret_cast<__nv_bfloat16*>(xs);
+  stage_inputs<M, kNorm>(a, xb, stride, 8, partial);
+
+  for (; tile < tiles; tile += gridDim.x) {
+    float c[R][4] = {};
+    for (int s0 = warp;;) {
+#pragma unroll
+      for (int u = 0; u < kMmaUnroll; ++u) {
+        const int sl = s0 + kWarps * u;
+        if (sl >= slices) break;
+        const uint4 xv = *reinterpret_cast<const uint4*>(xb + g * stride + 32 * sl + 8 * q);
+#pragma unroll
+        for (int r = 0; r < R; ++r) mma_slice(c[r], wv[r][0][u], wv[r][1][u], xv);
+      }
+      s0 += kWarps * kMmaUnroll;
+      if (s0 < slices) {
+        load(s0);
+      } else {
+        // The next tile's first loads go out before this tile's sums are combined.
+        if (tile + gridDim.x < tiles) rows_of(tile + gridDim.x), load(warp);
+        break;
+      }
+    }
+    // c[r] = {row g: tokens 2q, 2q + 1; row g + 8: tokens 2q, 2q + 1}: sum over the warps.
+#pragma unroll
+    for (int r = 0; r < R; ++r) sums[warp][r][lane] = make_float4(c[r][0], c[r][1], c[r][2], c[r][3]);
+    __syncthreads();
+    if (warp == 0) {
+      float t[R][4] = {};
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const float4 v = sums[w][r][lane];
+          t[r][0] += v.x, t[r][1] += v.y, t[r][2] += v.z, t[r][3] += v.w;
+        }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int n = tile * kMmaRows + g + 8 * (i >> 1), m = 2 * q + (i & 1);
+        if (n >= a.N || m >= M) continue;
+        const int64_t at = static_cast<int64_t>(m) * a.N + n;
+        if constexpr (kKind == GemvKind::kNormSiluMul) {
+          const float gate = t[0][i], up = t[R - 1][i];
+          reinterpret_cast<__nv_bfloat16*>(a.act)[at] = __float2bfloat16(gate / (1.f + __expf(-gate)) * up);
+        } else if constexpr (kKind == GemvKind::kAccumulate) {
+          a.out[at] = a.beta == 0.f ? t[0][i] : a.beta * a.out[at] + t[0][i];
+        } else {
+          a.out[at] = t[0][i];
+        }
+      }
+    }
+    __syncthreads();  // sums is rewritten for the next tile
+  }
+}
+
 size_t smem_bytes(int M, int K) {
-  return size_t(M) * K * 2;
+  return M <= kGemvDotRows ? size_t(M) * K * 2 : size_t(8) * (K + 8) * 2;
 }
 
 int g_smem_optin = 48 << 10;  // the device's opt-in shared memory per CTA, from gemv_init
@@ -199,6 +337,18 @@ void launch_rows(const GemvArgs& a, cudaStream_t s) {
   launch(kernel, grid, kWarps * 32, smem, s, a);
 }
 
+template <int M, GemvKind kKind>
+void launch_mma(const GemvArgs& a, cudaStream_t s) {
+  auto* kernel = gemv_mma_kernel<M, kKind>;
+  const size_t smem = smem_bytes(M, a.K);
+  int device = 0, sms = 1, per_sm = 1;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, smem);
+  const int tiles = (a.N + kMmaRows - 1) / kMmaRows;
+  launch(kernel, std::max(1, std::min(tiles, std::max(per_sm, 1) * sms)), kWarps * 32, smem, s, a);
+}
+
 template <GemvKind kKind>
 void launch_kind(const GemvArgs& a, cudaStream_t s) {
   switch (a.M) {
@@ -214,6 +364,18 @@ void launch_kind(const GemvArgs& a, cudaStream_t s) {
     case 4:
       launch_rows<4, kKind>(a, s);
       break;
+    case 5:
+      launch_mma<5, kKind>(a, s);
+      break;
+    case 6:
+      launch_mma<6, kKind>(a, s);
+      break;
+    case 7:
+      launch_mma<7, kKind>(a, s);
+      break;
+    case 8:
+      launch_mma<8, kKind>(a, s);
+      break;
     default:
       break;  // gemv_supported said no
   }
@@ -225,6 +387,10 @@ void allow_smem(int bytes) {
   cudaFuncSetAttribute(gemv_kernel<2, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   cudaFuncSetAttribute(gemv_kernel<3, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   cudaFuncSetAttribute(gemv_kernel<4, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  cudaFuncSetAttribute(gemv_mma_kernel<5, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  cudaFuncSetAttribute(gemv_mma_kernel<6, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  cudaFuncSetAttribute(gemv_mma_kernel<7, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  cudaFuncSetAttribute(gemv_mma_kernel<8, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
 }  // namespace
@@ -233,7 +399,8 @@ void gemv_init() {
   int device = 0, optin = 48 << 10;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  const int bytes = optin - int(sizeof(float) * kGemvMaxRows * kWarps);  // leave room for `partial`
+  // Leave room for the kernels' static shared memory (`partial`, the mma kernel's `sums`).
+  const int bytes = optin - int(sizeof(float) * kGemvMaxRows * kWarps + sizeof(float4) * kWarps * 2 * 32);
   g_smem_optin = bytes;
   allow_smem<GemvKind::kNormStore>(bytes);
   allow_smem<GemvKind::kNormSiluMul>(bytes);
@@ -241,7 +408,7 @@ void gemv_init() {
 }
 
 bool gemv_supported(int M, int K) {
-  return M >= 1 && M <= kGemvMaxRows && K > 0 && K % 8 == 0 && smem_bytes(M, K) <= size_t(g_smem_optin);
+  return M >= 1 && M <= kGemvMaxRows && K > 0 && K % (M <= kGemvDotRows ? 8 : 32) == 0 && smem_bytes(M, K) <= size_t(g_smem_optin);
 }
 
 void gemv(const GemvArgs& a, cudaStream_t s) {

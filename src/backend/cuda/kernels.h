@@ -83,7 +83,8 @@ bool prefill_kernel_supports(int head_dim);
 // the norm costs no launch of its own), and the output is fp32 (stored, or added into: the residual
 // add) or, for the MLP's gate/up weight, silu(gate) * up as bf16 (so SiLU-and-mul costs none
 // either). Numerics as rmsnorm + cuBLAS: bf16 products, fp32 sums.
-constexpr int kGemvMaxRows = 4;
+constexpr int kGemvMaxRows = 8;
+constexpr int kGemvDotRows = 4;  // up to this many rows: CUDA-core dot products; above: tensor cores
 enum class GemvKind {
   kNormStore,    // out = rmsnorm(x) W^T
   kNormSiluMul,  // act = silu(rmsnorm(x) Wg^T) * (rmsnorm(x) Wu^T); W = [Wg; Wu], each [N, K]
