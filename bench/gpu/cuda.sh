@@ -8,7 +8,9 @@
 #   bash bench/gpu/cuda.sh all     both
 #   bash bench/gpu/cuda.sh profile where a step's time goes, kernel by kernel (BATON_CUDA_PROFILE=1)
 #   bash bench/gpu/cuda.sh ab      decode step time with our skinny GEMMs and programmatic dependent
-#                                  launch, each turned off in turn (BATON_CUDA_GEMV=0, BATON_CUDA_PDL=0)
+#                                  launch, each turned off in turn (BATON_CUDA_GEMV=0, BATON_CUDA_PDL=0);
+#                                  AB_CONFIGS="default;BATON_CUDA_PDL=0" picks configurations,
+#                                  AB_ROUNDS=2 runs the list that many times, interleaved
 # Results go to $OUT (logs, JSON); the models are written to /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -58,12 +60,16 @@ fi
 if [[ $MODE == ab ]]; then
   MODELS=/tmp/baton-models
   python3 bench/gpu/hf_reference.py make "$MODELS" > /dev/null 2>&1
+  IFS=';' read -r -a configs <<< "${AB_CONFIGS:-default;BATON_CUDA_PDL=0;BATON_CUDA_GEMV=0;BATON_CUDA_GEMV=0 BATON_CUDA_PDL=0}"
   for m in qwen2.5-0.5b llama3.2-1b; do
-    for cfg in "" "BATON_CUDA_PDL=0" "BATON_CUDA_GEMV=0" "BATON_CUDA_GEMV=0 BATON_CUDA_PDL=0"; do
-      echo "== $m ${cfg:-default}"
-      label=$(echo "${cfg:-default}" | tr ' =' '_-')
-      env $cfg ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda --kv-cache-dtype bf16 \
-        --gen-batches "" --json "$OUT/ab.$m.$label.json" 2>&1 | grep -vE "cuda backend:"
+    for round in $(seq "${AB_ROUNDS:-1}"); do
+      for cfg in "${configs[@]}"; do
+        [[ $cfg == default ]] && cfg=""
+        echo "== $m ${cfg:-default} (round $round)"
+        label=$(echo "${cfg:-default}" | tr ' =' '_-').r$round
+        env $cfg ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda --kv-cache-dtype bf16 \
+          --gen-batches "" --json "$OUT/ab.$m.$label.json" 2>&1 | awk '!/cuda backend:/ || /decode graph/'
+      done
     done
   done
 fi

@@ -486,7 +486,8 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   };
   // Steps of a few tokens (decode) run their GEMMs as skinny GEMMs with the norms and SiLU fused
   // in.
-  const bool skinny = gemv_ && T <= gemv_rows_ && gemv_supported(T, H) && gemv_supported(T, I) && gemv_supported(T, c.q_dim());
+  const bool skinny =
+      gemv_ && T <= gemv_rows_ && gemv_supported(T, H) && gemv_supported(T, I) && gemv_supported(T, c.q_dim());
   // Only there does it pay: its kernels are a few microseconds each and the skinny GEMMs start
   // their weight loads before the wait. Beside cuBLAS at batch 64 it measured slower.
   set_pdl(pdl_ && skinny);

@@ -408,7 +408,8 @@ void gemv_init() {
 }
 
 bool gemv_supported(int M, int K) {
-  return M >= 1 && M <= kGemvMaxRows && K > 0 && K % (M <= kGemvDotRows ? 8 : 32) == 0 && smem_bytes(M, K) <= size_t(g_smem_optin);
+  return M >= 1 && M <= kGemvMaxRows && K > 0 && K % (M <= kGemvDotRows ? 8 : 32) == 0 &&
+         smem_bytes(M, K) <= size_t(g_smem_optin);
 }
 
 void gemv(const GemvArgs& a, cudaStream_t s) {

@@ -77,8 +77,9 @@ void attention_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaSt
 bool prefill_kernel_supports(int head_dim);
 
 // Skinny GEMMs for steps of at most kGemvMaxRows tokens (small-batch decode), where a GEMM is a
-// pass over the weights: each warp streams whole weight rows (16-byte loads, several in flight)
-// against the step's few input rows, staged once per CTA in shared memory as bf16. The input is
+// pass over the weights: up to kGemvDotRows rows each warp streams whole weight rows (16-byte
+// loads, several in flight) against the step's few input rows, staged once per CTA in shared
+// memory as bf16; above, tensor cores (mma) take 16 weight rows at a time. The input is
 // either bf16 rows or rows of the fp32 residual stream that the kernel RMS-normalises itself (so
 // the norm costs no launch of its own), and the output is fp32 (stored, or added into: the residual
 // add) or, for the MLP's gate/up weight, silu(gate) * up as bf16 (so SiLU-and-mul costs none
@@ -103,7 +104,8 @@ struct GemvArgs {
   float beta;
   bf16_t* act;  // kNormSiluMul: [M, N] bf16
 };
-// Whether gemv() takes M rows of K inputs (K a multiple of 8, the rows fit in shared memory).
+// Whether gemv() takes M rows of K inputs (K a multiple of 8, of 32 above kGemvDotRows rows; the
+// rows fit in shared memory).
 bool gemv_supported(int M, int K);
 void gemv(const GemvArgs& a, cudaStream_t s);
 // Once per device, before the first gemv() on it (allows the shared memory large inputs need).
