@@ -36,3 +36,29 @@ print(f"| {rep} | {size} | {b:.1f} | {p:.1f} | {b / p if p else 0:.2f} |")
 PY
   done
 done
+# Ordinary registered memory (register_memory, not allocate_memory) against NIXL's UCX backend on
+# the same batches, interleaved: NIXL_PYTHON is a python with `nixl-cu13` (pip install nixl-cu13).
+NIXL_PYTHON=${NIXL_PYTHON:-.venv/bin/python}
+if "$NIXL_PYTHON" -c "import nixl_cu13" 2>/dev/null; then
+  echo "## registered host memory, baton (ucx, CMA on one host) and NIXL (UCX backend), interleaved"
+  echo "| repeat | size | batch | baton GB/s | NIXL GB/s | ratio |"
+  echo "|---|---|---|---|---|---|"
+  for rep in $(seq "${REPEATS:-3}"); do
+    "$BENCH" xfer --transport ucx --sizes 16384,1048576 --batches 1,16,128 --json /tmp/xfer_registered.json > /dev/null 2>&1
+    # NIXL needs UCX's tcp transport (its peer-failure handling); nixl-cu13 1.x crashes at interpreter
+    # exit when its output is not a terminal, after the rows are written: judge it by the rows.
+    rm -f /tmp/xfer_nixl.json
+    (env -u UCX_TLS "$NIXL_PYTHON" bench/peers/nixl_read_bench.py --json /tmp/xfer_nixl.json) > /dev/null 2>&1 || true
+    [ -s /tmp/xfer_nixl.json ] || { echo "NIXL run $rep wrote no rows"; continue; }
+    python3 - "$rep" <<'PY'
+import json, sys
+b = {(r["size"], r["batch"]): r["gb_per_s"] for r in json.load(open("/tmp/xfer_registered.json"))}
+for r in json.load(open("/tmp/xfer_nixl.json")):
+    k = (r["size"], r["batch"])
+    if k in b:
+        print(f"| {sys.argv[1]} | {k[0]} | {k[1]} | {b[k]:.2f} | {r['gb_per_s']:.2f} | {b[k] / r['gb_per_s']:.2f} |")
+PY
+  done
+else
+  echo "## NIXL: not measured ($NIXL_PYTHON cannot import nixl_cu13; pip install nixl-cu13 there)"
+fi

@@ -2,10 +2,11 @@
 """NIXL (UCX backend) read bandwidth between two processes on this host, host memory, for the
 same cases as `baton-bench xfer`: batches of `batch` ranges of `size` bytes, 2*size apart.
 
-usage: nixl_read_bench.py [--sizes 16384,1048576] [--batches 1,16] [--seconds 0.5]
+usage: nixl_read_bench.py [--sizes 16384,1048576] [--batches 1,16] [--seconds 0.5] [--json FILE]
 (needs `pip install nixl-cu13`; see bench/RESULTS.md)
 """
 import argparse
+import json
 import multiprocessing as mp
 import time
 
@@ -30,6 +31,7 @@ def main():
     ap.add_argument("--sizes", default="16384,1048576")
     ap.add_argument("--batches", default="1,16,128")
     ap.add_argument("--seconds", type=float, default=0.5)
+    ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args()
     parent, child = mp.Pipe()
     p = mp.Process(target=target, args=(child,))
@@ -41,6 +43,7 @@ def main():
     agent.register_memory(reg)
     peer = agent.add_remote_agent(meta)
     print("| size | batch | GB/s | us/batch | batches |\n|---|---|---|---|---|")
+    rows = []
     for size in map(int, a.sizes.split(",")):
         for batch in map(int, a.batches.split(",")):
             if 2 * size * batch > REGION:
@@ -62,7 +65,11 @@ def main():
                 n += 1
             dt = time.perf_counter() - t0
             print(f"| {size} | {batch} | {size * batch * n / dt / 1e9:.2f} | {dt / n * 1e6:.1f} | {n} |", flush=True)
+            rows.append({"size": size, "batch": batch, "gb_per_s": size * batch * n / dt / 1e9, "us_per_batch": dt / n * 1e6})
             agent.release_xfer_handle(h)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=2)
     parent.send("done")
     p.join()
 

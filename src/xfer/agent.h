@@ -75,7 +75,8 @@ class Session {
     bool on_gpu = false;      // rma_handle belongs to the cuda_ipc endpoint
   };
 
-  // A transfer the endpoint finished inside read()/write() (a copy from mapped shared memory)
+  // A transfer the endpoint finished inside read()/write() (a copy from mapped shared memory or
+  // through cross-memory attach)
   // keeps no record: its id carries this bit, and poll/wait answer "done" from the id alone.
   static constexpr TransferId kDoneAtStart = TransferId{1} << 63;
 

@@ -289,6 +289,11 @@ struct PeerProcess {
   void kill(int sig = SIGKILL) {
     if (pid > 0) ::kill(pid, sig);
   }
+  void kill_and_reap() {  // returns once the process is gone
+    kill();
+    if (pid > 0) waitpid(pid, nullptr, 0);
+    pid = -1;
+  }
   ~PeerProcess() {
     if (pid > 0) {
       ::kill(pid, SIGKILL);
@@ -340,6 +345,9 @@ TEST_P(XferTest, OneGibReadAndWrittenAcrossProcessesWithChecksums) {
 
 TEST_P(XferTest, PeerKilledMidBatchFailsWithinTheTimeout) {
   const std::string transport = GetParam();
+  // Reads of a same-host peer's ordinary memory finish inside read() through cross-memory attach
+  // (PeerKilledIsAnErrorThroughCma); UCX's own get/put keeps batches in flight when the peer dies.
+  ::setenv("BATON_XFER_NO_CMA", "1", 1);
   const size_t n = size_t{512} << 20;
   auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--transports", transport});
   ASSERT_TRUE(peer);
@@ -367,6 +375,42 @@ TEST_P(XferTest, PeerKilledMidBatchFailsWithinTheTimeout) {
   ASSERT_TRUE(s2.ok()) << s2.error();
   auto id2 = (*s2)->read({{rd->region, 0, peer2->region.region, 0, 1 << 20}});
   ASSERT_TRUE(id2.ok());
+  EXPECT_TRUE((*s2)->wait(*id2).ok());
+}
+
+// Same host, ordinary registered memory, UCX: the reader copies through CMA, one system call per
+// batch, with exact bytes. A read of a peer that has died is an error at once, and a new session
+// to a new peer works.
+TEST(XferCmaTest, PeerKilledIsAnErrorThroughCma) {
+  const size_t n = size_t{64} << 20;
+  auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--transports", "ucx"});
+  ASSERT_TRUE(peer);
+  auto reader = make_agent("reader", "ucx", "", 3s);
+  std::vector<uint8_t> dst(n);
+  auto rd = reader->register_memory(dst.data(), n);
+  auto s = reader->connect(peer->agent);
+  ASSERT_TRUE(s.ok());
+  auto id = (*s)->read(mixed_ops(rd->region, peer->region.region, n, 50));
+  ASSERT_TRUE(id.ok()) << id.error();
+  // Copied inside read() (through UCX the 64 MiB would still be moving).
+  EXPECT_EQ((*s)->poll(*id), TransferState::kDone) << "the batch did not go through CMA";
+  ASSERT_TRUE((*s)->wait(*id).ok());
+  EXPECT_EQ(checksum(dst.data(), n), pattern_checksum(n, 1));  // xfer_peer's default seed
+  peer->kill_and_reap();
+  const auto t0 = Clock::now();
+  auto after = (*s)->read(mixed_ops(rd->region, peer->region.region, n, 51));
+  Status st = after.ok() ? (*s)->wait(*after) : Status(Error{after.error()});
+  ASSERT_FALSE(st.ok());
+  EXPECT_LT(Clock::now() - t0, 3s + 2s);
+  // The control connection's close usually reports it first; else the CMA copy fails (ESRCH).
+  EXPECT_TRUE(st.message().find("broken") != std::string::npos || st.message().find("process") != std::string::npos)
+      << st.message();
+  auto peer2 = PeerProcess::spawn({"--bytes", std::to_string(1 << 20), "--transports", "ucx", "--name", "peer2"});
+  ASSERT_TRUE(peer2);
+  auto s2 = reader->connect(peer2->agent);
+  ASSERT_TRUE(s2.ok()) << s2.error();
+  auto id2 = (*s2)->read({{rd->region, 0, peer2->region.region, 0, 1 << 20}});
+  ASSERT_TRUE(id2.ok()) << id2.error();
   EXPECT_TRUE((*s2)->wait(*id2).ok());
 }
 

@@ -1,14 +1,32 @@
 // The UCX transport: one UCP context and worker per agent, progressed by its own thread, RMA
 // get/put with packed rkeys.
+//
+// Two same-host shortcuts skip a UCX request per range:
+// - Shared regions (Agent::allocate_memory) are mapped into the reader by their rkey
+//   (ucp_rkey_ptr): a batch is a plain copy.
+// - Ordinary registered memory of a peer process on this host is read and written with cross
+//   memory attach (process_vm_readv / writev), one system call per IOV_MAX ranges, from the
+//   caller's thread. Debian's UCX 1.13 does not use its CMA transport for ucp_get/put here: it
+//   emulates them with shared-memory messages served by the owner's progress thread, at a third
+//   of the bandwidth (bench/RESULTS.md). The peer publishes its pid and a random cookie in its
+//   address; connect() reads the cookie back through CMA before trusting the pid (a pid from
+//   another pid namespace must not name some other process), and falls back to UCX when it cannot
+//   (no permission to attach: Yama ptrace_scope, containers). BATON_XFER_NO_CMA=1 turns it off.
 #include <ucp/api/ucp.h>
 
 #include <poll.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
+#include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <random>
 #include <thread>
 #include <unordered_map>
 
@@ -41,9 +59,29 @@ void on_done(void* request, ucs_status_t status, void* user_data) {
   ucp_request_free(request);
 }
 
+// The peer's process for cross-memory attach, or -1.
+using CmaPid = pid_t;
+
+// Moves ranges between this process and `pid` (write: local -> remote), IOV_MAX ranges a call.
+Status cma_copy(CmaPid pid, std::vector<iovec>& local, std::vector<iovec>& remote, bool write) {
+  for (size_t at = 0; at < local.size();) {
+    const size_t n = std::min<size_t>(IOV_MAX, local.size() - at);
+    size_t want = 0;
+    for (size_t i = at; i < at + n; ++i) want += local[i].iov_len;
+    const ssize_t got = write ? ::process_vm_writev(pid, &local[at], n, &remote[at], n, 0)
+                              : ::process_vm_readv(pid, &local[at], n, &remote[at], n, 0);
+    if (got < 0) return make_error("CMA ", write ? "write to" : "read from", " process ", pid, ": ", std::strerror(errno));
+    if (size_t(got) != want)
+      return make_error("CMA ", write ? "write to" : "read from", " process ", pid, " moved ", got, " of ", want,
+                        " bytes (the peer's memory is gone)");
+    at += n;
+  }
+  return {};
+}
+
 class UcxEndpoint : public RmaEndpoint {
  public:
-  UcxEndpoint(ucp_worker_h worker, ucp_ep_h ep) : worker_(worker), ep_(ep) {}
+  UcxEndpoint(ucp_worker_h worker, ucp_ep_h ep, CmaPid cma) : worker_(worker), ep_(ep), cma_(cma) {}
   ~UcxEndpoint() override {
     std::lock_guard lock(m_);
     for (auto& [id, rkey] : rkeys_) ucp_rkey_destroy(rkey);
@@ -111,11 +149,18 @@ class UcxEndpoint : public RmaEndpoint {
       resolved_[i] = last;
       all_direct = all_direct && last.direct;
     }
-    if (all_direct) {
-      // Every range in mapped shared memory: copy now (under the lock, so the mapping cannot go
-      // away mid-copy) and hand back a handle that is already complete.
+    if (all_direct || cma_ >= 0) {
+      // Every range in mapped shared memory (or reachable by CMA): copy now, under the lock so
+      // that the mapping cannot go away mid-copy, and hand back a handle that is already complete.
+      cma_local_.clear();
+      cma_remote_.clear();
       for (size_t i = 0; i < ops.size(); ++i) {
         const RmaOp& op = ops[i];
+        if (!resolved_[i].direct) {
+          cma_local_.push_back({op.local, op.length});
+          cma_remote_.push_back({reinterpret_cast<void*>(op.remote_address), op.length});
+          continue;
+        }
         std::byte* remote = resolved_[i].direct->base + (op.remote_address - resolved_[i].direct->address);
         if (write) {
           std::memcpy(remote, op.local, op.length);
@@ -123,6 +168,7 @@ class UcxEndpoint : public RmaEndpoint {
           std::memcpy(op.local, remote, op.length);
         }
       }
+      if (!cma_local_.empty()) BATON_RETURN_IF_ERROR(cma_copy(cma_, cma_local_, cma_remote_, write));
       std::atomic_thread_fence(std::memory_order_release);
       return kDone;
     }
@@ -203,7 +249,9 @@ class UcxEndpoint : public RmaEndpoint {
  private:
   ucp_worker_h worker_;
   ucp_ep_h ep_;
+  const CmaPid cma_;
   std::mutex m_;
+  std::vector<iovec> cma_local_, cma_remote_;  // start()'s CMA ranges, under m_
   // A batch copied in place by start(): handles from next_handle_ never reach it.
   struct Direct {
     std::byte* base;   // where the peer's region starts in this process
@@ -255,6 +303,11 @@ class UcxTransport : public RmaTransport {
     if (st != UCS_OK) return make_error("UCX address: ", ucs_status_string(st));
     address_ = to_hex(addr, len);
     ucp_worker_release_address(worker_, addr);
+    // ";cma=PID:COOKIE_ADDRESS:COOKIE": what a same-host peer needs to check that PID is us.
+    std::random_device rd;
+    for (auto& b : cookie_) b = static_cast<uint8_t>(rd());
+    address_ += ";cma=" + std::to_string(::getpid()) + ":" + std::to_string(reinterpret_cast<uintptr_t>(cookie_.data())) +
+                ":" + to_hex(cookie_.data(), cookie_.size());
     // Transports without hardware RMA (UCX over TCP) need the target to progress: one thread
     // progresses this worker for every endpoint and every served region.
     int efd = -1;
@@ -334,8 +387,32 @@ class UcxTransport : public RmaTransport {
     }
   }
 
+  // The peer's pid when its address carries CMA details and its cookie reads back through CMA.
+  static CmaPid probe_cma(const std::string& details) {
+    if (const char* e = std::getenv("BATON_XFER_NO_CMA"); e && std::string(e) == "1") return -1;
+    unsigned long long pid = 0, at = 0;
+    char hex[2 * kCookie + 1] = {};
+    if (std::sscanf(details.c_str(), "%llu:%llu:%32[0-9a-f]", &pid, &at, hex) != 3 || pid == 0 || pid > INT_MAX)
+      return -1;
+    Result<std::string> want = from_hex(hex);
+    std::array<uint8_t, kCookie> got{};
+    iovec l{got.data(), got.size()}, r{reinterpret_cast<void*>(at), got.size()};
+    if (!want.ok() || want->size() != kCookie) return -1;
+    const ssize_t n = ::process_vm_readv(static_cast<pid_t>(pid), &l, 1, &r, 1, 0);
+    if (n != ssize_t(kCookie) || std::memcmp(got.data(), want->data(), kCookie) != 0) {
+      log::debug("UCX endpoint: no cross-memory attach to process ", pid, " (",
+                 n < 0 ? std::strerror(errno) : "another process has that pid here", "); ordinary memory goes through UCX");
+      return -1;
+    }
+    return static_cast<CmaPid>(pid);
+  }
+
   Result<std::unique_ptr<RmaEndpoint>> connect(const std::string& peer_address) override {
-    BATON_ASSIGN_OR_RETURN(std::string blob, from_hex(peer_address));
+    const size_t semi = peer_address.find(';');
+    const CmaPid cma = semi == std::string::npos || peer_address.compare(semi, 5, ";cma=") != 0
+                           ? -1
+                           : probe_cma(peer_address.substr(semi + 5));
+    BATON_ASSIGN_OR_RETURN(std::string blob, from_hex(peer_address.substr(0, semi)));
     ucp_ep_params_t ep{};
     ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
     ep.address = reinterpret_cast<const ucp_address_t*>(blob.data());
@@ -344,13 +421,15 @@ class UcxTransport : public RmaTransport {
     ucp_ep_h h;
     ucs_status_t st = ucp_ep_create(worker_, &ep, &h);
     if (st != UCS_OK) return make_error("UCX endpoint: ", ucs_status_string(st));
-    return std::unique_ptr<RmaEndpoint>(std::make_unique<UcxEndpoint>(worker_, h));
+    return std::unique_ptr<RmaEndpoint>(std::make_unique<UcxEndpoint>(worker_, h, cma));
   }
 
  private:
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   std::string address_;
+  static constexpr size_t kCookie = 16;
+  std::array<uint8_t, kCookie> cookie_{};
   std::mutex m_;
   std::unordered_map<uint64_t, ucp_mem_h> memh_;
   std::atomic<bool> stop_{false};
