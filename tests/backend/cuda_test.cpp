@@ -328,6 +328,22 @@ TEST(CudaSamplingTest, FollowsTheDistribution) {
   EXPECT_EQ(draw({1.f, 1, 1.f, 2, 0}), best);
   EXPECT_EQ(draw({1.f, 0, 1e-6f, 3, 0}), best);
   EXPECT_EQ(draw({0.8f, 0, 0.9f, 42, 0}), draw({0.8f, 0, 0.9f, 42, 0}));
+  {
+    // Greedy rows (reduced by several CTAs each) beside a sampled row in one step: the prompt as
+    // three sequences with their own blocks.
+    std::vector<int32_t> t3, tables3[3] = {{1}, {2}, {3}};
+    std::vector<SeqBatch> seqs;
+    for (int i = 0; i < 3; ++i) {
+      t3.insert(t3.end(), prompt.begin(), prompt.end());
+      seqs.push_back({int(prompt.size()), 0, tables3[i], true});
+    }
+    const DeviceSampling ps[3] = {{0.f, 0, 1.f, 7, 0}, {1.f, 1, 1.f, 8, 0}, {0.f, 0, 1.f, 9, 0}};
+    int32_t out3[3] = {-1, -1, -1};
+    ASSERT_TRUE(b->forward_sample({t3, seqs}, ps, out3).ok());
+    EXPECT_EQ(out3[0], best);
+    EXPECT_EQ(out3[1], best);
+    EXPECT_EQ(out3[2], best);
+  }
 
   // Temperature 2, top-k 5: every draw is one of the 5 best; frequencies follow the softmax.
   const float temp = 2.f;

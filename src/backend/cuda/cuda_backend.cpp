@@ -228,6 +228,7 @@ class CudaBackend : public Backend {
   float *x_ = nullptr, *qkv_ = nullptr, *gate_up_ = nullptr, *logits_ = nullptr, *attn_ws_ = nullptr;
   bf16_t *h_ = nullptr, *attn_ = nullptr, *act_ = nullptr;
   int32_t* sampled_ = nullptr;
+  SampleScratch sample_ws_{};  // greedy rows' per-slice maxima and arrival counters
   int* attn_arrivals_ = nullptr;  // split-K decode attention: splits finished per (token, head)
   size_t attn_ws_rows_ = 0;
   std::unique_ptr<StagingLayout> layout_;
@@ -316,6 +317,8 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   // every step they support, without timing them against cuBLAS.
   if (const char* p = std::getenv("BATON_CUDA_GEMV_ROWS")) gemv_rows_ = std::clamp(std::atoi(p), 1, kGemvMaxRows);
   if (const char* p = std::getenv("BATON_CUDA_TUNE")) tune_graphs_ = std::string(p) != "0";
+  // BATON_CUDA_SAMPLE_SPLITS=1: one CTA per greedy row (A/B runs).
+  if (const char* p = std::getenv("BATON_CUDA_SAMPLE_SPLITS")) sample_ws_.splits = std::atoi(p);
   if (const char* p = std::getenv("BATON_CUDA_PDL")) pdl_ = std::string(p) != "0";
   BATON_CU(cudaSetDevice(rank_.device));
   gemv_init();
@@ -387,6 +390,9 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   BATON_ASSIGN_OR_RETURN(act_, alloc<bf16_t>(size_t(cap_tokens_) * I));
   BATON_ASSIGN_OR_RETURN(logits_, alloc<float>(size_t(cap_rows_) * c.vocab_size));
   BATON_ASSIGN_OR_RETURN(sampled_, alloc<int32_t>(cap_rows_));
+  BATON_ASSIGN_OR_RETURN(sample_ws_.best, alloc<float2>(size_t(cap_rows_) * kGreedySplits));
+  BATON_ASSIGN_OR_RETURN(sample_ws_.arrivals, alloc<int>(cap_rows_));
+  BATON_CU(cudaMemsetAsync(sample_ws_.arrivals, 0, sizeof(int) * cap_rows_, stream_));  // waited for below
   attn_ws_rows_ = size_t(8) * num_sms_;
   BATON_ASSIGN_OR_RETURN(attn_ws_, alloc<float>(attn_ws_rows_ * (D + 2)));
   BATON_ASSIGN_OR_RETURN(attn_arrivals_, alloc<int>(attn_ws_rows_));
@@ -794,7 +800,7 @@ Status CudaBackend::run_piece(const Batch& b, Output out) {
     return {};
   }
   if (!out.params.empty()) {
-    sample(logits_, dev<SampleParams>(L.params), sampled_, n_rows, full_.vocab_size, stream_);
+    sample(logits_, dev<SampleParams>(L.params), sampled_, n_rows, full_.vocab_size, sample_ws_, stream_);
     if (prof_) prof_->mark("sample");
     BATON_CU(cudaMemcpyAsync(host_sampled_, sampled_, sizeof(int32_t) * n_rows, cudaMemcpyDeviceToHost, stream_));
     BATON_CU(cudaStreamSynchronize(stream_));

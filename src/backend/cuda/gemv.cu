@@ -10,6 +10,9 @@
 // the shared-memory reads of the inputs (one per row and chunk) outrun the weight stream, so 5 to 8
 // run on tensor cores (gemv_mma_kernel below).
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
@@ -324,16 +327,30 @@ size_t smem_bytes(int M, int K) {
 
 int g_smem_optin = 48 << 10;  // the device's opt-in shared memory per CTA, from gemv_init
 
+// How many CTAs of `kernel` with `smem` bytes fit on the current device at once (looked up
+// once per device, kernel and size: steps outside graphs launch these every layer).
+int resident_ctas(const void* kernel, size_t smem) {
+  static std::mutex m;
+  static std::map<std::tuple<int, const void*, size_t>, int> cache;
+  int device = 0;
+  cudaGetDevice(&device);
+  std::lock_guard lock(m);
+  auto [it, fresh] = cache.try_emplace({device, kernel, smem}, 0);
+  if (fresh) {
+    int sms = 1, per_sm = 1;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, smem);
+    it->second = std::max(per_sm, 1) * sms;
+  }
+  return it->second;
+}
+
 template <int M, GemvKind kKind>
 void launch_rows(const GemvArgs& a, cudaStream_t s) {
   auto* kernel = gemv_kernel<M, kKind>;
   const size_t smem = smem_bytes(M, a.K);
-  int device = 0, sms = 1, per_sm = 1;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, smem);
   // Enough CTAs to fill the GPU once, each looping over rows: the inputs are staged once per CTA.
-  const int grid = std::max(1, std::min((a.N + kWarps - 1) / kWarps, std::max(per_sm, 1) * sms));
+  const int grid = std::max(1, std::min((a.N + kWarps - 1) / kWarps, resident_ctas(reinterpret_cast<const void*>(kernel), smem)));
   launch(kernel, grid, kWarps * 32, smem, s, a);
 }
 
@@ -341,12 +358,9 @@ template <int M, GemvKind kKind>
 void launch_mma(const GemvArgs& a, cudaStream_t s) {
   auto* kernel = gemv_mma_kernel<M, kKind>;
   const size_t smem = smem_bytes(M, a.K);
-  int device = 0, sms = 1, per_sm = 1;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, smem);
   const int tiles = (a.N + kMmaRows - 1) / kMmaRows;
-  launch(kernel, std::max(1, std::min(tiles, std::max(per_sm, 1) * sms)), kWarps * 32, smem, s, a);
+  launch(kernel, std::max(1, std::min(tiles, resident_ctas(reinterpret_cast<const void*>(kernel), smem))), kWarps * 32,
+         smem, s, a);
 }
 
 template <GemvKind kKind>

@@ -129,6 +129,15 @@ struct SampleParams {
   uint64_t seed;
   uint64_t offset;
 };
-void sample(const float* logits, const SampleParams* params, int32_t* out, int rows, int V, cudaStream_t s);
+// Greedy rows are reduced by `splits` CTAs each: best holds rows * splits (value, index) pairs,
+// arrivals a counter per row (zero before the first call; each call leaves them zero).
+constexpr int kGreedySplits = 16;
+struct SampleScratch {
+  float2* best;
+  int* arrivals;
+  int splits = kGreedySplits;  // CTAs per greedy row, 1..kGreedySplits
+};
+void sample(const float* logits, const SampleParams* params, int32_t* out, int rows, int V, SampleScratch ws,
+            cudaStream_t s);
 
 }  // namespace baton::cuda

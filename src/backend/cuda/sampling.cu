@@ -1,7 +1,9 @@
-// Sampling on the device, one CTA (1024 threads) per row of logits, so that only token ids
-// leave the GPU.
+// Sampling on the device, so that only token ids leave the GPU.
 //
-// Greedy: argmax, first maximum on ties. Otherwise the top-k and top-p cut-offs are found by
+// Greedy: argmax, first maximum on ties. A row is cut into kGreedySplits slices, one CTA each
+// (one CTA for a whole vocabulary row of 150k logits took ~65 us); each writes its slice's best
+// (value, index) and the last slice of the row to finish (an arrival counter) picks the winner in
+// slice order. Otherwise one CTA (1024 threads) per row: the top-k and top-p cut-offs are found by
 // radix selection over the logits' order-preserving bit patterns: four passes of 8 bits, each a
 // 256-bin histogram (of counts for top-k, of probability mass for top-p) walked from the top,
 // so the row is never sorted. The token is then drawn by inverse CDF over the kept set in index
@@ -79,29 +81,48 @@ __device__ uint32_t radix_select(const float* x, int V, uint32_t floor, float ta
 }
 
 __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, const SampleParams* params,
-                                                          int32_t* out, int V) {
+                                                          int32_t* out, int V, SampleScratch ws) {
   __shared__ float hist[257];
   __shared__ float scratch[32];
   __shared__ uint32_t word;
   __shared__ int chosen, fallback;
-  const int row = blockIdx.x;
+  const int row = blockIdx.x, split = blockIdx.y;
   const float* x = logits + static_cast<int64_t>(row) * V;
   const SampleParams p = params[row];
 
   if (!(p.temperature > 0.f)) {
+    // This CTA's slice [lo, hi): its largest value and the first index holding it.
+    const int splits = gridDim.y, per = (V + splits - 1) / splits;
+    const int lo = split * per, hi = min(V, lo + per);
     float best = -INFINITY;
     int best_i = V;
-    for (int i = threadIdx.x; i < V; i += blockDim.x)
-      if (x[i] > best) best = x[i], best_i = i;
-    // Block argmax: the largest value, then the smallest index among equals.
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+      const float v = __ldg(x + i);
+      if (v > best) best = v, best_i = i;
+    }
     const float top = block_reduce<true>(best, scratch);
     if (threadIdx.x == 0) chosen = V;
     __syncthreads();
     if (best == top) atomicMin(&chosen, best_i);
     __syncthreads();
-    if (threadIdx.x == 0) out[row] = chosen < V ? chosen : 0;
+    if (threadIdx.x != 0) return;
+    float2* slot = ws.best + static_cast<int64_t>(row) * splits;
+    slot[split] = make_float2(top, __int_as_float(chosen));
+    __threadfence();
+    if (atomicAdd(ws.arrivals + row, 1) != splits - 1) return;
+    ws.arrivals[row] = 0;  // for the next call
+    __threadfence();
+    float win = -INFINITY;
+    int win_i = V;
+    for (int k = 0; k < splits; ++k) {  // slice order: the first maximum wins ties
+      const float2 b = __ldcg(slot + k);
+      const int i = __float_as_int(b.y);
+      if (b.x > win) win = b.x, win_i = i;
+    }
+    out[row] = win_i < V ? win_i : 0;
     return;
   }
+  if (split != 0) return;  // sampled rows: one CTA
 
   const float inv_t = 1.f / p.temperature;
   float mx = -INFINITY;
@@ -180,9 +201,11 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, c
 
 }  // namespace
 
-void sample(const float* logits, const SampleParams* params, int32_t* out, int rows, int V, cudaStream_t s) {
+void sample(const float* logits, const SampleParams* params, int32_t* out, int rows, int V, SampleScratch ws,
+            cudaStream_t s) {
   if (rows == 0) return;
-  sample_kernel<<<rows, kThreads, 0, s>>>(logits, params, out, V);
+  const int splits = ws.splits >= 1 && ws.splits <= kGreedySplits ? ws.splits : kGreedySplits;
+  sample_kernel<<<dim3(rows, splits), kThreads, 0, s>>>(logits, params, out, V, ws);
 }
 
 }  // namespace baton::cuda
