@@ -2,8 +2,6 @@
 // peers that die or stall.
 #include "xfer/agent.h"
 
-#include "xfer/pattern.h"
-
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
@@ -15,6 +13,8 @@
 #include <thread>
 
 #include "common/json.h"
+#include "xfer/pattern.h"
+#include "xfer/transport.h"
 #if BATON_HAS_CUDA
 #include <cuda_runtime.h>
 #endif
@@ -412,6 +412,51 @@ TEST(XferCmaTest, PeerKilledIsAnErrorThroughCma) {
   auto id2 = (*s2)->read({{rd->region, 0, peer2->region.region, 0, 1 << 20}});
   ASSERT_TRUE(id2.ok()) << id2.error();
   EXPECT_TRUE((*s2)->wait(*id2).ok());
+}
+
+// The UCX endpoint trusts a peer's pid for cross-memory attach only when the cookie the peer
+// published in its address reads back from that pid: with a forged cookie (as if the pid named
+// some other process) the endpoint stays on UCX's own get, and the bytes still arrive.
+TEST(XferCmaTest, ForgedCookieFallsBackToUcx) {
+  auto owner = create_ucx_transport(), reader = create_ucx_transport();
+  if (!owner.ok() || !reader.ok()) GTEST_SKIP() << "UCX is not available";
+  std::vector<uint8_t> src(1 << 20), dst(src.size());
+  fill(src, 11);
+  auto key = (*owner)->register_region(1, src.data(), src.size(), MemoryKind::kHost);
+  ASSERT_TRUE(key.ok()) << key.error();
+  MemoryDesc d;
+  d.agent = "owner";
+  d.region = 1;
+  d.address = reinterpret_cast<uintptr_t>(src.data());
+  d.length = src.size();
+  d.keys = Json{{"ucx", *key}};
+  const std::string genuine = (*owner)->address();
+  ASSERT_NE(genuine.find(";cma="), std::string::npos) << "the address carries no CMA details";
+  std::string forged = genuine;
+  forged.back() = forged.back() == '0' ? '1' : '0';  // the cookie's last hex digit
+  for (const bool forge : {false, true}) {
+    SCOPED_TRACE(forge ? "forged cookie" : "genuine cookie");
+    auto ep = (*reader)->connect(forge ? forged : genuine);
+    ASSERT_TRUE(ep.ok()) << ep.error();
+    ASSERT_TRUE((*ep)->add_region(d).ok());
+    std::fill(dst.begin(), dst.end(), 0);
+    auto h = (*ep)->start({{dst.data(), d.address, d.region, src.size()}}, false);
+    ASSERT_TRUE(h.ok()) << h.error();
+    if (!forge) {
+      EXPECT_EQ(*h, RmaEndpoint::kDone);  // copied by CMA inside start()
+    } else {
+      EXPECT_NE(*h, RmaEndpoint::kDone);
+      TransferState st = TransferState::kPending;
+      for (const auto t0 = Clock::now(); st == TransferState::kPending && Clock::now() - t0 < 10s;) {
+        (*ep)->progress();
+        st = (*ep)->poll(*h, nullptr);
+      }
+      EXPECT_EQ(st, TransferState::kDone);
+      (*ep)->release(*h);
+    }
+    EXPECT_EQ(dst, src);
+  }
+  (*owner)->deregister_region(1);
 }
 
 TEST_P(XferTest, StalledPeerTimesOut) {
