@@ -57,7 +57,7 @@ Status xfer_bench(int argc, char** argv) {
               batches_s = "1,16,128,1024", json_path;
   size_t region_bytes = size_t{1} << 30;
   double seconds = 0.5;
-  bool shared = false, small_pages = false;
+  bool shared = false, small_pages = false, memcpy_baseline = false;
   bool cuda = false;
   int owner_gpu = 0, reader_gpu = 0;
   ArgParser args("baton-bench xfer", "Transfer engine read bandwidth and latency between two local processes.");
@@ -71,6 +71,9 @@ Status xfer_bench(int argc, char** argv) {
   args.add({"--owner-gpu"}, &owner_gpu, "--cuda: the GPU of the peer's (owner's) memory");
   args.add({"--reader-gpu"}, &reader_gpu, "--cuda: the GPU of this (reading) process's memory");
   args.add_flag({"--shared"}, &shared, "regions from Agent::allocate_memory (UCX shared memory), as a KV pool uses");
+  args.add_flag({"--memcpy-baseline"}, &memcpy_baseline,
+                "host memory: also time a plain memcpy of the same ranges inside this process (the ceiling of a "
+                "same-host read)");
   args.add_flag({"--small-pages"}, &small_pages,
                 "registered host regions on 4 KiB pages (default: transparent huge pages asked for, as numpy does)");
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
@@ -232,6 +235,29 @@ Status xfer_bench(int argc, char** argv) {
         cudaFree(peer_like);
       }
 #endif
+      if (memcpy_baseline && !cuda) {
+        // The same ranges copied by memcpy between two buffers of this process, timed the same way.
+        BATON_ASSIGN_OR_RETURN(HostRegion from, host_region(2 * size * batch, small_pages, 1));
+        BATON_ASSIGN_OR_RETURN(HostRegion to, host_region(2 * size * batch, small_pages, 0));
+        auto copy_once = [&] {
+          for (uint64_t i = 0; i < batch; ++i) std::memcpy(to.get() + 2 * i * size, from.get() + 2 * i * size, size);
+          asm volatile("" ::: "memory");  // the copies are the point: keep them
+        };
+        copy_once();
+        int m = 0, every = 1;
+        const auto c0 = Clock::now();
+        double el = 0;
+        while (el < seconds || m < 3) {
+          copy_once();
+          if (++m % every != 0) continue;
+          el = std::chrono::duration<double>(Clock::now() - c0).count();
+          if (m == 3 && el / m < 2e-6) every = 16;
+        }
+        const double base = static_cast<double>(size * batch * m) / el / 1e9;
+        std::printf("|   in-process memcpy | | %.2f | ratio %.2f | |\n", base, gbps / base);
+        row["memcpy_gb_per_s"] = base;
+        row["ratio"] = gbps / base;
+      }
       rows.push_back(row);
     }
   }

@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # Transfer-engine reads between two processes on this host, side by side with ucx_perftest's
 # ucp_get on the same UCX transports (UCX_TLS=^tcp, as baton uses), at 16 KiB and 1 MiB.
-#   bench/xfer_compare.sh            (needs build/apps/baton-bench and ucx-utils; REPEATS=3)
+#   bench/xfer_compare.sh            (needs build/apps/baton-bench and ucx-utils; REPEATS=3; GRID=0
+#                                    skips the full grid)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export UCX_TLS=${UCX_TLS:-^tcp}
 BENCH=${BUILD_DIR:-build}/apps/baton-bench
-echo "## baton-bench xfer (ucx and tcp), full grid"
-"$BENCH" xfer --transport ucx --shared --json /tmp/xfer_ucx_shared.json 2>/dev/null
-for t in ucx tcp; do
-  "$BENCH" xfer --transport "$t" --json "/tmp/xfer_$t.json" 2>/dev/null
-done
+if [ "${GRID:-1}" != 0 ]; then
+  echo "## baton-bench xfer (ucx and tcp), full grid"
+  "$BENCH" xfer --transport ucx --shared --json /tmp/xfer_ucx_shared.json 2>/dev/null
+  for t in ucx tcp; do
+    "$BENCH" xfer --transport "$t" --json "/tmp/xfer_$t.json" 2>/dev/null
+  done
+fi
 # ucx_perftest's figure at 16 KiB moves a lot from run to run on a small VM (45-73 GB/s seen in
 # one hour), so the single-range comparison interleaves baton and perftest REPEATS times.
-echo "## single ranges, baton (shared regions) and ucx_perftest ucp_get (same buffer every iteration), interleaved"
-echo "| repeat | size | baton GB/s | ucx_perftest GB/s | ratio |"
-echo "|---|---|---|---|---|"
+# The in-process memcpy column is the same copy without a second process or any checks: the
+# ceiling of a same-host read on this machine at that moment.
+echo "## single ranges, baton (shared regions), in-process memcpy and ucx_perftest ucp_get (same buffer every iteration), interleaved"
+echo "| repeat | size | baton GB/s | memcpy GB/s | ucx_perftest GB/s | baton / perftest |"
+echo "|---|---|---|---|---|---|"
 for rep in $(seq "${REPEATS:-3}"); do
-  "$BENCH" xfer --transport ucx --shared --sizes 16384,1048576 --batches 1 --region-bytes 67108864 \
+  "$BENCH" xfer --transport ucx --shared --memcpy-baseline --sizes 16384,1048576 --batches 1 --region-bytes 67108864 \
     --json /tmp/xfer_single.json > /dev/null 2>&1
   for s in 16384 1048576; do
     port=$((20000 + RANDOM % 20000))
@@ -30,9 +35,10 @@ for rep in $(seq "${REPEATS:-3}"); do
     python3 - "$rep" "$s" "$mbps" <<'PY'
 import json, sys
 rep, size, mbps = sys.argv[1], int(sys.argv[2]), float(sys.argv[3] or 0)
-b = next(r["gb_per_s"] for r in json.load(open("/tmp/xfer_single.json")) if r["size"] == size)
+row = next(r for r in json.load(open("/tmp/xfer_single.json")) if r["size"] == size)
+b, m = row["gb_per_s"], row.get("memcpy_gb_per_s", 0)
 p = mbps / 1000
-print(f"| {rep} | {size} | {b:.1f} | {p:.1f} | {b / p if p else 0:.2f} |")
+print(f"| {rep} | {size} | {b:.1f} | {m:.1f} | {p:.1f} | {b / p if p else 0:.2f} |")
 PY
   done
 done
@@ -48,7 +54,7 @@ if "$NIXL_PYTHON" -c "import nixl_cu13" 2>/dev/null; then
     # NIXL needs UCX's tcp transport (its peer-failure handling); nixl-cu13 1.x crashes at interpreter
     # exit when its output is not a terminal, after the rows are written: judge it by the rows.
     rm -f /tmp/xfer_nixl.json
-    (env -u UCX_TLS "$NIXL_PYTHON" bench/peers/nixl_read_bench.py --json /tmp/xfer_nixl.json) > /dev/null 2>&1 || true
+    (env -u UCX_TLS "$NIXL_PYTHON" bench/peers/nixl_read_bench.py --json /tmp/xfer_nixl.json; true) > /dev/null 2>&1
     [ -s /tmp/xfer_nixl.json ] || { echo "NIXL run $rep wrote no rows"; continue; }
     python3 - "$rep" <<'PY'
 import json, sys
