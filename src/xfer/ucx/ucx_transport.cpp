@@ -84,7 +84,7 @@ class UcxEndpoint : public RmaEndpoint {
   UcxEndpoint(ucp_worker_h worker, ucp_ep_h ep, CmaPid cma) : worker_(worker), ep_(ep), cma_(cma) {}
   ~UcxEndpoint() override {
     std::lock_guard lock(m_);
-    for (auto& [id, rkey] : rkeys_) ucp_rkey_destroy(rkey);
+    for (auto& [id, r] : remotes_) ucp_rkey_destroy(r.rkey);
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
     p.flags = UCP_EP_CLOSE_FLAG_FORCE;
@@ -105,17 +105,15 @@ class UcxEndpoint : public RmaEndpoint {
     ucp_rkey_h rkey;
     ucs_status_t st = ucp_ep_rkey_unpack(ep_, blob.data(), &rkey);
     if (st != UCS_OK) return make_error("cannot unpack UCX key of region ", remote.region, ": ", ucs_status_string(st));
-    std::lock_guard lock(m_);
-    if (auto old = rkeys_.find(remote.region); old != rkeys_.end()) ucp_rkey_destroy(old->second);
-    rkeys_[remote.region] = rkey;
     // Shared-memory regions (Agent::allocate_memory) are mapped into this process by the rkey:
     // their ranges move with a plain copy, without a UCX request per range.
+    Remote r{rkey, false, {}};
     void* mapped = nullptr;
-    if (ucp_rkey_ptr(rkey, remote.address, &mapped) == UCS_OK && mapped) {
-      direct_[remote.region] = {static_cast<std::byte*>(mapped), remote.address};
-    } else {
-      direct_.erase(remote.region);
-    }
+    if (ucp_rkey_ptr(rkey, remote.address, &mapped) == UCS_OK && mapped)
+      r.mapped = true, r.direct = {static_cast<std::byte*>(mapped), remote.address};
+    std::lock_guard lock(m_);
+    if (auto old = remotes_.find(remote.region); old != remotes_.end()) ucp_rkey_destroy(old->second.rkey);
+    remotes_[remote.region] = r;
     return {};
   }
 
@@ -123,10 +121,9 @@ class UcxEndpoint : public RmaEndpoint {
 
   void remove_region(uint64_t region) override {
     std::lock_guard lock(m_);
-    direct_.erase(region);
-    if (auto it = rkeys_.find(region); it != rkeys_.end()) {
-      ucp_rkey_destroy(it->second);
-      rkeys_.erase(it);
+    if (auto it = remotes_.find(region); it != remotes_.end()) {
+      ucp_rkey_destroy(it->second.rkey);
+      remotes_.erase(it);
     }
   }
 
@@ -140,10 +137,9 @@ class UcxEndpoint : public RmaEndpoint {
     for (size_t i = 0; i < ops.size(); ++i) {
       const uint64_t region = ops[i].remote_region;
       if (i == 0 || region != last_region) {
-        auto key = rkeys_.find(region);
-        if (key == rkeys_.end()) return make_error("no UCX key for remote region ", region);
-        auto d = direct_.find(region);
-        last = {key->second, d == direct_.end() ? nullptr : &d->second};
+        auto it = remotes_.find(region);
+        if (it == remotes_.end()) return make_error("no UCX key for remote region ", region);
+        last = {it->second.rkey, it->second.mapped ? &it->second.direct : nullptr};
         last_region = region;
       }
       resolved_[i] = last;
@@ -257,8 +253,12 @@ class UcxEndpoint : public RmaEndpoint {
     std::byte* base;   // where the peer's region starts in this process
     uint64_t address;  // the peer's address of that start
   };
-  std::unordered_map<uint64_t, ucp_rkey_h> rkeys_;
-  std::unordered_map<uint64_t, Direct> direct_;
+  struct Remote {
+    ucp_rkey_h rkey;
+    bool mapped;  // shared memory mapped here: `direct` is valid
+    Direct direct;
+  };
+  std::unordered_map<uint64_t, Remote> remotes_;  // the peer's regions: key, and mapping when shared
   struct Resolved {
     ucp_rkey_h rkey;
     const Direct* direct;  // null: not mapped here
