@@ -16,8 +16,8 @@
 // is norm+QKV, attention, O, norm+gate/up+SiLU, down; their kernels use programmatic dependent
 // launch. Up to kGemvDotRows tokens that path is always faster; for more (the tensor-core kernel)
 // it depends on the model's width, so those decode graphs are captured both ways, timed, and the
-// faster one is kept. In decode steps (one new token per sequence) the attention kernel also does the bias,
-// QK-norm, RoPE and cache write.
+// faster one is kept. In decode steps (one new token per sequence) the attention kernel also does
+// the bias, QK-norm, RoPE and cache write.
 //
 // A step's inputs (tokens, positions, cache slots, block tables) go up in one copy from pinned
 // memory into device buffers at fixed addresses; a decode step of a batch size seen before is
@@ -187,6 +187,8 @@ class CudaBackend : public Backend {
   // Enqueues the model for `T` staged tokens; logits for `n_rows` rows (rows == null: rows 0..).
   Status enqueue(int T, int n_rows, bool identity_rows, bool decode, int n_splits, int n_tiles);
   Status gemm(const bf16_t* a, const bf16_t* w, float* c, int m, int n, int k, float beta);
+  // Whether a step of T tokens runs its GEMMs as skinny GEMMs (gemv.cu).
+  bool use_skinny(int T) const;
   // The decode graph for `rows` rows: captured, or captured both ways and the faster kept.
   Result<cudaGraphExec_t> decode_graph(int rows);
   Result<cudaGraphExec_t> capture(int rows);
@@ -492,8 +494,7 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   };
   // Steps of a few tokens (decode) run their GEMMs as skinny GEMMs with the norms and SiLU fused
   // in.
-  const bool skinny =
-      gemv_ && T <= gemv_rows_ && gemv_supported(T, H) && gemv_supported(T, I) && gemv_supported(T, c.q_dim());
+  const bool skinny = use_skinny(T);
   // Only there does it pay: its kernels are a few microseconds each and the skinny GEMMs start
   // their weight loads before the wait. Beside cuBLAS at batch 64 it measured slower.
   set_pdl(pdl_ && skinny);
@@ -665,6 +666,12 @@ Status CudaBackend::run(const Batch& batch, Output out) {
   return {};
 }
 
+bool CudaBackend::use_skinny(int T) const {
+  const ModelConfig& c = cfg_;
+  return gemv_ && T <= gemv_rows_ && gemv_supported(T, c.hidden_size) && gemv_supported(T, c.intermediate_size) &&
+         gemv_supported(T, c.q_dim());
+}
+
 Result<cudaGraphExec_t> CudaBackend::capture(int rows) {
   cudaGraph_t g = nullptr;
   BATON_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
@@ -704,10 +711,7 @@ Result<float> CudaBackend::time_graph(cudaGraphExec_t g) {
 }
 
 Result<cudaGraphExec_t> CudaBackend::decode_graph(int rows) {
-  const ModelConfig& c = cfg_;
-  const bool both = tune_graphs_ && gemv_ && rows > kGemvDotRows && rows <= gemv_rows_ &&
-                    gemv_supported(rows, c.hidden_size) && gemv_supported(rows, c.intermediate_size) &&
-                    gemv_supported(rows, c.q_dim());
+  const bool both = tune_graphs_ && rows > kGemvDotRows && use_skinny(rows);
   BATON_ASSIGN_OR_RETURN(cudaGraphExec_t skinny, capture(rows));
   if (!both) return skinny;
   const int saved = gemv_rows_;

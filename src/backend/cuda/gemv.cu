@@ -114,6 +114,20 @@ __device__ __forceinline__ void stage_inputs(const GemvArgs& a, __nv_bfloat16* d
   __syncthreads();
 }
 
+// Writes output element `at` from its sums: silu(acc) * up as bf16 (kNormSiluMul: acc from the
+// gate rows, up from the up rows), beta * resid + acc (kAccumulate; resid is out[at], read by the
+// caller only when beta != 0), or acc.
+template <GemvKind kKind>
+__device__ __forceinline__ void store_output(const GemvArgs& a, int64_t at, float acc, float up, float resid) {
+  if constexpr (kKind == GemvKind::kNormSiluMul) {
+    reinterpret_cast<__nv_bfloat16*>(a.act)[at] = __float2bfloat16(acc / (1.f + __expf(-acc)) * up);
+  } else if constexpr (kKind == GemvKind::kAccumulate) {
+    a.out[at] = a.beta == 0.f ? acc : a.beta * resid + acc;
+  } else {
+    a.out[at] = acc;
+  }
+}
+
 template <int M, GemvKind kKind>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
   constexpr bool kNorm = kKind != GemvKind::kAccumulate;
@@ -182,18 +196,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
 
         // Lane m writes row m's result.
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      if (lane != m) continue;
-      const int64_t at = static_cast<int64_t>(m) * a.N + n;
-      if constexpr (kKind == GemvKind::kNormSiluMul) {
-        const float g = acc[0][m], u = acc[R - 1][m];
-        reinterpret_cast<__nv_bfloat16*>(a.act)[at] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
-      } else if constexpr (kKind == GemvKind::kAccumulate) {
-        a.out[at] = a.beta == 0.f ? acc[0][m] : a.beta * resid + acc[0][m];
-      } else {
-        a.out[at] = acc[0][m];
-      }
-    }
+    for (int m = 0; m < M; ++m)
+      if (lane == m) store_output<kKind>(a, static_cast<int64_t>(m) * a.N + n, acc[0][m], acc[R - 1][m], resid);
   }
 }
 
@@ -307,14 +311,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
         const int n = tile * kMmaRows + g + 8 * (i >> 1), m = 2 * q + (i & 1);
         if (n >= a.N || m >= M) continue;
         const int64_t at = static_cast<int64_t>(m) * a.N + n;
-        if constexpr (kKind == GemvKind::kNormSiluMul) {
-          const float gate = t[0][i], up = t[R - 1][i];
-          reinterpret_cast<__nv_bfloat16*>(a.act)[at] = __float2bfloat16(gate / (1.f + __expf(-gate)) * up);
-        } else if constexpr (kKind == GemvKind::kAccumulate) {
-          a.out[at] = a.beta == 0.f ? t[0][i] : a.beta * a.out[at] + t[0][i];
-        } else {
-          a.out[at] = t[0][i];
-        }
+        const float resid = kKind == GemvKind::kAccumulate && a.beta != 0.f ? a.out[at] : 0.f;
+        store_output<kKind>(a, at, t[0][i], t[R - 1][i], resid);
       }
     }
     __syncthreads();  // sums is rewritten for the next tile
@@ -345,66 +343,38 @@ int resident_ctas(const void* kernel, size_t smem) {
   return it->second;
 }
 
+// The kernel for M input rows: CUDA-core dot products up to kGemvDotRows, tensor cores above,
+// and how many output rows one of its CTAs takes at a time.
 template <int M, GemvKind kKind>
-void launch_rows(const GemvArgs& a, cudaStream_t s) {
-  auto* kernel = gemv_kernel<M, kKind>;
-  const size_t smem = smem_bytes(M, a.K);
-  // Enough CTAs to fill the GPU once, each looping over rows: the inputs are staged once per CTA.
-  const int grid = std::max(1, std::min((a.N + kWarps - 1) / kWarps, resident_ctas(reinterpret_cast<const void*>(kernel), smem)));
-  launch(kernel, grid, kWarps * 32, smem, s, a);
+constexpr void (*kernel_for())(GemvArgs) {
+  if constexpr (M <= kGemvDotRows)
+    return gemv_kernel<M, kKind>;
+  else
+    return gemv_mma_kernel<M, kKind>;
 }
+template <int M>
+constexpr int kRowsPerPass = M <= kGemvDotRows ? kWarps : kMmaRows;
 
-template <int M, GemvKind kKind>
-void launch_mma(const GemvArgs& a, cudaStream_t s) {
-  auto* kernel = gemv_mma_kernel<M, kKind>;
-  const size_t smem = smem_bytes(M, a.K);
-  const int tiles = (a.N + kMmaRows - 1) / kMmaRows;
-  launch(kernel, std::max(1, std::min(tiles, resident_ctas(reinterpret_cast<const void*>(kernel), smem))), kWarps * 32,
-         smem, s, a);
-}
-
-template <GemvKind kKind>
+// Launches the kernel for a.M rows (M counts up to it).
+template <GemvKind kKind, int M = 1>
 void launch_kind(const GemvArgs& a, cudaStream_t s) {
-  switch (a.M) {
-    case 1:
-      launch_rows<1, kKind>(a, s);
-      break;
-    case 2:
-      launch_rows<2, kKind>(a, s);
-      break;
-    case 3:
-      launch_rows<3, kKind>(a, s);
-      break;
-    case 4:
-      launch_rows<4, kKind>(a, s);
-      break;
-    case 5:
-      launch_mma<5, kKind>(a, s);
-      break;
-    case 6:
-      launch_mma<6, kKind>(a, s);
-      break;
-    case 7:
-      launch_mma<7, kKind>(a, s);
-      break;
-    case 8:
-      launch_mma<8, kKind>(a, s);
-      break;
-    default:
-      break;  // gemv_supported said no
+  if constexpr (M <= kGemvMaxRows) {
+    if (a.M != M) return launch_kind<kKind, M + 1>(a, s);
+    auto* kernel = kernel_for<M, kKind>();
+    const size_t smem = smem_bytes(M, a.K);
+    // Enough CTAs to fill the GPU once, each looping over its rows: the inputs are staged once per CTA.
+    const int passes = (a.N + kRowsPerPass<M> - 1) / kRowsPerPass<M>;
+    const int grid = std::max(1, std::min(passes, resident_ctas(reinterpret_cast<const void*>(kernel), smem)));
+    launch(kernel, grid, kWarps * 32, smem, s, a);
   }
 }
 
-template <GemvKind kKind>
+template <GemvKind kKind, int M = 1>
 void allow_smem(int bytes) {
-  cudaFuncSetAttribute(gemv_kernel<1, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  cudaFuncSetAttribute(gemv_kernel<2, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  cudaFuncSetAttribute(gemv_kernel<3, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  cudaFuncSetAttribute(gemv_kernel<4, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  cudaFuncSetAttribute(gemv_mma_kernel<5, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  cudaFuncSetAttribute(gemv_mma_kernel<6, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  cudaFuncSetAttribute(gemv_mma_kernel<7, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  cudaFuncSetAttribute(gemv_mma_kernel<8, kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if constexpr (M <= kGemvMaxRows) {
+    cudaFuncSetAttribute(kernel_for<M, kKind>(), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    allow_smem<kKind, M + 1>(bytes);
+  }
 }
 
 }  // namespace
