@@ -52,6 +52,24 @@ Result<HostRegion> host_region(size_t bytes, bool small_pages, int fill) {
   return HostRegion(static_cast<uint8_t*>(p));
 }
 
+// Calls `once` (returning Status) once to warm up, then for at least `seconds` and 3 times;
+// returns how many timed calls ran and the seconds they took. For sub-microsecond calls the clock
+// is read every 16th call only, as ucx_perftest does not read it per iteration either.
+template <class F>
+Result<std::pair<int, double>> time_repeated(double seconds, F once) {
+  BATON_RETURN_IF_ERROR(once());  // warm-up (wireup, first touch)
+  int n = 0, check_every = 1;
+  const auto t0 = Clock::now();
+  double elapsed = 0;
+  while (elapsed < seconds || n < 3) {
+    BATON_RETURN_IF_ERROR(once());
+    if (++n % check_every != 0) continue;
+    elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (n == 3 && elapsed / n < 2e-6) check_every = 16;
+  }
+  return std::make_pair(n, elapsed);
+}
+
 Status xfer_bench(int argc, char** argv) {
   std::string transport = "ucx", sizes_s = "4096,16384,65536,262144,1048576,4194304,16777216,67108864",
               batches_s = "1,16,128,1024", json_path;
@@ -178,19 +196,8 @@ Status xfer_bench(int argc, char** argv) {
         BATON_ASSIGN_OR_RETURN(xfer::TransferId id, session->read(ops));
         return session->wait(id);
       };
-      BATON_RETURN_IF_ERROR(run_once());  // warm-up (wireup, first touch)
-      int n = 0, check_every = 1;
-      const auto t0 = Clock::now();
-      double elapsed = 0;
-      while (elapsed < seconds || n < 3) {
-        BATON_RETURN_IF_ERROR(run_once());
-        ++n;
-        if (n % check_every != 0) continue;
-        elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-        // Sub-microsecond reads: read the clock every 16th batch only, as ucx_perftest does not
-        // read it per iteration either.
-        if (n == 3 && elapsed / n < 2e-6) check_every = 16;
-      }
+      BATON_ASSIGN_OR_RETURN(auto timed, time_repeated(seconds, run_once));
+      const auto [n, elapsed] = timed;
       const double gbps = static_cast<double>(size * batch * n) / elapsed / 1e9;
       const double us = elapsed / n * 1e6;
       std::printf("| %llu | %llu | %.2f | %.1f | %d |\n", static_cast<unsigned long long>(size),
@@ -214,17 +221,10 @@ Status xfer_bench(int argc, char** argv) {
             cudaMemcpyPeerAsync(static_cast<char*>(local_gpu) + 2 * i * size, reader_gpu,
                                 static_cast<char*>(peer_like) + 2 * i * size, owner_gpu, size, st);
           cudaStreamSynchronize(st);
+          return Status{};
         };
-        copy_once();
-        int m = 0;
-        const auto c0 = Clock::now();
-        double el = 0;
-        while (el < seconds || m < 3) {
-          copy_once();
-          ++m;
-          el = std::chrono::duration<double>(Clock::now() - c0).count();
-        }
-        const double base = static_cast<double>(size * batch * m) / el / 1e9;
+        BATON_ASSIGN_OR_RETURN(auto copies, time_repeated(seconds, copy_once));
+        const double base = static_cast<double>(size * batch * copies.first) / copies.second / 1e9;
         std::printf("|   in-process cudaMemcpyPeer (GPU %d -> %d) | | %.2f | ratio %.2f | |\n", owner_gpu, reader_gpu, base,
                     gbps / base);
         row["memcpy_gb_per_s"] = base;
@@ -242,18 +242,10 @@ Status xfer_bench(int argc, char** argv) {
         auto copy_once = [&] {
           for (uint64_t i = 0; i < batch; ++i) std::memcpy(to.get() + 2 * i * size, from.get() + 2 * i * size, size);
           asm volatile("" ::: "memory");  // the copies are the point: keep them
+          return Status{};
         };
-        copy_once();
-        int m = 0, every = 1;
-        const auto c0 = Clock::now();
-        double el = 0;
-        while (el < seconds || m < 3) {
-          copy_once();
-          if (++m % every != 0) continue;
-          el = std::chrono::duration<double>(Clock::now() - c0).count();
-          if (m == 3 && el / m < 2e-6) every = 16;
-        }
-        const double base = static_cast<double>(size * batch * m) / el / 1e9;
+        BATON_ASSIGN_OR_RETURN(auto copies, time_repeated(seconds, copy_once));
+        const double base = static_cast<double>(size * batch * copies.first) / copies.second / 1e9;
         std::printf("|   in-process memcpy | | %.2f | ratio %.2f | |\n", base, gbps / base);
         row["memcpy_gb_per_s"] = base;
         row["ratio"] = gbps / base;
