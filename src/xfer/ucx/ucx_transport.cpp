@@ -107,10 +107,10 @@ class UcxEndpoint : public RmaEndpoint {
     if (st != UCS_OK) return make_error("cannot unpack UCX key of region ", remote.region, ": ", ucs_status_string(st));
     // Shared-memory regions (Agent::allocate_memory) are mapped into this process by the rkey:
     // their ranges move with a plain copy, without a UCX request per range.
-    Remote r{rkey, false, {}};
+    Remote r{rkey, {}};
     void* mapped = nullptr;
     if (ucp_rkey_ptr(rkey, remote.address, &mapped) == UCS_OK && mapped)
-      r.mapped = true, r.direct = {static_cast<std::byte*>(mapped), remote.address};
+      r.direct = {static_cast<std::byte*>(mapped), remote.address};
     std::lock_guard lock(m_);
     if (auto old = remotes_.find(remote.region); old != remotes_.end()) ucp_rkey_destroy(old->second.rkey);
     remotes_[remote.region] = r;
@@ -139,7 +139,7 @@ class UcxEndpoint : public RmaEndpoint {
       if (i == 0 || region != last_region) {
         auto it = remotes_.find(region);
         if (it == remotes_.end()) return make_error("no UCX key for remote region ", region);
-        last = {it->second.rkey, it->second.mapped ? &it->second.direct : nullptr};
+        last = {it->second.rkey, it->second.direct.base ? &it->second.direct : nullptr};
         last_region = region;
       }
       resolved_[i] = last;
@@ -255,8 +255,7 @@ class UcxEndpoint : public RmaEndpoint {
   };
   struct Remote {
     ucp_rkey_h rkey;
-    bool mapped;  // shared memory mapped here: `direct` is valid
-    Direct direct;
+    Direct direct;  // base null: not mapped here
   };
   std::unordered_map<uint64_t, Remote> remotes_;  // the peer's regions: key, and mapping when shared
   struct Resolved {
