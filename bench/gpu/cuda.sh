@@ -6,7 +6,8 @@
 #                                  Qwen2.5-0.5B and Llama-3.2-1B: greedy output against
 #                                  transformers, baton-bench model, transformers' generate()
 #   bash bench/gpu/cuda.sh all     both
-#   bash bench/gpu/cuda.sh profile where a step's time goes, kernel by kernel (BATON_CUDA_PROFILE=1)
+#   bash bench/gpu/cuda.sh profile where a step's time goes, kernel by kernel (BATON_CUDA_PROFILE=1);
+#                                  PROFILE_MODELS="qwen2.5-0.5b llama3.2-1b", PROFILE_ARGS="ARGS|ARGS"
 #   bash bench/gpu/cuda.sh ab      decode step time with our skinny GEMMs and programmatic dependent
 #                                  launch, each turned off in turn (BATON_CUDA_GEMV=0, BATON_CUDA_PDL=0);
 #                                  AB_CONFIGS="default;BATON_CUDA_PDL=0" picks configurations,
@@ -51,10 +52,14 @@ if [[ $MODE == profile || $MODE == all ]]; then
   # Where a step's time goes: kernels timed one by one (no graphs) on the Llama-shaped model.
   MODELS=/tmp/baton-models
   python3 bench/gpu/hf_reference.py make "$MODELS" > /dev/null 2>&1
-  for args in "--batches 1 --steps 20 --prefill 16" "--batches 64 --steps 4 --prefill 2048"; do
-    echo "profile: $args"
-    BATON_CUDA_PROFILE=1 ./build-gpu/apps/baton-bench model --model "$MODELS/llama3.2-1b" --device cuda $args \
-      --gen-batches "" 2>&1 | grep -vE "cuda backend:|^device|^model" | tail -18
+  # PROFILE_ARGS picks the runs ("|" between them); the default: decode at batch 1 and a prefill-bound run.
+  IFS='|' read -r -a runs <<< "${PROFILE_ARGS:---batches 1 --steps 20 --prefill 16|--batches 1 --steps 1 --context 16 --prefill 2048}"
+  for m in ${PROFILE_MODELS:-llama3.2-1b}; do
+    for args in "${runs[@]}"; do
+      echo "profile: $m $args"
+      BATON_CUDA_PROFILE=1 ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda $args \
+        --gen-batches "" 2>&1 | grep -vE "cuda backend:|^device|^model" | tail -30
+    done
   done
 fi
 if [[ $MODE == ab ]]; then

@@ -5,12 +5,10 @@
 // online softmax; the groups merge in shared memory and the splits through a workspace, merged
 // by whichever split of a (token, head) finishes last.
 // Prefill: one CTA per (tile of up to 64 query rows, query head); K and V of a chunk of keys at a
-// time go through shared memory and every row of the tile uses them. For head sizes 64 and 128
-// the products run on tensor cores (WMMA, bf16 in, fp32 accumulate): each of 4 warps owns 16 query
-// rows, computes S = Q K^T for 64 keys, does the online softmax on S in shared memory (a row at a
-// time across the warp), and adds P V into its O rows, which live in shared memory so that they can
-// be rescaled row by row.
-#include <mma.h>
+// time go through shared memory and every row of the tile uses them. For head sizes 64 and 128 it
+// is a flash-attention kernel on tensor cores (mma.sync, bf16 in, fp32 accumulate; see
+// prefill_fa_kernel); other sizes take a CUDA-core kernel.
+#include <climits>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
@@ -348,34 +346,45 @@ __global__ void __launch_bounds__(256) prefill_kernel(AttnArgs a, const int2* ti
   }
 }
 
-namespace wmma = nvcuda::wmma;
+// Eight consecutive cache elements as bf16 (one 16-byte vector).
+template <class Kv>
+__device__ __forceinline__ uint4 load_bf16x8(const typename Kv::T* p) {
+  if constexpr (sizeof(typename Kv::T) == 2) {
+    return *reinterpret_cast<const uint4*>(p);
+  } else {
+    float f[8];
+    load_f32<Kv, 8>(p, f);
+    return make_uint4(pack_bf16(f[0], f[1]), pack_bf16(f[2], f[3]), pack_bf16(f[4], f[5]), pack_bf16(f[6], f[7]));
+  }
+}
 
+// Flash-attention prefill for head sizes 64 and 128: 4 warps x 16 query rows, 64 keys per chunk
+// through shared memory (rows padded by 16 bytes so that ldmatrix is free of bank conflicts).
+// S = Q K^T, the online softmax and O += P V stay in registers: the S accumulators of two key
+// n-tiles are, packed to bf16, the A fragment of P V (mma_bf16's layout), so P never leaves the
+// lane that computed it. A lane holds rows g and g + 8 of its warp's 16 and keys 2q, 2q + 1 of
+// every 8; a row's max and sum are reduced over the 4 lanes of a quad.
 template <int D>
-struct TcLayout {
-  static constexpr int kKeys = 64, kWarps = 4;              // 4 warps x 16 query rows
-  static constexpr size_t q = 0;                            // [64][D] bf16
-  static constexpr size_t k = q + 64 * D * 2;               // [64][D] bf16
-  static constexpr size_t v = k + kKeys * D * 2;            // [64][D] bf16
-  static constexpr size_t s = v + kKeys * D * 2;            // [warp][16][64] fp32
-  static constexpr size_t p = s + kWarps * 16 * kKeys * 4;  // [warp][16][64] bf16
-  static constexpr size_t o = p + kWarps * 16 * kKeys * 2;  // [warp][16][D] fp32
-  static constexpr size_t bytes = o + kWarps * 16 * D * 4;
+struct FaLayout {
+  static constexpr int kKeys = 64, kRows = 64, kStride = D + 8;  // bf16 elements per shared row
+  static constexpr size_t q = 0;
+  static constexpr size_t k = q + kRows * kStride * 2;
+  static constexpr size_t v = k + kKeys * kStride * 2;
+  static constexpr size_t bytes = v + kKeys * kStride * 2;
 };
 
 template <int D, class Kv>
-__global__ void __launch_bounds__(128) prefill_tc_kernel(AttnArgs a, const int2* tiles) {
+__global__ void __launch_bounds__(128) prefill_fa_kernel(AttnArgs a, const int2* tiles) {
   pdl_trigger();
   pdl_wait();
-  using L = TcLayout<D>;
-  constexpr int kKeys = L::kKeys;
+  using L = FaLayout<D>;
+  constexpr int kKeys = L::kKeys, S = L::kStride, kPieces = kKeys * D / 8 / 128;  // 16-byte pieces per thread
+  static_assert(L::kRows == kPrefillTileRows && kPieces * 128 * 8 == kKeys * D);
   extern __shared__ __align__(128) unsigned char smem[];
   __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem + L::q);
   __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem + L::k);
   __nv_bfloat16* vs = reinterpret_cast<__nv_bfloat16*>(smem + L::v);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-  float* ss = reinterpret_cast<float*>(smem + L::s) + warp * 16 * kKeys;
-  __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(smem + L::p) + warp * 16 * kKeys;
-  float* os = reinterpret_cast<float*>(smem + L::o) + warp * 16 * D;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
 
   const int2 tile = tiles[blockIdx.x];
   const int h = blockIdx.y, g = h / (a.H / a.KVH);
@@ -383,113 +392,153 @@ __global__ void __launch_bounds__(128) prefill_tc_kernel(AttnArgs a, const int2*
   const int lo = keys_of(a.positions[tile.x], a.window).first;
   const int hi = a.positions[tile.x + tile.y - 1];
 
-  // Q (scaled for exp2 softmax) as bf16; rows past the tile are zero.
+  // Q (scaled for the exp2 softmax) as bf16; rows past the tile are zero.
   const float qscale = a.scale * a.k_scale * kLog2e;
-  for (int i = threadIdx.x; i < 64 * D; i += blockDim.x) {
-    const int r = i / D, d = i % D;
-    const float v = r < tile.y ? a.q[static_cast<int64_t>(tile.x + r) * a.q_row_stride + h * D + d] * qscale : 0.f;
-    qs[i] = __float2bfloat16(v);
+  for (int i = threadIdx.x; i < L::kRows * D / 2; i += blockDim.x) {
+    const int r = i / (D / 2), d = (i % (D / 2)) * 2;
+    float2 v = make_float2(0.f, 0.f);
+    if (r < tile.y)
+      v = *reinterpret_cast<const float2*>(a.q + static_cast<int64_t>(tile.x + r) * a.q_row_stride + h * D + d);
+    *reinterpret_cast<uint32_t*>(qs + r * S + d) = pack_bf16(v.x * qscale, v.y * qscale);
   }
-  for (int i = lane; i < 16 * D; i += 32) os[i] = 0.f;
 
-  // Softmax state of this warp's 16 rows, in every lane (the warp walks the rows together).
-  float m[16], l[16];
-  int first[16], last[16];
+  // This lane's rows (gq and gq + 8 of the warp's 16) and the keys the warp needs at all.
+  KeyRange rows[2];
+  int warp_lo = INT_MAX, warp_hi = -1;
 #pragma unroll
-  for (int r = 0; r < 16; ++r) {
-    const int row = warp * 16 + r;
-    const KeyRange kr = row < tile.y ? keys_of(a.positions[tile.x + row], a.window) : KeyRange{0, -1};
-    first[r] = kr.first, last[r] = kr.last, m[r] = -INFINITY, l[r] = 0.f;
+  for (int i = 0; i < 2; ++i) {
+    const int row = warp * 16 + gq + 8 * i;
+    rows[i] = row < tile.y ? keys_of(a.positions[tile.x + row], a.window) : KeyRange{0, -1};
+    if (rows[i].last >= rows[i].first) warp_lo = min(warp_lo, rows[i].first), warp_hi = max(warp_hi, rows[i].last);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    warp_lo = min(warp_lo, __shfl_xor_sync(0xffffffffu, warp_lo, o));
+    warp_hi = max(warp_hi, __shfl_xor_sync(0xffffffffu, warp_hi, o));
   }
 
   __syncthreads();
-  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qf[D / 16];
+  uint32_t qf[D / 16][4];
 #pragma unroll
-  for (int dk = 0; dk < D / 16; ++dk) wmma::load_matrix_sync(qf[dk], qs + warp * 16 * D + dk * 16, D);
+  for (int dk = 0; dk < D / 16; ++dk) ldmatrix_x4<false>(qf[dk], qs + (warp * 16 + (lane & 15)) * S + dk * 16 + (lane >> 4) * 8);
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // l: this lane's share of the row sum
 
   for (int base = lo; base <= hi; base += kKeys) {
-    __syncthreads();  // the previous chunk's K and V are no longer read
-    for (int i = threadIdx.x; i < kKeys * D / 8; i += blockDim.x) {
-      const int kk = i / (D / 8), e = (i % (D / 8)) * 8, j = base + kk;
-      float kf[8], vf[8];
-      load_kv8<Kv>(a, table, j, hi, e, g, kf, vf);
+    // Stage keys [base, base + 64) as bf16; keys past hi are zero (P is 0 there, and 0 * garbage
+    // could be NaN). All loads are issued before the first store.
+    uint4 kr[kPieces], vr[kPieces];
 #pragma unroll
-      for (int x = 0; x < 8; x += 2) {
-        *reinterpret_cast<__nv_bfloat162*>(ks + kk * D + e + x) = __floats2bfloat162_rn(kf[x], kf[x + 1]);
-        *reinterpret_cast<__nv_bfloat162*>(vs + kk * D + e + x) = __floats2bfloat162_rn(vf[x], vf[x + 1]);
+    for (int i = 0; i < kPieces; ++i) {
+      const int piece = threadIdx.x + i * 128, kk = piece / (D / 8), e = (piece % (D / 8)) * 8, j = base + kk;
+      if (j <= hi) {
+        kr[i] = load_bf16x8<Kv>(kv_row<Kv>(a, table, j, 0, g) + e);
+        vr[i] = load_bf16x8<Kv>(kv_row<Kv>(a, table, j, 1, g) + e);
+      } else {
+        kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
       }
+    }
+    __syncthreads();  // the previous chunk's K and V are no longer read
+#pragma unroll
+    for (int i = 0; i < kPieces; ++i) {
+      const int piece = threadIdx.x + i * 128, kk = piece / (D / 8), e = (piece % (D / 8)) * 8;
+      *reinterpret_cast<uint4*>(ks + kk * S + e) = kr[i];
+      *reinterpret_cast<uint4*>(vs + kk * S + e) = vr[i];
     }
     __syncthreads();
+    if (base > warp_hi || base + kKeys - 1 < warp_lo) continue;  // uniform over the warp
 
-    // S = Q K^T for this warp's 16 rows and the chunk's 64 keys.
+    // S = Q K^T: key n-tiles nt and nt + 1 per ldmatrix (B[k = d][n = key] = K[key][d]).
+    float sc[kKeys / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < kKeys / 16; ++nt) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
-      wmma::fill_fragment(sf, 0.f);
+    for (int nt = 0; nt < kKeys / 8; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 8; nt += 2) {
+      if (base + nt * 8 > warp_hi) break;  // keys no row of the warp sees: masked below
 #pragma unroll
       for (int dk = 0; dk < D / 16; ++dk) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kf;
-        wmma::load_matrix_sync(kf, ks + nt * 16 * D + dk * 16, D);
-        wmma::mma_sync(sf, qf[dk], kf, sf);
+        uint32_t kb[4];
+        ldmatrix_x4<false>(kb, ks + ((nt + (lane >> 4)) * 8 + (lane & 7)) * S + dk * 16 + ((lane >> 3) & 1) * 8);
+        mma_bf16(sc[nt], qf[dk][0], qf[dk][1], qf[dk][2], qf[dk][3], kb[0], kb[1]);
+        mma_bf16(sc[nt + 1], qf[dk][0], qf[dk][1], qf[dk][2], qf[dk][3], kb[2], kb[3]);
       }
-      wmma::store_matrix_sync(ss + nt * 16, sf, kKeys, wmma::mem_row_major);
     }
-    __syncwarp();
 
-    // Online softmax, one row at a time: lanes take columns lane and lane + 32 (no bank
-    // conflicts), the row's max and sum are warp reductions.
+    // Online softmax for rows gq (i = 0) and gq + 8 (i = 1).
 #pragma unroll
-    for (int r = 0; r < 16; ++r) {
-      const int j0 = base + lane, j1 = j0 + 32;
-      const float s0 = (j0 >= first[r] && j0 <= last[r]) ? ss[r * kKeys + lane] : -INFINITY;
-      const float s1 = (j1 >= first[r] && j1 <= last[r]) ? ss[r * kKeys + lane + 32] : -INFINITY;
-      const float m_new = fmaxf(m[r], warp_max(fmaxf(s0, s1)));
+    for (int i = 0; i < 2; ++i) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < kKeys / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = base + nt * 8 + 2 * tq + e;
+          float& v = sc[nt][2 * i + e];
+          if (j < rows[i].first || j > rows[i].last) v = -INFINITY;
+          mx = fmaxf(mx, v);
+        }
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[i], mx);
       // A row with no visible key yet keeps m = -inf; its P is all zero.
-      const float corr = m_new == -INFINITY ? 1.f : exp2f(m[r] - m_new);
-      const float p0 = m_new == -INFINITY ? 0.f : exp2f(s0 - m_new);
-      const float p1 = m_new == -INFINITY ? 0.f : exp2f(s1 - m_new);
-      l[r] = l[r] * corr + warp_sum(p0 + p1);
-      m[r] = m_new;
-      ps[r * kKeys + lane] = __float2bfloat16(p0);
-      ps[r * kKeys + lane + 32] = __float2bfloat16(p1);
-      for (int d = lane; d < D; d += 32) os[r * D + d] *= corr;
-    }
-    __syncwarp();
-
-    // O += P V.
+      const float corr = m_new == -INFINITY ? 1.f : exp2f(m[i] - m_new);
+      float sum = 0.f;
 #pragma unroll
-    for (int dt = 0; dt < D / 16; ++dt) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
-      wmma::load_matrix_sync(of, os + dt * 16, D, wmma::mem_row_major);
+      for (int nt = 0; nt < kKeys / 8; ++nt) {
 #pragma unroll
-      for (int kt = 0; kt < kKeys / 16; ++kt) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pf;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vf;
-        wmma::load_matrix_sync(pf, ps + kt * 16, kKeys);
-        wmma::load_matrix_sync(vf, vs + kt * 16 * D + dt * 16, D);
-        wmma::mma_sync(of, pf, vf, of);
+        for (int e = 0; e < 2; ++e) {
+          float& v = sc[nt][2 * i + e];
+          v = m_new == -INFINITY ? 0.f : exp2f(v - m_new);
+          sum += v;
+        }
       }
-      wmma::store_matrix_sync(os + dt * 16, of, D, wmma::mem_row_major);
+      l[i] = l[i] * corr + sum;
+      m[i] = m_new;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) o[dt][2 * i] *= corr, o[dt][2 * i + 1] *= corr;
     }
-    __syncwarp();
+
+    // O += P V: keys kt*16 .. +15 are the A operand's k; V via ldmatrix.trans (B[k = key][n = d]).
+#pragma unroll
+    for (int kt = 0; kt < kKeys / 16; ++kt) {
+      if (base + kt * 16 > warp_hi) break;  // P is zero there
+      const uint32_t p0 = pack_bf16(sc[2 * kt][0], sc[2 * kt][1]), p1 = pack_bf16(sc[2 * kt][2], sc[2 * kt][3]);
+      const uint32_t p2 = pack_bf16(sc[2 * kt + 1][0], sc[2 * kt + 1][1]);
+      const uint32_t p3 = pack_bf16(sc[2 * kt + 1][2], sc[2 * kt + 1][3]);
+#pragma unroll
+      for (int dt = 0; dt < D / 8; dt += 2) {
+        uint32_t vb[4];
+        ldmatrix_x4<true>(vb, vs + (kt * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S + (dt + (lane >> 4)) * 8);
+        mma_bf16(o[dt], p0, p1, p2, p3, vb[0], vb[1]);
+        mma_bf16(o[dt + 1], p0, p1, p2, p3, vb[2], vb[3]);
+      }
+    }
   }
 
 #pragma unroll
-  for (int r = 0; r < 16; ++r) {
-    const int row = warp * 16 + r;
-    if (row >= tile.y) break;
-    const float f = l[r] > 0.f ? a.v_scale / l[r] : 0.f;
-    __nv_bfloat16* out = out_bf16(a) + static_cast<int64_t>(tile.x + row) * a.H * D + h * D;
-    for (int d = lane; d < D; d += 32) out[d] = __float2bfloat16(os[r * D + d] * f);
+  for (int i = 0; i < 2; ++i) {
+    float sum = l[i];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int row = warp * 16 + gq + 8 * i;
+    if (row >= tile.y) continue;
+    const float f = sum > 0.f ? a.v_scale / sum : 0.f;
+    __nv_bfloat16* out = out_bf16(a) + static_cast<int64_t>(tile.x + row) * a.H * D + h * D + 2 * tq;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+      *reinterpret_cast<uint32_t*>(out + dt * 8) = pack_bf16(o[dt][2 * i] * f, o[dt][2 * i + 1] * f);
   }
 }
 
 template <int D, class Kv>
-void launch_prefill_tc(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s) {
-  constexpr size_t bytes = TcLayout<D>::bytes;
-  // Per kernel and device; cheap, and prefill passes are never captured in graphs.
-  cudaFuncSetAttribute(prefill_tc_kernel<D, Kv>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  launch(prefill_tc_kernel<D, Kv>, dim3(n_tiles, a.H), 128, bytes, s, a, tiles);
+void launch_prefill_fa(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s) {
+  constexpr size_t bytes = FaLayout<D>::bytes;
+  cudaFuncSetAttribute(prefill_fa_kernel<D, Kv>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  launch(prefill_fa_kernel<D, Kv>, dim3(n_tiles, a.H), 128, bytes, s, a, tiles);
 }
 
 template <class Kv, bool kFused>
@@ -530,10 +579,10 @@ void launch_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStrea
       launch(prefill_kernel<32, Kv>, grid, 256, 0, s, a, tiles);
       break;
     case 64:
-      launch_prefill_tc<64, Kv>(a, tiles, n_tiles, s);
+      launch_prefill_fa<64, Kv>(a, tiles, n_tiles, s);
       break;
     case 128:
-      launch_prefill_tc<128, Kv>(a, tiles, n_tiles, s);
+      launch_prefill_fa<128, Kv>(a, tiles, n_tiles, s);
       break;
     case 256:
       launch(prefill_kernel<256, Kv>, grid, 256, 0, s, a, tiles);

@@ -212,15 +212,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
 constexpr int kMmaRows = 16;
 constexpr int kMmaUnroll = 4;  // slices in flight per warp
 
-__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 // c += W[rows g, g + 8][slice] . x[token g][slice] for one 32-wide slice (wa: row g, wb: row g + 8).
 __device__ __forceinline__ void mma_slice(float (&c)[4], const uint4& wa, const uint4& wb, const uint4& xv) {
   mma_bf16(c, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);

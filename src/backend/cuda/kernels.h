@@ -70,7 +70,7 @@ void attention_decode(const AttnArgs& a, int n_splits, float* workspace, int* ar
 // Prefill-shaped: a CTA takes up to 64 consecutive query rows of one sequence (a tile) and one
 // head, and streams that sequence's keys through shared memory once for all of them.
 // tiles[i] = {first row, number of rows} (rows of one sequence, consecutive positions).
-// Head sizes 64 and 128 use tensor cores (bf16 WMMA: S = QK^T and O += PV, fp32 accumulate,
+// Head sizes 64 and 128 use tensor cores (bf16 mma.sync: S = QK^T and O += PV, fp32 accumulate,
 // online softmax in fp32); 16, 32 and 256 a CUDA-core kernel. attention_decode serves every size.
 constexpr int kPrefillTileRows = 64;
 void attention_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s);
