@@ -2,7 +2,8 @@
 # Transfer-engine reads between two processes on this host, side by side with ucx_perftest's
 # ucp_get on the same UCX transports (UCX_TLS=^tcp, as baton uses), at 16 KiB and 1 MiB.
 #   bench/xfer_compare.sh            (needs build/apps/baton-bench and ucx-utils; REPEATS=3; GRID=0
-#                                    skips the full grid)
+#                                    skips the full grid; NIXL_PYTHON / MOONCAKE_PYTHON: pythons with
+#                                    nixl-cu13 / mooncake-transfer-engine for the peer comparisons)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export UCX_TLS=${UCX_TLS:-^tcp}
@@ -54,7 +55,7 @@ if "$NIXL_PYTHON" -c "import nixl_cu13" 2>/dev/null; then
     # NIXL needs UCX's tcp transport (its peer-failure handling); nixl-cu13 1.x crashes at interpreter
     # exit when its output is not a terminal, after the rows are written: judge it by the rows.
     rm -f /tmp/xfer_nixl.json
-    (env -u UCX_TLS "$NIXL_PYTHON" bench/peers/nixl_read_bench.py --json /tmp/xfer_nixl.json; true) > /dev/null 2>&1
+    (env -u UCX_TLS "$NIXL_PYTHON" bench/peers/nixl_read_bench.py --json /tmp/xfer_nixl.json) > /dev/null 2>&1 || true
     [ -s /tmp/xfer_nixl.json ] || { echo "NIXL run $rep wrote no rows"; continue; }
     python3 - "$rep" <<'PY'
 import json, sys
@@ -67,4 +68,39 @@ PY
   done
 else
   echo "## NIXL: not measured ($NIXL_PYTHON cannot import nixl_cu13; pip install nixl-cu13 there)"
+fi
+
+# Mooncake's transfer engine (TCP transport) against baton on the same batches, interleaved:
+# baton's TCP transport (the like-for-like row) and its default (UCX, CMA on one host).
+# MOONCAKE_PYTHON: a python with `mooncake-transfer-engine` and `nvidia-cuda-runtime-cu12`; the
+# wheel links libcuda.so.1 even for TCP, so without the NVIDIA driver the CUDA toolkit's stub
+# stands in for it (nothing calls into it on the TCP path).
+MOONCAKE_PYTHON=${MOONCAKE_PYTHON:-.venv/bin/python}
+if "$MOONCAKE_PYTHON" -c "import importlib.util as u, sys; sys.exit(u.find_spec('mooncake') is None)" 2>/dev/null; then
+  stub=$(mktemp -d)
+  trap 'rm -rf "$stub"' EXIT
+  ln -s /usr/local/cuda/lib64/stubs/libcuda.so "$stub/libcuda.so.1"
+  cudart=$("$MOONCAKE_PYTHON" -c "import nvidia.cuda_runtime as m, os; print(os.path.join(list(m.__path__)[0], 'lib'))" 2>/dev/null || true)
+  echo "## registered host memory, baton (tcp; ucx) and Mooncake (TCP transport), interleaved"
+  echo "| repeat | size | batch | baton tcp GB/s | baton ucx GB/s | Mooncake tcp GB/s | tcp / Mooncake | ucx / Mooncake |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for rep in $(seq "${REPEATS:-3}"); do
+    "$BENCH" xfer --transport tcp --sizes 16384,1048576 --batches 1,16,128 --json /tmp/xfer_tcp_mc.json > /dev/null 2>&1
+    "$BENCH" xfer --transport ucx --sizes 16384,1048576 --batches 1,16,128 --json /tmp/xfer_ucx_mc.json > /dev/null 2>&1
+    rm -f /tmp/xfer_mooncake.json
+    LD_LIBRARY_PATH="$stub:$cudart${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" GLOG_minloglevel=2 \
+      "$MOONCAKE_PYTHON" bench/peers/mooncake_read_bench.py --json /tmp/xfer_mooncake.json > /dev/null 2>&1 || true
+    [ -s /tmp/xfer_mooncake.json ] || { echo "Mooncake run $rep wrote no rows"; continue; }
+    python3 - "$rep" <<'PY'
+import json, sys
+t = {(r["size"], r["batch"]): r["gb_per_s"] for r in json.load(open("/tmp/xfer_tcp_mc.json"))}
+u = {(r["size"], r["batch"]): r["gb_per_s"] for r in json.load(open("/tmp/xfer_ucx_mc.json"))}
+for r in json.load(open("/tmp/xfer_mooncake.json")):
+    k, m = (r["size"], r["batch"]), r["gb_per_s"]
+    if k in t and k in u:
+        print(f"| {sys.argv[1]} | {k[0]} | {k[1]} | {t[k]:.2f} | {u[k]:.2f} | {m:.2f} | {t[k] / m:.2f} | {u[k] / m:.2f} |")
+PY
+  done
+else
+  echo "## Mooncake: not measured ($MOONCAKE_PYTHON cannot import mooncake; pip install mooncake-transfer-engine nvidia-cuda-runtime-cu12 there)"
 fi

@@ -1,5 +1,7 @@
 #include "xfer/agent.h"
 
+#include <sys/uio.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -322,8 +324,9 @@ void Agent::serve(Served& conn) {
         } else {
           std::lock_guard send_lock(conn.send_mutex);
           FrameHeader data{MsgType::kReadData, 0, h->id, total};
-          st = socket.send_all(&data, sizeof data);
-          for (size_t i = 0; i < where.size() && st.ok(); ++i) st = socket.send_all(where[i], (*ops)[i].length);
+          std::vector<iovec> parts{{&data, sizeof data}};
+          for (size_t i = 0; i < where.size(); ++i) parts.push_back({where[i], (*ops)[i].length});
+          st = socket.send_all(parts);
         }
       } else {
         // The data follows the request: take it into the region, or drain it on error.
@@ -510,9 +513,13 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
     std::lock_guard lock(mutex_);
     pending_.push_back({id, is_read, is_read ? local : decltype(local){}});
   }
-  Status st = send_frame(socket_, is_read ? MsgType::kReadRequest : MsgType::kWriteRequest, id, pack_ops(ops));
+  // The request and, for a write, its data in one gathered send.
+  const std::string packed = pack_ops(ops);
+  FrameHeader req{is_read ? MsgType::kReadRequest : MsgType::kWriteRequest, 0, id, packed.size()};
+  std::vector<iovec> parts{{&req, sizeof req}, {const_cast<char*>(packed.data()), packed.size()}};
   if (!is_read)
-    for (size_t i = 0; i < local.size() && st.ok(); ++i) st = socket_.send_all(local[i].first, local[i].second);
+    for (const auto& [ptr, n] : local) parts.push_back({const_cast<std::byte*>(ptr), n});
+  Status st = socket_.send_all(parts);
   if (!st.ok()) {
     fail_all(st.message());
     return make_error("transfer to ", peer_, " failed: ", st.message());
@@ -551,10 +558,10 @@ void Session::reader_loop() {
       for (auto& [ptr, n] : p.local) expect += n;
       if (h->length != expect) return fail_all("peer sent a read answer of the wrong size");
       std::shared_lock local_lock(agent_.regions_mutex_);  // the destination stays registered
-      for (auto& [ptr, n] : p.local) {
-        Status st = socket_.recv_all(ptr, n);
-        if (!st.ok()) return fail_all(st.message());
-      }
+      std::vector<iovec> parts;
+      parts.reserve(p.local.size());
+      for (auto& [ptr, n] : p.local) parts.push_back({ptr, n});
+      if (Status st = socket_.recv_all(parts); !st.ok()) return fail_all(st.message());
     } else if (h->type == MsgType::kTransferError) {
       auto payload = recv_payload(socket_, *h);
       if (!payload.ok()) return fail_all(payload.error());
@@ -617,8 +624,9 @@ TransferState Session::poll(TransferId id, std::string* error) {
 Status Session::wait(TransferId id) { return wait(id, agent_.config_.timeout); }
 
 Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
+  constexpr auto kTcpSpin = std::chrono::microseconds(200);
   if (id & kDoneAtStart) return {};
-  std::optional<Clock::time_point> deadline;  // read the clock only if the transfer is not done yet
+  std::optional<Clock::time_point> deadline, spin_until;  // the clock is read only if the transfer is not done yet
   std::string error;
   for (int spins = 0;; ++spins) {
     TransferState s = poll(id, &error);
@@ -632,8 +640,9 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
       if (s == TransferState::kDone) return {};
       return make_error(error);
     }
-    if (!deadline) deadline = Clock::now() + timeout;
-    if (Clock::now() >= *deadline) {
+    const auto now = Clock::now();
+    if (!deadline) deadline = now + timeout, spin_until = now + kTcpSpin;
+    if (now >= *deadline) {
       // A stalled peer: the session cannot be trusted any more (answers may still arrive).
       fail_all("no completion within " + std::to_string(timeout.count()) + " ms");
       continue;  // poll() now reports the failure
@@ -646,6 +655,11 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
     } else if (transport_ != "tcp") {
       lock.unlock();
       std::this_thread::sleep_for(std::chrono::microseconds(20));
+    } else if (now < *spin_until) {
+      // The answer to a small read comes within tens of microseconds: waiting on the condition
+      // variable would add a wake-up of this thread to the reader thread's.
+      lock.unlock();
+      std::this_thread::yield();
     } else {
       cv_.wait_until(lock, std::min(*deadline, Clock::now() + std::chrono::milliseconds(100)));
     }

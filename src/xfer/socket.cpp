@@ -7,9 +7,12 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 
 namespace baton::xfer {
@@ -131,6 +134,48 @@ Status Socket::recv_all(void* data, size_t n) {
   return {};
 }
 
+namespace {
+// Moves `parts` past k bytes; returns the index of the first part with bytes left.
+size_t advance(std::vector<iovec>& parts, size_t i, size_t k) {
+  for (; i < parts.size(); ++i) {
+    if (k < parts[i].iov_len) {
+      parts[i].iov_base = static_cast<char*>(parts[i].iov_base) + k;
+      parts[i].iov_len -= k;
+      return i;
+    }
+    k -= parts[i].iov_len;
+  }
+  return i;
+}
+
+template <bool kSend>
+Status move_all(int fd, std::vector<iovec>& parts) {
+  size_t i = advance(parts, 0, 0);
+  while (i < parts.size()) {
+    msghdr m{};
+    m.msg_iov = parts.data() + i;
+    m.msg_iovlen = std::min<size_t>(parts.size() - i, IOV_MAX);
+    const ssize_t k = kSend ? ::sendmsg(fd, &m, MSG_NOSIGNAL) : ::recvmsg(fd, &m, 0);
+    if (k < 0 && errno == EINTR) continue;
+    if (kSend && k <= 0)
+      return make_error("send to peer failed: ", k == 0 ? "connection closed" : std::strerror(errno));
+    if (!kSend && k == 0) return make_error("peer closed the connection");
+    if (!kSend && k < 0)
+      return make_error(errno == EAGAIN ? "peer timed out" : std::string("recv failed: ") + std::strerror(errno));
+    i = advance(parts, i, static_cast<size_t>(k));
+  }
+  return {};
+}
+}  // namespace
+
+Status Socket::send_all(std::vector<iovec>& parts) {
+  return move_all<true>(fd_, parts);
+}
+
+Status Socket::recv_all(std::vector<iovec>& parts) {
+  return move_all<false>(fd_, parts);
+}
+
 Status Socket::set_recv_timeout(std::chrono::milliseconds t) {
   timeval tv{static_cast<time_t>(t.count() / 1000), static_cast<suseconds_t>((t.count() % 1000) * 1000)};
   if (setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) return make_error("setsockopt: ", std::strerror(errno));
@@ -139,8 +184,8 @@ Status Socket::set_recv_timeout(std::chrono::milliseconds t) {
 
 Status send_frame(Socket& s, MsgType type, uint64_t id, const std::string& payload, uint32_t status) {
   FrameHeader h{type, status, id, payload.size()};
-  BATON_RETURN_IF_ERROR(s.send_all(&h, sizeof h));
-  return s.send_all(payload.data(), payload.size());
+  std::vector<iovec> parts{{&h, sizeof h}, {const_cast<char*>(payload.data()), payload.size()}};
+  return s.send_all(parts);
 }
 
 Result<FrameHeader> recv_header(Socket& s) {

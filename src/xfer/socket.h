@@ -5,8 +5,11 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
+
+struct iovec;
 
 namespace baton::xfer {
 
@@ -35,6 +38,11 @@ class Socket {
   // Whole buffers; an error names the peer problem ("peer closed the connection").
   Status send_all(const void* data, size_t n);
   Status recv_all(void* data, size_t n);
+  // Every part, in order, with as few system calls as the kernel allows (sendmsg / recvmsg of up
+  // to IOV_MAX parts at a time): a frame goes out as one segment, a batch of ranges in one call.
+  // The entries are consumed (advanced past what moved).
+  Status send_all(std::vector<iovec>& parts);
+  Status recv_all(std::vector<iovec>& parts);
   Status set_recv_timeout(std::chrono::milliseconds t);
 
  private:
