@@ -20,7 +20,9 @@ struct RmaOp {
   uint64_t length = 0;
 };
 
-// A connection to one peer's RMA endpoint. Thread-safe.
+// A connection to one peer's RMA endpoint. Its owner (a Session) makes every call under the
+// session's lock, one at a time, so an implementation needs no lock for its own state; what a
+// transport's completion callbacks touch (on its progress thread) must still be safe on its own.
 class RmaEndpoint {
  public:
   virtual ~RmaEndpoint() = default;

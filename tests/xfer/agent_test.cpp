@@ -198,10 +198,10 @@ TEST_P(XferTest, NotifyArrivesAfterEarlierTransfers) {
 
 TEST_P(XferTest, ManySessionsAtOnce) {
   const std::string transport = GetParam();
-  auto owner = make_agent("owner", transport);
   const size_t n = 8 << 20;
-  std::vector<uint8_t> src(n);
+  std::vector<uint8_t> src(n);  // outlives the agent that registered it (its serving threads)
   fill(src, 11);
+  auto owner = make_agent("owner", transport);
   auto rs = owner->register_memory(src.data(), n);
   const uint64_t want = checksum(src.data(), n);
   std::vector<std::thread> threads;

@@ -83,7 +83,6 @@ class UcxEndpoint : public RmaEndpoint {
  public:
   UcxEndpoint(ucp_worker_h worker, ucp_ep_h ep, CmaPid cma) : worker_(worker), ep_(ep), cma_(cma) {}
   ~UcxEndpoint() override {
-    std::lock_guard lock(m_);
     for (auto& [id, r] : remotes_) ucp_rkey_destroy(r.rkey);
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
@@ -111,7 +110,6 @@ class UcxEndpoint : public RmaEndpoint {
     void* mapped = nullptr;
     if (ucp_rkey_ptr(rkey, remote.address, &mapped) == UCS_OK && mapped)
       r.direct = {static_cast<std::byte*>(mapped), remote.address};
-    std::lock_guard lock(m_);
     if (auto old = remotes_.find(remote.region); old != remotes_.end()) ucp_rkey_destroy(old->second.rkey);
     remotes_[remote.region] = r;
     return {};
@@ -120,7 +118,6 @@ class UcxEndpoint : public RmaEndpoint {
   void progress() override { ucp_worker_progress(worker_); }
 
   void remove_region(uint64_t region) override {
-    std::lock_guard lock(m_);
     if (auto it = remotes_.find(region); it != remotes_.end()) {
       ucp_rkey_destroy(it->second.rkey);
       remotes_.erase(it);
@@ -128,7 +125,6 @@ class UcxEndpoint : public RmaEndpoint {
   }
 
   Result<uint64_t> start(const std::vector<RmaOp>& ops, bool write) override {
-    std::lock_guard lock(m_);
     // Each op's region looked up once (a batch is mostly one region: the last lookup is reused).
     resolved_.resize(ops.size());
     bool all_direct = !ops.empty();
@@ -146,8 +142,9 @@ class UcxEndpoint : public RmaEndpoint {
       all_direct = all_direct && last.direct;
     }
     if (all_direct || cma_ >= 0) {
-      // Every range in mapped shared memory (or reachable by CMA): copy now, under the lock so
-      // that the mapping cannot go away mid-copy, and hand back a handle that is already complete.
+      // Every range in mapped shared memory (or reachable by CMA): copy now (under the session's
+      // lock, so that the mapping cannot go away mid-copy) and hand back a handle that is already
+      // complete.
       cma_local_.clear();
       cma_remote_.clear();
       for (size_t i = 0; i < ops.size(); ++i) {
@@ -215,16 +212,12 @@ class UcxEndpoint : public RmaEndpoint {
 
   TransferState poll(uint64_t handle, std::string* error) override {
     if (handle == kDone) return TransferState::kDone;
-    std::shared_ptr<Batch> b;
-    {
-      std::lock_guard lock(m_);
-      auto it = batches_.find(handle);
-      if (it == batches_.end()) {
-        if (error) *error = "unknown transfer";
-        return TransferState::kFailed;
-      }
-      b = it->second;
+    auto it = batches_.find(handle);
+    if (it == batches_.end()) {
+      if (error) *error = "unknown transfer";
+      return TransferState::kFailed;
     }
+    const std::shared_ptr<Batch>& b = it->second;
     if (b->remaining.load() > 0) return TransferState::kPending;
     if (b->failed) {
       std::lock_guard bl(b->m);
@@ -236,7 +229,6 @@ class UcxEndpoint : public RmaEndpoint {
 
   void release(uint64_t handle) override {
     if (handle == kDone) return;
-    std::lock_guard lock(m_);
     auto it = batches_.find(handle);
     if (it == batches_.end()) return;
     batches_.erase(it);  // requests still in flight hold their own references
@@ -246,8 +238,9 @@ class UcxEndpoint : public RmaEndpoint {
   ucp_worker_h worker_;
   ucp_ep_h ep_;
   const CmaPid cma_;
-  std::mutex m_;
-  std::vector<iovec> cma_local_, cma_remote_;  // start()'s CMA ranges, under m_
+  // The state below is the session's to guard (see RmaEndpoint); completion callbacks touch only
+  // their Batch.
+  std::vector<iovec> cma_local_, cma_remote_;  // start()'s CMA ranges
   // A batch copied in place by start(): handles from next_handle_ never reach it.
   struct Direct {
     std::byte* base;   // where the peer's region starts in this process
@@ -262,7 +255,7 @@ class UcxEndpoint : public RmaEndpoint {
     ucp_rkey_h rkey;
     const Direct* direct;  // null: not mapped here
   };
-  std::vector<Resolved> resolved_;  // start()'s per-op lookups, under m_ (kept to reuse its memory)
+  std::vector<Resolved> resolved_;  // start()'s per-op lookups (kept to reuse its memory)
   std::unordered_map<uint64_t, std::shared_ptr<Batch>> batches_;
   uint64_t next_handle_ = 1;
 };
