@@ -11,7 +11,8 @@
 #   bash bench/gpu/cuda.sh ab      decode step time with our skinny GEMMs and programmatic dependent
 #                                  launch, each turned off in turn (BATON_CUDA_GEMV=0, BATON_CUDA_PDL=0);
 #                                  AB_CONFIGS="default;BATON_CUDA_PDL=0" picks configurations,
-#                                  AB_ROUNDS=2 runs the list that many times, interleaved
+#                                  AB_ROUNDS=2 runs the list that many times, interleaved; AB_ARGS
+#                                  go to baton-bench model (e.g. "--batches 8 --prefill 256")
 # Results go to $OUT (logs, JSON); the models are written to /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -73,7 +74,7 @@ if [[ $MODE == ab ]]; then
         echo "== $m ${cfg:-default} (round $round)"
         label=$(echo "${cfg:-default}" | tr ' =' '_-').r$round
         env $cfg ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda --kv-cache-dtype bf16 \
-          --gen-batches "" --json "$OUT/ab.$m.$label.json" 2>&1 | awk '!/cuda backend:/ || /decode graph/'
+          --gen-batches "" --json "$OUT/ab.$m.$label.json" ${AB_ARGS:-} 2>&1 | awk '!/cuda backend:/ || /decode graph/'
       done
     done
   done

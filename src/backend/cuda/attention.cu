@@ -420,7 +420,8 @@ __global__ void __launch_bounds__(128) prefill_fa_kernel(AttnArgs a, const int2*
   __syncthreads();
   uint32_t qf[D / 16][4];
 #pragma unroll
-  for (int dk = 0; dk < D / 16; ++dk) ldmatrix_x4<false>(qf[dk], qs + (warp * 16 + (lane & 15)) * S + dk * 16 + (lane >> 4) * 8);
+  for (int dk = 0; dk < D / 16; ++dk)
+    ldmatrix_x4<false>(qf[dk], qs + (warp * 16 + (lane & 15)) * S + dk * 16 + (lane >> 4) * 8);
 
   float o[D / 8][4];
 #pragma unroll

@@ -204,11 +204,12 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
 // 5 to 8 input rows: the per-row dot products above would spend more instructions on the inputs
 // than the weight stream leaves time for, so the products run on tensor cores. A CTA takes tiles
 // of 16 output rows (and, for kNormSiluMul, the 16 matching up rows) in turn, having staged the
-// inputs once (the grid fills the GPU once); its 8 warps split K, each taking
-// every 8th slice of 32, and their partial sums meet in shared memory. Per slice a lane loads 16
-// bytes of row g and of row g + 8 (g = lane / 4) and the matching 16 bytes of input row g, and
-// two mma.m16n8k16 consume them: the k order inside a slice is permuted the same way for weights
-// and inputs, which a dot product does not mind, so every load stays one 16-byte vector.
+// inputs once (the grid fills the GPU once); its 8 warps split K, each taking kMmaUnroll adjacent
+// slices of 32 at a time (256-byte row segments), and their partial sums meet in shared memory.
+// Per slice a lane loads 16 bytes of row g and of row g + 8 (g = lane / 4) and the matching 16
+// bytes of input row g, and two mma.m16n8k16 consume them: the k order inside a slice is permuted
+// the same way for weights and inputs, which a dot product does not mind, so every load stays one
+// 16-byte vector.
 constexpr int kMmaRows = 16;
 constexpr int kMmaUnroll = 4;  // slices in flight per warp
 
@@ -242,7 +243,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
   auto load = [&](int s0) {
 #pragma unroll
     for (int u = 0; u < kMmaUnroll; ++u) {
-      const int sl = s0 + kWarps * u;
+      const int sl = s0 + u;
 #pragma unroll
       for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -255,7 +256,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
   pdl_trigger();
   int tile = blockIdx.x;
   rows_of(tile);
-  load(warp);  // the weights depend on no earlier kernel
+  const int first = warp * kMmaUnroll;  // this warp's first slice
+  load(first);                          // the weights depend on no earlier kernel
   if constexpr (kNorm)
     for (int off = threadIdx.x * 128; off < a.K * 4; off += blockDim.x * 128)
       prefetch_l1(reinterpret_cast<const char*>(a.norm_w) + off);
@@ -266,10 +268,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
 
   for (; tile < tiles; tile += gridDim.x) {
     float c[R][4] = {};
-    for (int s0 = warp;;) {
+    for (int s0 = first;;) {
 #pragma unroll
       for (int u = 0; u < kMmaUnroll; ++u) {
-        const int sl = s0 + kWarps * u;
+        const int sl = s0 + u;
         if (sl >= slices) break;
         const uint4 xv = *reinterpret_cast<const uint4*>(xb + g * stride + 32 * sl + 8 * q);
 #pragma unroll
@@ -280,7 +282,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
         load(s0);
       } else {
         // The next tile's first loads go out before this tile's sums are combined.
-        if (tile + gridDim.x < tiles) rows_of(tile + gridDim.x), load(warp);
+        if (tile + gridDim.x < tiles) rows_of(tile + gridDim.x), load(first);
         break;
       }
     }

@@ -147,8 +147,8 @@ void qkv_rope_cache(const QkvArgs& a, cudaStream_t s) {
 void silu_mul(const float* gate_up, bf16_t* act, int T, int I, cudaStream_t s) {
   if (T == 0 || I == 0) return;
   if (I % 4 == 0)
-    launch(silu_mul_kernel<true>, dim3((I / 4 + 255) / 256, T), 256, 0, s, gate_up, reinterpret_cast<__nv_bfloat16*>(act),
-           I);
+    launch(silu_mul_kernel<true>, dim3((I / 4 + 255) / 256, T), 256, 0, s, gate_up,
+           reinterpret_cast<__nv_bfloat16*>(act), I);
   else
     launch(silu_mul_kernel<false>, dim3((I + 255) / 256, T), 256, 0, s, gate_up, reinterpret_cast<__nv_bfloat16*>(act),
            I);
