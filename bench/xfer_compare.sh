@@ -3,7 +3,8 @@
 # ucp_get on the same UCX transports (UCX_TLS=^tcp, as baton uses), at 16 KiB and 1 MiB.
 #   bench/xfer_compare.sh            (needs build/apps/baton-bench and ucx-utils; REPEATS=3; GRID=0
 #                                    skips the full grid; NIXL_PYTHON / MOONCAKE_PYTHON: pythons with
-#                                    nixl-cu13 / mooncake-transfer-engine for the peer comparisons)
+#                                    nixl-cu13 / mooncake-transfer-engine for the peer comparisons,
+#                                    by default .venv-peers from bench/peers/venv.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export UCX_TLS=${UCX_TLS:-^tcp}
@@ -45,7 +46,7 @@ PY
 done
 # Ordinary registered memory (register_memory, not allocate_memory) against NIXL's UCX backend on
 # the same batches, interleaved: NIXL_PYTHON is a python with `nixl-cu13` (pip install nixl-cu13).
-NIXL_PYTHON=${NIXL_PYTHON:-.venv/bin/python}
+NIXL_PYTHON=${NIXL_PYTHON:-.venv-peers/bin/python}
 if "$NIXL_PYTHON" -c "import nixl_cu13" 2>/dev/null; then
   echo "## registered host memory, baton (ucx, CMA on one host) and NIXL (UCX backend), interleaved"
   echo "| repeat | size | batch | baton GB/s | NIXL GB/s | ratio |"
@@ -55,7 +56,7 @@ if "$NIXL_PYTHON" -c "import nixl_cu13" 2>/dev/null; then
     # NIXL needs UCX's tcp transport (its peer-failure handling); nixl-cu13 1.x crashes at interpreter
     # exit when its output is not a terminal, after the rows are written: judge it by the rows.
     rm -f /tmp/xfer_nixl.json
-    (env -u UCX_TLS "$NIXL_PYTHON" bench/peers/nixl_read_bench.py --json /tmp/xfer_nixl.json) > /dev/null 2>&1 || true
+    (set +e; env -u UCX_TLS "$NIXL_PYTHON" bench/peers/nixl_read_bench.py --json /tmp/xfer_nixl.json; exit 0) > /dev/null 2>&1
     [ -s /tmp/xfer_nixl.json ] || { echo "NIXL run $rep wrote no rows"; continue; }
     python3 - "$rep" <<'PY'
 import json, sys
@@ -75,7 +76,7 @@ fi
 # MOONCAKE_PYTHON: a python with `mooncake-transfer-engine` and `nvidia-cuda-runtime-cu12`; the
 # wheel links libcuda.so.1 even for TCP, so without the NVIDIA driver the CUDA toolkit's stub
 # stands in for it (nothing calls into it on the TCP path).
-MOONCAKE_PYTHON=${MOONCAKE_PYTHON:-.venv/bin/python}
+MOONCAKE_PYTHON=${MOONCAKE_PYTHON:-.venv-peers/bin/python}
 if "$MOONCAKE_PYTHON" -c "import importlib.util as u, sys; sys.exit(u.find_spec('mooncake') is None)" 2>/dev/null; then
   stub=$(mktemp -d)
   trap 'rm -rf "$stub"' EXIT
