@@ -34,7 +34,7 @@ TP_PAIRS = [(1, 1), (2, 2), (2, 1), (1, 2), (4, 1)]
 N_CONCURRENT = 200
 if os.environ.get("BATON_SANITIZER_RUN"):  # sanitizers are 5-20x slower: fewer configurations
     TP_PAIRS = [(1, 1), (2, 1)]
-    N_CONCURRENT = 64
+    N_CONCURRENT = 32
 
 
 def test(fn):
