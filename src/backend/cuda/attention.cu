@@ -362,8 +362,9 @@ __device__ __forceinline__ uint4 load_bf16x8(const typename Kv::T* p) {
 // through shared memory (rows padded by 16 bytes so that ldmatrix is free of bank conflicts).
 // S = Q K^T, the online softmax and O += P V stay in registers: the S accumulators of two key
 // n-tiles are, packed to bf16, the A fragment of P V (mma_bf16's layout), so P never leaves the
-// lane that computed it. A lane holds rows g and g + 8 of its warp's 16 and keys 2q, 2q + 1 of
-// every 8; a row's max and sum are reduced over the 4 lanes of a quad.
+// lane that computed it. A lane (gq = lane / 4, tq = lane % 4) holds rows gq and gq + 8 of its
+// warp's 16 and keys 2 tq, 2 tq + 1 of every 8; a row's max and sum are reduced over the 4 lanes
+// of a quad.
 template <int D>
 struct FaLayout {
   static constexpr int kKeys = 64, kRows = 64, kStride = D + 8;  // bf16 elements per shared row
