@@ -40,7 +40,7 @@ class Socket {
   Status recv_all(void* data, size_t n);
   // Every part, in order, with as few system calls as the kernel allows (sendmsg / recvmsg of up
   // to IOV_MAX parts at a time): a frame goes out as one segment, a batch of ranges in one call.
-  // The entries are consumed (advanced past what moved).
+  // The entries are scratch: one that moved partly is advanced past what moved.
   Status send_all(std::vector<iovec>& parts);
   Status recv_all(std::vector<iovec>& parts);
   Status set_recv_timeout(std::chrono::milliseconds t);
