@@ -50,7 +50,7 @@ if [[ $MODE == bench || $MODE == all ]]; then
   done
 fi
 if [[ $MODE == profile || $MODE == all ]]; then
-  # Where a step's time goes: kernels timed one by one (no graphs) on the Llama-shaped model.
+  # Where a step's time goes: kernels timed one by one (no graphs), by default on the Llama-shaped model.
   MODELS=/tmp/baton-models
   python3 bench/gpu/hf_reference.py make "$MODELS" > /dev/null 2>&1
   # PROFILE_ARGS picks the runs ("|" between them); the default: decode at batch 1 and a prefill-bound run.

@@ -69,6 +69,10 @@ __device__ float block_reduce(float v, float* scratch) {
   return kMax ? warp_max(v) : warp_sum(v);
 }
 
+__device__ __forceinline__ float silu(float x) {
+  return x / (1.f + __expf(-x));
+}
+
 // Tensor cores, warp-wide (sm_80+). c += A B for A 16x16 bf16 (row-major), B 16x8 bf16 (column-
 // major), c 16x8 fp32. With g = lane / 4 and q = lane % 4, a lane holds a0 = A[g][2q, 2q+1],
 // a1 = A[g+8][2q, 2q+1], a2 = A[g][2q+8, 2q+9], a3 = A[g+8][2q+8, 2q+9]; b0 = B[2q, 2q+1][g],

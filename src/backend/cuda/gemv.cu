@@ -120,7 +120,7 @@ __device__ __forceinline__ void stage_inputs(const GemvArgs& a, __nv_bfloat16* d
 template <GemvKind kKind>
 __device__ __forceinline__ void store_output(const GemvArgs& a, int64_t at, float acc, float up, float resid) {
   if constexpr (kKind == GemvKind::kNormSiluMul) {
-    reinterpret_cast<__nv_bfloat16*>(a.act)[at] = __float2bfloat16(acc / (1.f + __expf(-acc)) * up);
+    reinterpret_cast<__nv_bfloat16*>(a.act)[at] = __float2bfloat16(silu(acc) * up);
   } else if constexpr (kKind == GemvKind::kAccumulate) {
     a.out[at] = a.beta == 0.f ? acc : a.beta * resid + acc;
   } else {

@@ -84,13 +84,9 @@ __global__ void qkv_kernel(QkvArgs a) {
   }
 }
 
-// grid (columns / 256, tokens): no 64-bit division per element.
-__device__ __forceinline__ float silu(float g) {
-  return g / (1.f + __expf(-g));
-}
-
-// kVec: four columns per thread with 16-byte loads (I % 4 == 0); a prefill-sized step reads the
-// widest activation of the layer here.
+// grid (columns / 256, tokens): no 64-bit division per element. kVec: four columns per thread
+// with 16-byte loads (I % 4 == 0); a prefill-sized step reads the widest activation of the layer
+// here.
 template <bool kVec>
 __global__ void silu_mul_kernel(const float* gu, __nv_bfloat16* act, int I) {
   pdl_trigger();
