@@ -8,15 +8,11 @@ usage: mooncake_read_bench.py [--sizes 16384,1048576] [--batches 1,16,128] [--se
 libcuda.so.1 even for TCP, so on a machine without the NVIDIA driver run it with the CUDA
 toolkit's stub library on LD_LIBRARY_PATH: bench/xfer_compare.sh does; see bench/RESULTS.md)
 """
-import argparse
-import json
 import multiprocessing as mp
-import time
 
 import numpy as np
 from mooncake.engine import TransferEngine
-
-REGION = 1 << 30
+from read_cases import REGION, parse_args, run
 
 
 def engine():
@@ -38,12 +34,7 @@ def target(conn):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="16384,1048576")
-    ap.add_argument("--batches", default="1,16,128")
-    ap.add_argument("--seconds", type=float, default=0.5)
-    ap.add_argument("--json", help="write the rows here")
-    a = ap.parse_args()
+    a = parse_args()
     parent, child = mp.Pipe()
     p = mp.Process(target=target, args=(child,))
     p.start()
@@ -53,36 +44,25 @@ def main():
     local = np.zeros(REGION, dtype=np.uint8)
     if e.register_memory(local.ctypes.data, REGION) != 0:
         raise SystemExit("mooncake: register_memory failed (reader)")
-    print("| size | batch | GB/s | us/batch | batches |\n|---|---|---|---|---|")
-    rows = []
-    for size in map(int, a.sizes.split(",")):
-        for batch in map(int, a.batches.split(",")):
-            if 2 * size * batch > REGION:
-                continue
-            offs = [2 * i * size for i in range(batch)]
-            dst = [local.ctypes.data + o for o in offs]
-            src = [remote + o for o in offs]
-            lens = [size] * batch
 
-            def once():
-                if e.batch_transfer_sync_read(peer, dst, src, lens) != 0:
-                    raise SystemExit(f"mooncake: read of {batch} x {size} failed")
+    def prepare(size, batch):
+        offs = [2 * i * size for i in range(batch)]
+        dst = [local.ctypes.data + o for o in offs]
+        src = [remote + o for o in offs]
+        lens = [size] * batch
 
-            local[: 2 * size * batch] = 0
-            once()
-            for o in offs[:: max(1, batch // 8)]:  # what arrived is the peer's bytes
-                want = (np.arange(o, o + size, dtype=np.uint64) % 256).astype(np.uint8)
-                assert np.array_equal(local[o : o + size], want), f"mooncake: wrong bytes at {o}"
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < a.seconds or n < 3:
-                once()
-                n += 1
-            dt = time.perf_counter() - t0
-            print(f"| {size} | {batch} | {size * batch * n / dt / 1e9:.2f} | {dt / n * 1e6:.1f} | {n} |", flush=True)
-            rows.append({"size": size, "batch": batch, "gb_per_s": size * batch * n / dt / 1e9, "us_per_batch": dt / n * 1e6})
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        def once():
+            if e.batch_transfer_sync_read(peer, dst, src, lens) != 0:
+                raise SystemExit(f"mooncake: read of {batch} x {size} failed")
+
+        local[: 2 * size * batch] = 0
+        once()
+        for o in offs[:: max(1, batch // 8)]:  # what arrived is the peer's bytes
+            want = (np.arange(o, o + size, dtype=np.uint64) % 256).astype(np.uint8)
+            assert np.array_equal(local[o : o + size], want), f"mooncake: wrong bytes at {o}"
+        return once, None
+
+    run(a, prepare)
     e.unregister_memory(local.ctypes.data)
     parent.send("done")
     p.join()
