@@ -474,13 +474,12 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
   coalesce(raw_ops, ops);
   local.clear();
   rma_ops.clear();
-  static std::atomic<TransferId> next_id{1};
-  const TransferId id = next_id.fetch_add(1);
 
   // Check both ends of every op before anything moves.
   bool gpu = false;
   std::shared_lock local_lock(agent_.regions_mutex_);
   std::unique_lock lock(mutex_);
+  const TransferId id = next_id_++;
   for (const TransferOp& op : ops) {
     MemoryKind local_kind = MemoryKind::kHost;
     auto p = agent_.locate(op.local_region, op.local_offset, op.length, &local_kind);

@@ -100,6 +100,7 @@ class Session {
   std::map<uint64_t, MemoryDesc> regions_;
   std::deque<Pending> pending_;  // TCP requests in the order the peer answers them
   std::map<TransferId, Transfer> transfers_;
+  TransferId next_id_ = 1;  // ids are per session (poll and wait take them on their session)
   std::optional<std::string> regions_reply_;
   std::atomic<bool> broken_{false};
   std::thread reader_;

@@ -510,6 +510,28 @@ TEST(CudaIpcTest, ReadsGpuMemoryOfAnotherProcess) {
   std::vector<uint8_t> host(n);
   ASSERT_EQ(cudaMemcpy(host.data(), dst, n, cudaMemcpyDeviceToHost), cudaSuccess);
   EXPECT_EQ(checksum(host.data(), n), pattern_checksum(n, 9));
+  // Eight batches in flight at once (only the newest goes without an event), waited for newest
+  // first, then polled until done in issue order.
+  ASSERT_EQ(cudaMemset(dst, 0, n), cudaSuccess);
+  const std::vector<TransferOp> all = mixed_ops(rd->region, peer->region.region, n, 78);
+  std::vector<TransferId> ids;
+  for (size_t b = 0; b < 8; ++b) {
+    std::vector<TransferOp> part(all.begin() + all.size() * b / 8, all.begin() + all.size() * (b + 1) / 8);
+    auto pid = (*s)->read(part);
+    ASSERT_TRUE(pid.ok()) << pid.error();
+    ids.push_back(*pid);
+  }
+  ASSERT_TRUE((*s)->wait(ids.back(), 30s).ok());
+  ids.pop_back();
+  for (TransferId t : ids) {
+    std::string err;
+    TransferState st;
+    while ((st = (*s)->poll(t, &err)) == TransferState::kPending) std::this_thread::yield();
+    ASSERT_EQ(st, TransferState::kDone) << err;
+    ASSERT_TRUE((*s)->wait(t, 30s).ok());
+  }
+  ASSERT_EQ(cudaMemcpy(host.data(), dst, n, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(checksum(host.data(), n), pattern_checksum(n, 9));
   // Out of bounds is refused before any copy.
   EXPECT_FALSE((*s)->read({{rd->region, 0, peer->region.region, n - 16, 64}}).ok());
   ASSERT_TRUE((*s)->notify("exit").ok());

@@ -112,6 +112,7 @@ class UcxEndpoint : public RmaEndpoint {
       r.direct = {static_cast<std::byte*>(mapped), remote.address};
     if (auto old = remotes_.find(remote.region); old != remotes_.end()) ucp_rkey_destroy(old->second.rkey);
     remotes_[remote.region] = r;
+    last_ = nullptr;
     return {};
   }
 
@@ -122,24 +123,24 @@ class UcxEndpoint : public RmaEndpoint {
       ucp_rkey_destroy(it->second.rkey);
       remotes_.erase(it);
     }
+    last_ = nullptr;
   }
 
   Result<uint64_t> start(const std::vector<RmaOp>& ops, bool write) override {
-    // Each op's region looked up once (a batch is mostly one region: the last lookup is reused).
+    // Each op's region looked up once (reads mostly come from one region, batch after batch:
+    // the last lookup is reused, within a batch and across them).
     resolved_.resize(ops.size());
     bool all_direct = !ops.empty();
-    uint64_t last_region = 0;
-    Resolved last{};
     for (size_t i = 0; i < ops.size(); ++i) {
       const uint64_t region = ops[i].remote_region;
-      if (i == 0 || region != last_region) {
+      if (!last_ || region != last_region_) {
         auto it = remotes_.find(region);
         if (it == remotes_.end()) return make_error("no UCX key for remote region ", region);
-        last = {it->second.rkey, it->second.direct.base ? &it->second.direct : nullptr};
-        last_region = region;
+        last_ = &it->second;
+        last_region_ = region;
       }
-      resolved_[i] = last;
-      all_direct = all_direct && last.direct;
+      resolved_[i] = {last_->rkey, last_->direct.base ? &last_->direct : nullptr};
+      all_direct = all_direct && last_->direct.base;
     }
     if (all_direct || cma_ >= 0) {
       // Every range in mapped shared memory (or reachable by CMA): copy now (under the session's
@@ -251,6 +252,8 @@ class UcxEndpoint : public RmaEndpoint {
     Direct direct;  // base null: not mapped here
   };
   std::unordered_map<uint64_t, Remote> remotes_;  // the peer's regions: key, and mapping when shared
+  const Remote* last_ = nullptr;                  // remotes_[last_region_]; null after any change
+  uint64_t last_region_ = 0;
   struct Resolved {
     ucp_rkey_h rkey;
     const Direct* direct;  // null: not mapped here
