@@ -85,7 +85,9 @@ Status xfer_bench(int argc, char** argv) {
   args.add({"--region-bytes"}, &region_bytes, "bytes the peer registers");
   args.add({"--seconds"}, &seconds, "time per measurement");
   args.add({"--json"}, &json_path, "write results here");
-  args.add_flag({"--cuda"}, &cuda, "GPU memory on both sides (cuda_ipc), with an in-process cudaMemcpy baseline");
+  args.add_flag({"--cuda"}, &cuda,
+                "GPU memory on both sides (cuda_ipc; with --transport tcp, staged through host memory over TCP as "
+                "between hosts), with an in-process cudaMemcpy baseline");
   args.add({"--owner-gpu"}, &owner_gpu, "--cuda: the GPU of the peer's (owner's) memory");
   args.add({"--reader-gpu"}, &reader_gpu, "--cuda: the GPU of this (reading) process's memory");
   args.add_flag({"--shared"}, &shared, "regions from Agent::allocate_memory (UCX shared memory), as a KV pool uses");
@@ -97,7 +99,8 @@ Status xfer_bench(int argc, char** argv) {
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
   if (args.help_requested()) return {};
   if (transport != "ucx" && transport != "tcp") return make_error("--transport must be ucx or tcp");
-  const auto transports = transport == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "tcp"};
+  const auto transports =
+      transport == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "cuda_ipc", "tcp"};
 
   int pipefd[2];
   if (pipe(pipefd) != 0) return make_error("pipe failed");
@@ -183,7 +186,10 @@ Status xfer_bench(int argc, char** argv) {
   BATON_ASSIGN_OR_RETURN(auto session, agent->connect(peer_agent));
 
   Json rows = Json::array();
-  std::printf("transport: %s%s\n| size | batch | GB/s | us/batch | batches |\n|---|---|---|---|---|\n", session->transport().c_str(), shared ? " (shared regions)" : "");
+  const char* what = cuda ? (transport == "tcp" ? "tcp (GPU memory staged through host buffers)" : "cuda_ipc")
+                          : session->transport().c_str();
+  std::printf("transport: %s%s\n| size | batch | GB/s | us/batch | batches |\n|---|---|---|---|---|\n", what,
+              shared ? " (shared regions)" : "");
   BATON_ASSIGN_OR_RETURN(auto sizes, parse_uint_list(sizes_s, "--sizes"));
   BATON_ASSIGN_OR_RETURN(auto batches, parse_uint_list(batches_s, "--batches"));
   for (uint64_t size : sizes) {
@@ -203,7 +209,8 @@ Status xfer_bench(int argc, char** argv) {
       std::printf("| %llu | %llu | %.2f | %.1f | %d |\n", static_cast<unsigned long long>(size),
                   static_cast<unsigned long long>(batch), gbps, us, n);
       std::fflush(stdout);
-      Json row = {{"transport", cuda ? "cuda_ipc" : session->transport()}, {"size", size}, {"batch", batch},
+      const std::string moved_by = !cuda ? session->transport() : transport == "tcp" ? "tcp (staged)" : "cuda_ipc";
+      Json row = {{"transport", moved_by}, {"size", size}, {"batch", batch},
                   {"gb_per_s", gbps}, {"us_per_batch", us}, {"batches", n}};
 #if BATON_HAS_CUDA
       if (cuda) {  // the same copies inside one process: the ceiling cuda_ipc is measured against

@@ -33,6 +33,62 @@ Result<std::vector<WireOp>> unpack_ops(const std::string& payload) {
 
 constexpr int kProtocolVersion = 1;
 
+// GPU ranges on the TCP path move through a host buffer of this size, one piece at a time.
+constexpr size_t kStageBytes = size_t{4} << 20;
+
+Status ensure_stage(RmaTransport* t, std::shared_ptr<std::byte>& stage) {
+  if (stage) return {};
+  if (!t) return make_error("GPU memory without a GPU transport to stage it");
+  BATON_ASSIGN_OR_RETURN(stage, t->staging_buffer(kStageBytes));
+  return {};
+}
+
+// Sends `parts` (headers) followed by the ranges' bytes; GPU ranges are copied to the host
+// through `stage` by `t` first. A failed copy leaves the stream short: the caller must drop the
+// connection.
+Status send_ranges(Socket& socket, std::vector<iovec> parts, const std::vector<LocalRange>& ranges, RmaTransport* t,
+                   std::shared_ptr<std::byte>& stage) {
+  for (const LocalRange& r : ranges) {
+    if (!r.gpu) {
+      parts.push_back({r.ptr, r.length});
+      continue;
+    }
+    BATON_RETURN_IF_ERROR(ensure_stage(t, stage));
+    for (uint64_t off = 0; off < r.length; off += kStageBytes) {
+      const size_t k = std::min<uint64_t>(kStageBytes, r.length - off);
+      BATON_RETURN_IF_ERROR(t->copy_to_host(stage.get(), r.ptr + off, k));
+      parts.push_back({stage.get(), k});
+      BATON_RETURN_IF_ERROR(socket.send_all(parts));  // the stage is reused next
+      parts.clear();
+    }
+  }
+  return parts.empty() ? Status{} : socket.send_all(parts);
+}
+
+// Receives the ranges' bytes; GPU ranges arrive in `stage` and are copied on by `t`. A socket
+// error is returned; a failed copy is left in *copy_error while the rest of the bytes are still
+// taken off the socket (the stream stays in step).
+Status recv_ranges(Socket& socket, const std::vector<LocalRange>& ranges, RmaTransport* t,
+                   std::shared_ptr<std::byte>& stage, std::string* copy_error) {
+  std::vector<iovec> parts;
+  for (const LocalRange& r : ranges) {
+    if (!r.gpu) {
+      parts.push_back({r.ptr, r.length});
+      continue;
+    }
+    if (!parts.empty()) BATON_RETURN_IF_ERROR(socket.recv_all(parts));
+    parts.clear();
+    if (Status st = ensure_stage(t, stage); !st.ok()) return st;  // cannot even drain: drop the connection
+    for (uint64_t off = 0; off < r.length; off += kStageBytes) {
+      const size_t k = std::min<uint64_t>(kStageBytes, r.length - off);
+      BATON_RETURN_IF_ERROR(socket.recv_all(stage.get(), k));
+      if (!copy_error->empty()) continue;
+      if (Status st = t->copy_from_host(r.ptr + off, stage.get(), k); !st.ok()) *copy_error = st.message();
+    }
+  }
+  return parts.empty() ? Status{} : socket.recv_all(parts);
+}
+
 }  // namespace
 
 // ---- Agent -----------------------------------------------------------------------------------
@@ -54,7 +110,11 @@ Result<std::unique_ptr<Agent>> Agent::create(Config config) {
       log::warn("transfer agent ", a->config_.name, ": UCX unavailable (", ucx.error(), "); using TCP");
     }
   }
-  if (auto cuda = create_cuda_ipc_transport(); cuda.ok()) a->gpu_ = std::move(*cuda);
+  if (a->config_.gpu_transport) {
+    BATON_ASSIGN_OR_RETURN(a->gpu_, a->config_.gpu_transport());
+  } else if (auto cuda = create_cuda_ipc_transport(); cuda.ok()) {
+    a->gpu_ = std::move(*cuda);
+  }
   a->accept_thread_ = std::thread([p = a.get()] { p->accept_loop(); });
   return a;
 }
@@ -303,19 +363,16 @@ void Agent::serve(Served& conn) {
       uint64_t total = 0;
       for (const WireOp& op : *ops) total += op.length;
       std::shared_lock lock(regions_mutex_);
-      std::vector<std::byte*> where;
+      std::vector<LocalRange> where;
       std::string error;
       for (const WireOp& op : *ops) {
-        auto p = locate(op.region, op.offset, op.length);
+        MemoryKind kind = MemoryKind::kHost;
+        auto p = locate(op.region, op.offset, op.length, &kind);
         if (!p.ok()) {
           error = p.error();
           break;
         }
-        if (regions_.at(op.region).desc.kind == MemoryKind::kCuda) {
-          error = "region " + std::to_string(op.region) + " is GPU memory: it moves over cuda_ipc, not TCP";
-          break;
-        }
-        where.push_back(*p);
+        where.push_back({*p, op.length, kind == MemoryKind::kCuda});  // GPU ranges are staged
       }
       Status st;
       if (h->type == MsgType::kReadRequest) {
@@ -324,22 +381,20 @@ void Agent::serve(Served& conn) {
         } else {
           std::lock_guard send_lock(conn.send_mutex);
           FrameHeader data{MsgType::kReadData, 0, h->id, total};
-          std::vector<iovec> parts{{&data, sizeof data}};
-          for (size_t i = 0; i < where.size(); ++i) parts.push_back({where[i], (*ops)[i].length});
-          st = socket.send_all(parts);
+          st = send_ranges(socket, {{&data, sizeof data}}, where, gpu_.get(), conn.stage);
+          if (!st.ok()) log::warn("transfer agent ", config_.name, ": read for ", peer, " failed: ", st.message());
         }
       } else {
         // The data follows the request: take it into the region, or drain it on error.
-        for (size_t i = 0; i < (*ops).size() && st.ok(); ++i) {
-          if (error.empty()) {
-            st = socket.recv_all(where[i], (*ops)[i].length);
-          } else {
-            for (uint64_t left = (*ops)[i].length; left > 0 && st.ok();) {
+        if (error.empty()) {
+          st = recv_ranges(socket, where, gpu_.get(), conn.stage, &error);
+        } else {
+          for (const WireOp& op : *ops)
+            for (uint64_t left = op.length; left > 0 && st.ok();) {
               size_t k = std::min<uint64_t>(left, drain.size());
               st = socket.recv_all(drain.data(), k);
               left -= k;
             }
-          }
         }
         if (st.ok())
           st = error.empty() ? send_locked(MsgType::kWriteDone, h->id, "") : send_locked(MsgType::kTransferError, h->id, error);
@@ -391,12 +446,14 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer) {
       log::warn("session to ", peer.name, ": ", ep.error(), "; using TCP");
     }
   }
-  if (gpu_ && welcome.contains(gpu_->name()) && welcome[gpu_->name()].is_string()) {
+  const auto& allowed = config_.transports;
+  if (gpu_ && std::find(allowed.begin(), allowed.end(), gpu_->name()) != allowed.end() && welcome.contains(gpu_->name()) &&
+      welcome[gpu_->name()].is_string()) {
     auto ep = gpu_->connect(welcome[gpu_->name()].get<std::string>());
     if (ep.ok()) {
       session->gpu_ = std::move(*ep);
     } else {
-      log::info("session to ", peer.name, ": ", ep.error(), "; GPU regions unreachable");
+      log::info("session to ", peer.name, ": ", ep.error(), "; GPU memory moves over TCP, staged through host memory");
     }
   }
   session->set_regions(welcome.value("regions", Json::array()));
@@ -469,7 +526,7 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
   if (broken_) return make_error("session to ", peer_, " is broken; connect again");
   // Per-thread scratch, so that a read allocates nothing (a KV handoff issues many).
   thread_local std::vector<TransferOp> ops;
-  thread_local std::vector<std::pair<std::byte*, uint64_t>> local;
+  thread_local std::vector<LocalRange> local;
   thread_local std::vector<RmaOp> rma_ops;
   coalesce(raw_ops, ops);
   local.clear();
@@ -489,12 +546,12 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
     if (op.remote_offset > r->second.length || op.length > r->second.length - op.remote_offset)
       return make_error("range [", op.remote_offset, ", ", op.remote_offset + op.length, ") is outside region ",
                         op.remote_region, " of ", peer_, " (", r->second.length, " bytes)");
-    local.emplace_back(*p, op.length);
+    local.push_back({*p, op.length, local_kind == MemoryKind::kCuda});
     gpu = gpu || r->second.kind == MemoryKind::kCuda || local_kind == MemoryKind::kCuda;
     rma_ops.push_back({*p, r->second.address + op.remote_offset, op.remote_region, op.length});
   }
-  if (gpu && !gpu_)
-    return make_error("GPU memory on either side needs cuda_ipc to ", peer_, " (same host, CUDA build)");
+  // GPU memory moves by cuda_ipc on one host; otherwise over the TCP path below, staged through
+  // host memory on each side.
   if (RmaEndpoint* ep = gpu ? gpu_.get() : rma_.get()) {
     auto handle = ep->start(rma_ops, !is_read);
     if (!handle.ok()) return handle.error().empty() ? make_error("transfer failed") : make_error(handle.error());
@@ -512,13 +569,11 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
     std::lock_guard lock(mutex_);
     pending_.push_back({id, is_read, is_read ? local : decltype(local){}});
   }
-  // The request and, for a write, its data in one gathered send.
+  // The request and, for a write, its data in one gathered send (GPU data in staged pieces).
   const std::string packed = pack_ops(ops);
   FrameHeader req{is_read ? MsgType::kReadRequest : MsgType::kWriteRequest, 0, id, packed.size()};
-  std::vector<iovec> parts{{&req, sizeof req}, {const_cast<char*>(packed.data()), packed.size()}};
-  if (!is_read)
-    for (const auto& [ptr, n] : local) parts.push_back({const_cast<std::byte*>(ptr), n});
-  Status st = socket_.send_all(parts);
+  std::vector<iovec> head{{&req, sizeof req}, {const_cast<char*>(packed.data()), packed.size()}};
+  Status st = send_ranges(socket_, std::move(head), is_read ? decltype(local){} : local, agent_.gpu_.get(), stage_out_);
   if (!st.ok()) {
     fail_all(st.message());
     return make_error("transfer to ", peer_, " failed: ", st.message());
@@ -554,13 +609,12 @@ void Session::reader_loop() {
     std::string error;
     if (h->type == MsgType::kReadData) {
       uint64_t expect = 0;
-      for (auto& [ptr, n] : p.local) expect += n;
+      for (const LocalRange& r : p.local) expect += r.length;
       if (h->length != expect) return fail_all("peer sent a read answer of the wrong size");
       std::shared_lock local_lock(agent_.regions_mutex_);  // the destination stays registered
-      std::vector<iovec> parts;
-      parts.reserve(p.local.size());
-      for (auto& [ptr, n] : p.local) parts.push_back({ptr, n});
-      if (Status st = socket_.recv_all(parts); !st.ok()) return fail_all(st.message());
+      if (Status st = recv_ranges(socket_, p.local, agent_.gpu_.get(), stage_in_, &error); !st.ok())
+        return fail_all(st.message());
+      if (!error.empty()) error = "staging the read from " + peer_ + " into GPU memory: " + error;
     } else if (h->type == MsgType::kTransferError) {
       auto payload = recv_payload(socket_, *h);
       if (!payload.ok()) return fail_all(payload.error());
@@ -647,13 +701,11 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
       continue;  // poll() now reports the failure
     }
     std::unique_lock lock(mutex_);
-    if (rma_ || gpu_) {
-      if (rma_) rma_->progress();
+    auto it = transfers_.find(id);
+    if (it != transfers_.end() && it->second.rma_handle) {
+      if (rma_ && !it->second.on_gpu) rma_->progress();
       lock.unlock();
       if (spins > 100000) std::this_thread::sleep_for(std::chrono::microseconds(20));
-    } else if (transport_ != "tcp") {
-      lock.unlock();
-      std::this_thread::sleep_for(std::chrono::microseconds(20));
     } else if (now < *spin_until) {
       // The answer to a small read comes within tens of microseconds: waiting on the condition
       // variable would add a wake-up of this thread to the reader thread's.

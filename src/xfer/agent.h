@@ -13,6 +13,8 @@
 // it was granted, and never after deregister_memory() returns. With a deployment token set, a
 // peer without it is refused at the handshake. Bytes move over UCX when both sides have it
 // (shared memory on one host, RDMA where present), else over the control connection (TCP).
+// GPU memory moves by cuda_ipc between agents on one host; otherwise over TCP, staged through
+// pinned host buffers on each side (GPU memory of an agent on another host).
 // All methods are thread-safe. BATON_XFER_NO_UCX=1 in the environment disables UCX.
 //
 // Known limit: when a UCX transfer times out (a stalled owner), its session is closed, but a
@@ -41,6 +43,14 @@ namespace baton::xfer {
 
 class Agent;
 
+// A range of this agent's memory in a transfer over the TCP path; GPU ranges are staged through
+// host memory (GPU memory of an agent on another host, or where cuda_ipc cannot reach it).
+struct LocalRange {
+  std::byte* ptr;
+  uint64_t length;
+  bool gpu;
+};
+
 class Session {
  public:
   ~Session();
@@ -66,7 +76,7 @@ class Session {
   struct Pending {
     TransferId id;
     bool is_read;
-    std::vector<std::pair<std::byte*, uint64_t>> local;  // destination ranges for read data
+    std::vector<LocalRange> local;  // destination ranges for read data
   };
   struct Transfer {
     TransferState state = TransferState::kPending;
@@ -100,7 +110,10 @@ class Session {
   std::map<uint64_t, MemoryDesc> regions_;
   std::deque<Pending> pending_;  // TCP requests in the order the peer answers them
   std::map<TransferId, Transfer> transfers_;
-  TransferId next_id_ = 1;  // ids are per session (poll and wait take them on their session)
+  TransferId next_id_ = 1;
+  // Host buffers that GPU ranges are staged through on the TCP path: stage_in_ belongs to the
+  // reader thread (read answers), stage_out_ to whoever holds send_mutex_ (write data).
+  std::shared_ptr<std::byte> stage_in_, stage_out_;  // ids are per session (poll and wait take them on their session)
   std::optional<std::string> regions_reply_;
   std::atomic<bool> broken_{false};
   std::thread reader_;
@@ -113,8 +126,13 @@ class Agent {
     std::string host = "127.0.0.1";  // control address peers connect to
     int port = 0;                    // 0: any free port
     std::string token;               // deployment token; empty: none required
-    std::vector<std::string> transports = {"ucx", "tcp"};
+    // How bytes may move: "ucx" (host memory), "cuda_ipc" (GPU memory on one host) and "tcp",
+    // which is always there (GPU memory over it is staged through host buffers).
+    std::vector<std::string> transports = {"ucx", "cuda_ipc", "tcp"};
     std::chrono::milliseconds timeout{10000};  // transfers and handshakes
+    // Makes the transport for GPU memory; unset: cuda_ipc where the build and machine have CUDA.
+    // (Tests stand in a host-memory double to run the staged TCP path without a GPU.)
+    std::function<Result<std::unique_ptr<RmaTransport>>()> gpu_transport;
   };
 
   static Result<std::unique_ptr<Agent>> create(Config config);
@@ -154,6 +172,7 @@ class Agent {
     Socket socket;
     std::mutex send_mutex;
     std::thread thread;
+    std::shared_ptr<std::byte> stage;  // the serving thread's buffer for staging GPU ranges
   };
   void accept_loop();
   void serve(Served& conn);

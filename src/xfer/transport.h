@@ -3,6 +3,7 @@
 // without the owner's CPU. The built-in TCP path (agent.cpp) serves when no RMA transport can.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -56,6 +57,21 @@ class RmaTransport {
   }
   virtual std::string address() const = 0;  // hex; peers connect with it
   virtual Result<std::unique_ptr<RmaEndpoint>> connect(const std::string& peer_address) = 0;
+
+  // Host staging, for memory this transport registers that a peer can only reach over the
+  // agent's TCP path (GPU memory of an agent on another host): copies between such memory and
+  // host memory, and host buffers to stage through (pinned where that makes copies faster).
+  virtual Status copy_to_host(void* host, const void* src, size_t n) {
+    (void)host, (void)src, (void)n;
+    return make_error(name(), " cannot copy its memory to the host");
+  }
+  virtual Status copy_from_host(void* dst, const void* host, size_t n) {
+    (void)dst, (void)host, (void)n;
+    return make_error(name(), " cannot copy host memory into its memory");
+  }
+  virtual Result<std::shared_ptr<std::byte>> staging_buffer(size_t n) {
+    return std::shared_ptr<std::byte>(new std::byte[n], std::default_delete<std::byte[]>());
+  }
 };
 
 // UCX (UCP RMA): shared memory on one host, RDMA verbs where present, TCP otherwise.

@@ -7,6 +7,7 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -27,7 +28,7 @@ namespace {
 using namespace std::chrono_literals;
 
 std::vector<std::string> transports_for(const std::string& t) {
-  return t == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "tcp"};
+  return t == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "cuda_ipc", "tcp"};
 }
 
 std::unique_ptr<Agent> make_agent(const std::string& name, const std::string& transport, const std::string& token = "",
@@ -240,6 +241,151 @@ TEST_P(XferTest, AllocatedSharedRegionsMoveExactBytes) {
   ASSERT_TRUE((*session)->wait(*id).ok());
   EXPECT_EQ(checksum(static_cast<uint8_t*>(dst->first), n), checksum(s8, n));
   EXPECT_TRUE(owner->deregister_memory(src->second.region).ok());
+}
+
+// Stands in for cuda_ipc where there is no GPU: its "GPU" regions are host memory and every peer
+// is on another host (connect fails), so GPU ranges take the TCP path, staged through host
+// buffers. It counts what it staged and can be told to fail its copies.
+class StagingDouble : public RmaTransport {
+ public:
+  struct Counters {
+    std::atomic<uint64_t> to_host{0}, from_host{0};
+    std::atomic<int> fail_copies{0};  // the next this many copies fail
+  };
+  explicit StagingDouble(Counters* c) : c_(c) {}
+  const char* name() const override { return "cuda_ipc"; }
+  Result<std::string> register_region(uint64_t, void*, size_t, MemoryKind kind) override {
+    if (kind != MemoryKind::kCuda) return make_error("GPU memory only");
+    return std::string("{}");
+  }
+  void deregister_region(uint64_t) override {}
+  std::string address() const override { return "a host of its own"; }
+  Result<std::unique_ptr<RmaEndpoint>> connect(const std::string&) override {
+    return make_error("cuda_ipc needs both agents on one host");
+  }
+  Status copy_to_host(void* host, const void* src, size_t n) override {
+    if (c_->fail_copies.fetch_sub(1) > 0) return make_error("device lost");
+    std::memcpy(host, src, n);
+    c_->to_host += n;
+    return {};
+  }
+  Status copy_from_host(void* dst, const void* host, size_t n) override {
+    if (c_->fail_copies.fetch_sub(1) > 0) return make_error("device lost");
+    std::memcpy(dst, host, n);
+    c_->from_host += n;
+    return {};
+  }
+
+ private:
+  Counters* c_;
+};
+
+std::unique_ptr<Agent> make_staging_agent(const std::string& name, const std::string& transport,
+                                          StagingDouble::Counters* c) {
+  Agent::Config cfg;
+  cfg.name = name;
+  cfg.transports = transports_for(transport);
+  cfg.gpu_transport = [c]() -> Result<std::unique_ptr<RmaTransport>> {
+    return std::unique_ptr<RmaTransport>(std::make_unique<StagingDouble>(c));
+  };
+  auto a = Agent::create(cfg);
+  EXPECT_TRUE(a.ok()) << (a.ok() ? "" : a.error());
+  return a.ok() ? std::move(*a) : nullptr;
+}
+
+// GPU memory of agents on different hosts (no cuda_ipc between them) moves over TCP, staged
+// through host memory on each side: GPU -> host, GPU -> GPU, host and GPU ranges in one batch,
+// ranges larger than the staging buffer, and writes.
+TEST_P(XferTest, GpuMemoryOfAnotherHostIsStagedOverTcp) {
+  const std::string transport = GetParam();
+  StagingDouble::Counters oc, rc;
+  auto owner = make_staging_agent("owner", transport, &oc), reader = make_staging_agent("reader", transport, &rc);
+  ASSERT_TRUE(owner && reader);
+  const size_t n = 24 << 20;
+  std::vector<uint8_t> src(n), host_dst(n, 0), gpu_dst(n, 0);
+  fill(src, 21);
+  auto rs = owner->register_memory(src.data(), n, MemoryKind::kCuda);
+  auto rh = reader->register_memory(host_dst.data(), n);
+  auto rg = reader->register_memory(gpu_dst.data(), n, MemoryKind::kCuda);
+  ASSERT_TRUE(rs.ok() && rh.ok() && rg.ok());
+  auto session = reader->connect(owner->describe());
+  ASSERT_TRUE(session.ok()) << session.error();
+  auto read = [&](const std::vector<TransferOp>& ops) {
+    auto id = (*session)->read(ops);
+    ASSERT_TRUE(id.ok()) << id.error();
+    Status st = (*session)->wait(*id);
+    ASSERT_TRUE(st.ok()) << st.message();
+  };
+  // Owner's GPU -> reader's host: only the owner stages.
+  read(mixed_ops(rh->region, rs->region, n, 3));
+  EXPECT_EQ(checksum(host_dst.data(), n), checksum(src.data(), n));
+  EXPECT_EQ(oc.to_host.load(), n);
+  EXPECT_EQ(rc.from_host.load(), 0u);
+  // GPU -> GPU, one 9 MiB range (more than a staging buffer) and the rest in pieces.
+  std::vector<TransferOp> ops{{rg->region, 0, rs->region, 0, 9 << 20}};
+  for (const TransferOp& op : mixed_ops(rg->region, rs->region, n - (9 << 20), 4))
+    ops.push_back({op.local_region, op.local_offset + (9 << 20), op.remote_region, op.remote_offset + (9 << 20), op.length});
+  read(ops);
+  EXPECT_EQ(checksum(gpu_dst.data(), n), checksum(src.data(), n));
+  EXPECT_EQ(rc.from_host.load(), n);
+  // One batch into host and GPU ranges alternately.
+  std::fill(host_dst.begin(), host_dst.end(), 0);
+  std::fill(gpu_dst.begin(), gpu_dst.end(), 0);
+  std::vector<TransferOp> mixed = mixed_ops(rh->region, rs->region, n, 5);
+  for (size_t i = 0; i < mixed.size(); i += 2) mixed[i].local_region = rg->region;
+  read(mixed);
+  for (const TransferOp& op : mixed) {
+    const uint8_t* got = (op.local_region == rg->region ? gpu_dst.data() : host_dst.data()) + op.local_offset;
+    ASSERT_EQ(checksum(got, op.length), checksum(src.data() + op.remote_offset, op.length)) << op.local_offset;
+  }
+  // Writes: reader's GPU -> owner's GPU, then read back into the host.
+  fill(gpu_dst, 22);
+  auto w = (*session)->write(mixed_ops(rg->region, rs->region, n, 6));
+  ASSERT_TRUE(w.ok()) << w.error();
+  ASSERT_TRUE((*session)->wait(*w).ok());
+  EXPECT_EQ(checksum(src.data(), n), checksum(gpu_dst.data(), n));
+  // Bounds are still checked on both sides.
+  EXPECT_FALSE((*session)->read({{rg->region, 0, rs->region, n - 8, 64}}).ok());
+}
+
+// A failed staging copy on the reader fails that transfer with the copy's error; the session
+// stays in step and moves the next batch. One on the owner drops the session; a new one works.
+TEST_P(XferTest, FailedStagingCopiesAreErrors) {
+  const std::string transport = GetParam();
+  StagingDouble::Counters oc, rc;
+  auto owner = make_staging_agent("owner", transport, &oc), reader = make_staging_agent("reader", transport, &rc);
+  ASSERT_TRUE(owner && reader);
+  const size_t n = 12 << 20;
+  std::vector<uint8_t> src(n), dst(n, 0);
+  fill(src, 23);
+  auto rs = owner->register_memory(src.data(), n, MemoryKind::kCuda);
+  auto rd = reader->register_memory(dst.data(), n, MemoryKind::kCuda);
+  ASSERT_TRUE(rs.ok() && rd.ok());
+  auto session = reader->connect(owner->describe());
+  ASSERT_TRUE(session.ok()) << session.error();
+  rc.fail_copies = 1;
+  auto id = (*session)->read(mixed_ops(rd->region, rs->region, n, 7));
+  ASSERT_TRUE(id.ok()) << id.error();
+  Status st = (*session)->wait(*id);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("device lost"), std::string::npos) << st.message();
+  id = (*session)->read(mixed_ops(rd->region, rs->region, n, 8));
+  ASSERT_TRUE(id.ok()) << id.error();
+  ASSERT_TRUE((*session)->wait(*id).ok());
+  EXPECT_EQ(checksum(dst.data(), n), checksum(src.data(), n));
+
+  oc.fail_copies = 1;
+  id = (*session)->read(mixed_ops(rd->region, rs->region, n, 9));
+  ASSERT_TRUE(id.ok()) << id.error();
+  EXPECT_FALSE((*session)->wait(*id).ok());
+  EXPECT_TRUE((*session)->broken());
+  auto again = reader->connect(owner->describe());
+  ASSERT_TRUE(again.ok()) << again.error();
+  std::fill(dst.begin(), dst.end(), 0);
+  id = (*again)->read(mixed_ops(rd->region, rs->region, n, 10));
+  ASSERT_TRUE(id.ok()) << id.error();
+  ASSERT_TRUE((*again)->wait(*id).ok());
+  EXPECT_EQ(checksum(dst.data(), n), checksum(src.data(), n));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, XferTest, ::testing::Values("tcp", "ucx"));

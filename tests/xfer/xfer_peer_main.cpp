@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
   xfer::Agent::Config c;
   c.name = name;
   c.token = token;
-  c.transports = transports == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "tcp"};
+  c.transports =
+      transports == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "cuda_ipc", "tcp"};
   auto agent = xfer::Agent::create(c);
   if (!agent.ok()) {
     std::fprintf(stderr, "xfer_peer: %s\n", agent.error().c_str());

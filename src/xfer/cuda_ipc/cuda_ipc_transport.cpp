@@ -182,6 +182,25 @@ class CudaIpcTransport : public RmaTransport {
     if (peer_address != host_identity()) return make_error("cuda_ipc needs both agents on one host");
     return std::unique_ptr<RmaEndpoint>(std::make_unique<CudaIpcEndpoint>());
   }
+
+  // Host staging (a peer on another host reads GPU memory over TCP). With unified addressing
+  // cudaMemcpyDefault finds each pointer's device; the copy returns once the bytes are there.
+  Status copy_to_host(void* host, const void* src, size_t n) override {
+    cudaError_t e = cudaMemcpy(host, src, n, cudaMemcpyDefault);
+    if (e != cudaSuccess) return make_error("staging copy from the GPU: ", cuda_error(e));
+    return {};
+  }
+  Status copy_from_host(void* dst, const void* host, size_t n) override {
+    cudaError_t e = cudaMemcpy(dst, host, n, cudaMemcpyDefault);
+    if (e != cudaSuccess) return make_error("staging copy to the GPU: ", cuda_error(e));
+    return {};
+  }
+  Result<std::shared_ptr<std::byte>> staging_buffer(size_t n) override {
+    void* p = nullptr;
+    cudaError_t e = cudaHostAlloc(&p, n, cudaHostAllocPortable);  // pinned: copies run at PCIe speed
+    if (e != cudaSuccess) return make_error("cudaHostAlloc of ", n, " staging bytes: ", cuda_error(e));
+    return std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { cudaFreeHost(q); });
+  }
 };
 
 }  // namespace
