@@ -36,7 +36,7 @@ constexpr int kProtocolVersion = 1;
 // GPU ranges on the TCP path move through a host buffer of this size, one piece at a time.
 constexpr size_t kStageBytes = size_t{4} << 20;
 
-Status ensure_stage(RmaTransport* t, std::shared_ptr<std::byte>& stage) {
+Status ensure_stage(RmaTransport* t, StagingBuffer& stage) {
   if (stage) return {};
   if (!t) return make_error("GPU memory without a GPU transport to stage it");
   BATON_ASSIGN_OR_RETURN(stage, t->staging_buffer(kStageBytes));
@@ -47,7 +47,7 @@ Status ensure_stage(RmaTransport* t, std::shared_ptr<std::byte>& stage) {
 // through `stage` by `t` first. A failed copy leaves the stream short: the caller must drop the
 // connection.
 Status send_ranges(Socket& socket, std::vector<iovec> parts, const std::vector<LocalRange>& ranges, RmaTransport* t,
-                   std::shared_ptr<std::byte>& stage) {
+                   StagingBuffer& stage) {
   for (const LocalRange& r : ranges) {
     if (!r.gpu) {
       parts.push_back({r.ptr, r.length});
@@ -68,8 +68,8 @@ Status send_ranges(Socket& socket, std::vector<iovec> parts, const std::vector<L
 // Receives the ranges' bytes; GPU ranges arrive in `stage` and are copied on by `t`. A socket
 // error is returned; a failed copy is left in *copy_error while the rest of the bytes are still
 // taken off the socket (the stream stays in step).
-Status recv_ranges(Socket& socket, const std::vector<LocalRange>& ranges, RmaTransport* t,
-                   std::shared_ptr<std::byte>& stage, std::string* copy_error) {
+Status recv_ranges(Socket& socket, const std::vector<LocalRange>& ranges, RmaTransport* t, StagingBuffer& stage,
+                   std::string* copy_error) {
   std::vector<iovec> parts;
   for (const LocalRange& r : ranges) {
     if (!r.gpu) {
@@ -447,8 +447,8 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer) {
     }
   }
   const auto& allowed = config_.transports;
-  if (gpu_ && std::find(allowed.begin(), allowed.end(), gpu_->name()) != allowed.end() && welcome.contains(gpu_->name()) &&
-      welcome[gpu_->name()].is_string()) {
+  if (gpu_ && std::find(allowed.begin(), allowed.end(), gpu_->name()) != allowed.end() &&
+      welcome.contains(gpu_->name()) && welcome[gpu_->name()].is_string()) {
     auto ep = gpu_->connect(welcome[gpu_->name()].get<std::string>());
     if (ep.ok()) {
       session->gpu_ = std::move(*ep);

@@ -113,7 +113,7 @@ class Session {
   TransferId next_id_ = 1;
   // Host buffers that GPU ranges are staged through on the TCP path: stage_in_ belongs to the
   // reader thread (read answers), stage_out_ to whoever holds send_mutex_ (write data).
-  std::shared_ptr<std::byte> stage_in_, stage_out_;  // ids are per session (poll and wait take them on their session)
+  StagingBuffer stage_in_, stage_out_;  // ids are per session (poll and wait take them on their session)
   std::optional<std::string> regions_reply_;
   std::atomic<bool> broken_{false};
   std::thread reader_;
@@ -172,7 +172,7 @@ class Agent {
     Socket socket;
     std::mutex send_mutex;
     std::thread thread;
-    std::shared_ptr<std::byte> stage;  // the serving thread's buffer for staging GPU ranges
+    StagingBuffer stage;  // the serving thread's buffer for staging GPU ranges
   };
   void accept_loop();
   void serve(Served& conn);

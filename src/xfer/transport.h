@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +14,9 @@
 #include "xfer/types.h"
 
 namespace baton::xfer {
+
+// Host memory that GPU ranges are staged through; its deleter frees it as it was allocated.
+using StagingBuffer = std::unique_ptr<std::byte[], std::function<void(std::byte*)>>;
 
 struct RmaOp {
   void* local = nullptr;
@@ -69,8 +73,8 @@ class RmaTransport {
     (void)dst, (void)host, (void)n;
     return make_error(name(), " cannot copy host memory into its memory");
   }
-  virtual Result<std::shared_ptr<std::byte>> staging_buffer(size_t n) {
-    return std::shared_ptr<std::byte>(new std::byte[n], std::default_delete<std::byte[]>());
+  virtual Result<StagingBuffer> staging_buffer(size_t n) {
+    return StagingBuffer(std::make_unique<std::byte[]>(n).release(), std::default_delete<std::byte[]>());
   }
 };
 

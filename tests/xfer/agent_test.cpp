@@ -324,7 +324,8 @@ TEST_P(XferTest, GpuMemoryOfAnotherHostIsStagedOverTcp) {
   // GPU -> GPU, one 9 MiB range (more than a staging buffer) and the rest in pieces.
   std::vector<TransferOp> ops{{rg->region, 0, rs->region, 0, 9 << 20}};
   for (const TransferOp& op : mixed_ops(rg->region, rs->region, n - (9 << 20), 4))
-    ops.push_back({op.local_region, op.local_offset + (9 << 20), op.remote_region, op.remote_offset + (9 << 20), op.length});
+    ops.push_back(
+        {op.local_region, op.local_offset + (9 << 20), op.remote_region, op.remote_offset + (9 << 20), op.length});
   read(ops);
   EXPECT_EQ(checksum(gpu_dst.data(), n), checksum(src.data(), n));
   EXPECT_EQ(rc.from_host.load(), n);

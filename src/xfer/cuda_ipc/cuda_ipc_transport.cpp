@@ -195,11 +195,11 @@ class CudaIpcTransport : public RmaTransport {
     if (e != cudaSuccess) return make_error("staging copy to the GPU: ", cuda_error(e));
     return {};
   }
-  Result<std::shared_ptr<std::byte>> staging_buffer(size_t n) override {
+  Result<StagingBuffer> staging_buffer(size_t n) override {
     void* p = nullptr;
     cudaError_t e = cudaHostAlloc(&p, n, cudaHostAllocPortable);  // pinned: copies run at PCIe speed
     if (e != cudaSuccess) return make_error("cudaHostAlloc of ", n, " staging bytes: ", cuda_error(e));
-    return std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { cudaFreeHost(q); });
+    return StagingBuffer(static_cast<std::byte*>(p), [](std::byte* q) { cudaFreeHost(q); });
   }
 };
 
