@@ -67,26 +67,42 @@ Status send_ranges(Socket& socket, std::vector<iovec> parts, const std::vector<L
 
 // Receives the ranges' bytes; GPU ranges arrive in `stage` and are copied on by `t`. A socket
 // error is returned; a failed copy is left in *copy_error while the rest of the bytes are still
-// taken off the socket (the stream stays in step).
+// taken off the socket (the stream stays in step). `progress` is stamped after every piece of
+// at most kStageBytes, so that a long answer that keeps arriving is not taken for a stall.
 Status recv_ranges(Socket& socket, const std::vector<LocalRange>& ranges, RmaTransport* t, StagingBuffer& stage,
-                   std::string* copy_error) {
+                   std::string* copy_error, std::atomic<Clock::rep>& progress) {
   std::vector<iovec> parts;
+  uint64_t pending = 0;  // bytes in parts
+  auto flush = [&]() -> Status {
+    if (parts.empty()) return {};
+    BATON_RETURN_IF_ERROR(socket.recv_all(parts));
+    progress = Clock::now().time_since_epoch().count();
+    parts.clear();
+    pending = 0;
+    return {};
+  };
   for (const LocalRange& r : ranges) {
     if (!r.gpu) {
-      parts.push_back({r.ptr, r.length});
+      for (uint64_t off = 0; off < r.length;) {
+        const uint64_t k = std::min<uint64_t>(r.length - off, kStageBytes - pending);
+        parts.push_back({r.ptr + off, k});
+        off += k;
+        pending += k;
+        if (pending == kStageBytes) BATON_RETURN_IF_ERROR(flush());
+      }
       continue;
     }
-    if (!parts.empty()) BATON_RETURN_IF_ERROR(socket.recv_all(parts));
-    parts.clear();
+    BATON_RETURN_IF_ERROR(flush());
     if (Status st = ensure_stage(t, stage); !st.ok()) return st;  // cannot even drain: drop the connection
     for (uint64_t off = 0; off < r.length; off += kStageBytes) {
       const size_t k = std::min<uint64_t>(kStageBytes, r.length - off);
       BATON_RETURN_IF_ERROR(socket.recv_all(stage.get(), k));
+      progress = Clock::now().time_since_epoch().count();
       if (!copy_error->empty()) continue;
       if (Status st = t->copy_from_host(r.ptr + off, stage.get(), k); !st.ok()) *copy_error = st.message();
     }
   }
-  return parts.empty() ? Status{} : socket.recv_all(parts);
+  return flush();
 }
 
 }  // namespace
@@ -387,7 +403,8 @@ void Agent::serve(Served& conn) {
       } else {
         // The data follows the request: take it into the region, or drain it on error.
         if (error.empty()) {
-          st = recv_ranges(socket, where, gpu_.get(), conn.stage, &error);
+          std::atomic<Clock::rep> progress{0};  // the writer keeps its own deadline
+          st = recv_ranges(socket, where, gpu_.get(), conn.stage, &error, progress);
         } else {
           for (const WireOp& op : *ops)
             for (uint64_t left = op.length; left > 0 && st.ok();) {
@@ -585,6 +602,7 @@ void Session::reader_loop() {
   for (;;) {
     auto h = recv_header(socket_);
     if (!h.ok()) return fail_all(h.error());
+    last_progress_ = Clock::now().time_since_epoch().count();
     if (h->type == MsgType::kRegions && h->id == 0) {  // the peer revoked or added regions
       auto payload = recv_payload(socket_, *h);
       if (!payload.ok()) return fail_all(payload.error());
@@ -612,7 +630,7 @@ void Session::reader_loop() {
       for (const LocalRange& r : p.local) expect += r.length;
       if (h->length != expect) return fail_all("peer sent a read answer of the wrong size");
       std::shared_lock local_lock(agent_.regions_mutex_);  // the destination stays registered
-      if (Status st = recv_ranges(socket_, p.local, agent_.gpu_.get(), stage_in_, &error); !st.ok())
+      if (Status st = recv_ranges(socket_, p.local, agent_.gpu_.get(), stage_in_, &error, last_progress_); !st.ok())
         return fail_all(st.message());
       if (!error.empty()) error = "staging the read from " + peer_ + " into GPU memory: " + error;
     } else if (h->type == MsgType::kTransferError) {
@@ -695,6 +713,9 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
     }
     const auto now = Clock::now();
     if (!deadline) deadline = now + timeout, spin_until = now + kTcpSpin;
+    // A peer still sending (a long read over TCP) is not stalled: the timeout runs from the last
+    // bytes that arrived.
+    if (now >= *deadline) deadline = std::max(*deadline, Clock::time_point(Clock::duration(last_progress_)) + timeout);
     if (now >= *deadline) {
       // A stalled peer: the session cannot be trusted any more (answers may still arrive).
       fail_all("no completion within " + std::to_string(timeout.count()) + " ms");

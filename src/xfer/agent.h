@@ -5,7 +5,9 @@
 //   connect(peer AgentDesc) -> Session             one handshake per peer, cached and reused
 //   Session::read/write(batch) -> TransferId       one-sided: the owner's threads do no work
 //   Session::wait(id, timeout), poll(id)           completion; a dead or stalled peer fails
-//                                                  the transfer within the timeout
+//                                                  the transfer within the timeout (counted
+//                                                  from the last bytes it sent, so a long read
+//                                                  that keeps arriving is not a stall)
 //   Session::notify(bytes)                         delivered to the peer after every transfer
 //                                                  issued before it has completed
 //
@@ -23,6 +25,7 @@
 // After such a failure the agent opens new sessions over TCP.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -113,7 +116,10 @@ class Session {
   TransferId next_id_ = 1;
   // Host buffers that GPU ranges are staged through on the TCP path: stage_in_ belongs to the
   // reader thread (read answers), stage_out_ to whoever holds send_mutex_ (write data).
-  StagingBuffer stage_in_, stage_out_;  // ids are per session (poll and wait take them on their session)
+  StagingBuffer stage_in_, stage_out_;
+  // When the reader thread last took bytes off the socket (Clock ticks): wait()'s timeout counts
+  // from there, so a long answer that keeps coming is not a stall.
+  std::atomic<Clock::rep> last_progress_{0};  // ids are per session (poll and wait take them on their session)
   std::optional<std::string> regions_reply_;
   std::atomic<bool> broken_{false};
   std::thread reader_;

@@ -635,6 +635,26 @@ TEST_P(XferTest, StalledPeerTimesOut) {
   }
 }
 
+// The timeout is for a peer that stopped sending: a read that takes longer than it but keeps
+// arriving completes (over TCP, 512 MiB take ~0.2 s here against a 100 ms timeout).
+TEST(XferTimeoutTest, LongReadThatKeepsArrivingIsNotAStall) {
+  auto owner = make_agent("owner", "tcp"), reader = make_agent("reader", "tcp");
+  ASSERT_TRUE(owner && reader);
+  const size_t n = size_t{512} << 20;
+  std::vector<uint8_t> src(n), dst(n, 0);
+  for (size_t i = 0; i < n; i += 4096) src[i] = static_cast<uint8_t>(i >> 12);
+  auto rs = owner->register_memory(src.data(), n);
+  auto rd = reader->register_memory(dst.data(), n);
+  ASSERT_TRUE(rs.ok() && rd.ok());
+  auto session = reader->connect(owner->describe());
+  ASSERT_TRUE(session.ok()) << session.error();
+  auto id = (*session)->read({{rd->region, 0, rs->region, 0, n}});
+  ASSERT_TRUE(id.ok()) << id.error();
+  Status st = (*session)->wait(*id, 100ms);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(checksum(dst.data(), n), checksum(src.data(), n));
+}
+
 #if BATON_HAS_CUDA
 // GPU memory of another process, read into our GPU memory through cuda_ipc (GPU machines only).
 TEST(CudaIpcTest, ReadsGpuMemoryOfAnotherProcess) {
