@@ -26,7 +26,8 @@ Instance make_instance(const std::string& name, const std::string& model, const 
   Instance in;
   xfer::Agent::Config c;
   c.name = name;
-  c.transports = transport == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "tcp"};
+  c.transports =
+      transport == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "cuda_ipc", "tcp"};
   auto agent = xfer::Agent::create(c);
   EXPECT_TRUE(agent.ok());
   in.agent = std::move(*agent);
