@@ -550,7 +550,7 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
   rma_ops.clear();
 
   // Check both ends of every op before anything moves.
-  bool gpu = false;
+  bool gpu = false, remote_host = false;
   std::shared_lock local_lock(agent_.regions_mutex_);
   std::unique_lock lock(mutex_);
   const TransferId id = next_id_++;
@@ -565,11 +565,12 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
                         op.remote_region, " of ", peer_, " (", r->second.length, " bytes)");
     local.push_back({*p, op.length, local_kind == MemoryKind::kCuda});
     gpu = gpu || r->second.kind == MemoryKind::kCuda || local_kind == MemoryKind::kCuda;
+    remote_host = remote_host || r->second.kind != MemoryKind::kCuda;
     rma_ops.push_back({*p, r->second.address + op.remote_offset, op.remote_region, op.length});
   }
-  // GPU memory moves by cuda_ipc on one host; otherwise over the TCP path below, staged through
-  // host memory on each side.
-  if (RmaEndpoint* ep = gpu ? gpu_.get() : rma_.get()) {
+  // GPU memory moves by cuda_ipc on one host (which reaches the peer's GPU regions only);
+  // otherwise over the TCP path below, staged through host memory on each side.
+  if (RmaEndpoint* ep = !gpu ? rma_.get() : remote_host ? nullptr : gpu_.get()) {
     auto handle = ep->start(rma_ops, !is_read);
     if (!handle.ok()) return handle.error().empty() ? make_error("transfer failed") : make_error(handle.error());
     if (*handle == RmaEndpoint::kDone) return id | kDoneAtStart;

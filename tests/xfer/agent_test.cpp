@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "common/json.h"
@@ -243,14 +244,16 @@ TEST_P(XferTest, AllocatedSharedRegionsMoveExactBytes) {
   EXPECT_TRUE(owner->deregister_memory(src->second.region).ok());
 }
 
-// Stands in for cuda_ipc where there is no GPU: its "GPU" regions are host memory and every peer
-// is on another host (connect fails), so GPU ranges take the TCP path, staged through host
-// buffers. It counts what it staged and can be told to fail its copies.
+// Stands in for cuda_ipc where there is no GPU: its "GPU" regions are host memory. By default
+// every peer is on another host (connect fails), so GPU ranges take the TCP path, staged through
+// host buffers; with same_host set, agents of this process connect and copy each other's "GPU"
+// regions directly, as cuda_ipc does. It counts what it staged and can be told to fail copies.
 class StagingDouble : public RmaTransport {
  public:
   struct Counters {
-    std::atomic<uint64_t> to_host{0}, from_host{0};
+    std::atomic<uint64_t> to_host{0}, from_host{0}, direct{0};
     std::atomic<int> fail_copies{0};  // the next this many copies fail
+    bool same_host = false;
   };
   explicit StagingDouble(Counters* c) : c_(c) {}
   const char* name() const override { return "cuda_ipc"; }
@@ -261,7 +264,8 @@ class StagingDouble : public RmaTransport {
   void deregister_region(uint64_t) override {}
   std::string address() const override { return "a host of its own"; }
   Result<std::unique_ptr<RmaEndpoint>> connect(const std::string&) override {
-    return make_error("cuda_ipc needs both agents on one host");
+    if (!c_->same_host) return make_error("cuda_ipc needs both agents on one host");
+    return std::unique_ptr<RmaEndpoint>(std::make_unique<Endpoint>(c_));
   }
   Status copy_to_host(void* host, const void* src, size_t n) override {
     if (c_->fail_copies.fetch_sub(1) > 0) return make_error("device lost");
@@ -277,6 +281,34 @@ class StagingDouble : public RmaTransport {
   }
 
  private:
+  // The peer's "GPU" regions, read and written in place (both agents live in this process).
+  class Endpoint : public RmaEndpoint {
+   public:
+    explicit Endpoint(Counters* c) : c_(c) {}
+    Status add_region(const MemoryDesc& remote) override {
+      if (remote.kind != MemoryKind::kCuda) return make_error("region ", remote.region, " is not GPU memory");
+      regions_.insert(remote.region);
+      return {};
+    }
+    void remove_region(uint64_t region) override { regions_.erase(region); }
+    Result<uint64_t> start(const std::vector<RmaOp>& ops, bool write) override {
+      for (const RmaOp& op : ops)
+        if (!regions_.count(op.remote_region))
+          return make_error("no CUDA IPC key for remote region ", op.remote_region);
+      for (const RmaOp& op : ops) {
+        auto* remote = reinterpret_cast<void*>(op.remote_address);
+        write ? std::memcpy(remote, op.local, op.length) : std::memcpy(op.local, remote, op.length);
+        c_->direct += op.length;
+      }
+      return kDone;
+    }
+    TransferState poll(uint64_t, std::string*) override { return TransferState::kDone; }
+    void release(uint64_t) override {}
+
+   private:
+    Counters* c_;
+    std::set<uint64_t> regions_;
+  };
   Counters* c_;
 };
 
@@ -285,6 +317,7 @@ std::unique_ptr<Agent> make_staging_agent(const std::string& name, const std::st
   Agent::Config cfg;
   cfg.name = name;
   cfg.transports = transports_for(transport);
+  if (c->same_host) cfg.transports.insert(cfg.transports.begin(), "cuda_ipc");  // (tcp alone leaves it out)
   cfg.gpu_transport = [c]() -> Result<std::unique_ptr<RmaTransport>> {
     return std::unique_ptr<RmaTransport>(std::make_unique<StagingDouble>(c));
   };
@@ -347,6 +380,46 @@ TEST_P(XferTest, GpuMemoryOfAnotherHostIsStagedOverTcp) {
   EXPECT_EQ(checksum(src.data(), n), checksum(gpu_dst.data(), n));
   // Bounds are still checked on both sides.
   EXPECT_FALSE((*session)->read({{rg->region, 0, rs->region, n - 8, 64}}).ok());
+}
+
+// On one host GPU ranges move directly (cuda_ipc), which reaches only the peer's GPU regions: a
+// batch that also reads the peer's host memory into GPU memory takes the staged TCP path.
+TEST_P(XferTest, BatchesWithPeerHostMemoryLeaveCudaIpcForStaging) {
+  const std::string transport = GetParam();
+  StagingDouble::Counters oc, rc;
+  oc.same_host = rc.same_host = true;
+  auto owner = make_staging_agent("owner", transport, &oc), reader = make_staging_agent("reader", transport, &rc);
+  ASSERT_TRUE(owner && reader);
+  const size_t n = 4 << 20;
+  std::vector<uint8_t> gpu_src(n), host_src(n), dst(2 * n, 0);
+  fill(gpu_src, 31);
+  fill(host_src, 32);
+  auto rg = owner->register_memory(gpu_src.data(), n, MemoryKind::kCuda);
+  auto rh = owner->register_memory(host_src.data(), n);
+  auto rd = reader->register_memory(dst.data(), 2 * n, MemoryKind::kCuda);
+  ASSERT_TRUE(rg.ok() && rh.ok() && rd.ok());
+  auto session = reader->connect(owner->describe());
+  ASSERT_TRUE(session.ok()) << session.error();
+  // GPU to GPU: directly.
+  auto id = (*session)->read(mixed_ops(rd->region, rg->region, n, 33));
+  ASSERT_TRUE(id.ok()) << id.error();
+  ASSERT_TRUE((*session)->wait(*id).ok());
+  EXPECT_EQ(checksum(dst.data(), n), checksum(gpu_src.data(), n));
+  EXPECT_EQ(rc.direct.load(), n);
+  EXPECT_EQ(oc.to_host.load() + rc.from_host.load(), 0u);
+  // The peer's GPU and host memory in one batch: staged over TCP.
+  std::fill(dst.begin(), dst.end(), 0);
+  std::vector<TransferOp> ops = mixed_ops(rd->region, rg->region, n, 34);
+  for (const TransferOp& op : mixed_ops(rd->region, rh->region, n, 35))
+    ops.push_back({op.local_region, op.local_offset + n, op.remote_region, op.remote_offset, op.length});
+  id = (*session)->read(ops);
+  ASSERT_TRUE(id.ok()) << id.error();
+  Status st = (*session)->wait(*id);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(checksum(dst.data(), n), checksum(gpu_src.data(), n));
+  EXPECT_EQ(checksum(dst.data() + n, n), checksum(host_src.data(), n));
+  EXPECT_EQ(rc.from_host.load(), 2 * n);
+  EXPECT_EQ(oc.to_host.load(), n);
 }
 
 // A failed staging copy on the reader fails that transfer with the copy's error; the session
