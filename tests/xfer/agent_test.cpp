@@ -386,12 +386,13 @@ TEST_P(XferTest, GpuMemoryOfAnotherHostIsStagedOverTcp) {
 // batch that also reads the peer's host memory into GPU memory takes the staged TCP path.
 TEST_P(XferTest, BatchesWithPeerHostMemoryLeaveCudaIpcForStaging) {
   const std::string transport = GetParam();
+  const size_t n = 4 << 20;
+  // Declared before the agents, so they outlive the owner's serving thread, which sends from them.
+  std::vector<uint8_t> gpu_src(n), host_src(n), dst(2 * n, 0);
   StagingDouble::Counters oc, rc;
   oc.same_host = rc.same_host = true;
   auto owner = make_staging_agent("owner", transport, &oc), reader = make_staging_agent("reader", transport, &rc);
   ASSERT_TRUE(owner && reader);
-  const size_t n = 4 << 20;
-  std::vector<uint8_t> gpu_src(n), host_src(n), dst(2 * n, 0);
   fill(gpu_src, 31);
   fill(host_src, 32);
   auto rg = owner->register_memory(gpu_src.data(), n, MemoryKind::kCuda);
