@@ -109,35 +109,10 @@ Socket Socket::accept() {
   }
 }
 
-Status Socket::send_all(const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t k = ::send(fd_, p, n, MSG_NOSIGNAL);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) return make_error("send to peer failed: ", k == 0 ? "connection closed" : std::strerror(errno));
-    p += k;
-    n -= static_cast<size_t>(k);
-  }
-  return {};
-}
-
-Status Socket::recv_all(void* data, size_t n) {
-  char* p = static_cast<char*>(data);
-  while (n > 0) {
-    ssize_t k = ::recv(fd_, p, n, 0);
-    if (k < 0 && errno == EINTR) continue;
-    if (k == 0) return make_error("peer closed the connection");
-    if (k < 0) return make_error(errno == EAGAIN ? "peer timed out" : std::string("recv failed: ") + std::strerror(errno));
-    p += k;
-    n -= static_cast<size_t>(k);
-  }
-  return {};
-}
-
 namespace {
-// Moves `parts` past k bytes; returns the index of the first part with bytes left.
-size_t advance(std::vector<iovec>& parts, size_t i, size_t k) {
-  for (; i < parts.size(); ++i) {
+// Moves parts[0, n) past k bytes; returns the index of the first part with bytes left.
+size_t advance(iovec* parts, size_t n, size_t i, size_t k) {
+  for (; i < n; ++i) {
     if (k < parts[i].iov_len) {
       parts[i].iov_base = static_cast<char*>(parts[i].iov_base) + k;
       parts[i].iov_len -= k;
@@ -148,13 +123,14 @@ size_t advance(std::vector<iovec>& parts, size_t i, size_t k) {
   return i;
 }
 
+// Every byte of parts[0, n), in order, by sendmsg / recvmsg of up to IOV_MAX parts at a time.
 template <bool kSend>
-Status move_all(int fd, std::vector<iovec>& parts) {
-  size_t i = advance(parts, 0, 0);
-  while (i < parts.size()) {
+Status move_all(int fd, iovec* parts, size_t n) {
+  size_t i = advance(parts, n, 0, 0);
+  while (i < n) {
     msghdr m{};
-    m.msg_iov = parts.data() + i;
-    m.msg_iovlen = std::min<size_t>(parts.size() - i, IOV_MAX);
+    m.msg_iov = parts + i;
+    m.msg_iovlen = std::min<size_t>(n - i, IOV_MAX);
     const ssize_t k = kSend ? ::sendmsg(fd, &m, MSG_NOSIGNAL) : ::recvmsg(fd, &m, 0);
     if (k < 0 && errno == EINTR) continue;
     if (kSend && k <= 0)
@@ -162,18 +138,28 @@ Status move_all(int fd, std::vector<iovec>& parts) {
     if (!kSend && k == 0) return make_error("peer closed the connection");
     if (!kSend && k < 0)
       return make_error(errno == EAGAIN ? "peer timed out" : std::string("recv failed: ") + std::strerror(errno));
-    i = advance(parts, i, static_cast<size_t>(k));
+    i = advance(parts, n, i, static_cast<size_t>(k));
   }
   return {};
 }
 }  // namespace
 
+Status Socket::send_all(const void* data, size_t n) {
+  iovec part{const_cast<void*>(data), n};
+  return move_all<true>(fd_, &part, 1);
+}
+
+Status Socket::recv_all(void* data, size_t n) {
+  iovec part{data, n};
+  return move_all<false>(fd_, &part, 1);
+}
+
 Status Socket::send_all(std::vector<iovec>& parts) {
-  return move_all<true>(fd_, parts);
+  return move_all<true>(fd_, parts.data(), parts.size());
 }
 
 Status Socket::recv_all(std::vector<iovec>& parts) {
-  return move_all<false>(fd_, parts);
+  return move_all<false>(fd_, parts.data(), parts.size());
 }
 
 Status Socket::set_recv_timeout(std::chrono::milliseconds t) {
