@@ -699,6 +699,7 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
   constexpr auto kTcpSpin = std::chrono::microseconds(200);
   if (id & kDoneAtStart) return {};
   std::optional<Clock::time_point> deadline, spin_until;  // the clock is read only if the transfer is not done yet
+  bool rma = false, on_gpu = false;                       // how it moves, looked up with the deadline
   std::string error;
   for (int spins = 0;; ++spins) {
     TransferState s = poll(id, &error);
@@ -713,7 +714,12 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
       return make_error(error);
     }
     const auto now = Clock::now();
-    if (!deadline) deadline = now + timeout, spin_until = now + kTcpSpin;
+    if (!deadline) {
+      deadline = now + timeout, spin_until = now + kTcpSpin;
+      std::lock_guard lock(mutex_);
+      if (auto it = transfers_.find(id); it != transfers_.end())
+        rma = it->second.rma_handle != 0, on_gpu = it->second.on_gpu;
+    }
     // A peer still sending (a long read over TCP) is not stalled: the timeout runs from the last
     // bytes that arrived.
     if (now >= *deadline) deadline = std::max(*deadline, Clock::time_point(Clock::duration(last_progress_)) + timeout);
@@ -723,9 +729,8 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
       continue;  // poll() now reports the failure
     }
     std::unique_lock lock(mutex_);
-    auto it = transfers_.find(id);
-    if (it != transfers_.end() && it->second.rma_handle) {
-      if (rma_ && !it->second.on_gpu) rma_->progress();
+    if (rma) {
+      if (rma_ && !on_gpu) rma_->progress();
       lock.unlock();
       if (spins > 100000) std::this_thread::sleep_for(std::chrono::microseconds(20));
     } else if (now < *spin_until) {
