@@ -8,11 +8,9 @@ usage: mooncake_read_bench.py [--sizes 16384,1048576] [--batches 1,16,128] [--se
 libcuda.so.1 even for TCP, so on a machine without the NVIDIA driver run it with the CUDA
 toolkit's stub library on LD_LIBRARY_PATH: bench/xfer_compare.sh does; see bench/RESULTS.md)
 """
-import multiprocessing as mp
-
 import numpy as np
 from mooncake.engine import TransferEngine
-from read_cases import REGION, parse_args, run
+from read_cases import REGION, parse_args, run, target_process
 
 
 def engine():
@@ -35,37 +33,32 @@ def target(conn):
 
 def main():
     a = parse_args()
-    parent, child = mp.Pipe()
-    p = mp.Process(target=target, args=(child,))
-    p.start()
-    port, remote = parent.recv()
-    peer = f"127.0.0.1:{port}"
-    e = engine()
-    local = np.zeros(REGION, dtype=np.uint8)
-    if e.register_memory(local.ctypes.data, REGION) != 0:
-        raise SystemExit("mooncake: register_memory failed (reader)")
+    with target_process(target) as (port, remote):
+        peer = f"127.0.0.1:{port}"
+        e = engine()
+        local = np.zeros(REGION, dtype=np.uint8)
+        if e.register_memory(local.ctypes.data, REGION) != 0:
+            raise SystemExit("mooncake: register_memory failed (reader)")
 
-    def prepare(size, batch):
-        offs = [2 * i * size for i in range(batch)]
-        dst = [local.ctypes.data + o for o in offs]
-        src = [remote + o for o in offs]
-        lens = [size] * batch
+        def prepare(size, batch):
+            offs = [2 * i * size for i in range(batch)]
+            dst = [local.ctypes.data + o for o in offs]
+            src = [remote + o for o in offs]
+            lens = [size] * batch
 
-        def once():
-            if e.batch_transfer_sync_read(peer, dst, src, lens) != 0:
-                raise SystemExit(f"mooncake: read of {batch} x {size} failed")
+            def once():
+                if e.batch_transfer_sync_read(peer, dst, src, lens) != 0:
+                    raise SystemExit(f"mooncake: read of {batch} x {size} failed")
 
-        local[: 2 * size * batch] = 0
-        once()
-        for o in offs[:: max(1, batch // 8)]:  # what arrived is the peer's bytes
-            want = (np.arange(o, o + size, dtype=np.uint64) % 256).astype(np.uint8)
-            assert np.array_equal(local[o : o + size], want), f"mooncake: wrong bytes at {o}"
-        return once, None
+            local[: 2 * size * batch] = 0
+            once()
+            for o in offs[:: max(1, batch // 8)]:  # what arrived is the peer's bytes
+                want = (np.arange(o, o + size, dtype=np.uint64) % 256).astype(np.uint8)
+                assert np.array_equal(local[o : o + size], want), f"mooncake: wrong bytes at {o}"
+            return once, None
 
-    run(a, prepare)
-    e.unregister_memory(local.ctypes.data)
-    parent.send("done")
-    p.join()
+        run(a, prepare)
+        e.unregister_memory(local.ctypes.data)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,9 @@ same cases as `baton-bench xfer`: batches of `batch` ranges of `size` bytes, 2*s
 usage: nixl_read_bench.py [--sizes 16384,1048576] [--batches 1,16] [--seconds 0.5] [--json FILE]
 (needs `pip install nixl-cu13`; see bench/RESULTS.md)
 """
-import multiprocessing as mp
-
 import numpy as np
 from nixl_cu13._api import nixl_agent, nixl_agent_config
-from read_cases import REGION, parse_args, run
+from read_cases import REGION, parse_args, run, target_process
 
 
 def target(conn):
@@ -24,32 +22,27 @@ def target(conn):
 
 def main():
     a = parse_args()
-    parent, child = mp.Pipe()
-    p = mp.Process(target=target, args=(child,))
-    p.start()
-    meta, remote_addr = parent.recv()
-    agent = nixl_agent("reader", nixl_agent_config(backends=["UCX"]))
-    local = np.zeros(REGION, dtype=np.uint8)
-    reg = agent.get_reg_descs([(local.ctypes.data, REGION, 0, "")], "DRAM")
-    agent.register_memory(reg)
-    peer = agent.add_remote_agent(meta)
+    with target_process(target) as (meta, remote_addr):
+        agent = nixl_agent("reader", nixl_agent_config(backends=["UCX"]))
+        local = np.zeros(REGION, dtype=np.uint8)
+        reg = agent.get_reg_descs([(local.ctypes.data, REGION, 0, "")], "DRAM")
+        agent.register_memory(reg)
+        peer = agent.add_remote_agent(meta)
 
-    def prepare(size, batch):
-        ld = agent.get_xfer_descs([(local.ctypes.data + 2 * i * size, size, 0) for i in range(batch)], "DRAM")
-        rd = agent.get_xfer_descs([(remote_addr + 2 * i * size, size, 0) for i in range(batch)], "DRAM")
-        h = agent.initialize_xfer("READ", ld, rd, peer)
+        def prepare(size, batch):
+            ld = agent.get_xfer_descs([(local.ctypes.data + 2 * i * size, size, 0) for i in range(batch)], "DRAM")
+            rd = agent.get_xfer_descs([(remote_addr + 2 * i * size, size, 0) for i in range(batch)], "DRAM")
+            h = agent.initialize_xfer("READ", ld, rd, peer)
 
-        def once():
-            state = agent.transfer(h)
-            while state not in ("DONE", "ERR"):
-                state = agent.check_xfer_state(h)
-            assert state == "DONE", state
+            def once():
+                state = agent.transfer(h)
+                while state not in ("DONE", "ERR"):
+                    state = agent.check_xfer_state(h)
+                assert state == "DONE", state
 
-        return once, lambda: agent.release_xfer_handle(h)
+            return once, lambda: agent.release_xfer_handle(h)
 
-    run(a, prepare)
-    parent.send("done")
-    p.join()
+        run(a, prepare)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 ranges of `size` bytes, 2*size apart, inside a REGION-byte region), their command line, timing
 and the table / JSON they print. Each peer script supplies how one case is read."""
 import argparse
+import contextlib
 import json
+import multiprocessing as mp
 import time
 
 REGION = 1 << 30
@@ -15,6 +17,21 @@ def parse_args():
     ap.add_argument("--seconds", type=float, default=0.5)
     ap.add_argument("--json", help="write the rows here")
     return ap.parse_args()
+
+
+@contextlib.contextmanager
+def target_process(target):
+    """Runs target(conn) in a child process (the owner of the memory read); yields the first thing
+    it sends (how to reach its memory) and, on leaving, sends it "done" and waits for it."""
+    parent, child = mp.Pipe()
+    p = mp.Process(target=target, args=(child,))
+    p.start()
+    try:
+        yield parent.recv()
+    finally:
+        if p.is_alive():
+            parent.send("done")
+        p.join()
 
 
 def run(args, prepare):
