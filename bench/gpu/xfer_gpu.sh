@@ -4,7 +4,7 @@
 # an in-process cudaMemcpy of the same sizes, then the same reads staged over TCP (as between
 # hosts). Results go to $OUT (or ./out).
 #   bash bench/gpu/xfer_gpu.sh
-#   PATCH=bench/gpu/experiments/cuda_ipc_lazy_events.patch bash bench/gpu/xfer_gpu.sh
+#   PATCH=bench/gpu/experiments/SOME.patch bash bench/gpu/xfer_gpu.sh
 #       also builds a copy of the tree with PATCH applied and runs the single-range and batch-of-16
 #       cuda_ipc reads with both binaries, alternated (ROUNDS=3), after its tests
 # The build goes to build-gpu-xfer/ (BUILD_DIR), beside cuda.sh's full build-gpu/.
