@@ -42,6 +42,9 @@ void add_backend_flags(ArgParser& args, BackendOptions& o) {
   args.add({"--threads"}, &o.num_threads, "compute threads (0: all cores), shared by the TP ranks");
   args.add({"-tp", "--tensor-parallel-size"}, &o.tp_size,
            "tensor-parallel ranks (CPU: threads of this process; CUDA: one GPU each, NCCL)");
+  args.add_flag({"--tp-invariant"}, &o.tp_invariant,
+                "numerics independent of -tp: outputs identical at every -tp dividing the model's slice "
+                "count (power of two <= 8 dividing heads, KV heads, MLP width); slower");
 }
 
 Result<DeviceSpec> parse_device(const std::string& device) {

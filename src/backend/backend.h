@@ -78,6 +78,9 @@ struct BackendOptions {
   std::string kv_dtype = "auto";
   int num_threads = 0;  // 0: one per hardware thread
   int tp_size = 1;      // tensor-parallel ranks
+  // Arithmetic that does not depend on tp_size (common/tp_split.h: tp_invariant_slices): the same
+  // logits, bit for bit, at every tp that divides the model's slice count. Slower.
+  bool tp_invariant = false;
 };
 
 // Sampling on the device for one row: greedy when temperature is 0, else top-k (0: off) then

@@ -1,5 +1,6 @@
 #include "backend/weight_prep.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -24,6 +25,15 @@ std::vector<float> slice_cols(const TensorView* t, int64_t col0, int64_t n) {
   const int64_t rows = t->shape[0], cols = t->shape[1];
   std::vector<float> out(static_cast<size_t>(rows * n));
   for (int64_t r = 0; r < rows; ++r) std::copy_n(v.begin() + r * cols + col0, n, out.begin() + r * n);
+  return out;
+}
+
+std::vector<float> slices_major(const std::vector<float>& w, int64_t rows, int64_t cols, int slices) {
+  const int64_t per = cols / slices;
+  std::vector<float> out(w.size());
+  for (int j = 0; j < slices; ++j)
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(w.begin() + r * cols + j * per, per, out.begin() + (j * rows + r) * per);
   return out;
 }
 

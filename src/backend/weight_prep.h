@@ -15,6 +15,9 @@ std::vector<float> to_f32(const TensorView* t);
 void append_rows(std::vector<float>& dst, const TensorView* t, int64_t row0, int64_t n);
 // Columns [col0, col0 + n) of a [rows, cols] weight.
 std::vector<float> slice_cols(const TensorView* t, int64_t col0, int64_t n);
+// A [rows, cols] matrix as `slices` matrices [rows, cols / slices] one after the other (slice j:
+// columns [j * cols / slices, (j + 1) * cols / slices)), for --tp-invariant's sliced GEMMs.
+std::vector<float> slices_major(const std::vector<float>& w, int64_t rows, int64_t cols, int slices);
 // [head_dim / 2] inverse frequencies with the config's rope scaling (default, linear, llama3),
 // rounded to bf16 for bf16 checkpoints as transformers keeps them.
 std::vector<float> rope_inv_freq(const ModelConfig& c);

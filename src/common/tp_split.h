@@ -22,4 +22,24 @@ inline std::pair<int, int> kv_heads_of_rank(int num_kv_heads, int tp, int rank) 
   return {h, h + 1};
 }
 
+// TP-invariant arithmetic (--tp-invariant): the row-parallel GEMMs (attention output, MLP down)
+// are cut into this many slices of their inner dimension at every tp, each slice's product is
+// computed alone and the slices are summed in a fixed pairwise tree, so a rank's share is a whole
+// subtree and the sum cannot depend on how many ranks there are. The largest power of two up to 8
+// that divides the heads, the KV heads and the MLP width; -tp must divide it.
+inline int tp_invariant_slices(int num_heads, int num_kv_heads, int intermediate_size) {
+  int s = 8;
+  while (s > 1 && (num_heads % s || num_kv_heads % s || intermediate_size % s)) s /= 2;
+  return s;
+}
+
+// Sums n values in the pairwise tree of tp_invariant_slices ((v0 + v1) + (v2 + v3)) + ...; n a
+// power of two.
+template <class T>
+inline T tree_sum(T* v, int n) {
+  for (; n > 1; n /= 2)
+    for (int i = 0; i < n / 2; ++i) v[i] = v[2 * i] + v[2 * i + 1];
+  return v[0];
+}
+
 }  // namespace baton

@@ -1,5 +1,6 @@
 #include "backend/cpu/cpu_backend.h"
 
+#include <algorithm>
 #include <atomic>
 #include <barrier>
 #include <cmath>
@@ -143,6 +144,17 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& full, 
   const int64_t kv0 = kv_begin;
   const int64_t i0 = static_cast<int64_t>(tp.rank) * c.intermediate_size;
   std::unique_ptr<CpuBackend> b(new CpuBackend(full, c, options.num_threads, tp));
+  if (options.tp_invariant) {
+    const int s = tp_invariant_slices(full.num_heads, full.num_kv_heads, full.intermediate_size);
+    if (s % n != 0)
+      return make_error("--tp-invariant: -tp ", n, " does not divide this model's ", s,
+                        " slices (the largest power of two up to 8 dividing its heads, KV heads and MLP width)");
+    b->slices_ = s / n;
+  }
+  // Sliced (--tp-invariant): each slice's columns one matrix after the other.
+  auto row_parallel = [&](std::vector<float> m, int64_t cols) {
+    return b->slices_ ? slices_major(m, c.hidden_size, cols, b->slices_) : m;
+  };
 
   b->embed_ = to_f32(t.embed);
   b->final_norm_ = to_f32(t.final_norm);
@@ -162,11 +174,11 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& full, 
       l.q_norm = to_f32(lt.q_norm);
       l.k_norm = to_f32(lt.k_norm);
     }
-    l.wo = slice_cols(lt.wo, q0 * D, c.num_heads * D);
+    l.wo = row_parallel(slice_cols(lt.wo, q0 * D, c.num_heads * D), c.num_heads * D);
     l.mlp_norm = to_f32(lt.mlp_norm);
     append_rows(l.w_gate_up, lt.w_gate, i0, c.intermediate_size);
     append_rows(l.w_gate_up, lt.w_up, i0, c.intermediate_size);
-    l.w_down = slice_cols(lt.w_down, i0, c.intermediate_size);
+    l.w_down = row_parallel(slice_cols(lt.w_down, i0, c.intermediate_size), c.intermediate_size);
     if (lt.k_scale) {
       l.k_scale = to_f32(lt.k_scale)[0];
       l.v_scale = to_f32(lt.v_scale)[0];
@@ -215,6 +227,26 @@ KvMemory CpuBackend::kv_memory(int /*rank*/) {
 
 void CpuBackend::project_add(const float* in, int T, int k, const float* w) {
   const int Hd = config_.hidden_size;
+  if (slices_) {
+    const int kc = k / slices_;
+    const size_t n = static_cast<size_t>(T) * Hd;
+    parts_.resize(slices_ * n);
+    slice_in_.resize(static_cast<size_t>(T) * kc);
+    for (int j = 0; j < slices_; ++j) {
+      for (int t = 0; t < T; ++t)
+        std::copy_n(in + static_cast<size_t>(t) * k + j * kc, kc, slice_in_.begin() + static_cast<size_t>(t) * kc);
+      matmul(pool_, slice_in_.data(), T, kc, w + static_cast<size_t>(j) * Hd * kc, Hd, parts_.data() + j * n, false);
+    }
+    partial_.resize(n);
+    float v[8];
+    for (size_t i = 0; i < n; ++i) {
+      for (int j = 0; j < slices_; ++j) v[j] = parts_[j * n + i];
+      partial_[i] = tree_sum(v, slices_);  // this rank's subtree
+    }
+    if (tp_.size > 1) tp_.comm->tree_sum(tp_.rank, partial_.data(), n);
+    for (size_t i = 0; i < n; ++i) x_[i] += partial_[i];
+    return;
+  }
   if (tp_.size == 1) {
     matmul(pool_, in, T, k, w, Hd, x_.data(), true);
     return;

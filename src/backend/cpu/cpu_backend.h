@@ -44,7 +44,8 @@ class CpuBackend : public Backend {
 
   CpuBackend(const ModelConfig& full, const ModelConfig& local, int num_threads, TpRank tp)
       : full_config_(full), config_(local), tp_(tp), pool_(num_threads) {}
-  // x += in[T, k] * w^T, summed over ranks.
+  // x += in[T, k] * w^T, summed over ranks (--tp-invariant: w is slices_ matrices [H, k / slices_],
+  // their products summed in tp_split.h's tree).
   void project_add(const float* in, int T, int k, const float* w);
   void compute_rope_tables(std::span<const int> positions);
   void write_kv(int layer, const float* qkv, const std::vector<int>& tok_seq, const std::vector<int>& tok_pos,
@@ -68,7 +69,8 @@ class CpuBackend : public Backend {
   std::vector<float> inv_freq_;  // [head_dim / 2]
 
   // Scratch, grown to the largest batch seen; no allocation in a step of a size seen before.
-  std::vector<float> x_, h_, qkv_, attn_, gate_up_, act_, cos_, sin_, last_, partial_;
+  std::vector<float> x_, h_, qkv_, attn_, gate_up_, act_, cos_, sin_, last_, partial_, slice_in_, parts_;
+  int slices_ = 0;  // --tp-invariant: this rank's slices of the O and down GEMMs (0: off)
 };
 
 // Tensor parallelism on the CPU: `options.tp_size` CpuBackend ranks in a TpBackend, each with

@@ -11,6 +11,15 @@
 // add into x and the others' overwrite their x with their partial sum, so one NCCL all-reduce
 // of x (sum) leaves the same x + sum of partials on every rank.
 //
+// --tp-invariant: the attention output and MLP down GEMMs run as S slices of their inner dimension
+// (S from tp_invariant_slices, S / tp per rank), each into its own fp32 buffer; a rank sums its
+// slices in the pairwise tree, the ranks all-gather those sums and every rank adds the tree of
+// them to x. That is the same tree at every tp, so x, and the logits, are bit for bit the same.
+// The column-parallel GEMMs (QKV, gate/up) run per slice too on cuBLAS (the same shapes at every
+// tp, so cuBLAS picks the same kernel); the skinny GEMMs compute each output from its whole row
+// whatever N is, so they need no slicing. Decode attention picks its splits from the model's
+// head count, not the rank's, and decode graphs do not choose between kernels by timing.
+//
 // Steps of at most kGemvMaxRows tokens (small-batch decode) take a shorter path: our skinny GEMMs
 // (gemv.cu) compute the RMSNorm in their prologue and SiLU-and-mul in their epilogue, so a layer
 // is norm+QKV, attention, O, norm+gate/up+SiLU, down; their kernels use programmatic dependent
@@ -187,6 +196,16 @@ class CudaBackend : public Backend {
   // Enqueues the model for `T` staged tokens; logits for `n_rows` rows (rows == null: rows 0..).
   Status enqueue(int T, int n_rows, bool identity_rows, bool decode, int n_splits, int n_tiles);
   Status gemm(const bf16_t* a, const bf16_t* w, float* c, int m, int n, int k, float beta);
+  // C[m, n] (row stride ldc) = beta C + A[m, k] (row stride lda) W[n, k]^T (row stride ldw).
+  Status gemm_ld(const bf16_t* a, int lda, const bf16_t* w, int ldw, float* c, int ldc, int m, int n, int k,
+                 float beta);
+  // --tp-invariant: x += in[T, k_rank] W^T as slices_ sliced GEMMs summed in the tree (w: the
+  // rank's slices one after the other, each [H, k_rank / slices_]).
+  Status row_parallel_sliced(const bf16_t* in, const bf16_t* w, int T, int k_rank, bool skinny);
+  // --tp-invariant: out[T, ldc] (columns col0 + ...) = h W^T for slices_ slices of `n_rank` rows
+  // of w starting at row0, each written at column col0 + its offset.
+  Status column_parallel_sliced(const bf16_t* h, const bf16_t* w, int64_t row0, int n_rank, float* out, int ldc,
+                                int col0, int T, int k);
   // Whether a step of T tokens runs its GEMMs as skinny GEMMs (gemv.cu).
   bool use_skinny(int T) const;
   // The decode graph for `rows` rows: captured, or captured both ways and the faster kept.
@@ -217,6 +236,8 @@ class CudaBackend : public Backend {
   // streaming on wide ones (bench/RESULTS.md).
   bool tune_graphs_ = true;
   bool pdl_ = true;   // programmatic dependent launch in those steps
+  int slices_ = 0;    // --tp-invariant: this rank's GEMM slices (0: off)
+  float *parts_ = nullptr, *gather_ = nullptr;  // [slices_][cap_tokens_ * H]; [tp][cap_tokens_ * H]
 
   bf16_t *embed_ = nullptr, *lm_head_ = nullptr;
   float *final_norm_ = nullptr, *inv_freq_ = nullptr;
@@ -322,6 +343,11 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   // BATON_CUDA_SAMPLE_SPLITS=1: one CTA per greedy row (A/B runs).
   if (const char* p = std::getenv("BATON_CUDA_SAMPLE_SPLITS")) sample_ws_.splits = std::atoi(p);
   if (const char* p = std::getenv("BATON_CUDA_PDL")) pdl_ = std::string(p) != "0";
+  if (options.tp_invariant) {
+    slices_ = tp_invariant_slices(full_.num_heads, full_.num_kv_heads, full_.intermediate_size) / rank_.size;
+    if (slices_ < 1) return make_error("--tp-invariant: -tp ", rank_.size, " does not divide the model's slice count");
+    tune_graphs_ = false;  // the kernels of a step must not depend on timings
+  }
   BATON_CU(cudaSetDevice(rank_.device));
   gemv_init();
   BATON_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -363,12 +389,18 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
       BATON_ASSIGN_OR_RETURN(l.q_norm, upload(to_f32(lt.q_norm)));
       BATON_ASSIGN_OR_RETURN(l.k_norm, upload(to_f32(lt.k_norm)));
     }
-    BATON_ASSIGN_OR_RETURN(l.wo, upload_bf16(slice_cols(lt.wo, q0 * D, int64_t(c.num_heads) * D)));
+    // Sliced (--tp-invariant): each slice's columns one matrix after the other.
+    auto row_parallel = [&](std::vector<float> m, int64_t cols) {
+      return slices_ ? slices_major(m, c.hidden_size, cols, slices_) : m;
+    };
+    BATON_ASSIGN_OR_RETURN(
+        l.wo, upload_bf16(row_parallel(slice_cols(lt.wo, q0 * D, int64_t(c.num_heads) * D), int64_t(c.num_heads) * D)));
     w.clear();
     append_rows(w, lt.w_gate, i0, c.intermediate_size);
     append_rows(w, lt.w_up, i0, c.intermediate_size);
     BATON_ASSIGN_OR_RETURN(l.w_gate_up, upload_bf16(w));
-    BATON_ASSIGN_OR_RETURN(l.w_down, upload_bf16(slice_cols(lt.w_down, i0, c.intermediate_size)));
+    BATON_ASSIGN_OR_RETURN(
+        l.w_down, upload_bf16(row_parallel(slice_cols(lt.w_down, i0, c.intermediate_size), c.intermediate_size)));
     if (lt.k_scale) {
       l.k_scale = to_f32(lt.k_scale)[0];
       l.v_scale = to_f32(lt.v_scale)[0];
@@ -401,6 +433,12 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   BATON_CU(cudaMemsetAsync(attn_arrivals_, 0, sizeof(int) * attn_ws_rows_,
                            stream_));  // waited for below
   BATON_CU(cudaMallocHost(&host_sampled_, sizeof(int32_t) * cap_rows_));
+  if (slices_) {
+    BATON_ASSIGN_OR_RETURN(parts_, alloc<float>(size_t(slices_) * cap_tokens_ * H));
+    if (rank_.size > 1) {
+      BATON_ASSIGN_OR_RETURN(gather_, alloc<float>(size_t(rank_.size) * cap_tokens_ * H));
+    }
+  }
 
   // The KV pool: what the memory budget leaves, or the size asked for.
   KvCacheSpec& kv = kv_spec_;
@@ -465,6 +503,49 @@ Status CudaBackend::gemm(const bf16_t* a, const bf16_t* w, float* c, int m, int 
   return {};
 }
 
+Status CudaBackend::gemm_ld(const bf16_t* a, int lda, const bf16_t* w, int ldw, float* c, int ldc, int m, int n,
+                            int k, float beta) {
+  const float alpha = 1.f;
+  BATON_CUBLAS(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, ldw, a, CUDA_R_16BF,
+                            lda, &beta, c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return {};
+}
+
+Status CudaBackend::row_parallel_sliced(const bf16_t* in, const bf16_t* w, int T, int k_rank, bool skinny) {
+  const int H = cfg_.hidden_size, kc = k_rank / slices_;
+  const size_t part = size_t(cap_tokens_) * H, n = size_t(T) * H;
+  for (int j = 0; j < slices_; ++j) {
+    const bf16_t* wj = w + size_t(j) * H * kc;
+    float* out = parts_ + j * part;
+    if (skinny) {
+      gemv({GemvKind::kAccumulate, wj, T, H, kc, in + j * kc, nullptr, nullptr, nullptr, 0.f, out, 0.f, nullptr, k_rank},
+           stream_);
+    } else {
+      BATON_RETURN_IF_ERROR(gemm_ld(in + j * kc, k_rank, wj, kc, out, H, T, H, kc, 0.f));
+    }
+  }
+  if (rank_.size == 1) {
+    tree_sum(parts_, slices_, part, x_, n, true, stream_);
+    return {};
+  }
+#ifdef BATON_HAS_NCCL
+  tree_sum(parts_, slices_, part, parts_, n, false, stream_);  // this rank's subtree, in place
+  BATON_NCCL(ncclAllGather(parts_, gather_, n, ncclFloat, static_cast<ncclComm_t>(rank_.nccl), stream_));
+  tree_sum(gather_, rank_.size, n, x_, n, true, stream_);
+  return {};
+#else
+  return make_error("tensor parallelism on CUDA needs NCCL (not found at build time)");
+#endif
+}
+
+Status CudaBackend::column_parallel_sliced(const bf16_t* h, const bf16_t* w, int64_t row0, int n_rank, float* out,
+                                           int ldc, int col0, int T, int k) {
+  const int nc = n_rank / slices_;
+  for (int j = 0; j < slices_; ++j)
+    BATON_RETURN_IF_ERROR(gemm_ld(h, k, w + (row0 + int64_t(j) * nc) * k, k, out + col0 + j * nc, ldc, T, nc, k, 0.f));
+  return {};
+}
+
 Status CudaBackend::all_reduce(float* x, size_t n) {
   if (rank_.size == 1) return {};
 #ifdef BATON_HAS_NCCL
@@ -477,7 +558,8 @@ Status CudaBackend::all_reduce(float* x, size_t n) {
 }
 
 int CudaBackend::splits_for(int T, int max_keys) const {
-  const int rows = T * cfg_.num_heads;
+  // --tp-invariant: from the model's heads, so that every tp splits a head's keys alike.
+  const int rows = T * (slices_ ? full_.num_heads : cfg_.num_heads);
   int s = std::clamp((4 * num_sms_ + rows - 1) / rows, 1, 32);
   if (max_keys > 0) s = std::min(s, std::max(1, (max_keys + 31) / 32));
   while (s > 1 && size_t(rows) * s > attn_ws_rows_) --s;
@@ -499,7 +581,7 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   // their weight loads before the wait. Beside cuBLAS at batch 64 it measured slower.
   set_pdl(pdl_ && skinny);
   auto accumulate = [this](const bf16_t* in, const bf16_t* wt, int m, int n, int k, float beta) {
-    return GemvArgs{GemvKind::kAccumulate, wt, m, n, k, in, nullptr, nullptr, nullptr, 0.f, x_, beta, nullptr};
+    return GemvArgs{GemvKind::kAccumulate, wt, m, n, k, in, nullptr, nullptr, nullptr, 0.f, x_, beta, nullptr, 0};
   };
   embed(dev<int32_t>(L.tokens), embed_, x_, T, H, stream_);
   mark("embed");
@@ -508,13 +590,20 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
     std::byte* layer_kv = static_cast<std::byte*>(kv_base_) + li * kv_layer_bytes_;
     if (skinny) {
       gemv({GemvKind::kNormStore, w.w_qkv, T, qkv_n, H, nullptr, x_, nullptr, w.attn_norm, c.rms_norm_eps, qkv_, 0.f,
-            nullptr},
+            nullptr, 0},
            stream_);
       mark("gemv norm+qkv");
     } else {
       rmsnorm(x_, nullptr, w.attn_norm, h_, T, H, c.rms_norm_eps, stream_);
       mark("rmsnorm");
-      BATON_RETURN_IF_ERROR(gemm(h_, w.w_qkv, qkv_, T, qkv_n, H, 0.f));
+      if (slices_) {  // q, k and v rows per slice
+        BATON_RETURN_IF_ERROR(column_parallel_sliced(h_, w.w_qkv, 0, c.q_dim(), qkv_, qkv_n, 0, T, H));
+        BATON_RETURN_IF_ERROR(column_parallel_sliced(h_, w.w_qkv, c.q_dim(), c.kv_dim(), qkv_, qkv_n, c.q_dim(), T, H));
+        BATON_RETURN_IF_ERROR(column_parallel_sliced(h_, w.w_qkv, c.q_dim() + c.kv_dim(), c.kv_dim(), qkv_, qkv_n,
+                                                     c.q_dim() + c.kv_dim(), T, H));
+      } else {
+        BATON_RETURN_IF_ERROR(gemm(h_, w.w_qkv, qkv_, T, qkv_n, H, 0.f));
+      }
       mark("gemm qkv");
     }
     const bool fp8 = kv_spec_.dtype == KvDtype::kFP8;
@@ -562,40 +651,58 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
     else
       attention_prefill(a, dev<int2>(L.tiles), n_tiles, stream_);
     mark("attention");
-    if (skinny) {
+    if (slices_) {
+      BATON_RETURN_IF_ERROR(row_parallel_sliced(attn_, w.wo, T, c.q_dim(), skinny));
+      mark("sliced o + sum");
+    } else if (skinny) {
       gemv(accumulate(attn_, w.wo, T, H, c.q_dim(), own), stream_);
       mark("gemv o");
     } else {
       BATON_RETURN_IF_ERROR(gemm(attn_, w.wo, x_, T, H, c.q_dim(), own));
       mark("gemm o");
     }
-    BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
-    mark("all-reduce");
+    if (!slices_) {
+      BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
+      mark("all-reduce");
+    }
     if (skinny) {
       gemv({GemvKind::kNormSiluMul, w.w_gate_up, T, I, H, nullptr, x_, nullptr, w.mlp_norm, c.rms_norm_eps, nullptr,
-            0.f, act_},
+            0.f, act_, 0},
            stream_);
       mark("gemv norm+gate/up+silu");
-      gemv(accumulate(act_, w.w_down, T, H, I, own), stream_);
-      mark("gemv down");
     } else {
       rmsnorm(x_, nullptr, w.mlp_norm, h_, T, H, c.rms_norm_eps, stream_);
       mark("rmsnorm");
-      BATON_RETURN_IF_ERROR(gemm(h_, w.w_gate_up, gate_up_, T, 2 * I, H, 0.f));
+      if (slices_) {  // gate rows and up rows per slice
+        BATON_RETURN_IF_ERROR(column_parallel_sliced(h_, w.w_gate_up, 0, I, gate_up_, 2 * I, 0, T, H));
+        BATON_RETURN_IF_ERROR(column_parallel_sliced(h_, w.w_gate_up, I, I, gate_up_, 2 * I, I, T, H));
+      } else {
+        BATON_RETURN_IF_ERROR(gemm(h_, w.w_gate_up, gate_up_, T, 2 * I, H, 0.f));
+      }
       mark("gemm gate/up");
       silu_mul(gate_up_, act_, T, I, stream_);
       mark("silu*mul");
-      BATON_RETURN_IF_ERROR(gemm(act_, w.w_down, x_, T, H, I, own));
-      mark("gemm down");
     }
-    BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
-    mark("all-reduce");
+    if (slices_) {
+      BATON_RETURN_IF_ERROR(row_parallel_sliced(act_, w.w_down, T, I, skinny));
+      mark("sliced down + sum");
+    } else {
+      if (skinny) {
+        gemv(accumulate(act_, w.w_down, T, H, I, own), stream_);
+        mark("gemv down");
+      } else {
+        BATON_RETURN_IF_ERROR(gemm(act_, w.w_down, x_, T, H, I, own));
+        mark("gemm down");
+      }
+      BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
+      mark("all-reduce");
+    }
   }
   if (rank_.rank != 0 || n_rows == 0) return {};
   const int32_t* rows = identity_rows ? nullptr : dev<int32_t>(L.logit_rows);
   if (gemv_ && n_rows <= gemv_rows_ && gemv_supported(n_rows, H)) {
     gemv({GemvKind::kNormStore, lm_head_, n_rows, c.vocab_size, H, nullptr, x_, rows, final_norm_, c.rms_norm_eps,
-          logits_, 0.f, nullptr},
+          logits_, 0.f, nullptr, 0},
          stream_);
     mark("gemv norm+lm head");
     return {};
@@ -668,8 +775,9 @@ Status CudaBackend::run(const Batch& batch, Output out) {
 
 bool CudaBackend::use_skinny(int T) const {
   const ModelConfig& c = cfg_;
-  return gemv_ && T <= gemv_rows_ && gemv_supported(T, c.hidden_size) && gemv_supported(T, c.intermediate_size) &&
-         gemv_supported(T, c.q_dim());
+  const int slices = std::max(slices_, 1);  // the O and down GEMMs' K per call
+  return gemv_ && T <= gemv_rows_ && gemv_supported(T, c.hidden_size) &&
+         gemv_supported(T, c.intermediate_size / slices) && gemv_supported(T, c.q_dim() / slices);
 }
 
 Result<cudaGraphExec_t> CudaBackend::capture(int rows) {
@@ -835,6 +943,12 @@ Result<std::unique_ptr<Backend>> create_backend_from(const ModelConfig& config, 
   if (config.num_heads % n != 0 || config.intermediate_size % n != 0 || !tp_splits_kv_heads(config.num_kv_heads, n))
     return make_error("-tp ", n, " does not divide the model's ", config.num_heads, " heads, ", config.num_kv_heads,
                       " KV heads and intermediate size ", config.intermediate_size, " evenly");
+  if (options.tp_invariant) {
+    const int s = tp_invariant_slices(config.num_heads, config.num_kv_heads, config.intermediate_size);
+    if (s % n != 0)
+      return make_error("--tp-invariant: -tp ", n, " does not divide this model's ", s,
+                        " slices (the largest power of two up to 8 dividing its heads, KV heads and MLP width)");
+  }
   if (n == 1) {
     BATON_ASSIGN_OR_RETURN(auto b, CudaBackend::create(config, tensors, options, Rank{0, 1, first, nullptr}));
     return std::unique_ptr<Backend>(std::move(b));
@@ -843,6 +957,10 @@ Result<std::unique_ptr<Backend>> create_backend_from(const ModelConfig& config, 
   std::vector<ncclComm_t> comms(n);
   std::vector<int> devs(n);
   for (int r = 0; r < n; ++r) devs[r] = first + r;
+  // NCCL connects peers lazily, at a collective's first use, by default; a first use inside a
+  // decode graph's capture fails (peer access cannot be enabled while a stream captures). Connect
+  // everything at init instead, unless the user chose otherwise.
+  setenv("NCCL_RUNTIME_CONNECT", "0", 0);
   BATON_NCCL(ncclCommInitAll(comms.data(), n, devs.data()));
   std::vector<std::unique_ptr<Backend>> ranks;
   // Block ids index every rank's pool, so all ranks get rank 0's number of blocks: rank 0 sizes

@@ -103,10 +103,11 @@ __device__ __forceinline__ void stage_inputs(const GemvArgs& a, __nv_bfloat16* d
       }
     }
   } else {
-    const int chunks = a.K >> 3;
+    const int chunks = a.K >> 3, in_chunks = (a.in_stride ? a.in_stride : a.K) >> 3;
     const uint4* in = reinterpret_cast<const uint4*>(a.in);
     for (int i = threadIdx.x; i < M * chunks; i += blockDim.x)
-      *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(i / chunks) * stride + 8 * (i % chunks)) = in[i];
+      *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(i / chunks) * stride + 8 * (i % chunks)) =
+          in[static_cast<int64_t>(i / chunks) * in_chunks + i % chunks];
   }
   for (int i = threadIdx.x; i < (rows - M) * (a.K >> 3); i += blockDim.x)
     *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(M + i / (a.K >> 3)) * stride + 8 * (i % (a.K >> 3))) =

@@ -1,5 +1,7 @@
 // Element-wise and per-row kernels: embedding, RMSNorm, QKV post-processing (bias, QK-norm,
 // RoPE, KV cache write), SiLU-and-mul.
+#include <algorithm>
+
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
 
@@ -106,9 +108,30 @@ __global__ void silu_mul_kernel(const float* gu, __nv_bfloat16* act, int I) {
   }
 }
 
+__global__ void tree_sum_kernel(const float* parts, int n, size_t stride, float* out, size_t count, bool add) {
+  pdl_trigger();
+  pdl_wait();
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += size_t(gridDim.x) * blockDim.x) {
+    float v[8];
+#pragma unroll
+    for (int p = 0; p < 8; ++p) v[p] = p < n ? parts[p * stride + i] : 0.f;
+    for (int m = n; m > 1; m /= 2)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (j < m / 2) v[j] = v[2 * j] + v[2 * j + 1];
+    out[i] = add ? out[i] + v[0] : v[0];
+  }
+}
+
 thread_local bool t_pdl = false;
 
 }  // namespace
+
+void tree_sum(const float* parts, int n, size_t stride, float* out, size_t count, bool add, cudaStream_t s) {
+  if (count == 0) return;
+  const int grid = int(std::min<size_t>((count + 255) / 256, 8192));
+  launch(tree_sum_kernel, grid, 256, 0, s, parts, n, stride, out, count, add);
+}
 
 bool pdl_enabled() {
   return t_pdl;

@@ -103,6 +103,7 @@ struct GemvArgs {
   float* out;  // [M, N] fp32
   float beta;
   bf16_t* act;  // kNormSiluMul: [M, N] bf16
+  int in_stride;  // kAccumulate: elements between rows of `in` (0: K)
 };
 // Whether gemv() takes M rows of K inputs (K a multiple of 8, of 32 above kGemvDotRows rows; the
 // rows fit in shared memory).
@@ -114,6 +115,10 @@ void gemv_init();
 // Whether our kernels launched from this thread use programmatic dependent launch (common.cuh);
 // off until set.
 void set_pdl(bool on);
+
+// out[i] = (add ? out[i] : 0) + the pairwise tree sum ((p0 + p1) + (p2 + p3)) + ... of
+// parts[p * stride + i], p < n (n a power of two <= 8): --tp-invariant's sum of GEMM slices.
+void tree_sum(const float* parts, int n, size_t stride, float* out, size_t count, bool add, cudaStream_t s);
 
 // act[t, i] = silu(gu[t, i]) * gu[t, I + i], as bf16.
 void silu_mul(const float* gate_up, bf16_t* act, int T, int I, cudaStream_t s);
