@@ -152,7 +152,7 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& full, 
     b->slices_ = s / n;
   }
   // Sliced (--tp-invariant): each slice's columns one matrix after the other.
-  auto row_parallel = [&](std::vector<float> m, int64_t cols) {
+  auto sliced = [&](std::vector<float> m, int64_t cols) {
     return b->slices_ ? slices_major(m, c.hidden_size, cols, b->slices_) : m;
   };
 
@@ -174,11 +174,11 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& full, 
       l.q_norm = to_f32(lt.q_norm);
       l.k_norm = to_f32(lt.k_norm);
     }
-    l.wo = row_parallel(slice_cols(lt.wo, q0 * D, c.num_heads * D), c.num_heads * D);
+    l.wo = sliced(slice_cols(lt.wo, q0 * D, c.num_heads * D), c.num_heads * D);
     l.mlp_norm = to_f32(lt.mlp_norm);
     append_rows(l.w_gate_up, lt.w_gate, i0, c.intermediate_size);
     append_rows(l.w_gate_up, lt.w_up, i0, c.intermediate_size);
-    l.w_down = row_parallel(slice_cols(lt.w_down, i0, c.intermediate_size), c.intermediate_size);
+    l.w_down = sliced(slice_cols(lt.w_down, i0, c.intermediate_size), c.intermediate_size);
     if (lt.k_scale) {
       l.k_scale = to_f32(lt.k_scale)[0];
       l.v_scale = to_f32(lt.v_scale)[0];

@@ -199,9 +199,10 @@ class CudaBackend : public Backend {
   // C[m, n] (row stride ldc) = beta C + A[m, k] (row stride lda) W[n, k]^T (row stride ldw).
   Status gemm_ld(const bf16_t* a, int lda, const bf16_t* w, int ldw, float* c, int ldc, int m, int n, int k,
                  float beta);
-  // --tp-invariant: x += in[T, k_rank] W^T as slices_ sliced GEMMs summed in the tree (w: the
-  // rank's slices one after the other, each [H, k_rank / slices_]).
-  Status row_parallel_sliced(const bf16_t* in, const bf16_t* w, int T, int k_rank, bool skinny);
+  // x += in[T, k_rank] W^T summed over the ranks (the O and down projections): one GEMM adding
+  // into x (rank 0; the others write their partial) and an all-reduce, or with --tp-invariant
+  // slices_ GEMMs summed in the tree (w: the rank's slices one after the other, [H, k_rank / slices_]).
+  Status row_parallel(const bf16_t* in, const bf16_t* w, int T, int k_rank, bool skinny, const char* what);
   // --tp-invariant: out[T, ldc] (columns col0 + ...) = h W^T for slices_ slices of `n_rank` rows
   // of w starting at row0, each written at column col0 + its offset.
   Status column_parallel_sliced(const bf16_t* h, const bf16_t* w, int64_t row0, int n_rank, float* out, int ldc,
@@ -390,17 +391,17 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
       BATON_ASSIGN_OR_RETURN(l.k_norm, upload(to_f32(lt.k_norm)));
     }
     // Sliced (--tp-invariant): each slice's columns one matrix after the other.
-    auto row_parallel = [&](std::vector<float> m, int64_t cols) {
+    auto sliced = [&](std::vector<float> m, int64_t cols) {
       return slices_ ? slices_major(m, c.hidden_size, cols, slices_) : m;
     };
     BATON_ASSIGN_OR_RETURN(
-        l.wo, upload_bf16(row_parallel(slice_cols(lt.wo, q0 * D, int64_t(c.num_heads) * D), int64_t(c.num_heads) * D)));
+        l.wo, upload_bf16(sliced(slice_cols(lt.wo, q0 * D, int64_t(c.num_heads) * D), int64_t(c.num_heads) * D)));
     w.clear();
     append_rows(w, lt.w_gate, i0, c.intermediate_size);
     append_rows(w, lt.w_up, i0, c.intermediate_size);
     BATON_ASSIGN_OR_RETURN(l.w_gate_up, upload_bf16(w));
     BATON_ASSIGN_OR_RETURN(
-        l.w_down, upload_bf16(row_parallel(slice_cols(lt.w_down, i0, c.intermediate_size), c.intermediate_size)));
+        l.w_down, upload_bf16(sliced(slice_cols(lt.w_down, i0, c.intermediate_size), c.intermediate_size)));
     if (lt.k_scale) {
       l.k_scale = to_f32(lt.k_scale)[0];
       l.v_scale = to_f32(lt.v_scale)[0];
@@ -511,8 +512,22 @@ Status CudaBackend::gemm_ld(const bf16_t* a, int lda, const bf16_t* w, int ldw, 
   return {};
 }
 
-Status CudaBackend::row_parallel_sliced(const bf16_t* in, const bf16_t* w, int T, int k_rank, bool skinny) {
-  const int H = cfg_.hidden_size, kc = k_rank / slices_;
+Status CudaBackend::row_parallel(const bf16_t* in, const bf16_t* w, int T, int k_rank, bool skinny,
+                                 const char* what) {
+  const int H = cfg_.hidden_size;
+  if (!slices_) {
+    const float own = rank_.rank == 0 ? 1.f : 0.f;  // rank 0 adds into x; the others write partials
+    if (skinny) {
+      gemv({GemvKind::kAccumulate, w, T, H, k_rank, in, nullptr, nullptr, nullptr, 0.f, x_, own, nullptr, 0}, stream_);
+    } else {
+      BATON_RETURN_IF_ERROR(gemm(in, w, x_, T, H, k_rank, own));
+    }
+    if (prof_) prof_->mark(what);
+    BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
+    if (prof_) prof_->mark("all-reduce");
+    return {};
+  }
+  const int kc = k_rank / slices_;
   const size_t part = size_t(cap_tokens_) * H, n = size_t(T) * H;
   for (int j = 0; j < slices_; ++j) {
     const bf16_t* wj = w + size_t(j) * H * kc;
@@ -524,14 +539,17 @@ Status CudaBackend::row_parallel_sliced(const bf16_t* in, const bf16_t* w, int T
       BATON_RETURN_IF_ERROR(gemm_ld(in + j * kc, k_rank, wj, kc, out, H, T, H, kc, 0.f));
     }
   }
+  if (prof_) prof_->mark(what);
   if (rank_.size == 1) {
     tree_sum(parts_, slices_, part, x_, n, true, stream_);
+    if (prof_) prof_->mark("slice sums");
     return {};
   }
 #ifdef BATON_HAS_NCCL
   tree_sum(parts_, slices_, part, parts_, n, false, stream_);  // this rank's subtree, in place
   BATON_NCCL(ncclAllGather(parts_, gather_, n, ncclFloat, static_cast<ncclComm_t>(rank_.nccl), stream_));
   tree_sum(gather_, rank_.size, n, x_, n, true, stream_);
+  if (prof_) prof_->mark("slice sums + all-gather");
   return {};
 #else
   return make_error("tensor parallelism on CUDA needs NCCL (not found at build time)");
@@ -570,7 +588,6 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   const ModelConfig& c = cfg_;
   const StagingLayout& L = *layout_;
   const int H = c.hidden_size, D = c.head_dim, I = c.intermediate_size, qkv_n = c.q_dim() + 2 * c.kv_dim();
-  const float own = rank_.rank == 0 ? 1.f : 0.f;  // rank 0 adds into x; the others write partials
   auto mark = [this](const char* what) {
     if (prof_) prof_->mark(what);
   };
@@ -580,9 +597,6 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   // Only there does it pay: its kernels are a few microseconds each and the skinny GEMMs start
   // their weight loads before the wait. Beside cuBLAS at batch 64 it measured slower.
   set_pdl(pdl_ && skinny);
-  auto accumulate = [this](const bf16_t* in, const bf16_t* wt, int m, int n, int k, float beta) {
-    return GemvArgs{GemvKind::kAccumulate, wt, m, n, k, in, nullptr, nullptr, nullptr, 0.f, x_, beta, nullptr, 0};
-  };
   embed(dev<int32_t>(L.tokens), embed_, x_, T, H, stream_);
   mark("embed");
   for (size_t li = 0; li < layers_.size(); ++li) {
@@ -651,20 +665,7 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
     else
       attention_prefill(a, dev<int2>(L.tiles), n_tiles, stream_);
     mark("attention");
-    if (slices_) {
-      BATON_RETURN_IF_ERROR(row_parallel_sliced(attn_, w.wo, T, c.q_dim(), skinny));
-      mark("sliced o + sum");
-    } else if (skinny) {
-      gemv(accumulate(attn_, w.wo, T, H, c.q_dim(), own), stream_);
-      mark("gemv o");
-    } else {
-      BATON_RETURN_IF_ERROR(gemm(attn_, w.wo, x_, T, H, c.q_dim(), own));
-      mark("gemm o");
-    }
-    if (!slices_) {
-      BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
-      mark("all-reduce");
-    }
+    BATON_RETURN_IF_ERROR(row_parallel(attn_, w.wo, T, c.q_dim(), skinny, skinny ? "gemv o" : "gemm o"));
     if (skinny) {
       gemv({GemvKind::kNormSiluMul, w.w_gate_up, T, I, H, nullptr, x_, nullptr, w.mlp_norm, c.rms_norm_eps, nullptr,
             0.f, act_, 0},
@@ -683,20 +684,7 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
       silu_mul(gate_up_, act_, T, I, stream_);
       mark("silu*mul");
     }
-    if (slices_) {
-      BATON_RETURN_IF_ERROR(row_parallel_sliced(act_, w.w_down, T, I, skinny));
-      mark("sliced down + sum");
-    } else {
-      if (skinny) {
-        gemv(accumulate(act_, w.w_down, T, H, I, own), stream_);
-        mark("gemv down");
-      } else {
-        BATON_RETURN_IF_ERROR(gemm(act_, w.w_down, x_, T, H, I, own));
-        mark("gemm down");
-      }
-      BATON_RETURN_IF_ERROR(all_reduce(x_, size_t(T) * H));
-      mark("all-reduce");
-    }
+    BATON_RETURN_IF_ERROR(row_parallel(act_, w.w_down, T, I, skinny, skinny ? "gemv down" : "gemm down"));
   }
   if (rank_.rank != 0 || n_rows == 0) return {};
   const int32_t* rows = identity_rows ? nullptr : dev<int32_t>(L.logit_rows);
