@@ -1,14 +1,15 @@
 // Paged attention over the KV cache layout [blocks][2 (K, V)][kv_heads][block_size][head_dim].
 //
-// Decode: one CTA per (query head, token, split) with 16 groups of 8 lanes; each group walks
-// its own keys (one key per group at a time, 8 lanes share its head_dim elements) keeping an
-// online softmax; the groups merge in shared memory and the splits through a workspace, merged
+// Decode: one CTA per (query head, token, split) with 32 groups of 8 lanes; each group walks
+// its own keys (one key per group at a time, 8 lanes share its head_dim elements, the group's next
+// key already loading) keeping an online softmax; the groups merge in shared memory and the splits through a workspace, merged
 // by whichever split of a (token, head) finishes last.
 // Prefill: one CTA per (tile of up to 64 query rows, query head); K and V of a chunk of keys at a
 // time go through shared memory and every row of the tile uses them. For head sizes 64 and 128 it
 // is a flash-attention kernel on tensor cores (mma.sync, bf16 in, fp32 accumulate; see
 // prefill_fa_kernel); other sizes take a CUDA-core kernel.
 #include <climits>
+#include <type_traits>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
@@ -50,6 +51,29 @@ __device__ __forceinline__ void load_kv8(const AttnArgs& a, const int32_t* table
     for (int x = 0; x < 8; ++x) kf[x] = vf[x] = 0.f;
   }
 }
+
+// N elements of a K or V row as loaded, not yet converted: where a load in flight lands, so that
+// the loads of a group's next key can go out before the math on its current one.
+template <class Kv, int N>
+struct RawRow {
+  using T = typename Kv::T;
+  static constexpr int kBytes = N * static_cast<int>(sizeof(T));
+  static constexpr int kVecBytes = kBytes >= 16 ? 16 : kBytes;
+  using Vec = std::conditional_t<
+      kVecBytes == 16, uint4,
+      std::conditional_t<kVecBytes == 8, uint2,
+                         std::conditional_t<kVecBytes == 4, uint32_t, std::conditional_t<kVecBytes == 2, uint16_t, uint8_t>>>>;
+  Vec v[kBytes / kVecBytes];
+  __device__ __forceinline__ void load(const T* p) {
+#pragma unroll
+    for (int c = 0; c < kBytes / kVecBytes; ++c) v[c] = reinterpret_cast<const Vec*>(p)[c];
+  }
+  __device__ __forceinline__ void to_f32(float* out) const {
+    const T* e = reinterpret_cast<const T*>(v);
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = Kv::to_f32(e[i]);
+  }
+};
 
 constexpr int kDecodeThreads = 256;
 constexpr int kMaxSplits = 32;  // the backend's splits_for never asks for more
@@ -163,28 +187,29 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const bool has_new =
       kFused && r.last >= 0 && begin <= r.last && r.last < end;  // this CTA's keys end at the new token
 
-  // Key j's K and V: from the cache, or the new token's from shared memory (after prepare_qkv).
-  float k[kE], v[kE];
-  auto load_key = [&](int j) {
-    if (kFused && has_new && j == r.last) {
+  float k[kE], v[kE];  // the key being scored
+  // The next key of this group, in flight while the current one is scored (one round trip per key
+  // otherwise: a long range was a chain of them). A key past the range re-reads the last one (its
+  // score is not used); the new token's key comes from shared memory (after prepare_qkv).
+  RawRow<Kv, kE> next_k, next_v;
+  auto fetch = [&](int j) {
+    const int jj = min(j, end - 1);
+    next_k.load(kv_row<Kv>(a, table, jj, 0, g) + sub * kE);
+    next_v.load(kv_row<Kv>(a, table, jj, 1, g) + sub * kE);
+  };
+  auto take = [&](int j) {
+    next_k.to_f32(k);
+    next_v.to_f32(v);
+    if (kFused && has_new && j == r.last)
 #pragma unroll
       for (int i = 0; i < kE; ++i) k[i] = kn[sub * kE + i], v[i] = vn[sub * kE + i];
-    } else if (j < end) {
-      load_f32<Kv, kE>(kv_row<Kv>(a, table, j, 0, g) + sub * kE, k);
-      load_f32<Kv, kE>(kv_row<Kv>(a, table, j, 1, g) + sub * kE, v);
-    } else {
-#pragma unroll
-      for (int i = 0; i < kE; ++i) k[i] = v[i] = 0.f;
-    }
   };
   // The first keys' loads go out before the query is prepared: independent round trips.
-  const bool first_is_new = kFused && has_new && begin + gid == r.last;
-  if (!first_is_new) load_key(begin + gid);
+  if (begin < end) fetch(begin + gid);
   if constexpr (kFused) {
     if (r.last >= 0)
       prepare_qkv<D, Kv>(p, t, h, g, has_new, has_new && h % (a.H / a.KVH) == 0 && p.slots[t] >= 0, qv, kn, vn);
   }
-  if (first_is_new) load_key(begin + gid);
   const float* qrow = kFused ? qv + sub * kE : a.q + static_cast<int64_t>(t) * a.q_row_stride + h * D + sub * kE;
 #pragma unroll
   for (int i = 0; i < kE; ++i) q[i] = qrow[i] * qs, acc[i] = 0.f;
@@ -193,7 +218,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
   for (int j0 = begin; j0 < end; j0 += kGroups) {
     const int j = j0 + gid;
     const bool ok = j < end;
-    if (j0 != begin) load_key(j);
+    take(j);
+    if (j0 + kGroups < end) fetch(j + kGroups);  // the same for every group: the loop bound's test
     float s = 0.f;
 #pragma unroll
     for (int i = 0; i < kE; ++i) s += q[i] * k[i];
@@ -569,6 +595,7 @@ void launch_decode(const AttnArgs& a, const QkvArgs& p, int n_splits, float* ws,
       break;  // the backend refuses other head sizes at load
   }
 }
+
 
 template <class Kv>
 void launch_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s) {
