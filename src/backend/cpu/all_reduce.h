@@ -33,16 +33,16 @@ class AllReduce {
   }
 
   // The same, summing each element over the ranks in tp_split.h's pairwise tree
-  // ((r0 + r1) + (r2 + r3)) + ... (ranks a power of two): --tp-invariant's order.
+  // ((r0 + r1) + (r2 + r3)) + ...: --tp-invariant's order (its ranks: a power of two, at most 8).
   void tree_sum(int rank, float* buf, size_t n) {
     bufs_[rank] = buf;
     barrier_.arrive_and_wait();
     const size_t per = (n + ranks_ - 1) / ranks_;
     const size_t begin = std::min(n, rank * per), end = std::min(n, begin + per);
-    std::vector<float> v(ranks_);
+    float v[8];
     for (size_t i = begin; i < end; ++i) {
       for (int r = 0; r < ranks_; ++r) v[r] = bufs_[r][i];
-      const float s = baton::tree_sum(v.data(), ranks_);
+      const float s = baton::tree_sum(v, ranks_);
       for (int r = 0; r < ranks_; ++r) bufs_[r][i] = s;
     }
     barrier_.arrive_and_wait();
