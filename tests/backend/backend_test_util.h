@@ -21,4 +21,17 @@ inline std::vector<float> prompt_logits(Backend& b, const std::vector<int>& prom
   return logits;
 }
 
+// Logits of one more token, `next`, after a prompt that prompt_logits left in blocks 0..: a decode
+// step over the prompt's cached keys.
+inline std::vector<float> next_token_logits(Backend& b, int prompt_len, int32_t next) {
+  std::vector<int32_t> table;
+  for (int i = 0; i * b.kv_spec().block_size < prompt_len + 1; ++i) table.push_back(i);
+  std::vector<int32_t> toks{next};
+  SeqBatch s{1, prompt_len, table, true};
+  std::vector<float> logits(b.config().vocab_size);
+  Status st = b.forward({toks, std::span<const SeqBatch>(&s, 1)}, logits);
+  EXPECT_TRUE(st.ok()) << st.message();
+  return logits;
+}
+
 }  // namespace baton::testing

@@ -17,6 +17,7 @@
 namespace baton {
 namespace {
 
+using testing::next_token_logits;
 using testing::prompt_logits;
 
 #define BATON_REQUIRE_GPU()                                                 \
@@ -218,20 +219,25 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaGoldensTest,
                            return n;
                          });
 
+// A random Qwen2 model of hidden size 512, MLP width 1024 and two layers, with these heads.
+Status write_qwen2_model(const std::string& dir, int num_heads, int num_kv_heads) {
+  RandomModelOptions m;
+  m.architecture = "Qwen2ForCausalLM";
+  m.hidden_size = 512;
+  m.num_heads = num_heads;
+  m.num_kv_heads = num_kv_heads;
+  m.intermediate_size = 1024;
+  m.num_layers = 2;
+  return write_random_model(dir, m);
+}
+
 // A bigger random model (head_dim 64 and 128, GQA) so that prompts span many blocks, prefill
 // tiles and split-K decode ranges.
 class CudaVsCpuTest : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
-    RandomModelOptions m;
-    m.architecture = "Qwen2ForCausalLM";
-    m.hidden_size = 512;
-    m.num_heads = 512 / GetParam();
-    m.num_kv_heads = 2;
-    m.intermediate_size = 1024;
-    m.num_layers = 2;
-    ASSERT_TRUE(write_random_model(dir_.path(), m).ok());
+    ASSERT_TRUE(write_qwen2_model(dir_.path(), 512 / GetParam(), 2).ok());
   }
   testing::TempDir dir_;
 };
@@ -265,13 +271,7 @@ TEST_P(CudaVsCpuTest, PrefillAndDecodeLogitsMatchCpu) {
         const double tol = 2e-2 + (kv == "fp8" ? max_rel_diff(want, prompt_logits(*cpu, prompt)) : 0.0);
         EXPECT_LT(max_rel_diff(got, want), tol);
         // One more token through the decode kernel (split-K over the 300+ cached keys).
-        std::vector<int32_t> table;
-        for (int i = 0; i * 16 < len + 1; ++i) table.push_back(i);
-        std::vector<int32_t> next{prompt[0]};
-        SeqBatch s{1, len, table, true};
-        std::vector<float> want2(want.size()), got2(want.size());
-        ASSERT_TRUE(cpu_kv->forward({next, std::span<const SeqBatch>(&s, 1)}, want2).ok());
-        ASSERT_TRUE(gpu->forward({next, std::span<const SeqBatch>(&s, 1)}, got2).ok());
+        const auto got2 = next_token_logits(*gpu, len, prompt[0]), want2 = next_token_logits(*cpu_kv, len, prompt[0]);
         EXPECT_LT(max_rel_diff(got2, want2), tol);
       }
     }
@@ -314,14 +314,8 @@ class CudaTpInvariantTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
-    RandomModelOptions m;
-    m.architecture = "Qwen2ForCausalLM";
-    m.hidden_size = 512;
-    m.num_heads = 8;
-    m.num_kv_heads = 4;  // 4 slices: heads, KV heads and MLP width all split 4 ways
-    m.intermediate_size = 1024;
-    m.num_layers = 2;
-    ASSERT_TRUE(write_random_model(dir_.path(), m).ok());
+    // 4 slices: 8 heads, 4 KV heads and the MLP width all split 4 ways.
+    ASSERT_TRUE(write_qwen2_model(dir_.path(), 8, 4).ok());
   }
   BackendOptions options(int tp, int max_batch_tokens = 2048) {
     BackendOptions o = cuda_options("bf16");
@@ -333,14 +327,8 @@ class CudaTpInvariantTest : public ::testing::Test {
   // Prompt logits, then one decode token's.
   std::vector<std::vector<float>> run(Backend& b, int len) {
     auto prompt = some_prompt(len, len);
-    std::vector<std::vector<float>> out{prompt_logits(b, prompt)};
-    std::vector<int32_t> table;
-    for (int i = 0; i * 16 < len + 1; ++i) table.push_back(i);
-    std::vector<int32_t> next{prompt[0]};
-    SeqBatch s{1, len, table, true};
-    out.emplace_back(out[0].size());
-    EXPECT_TRUE(b.forward({next, std::span<const SeqBatch>(&s, 1)}, out[1]).ok());
-    return out;
+    auto first = prompt_logits(b, prompt);
+    return {first, next_token_logits(b, len, prompt[0])};
   }
   testing::TempDir dir_;
 };
