@@ -113,13 +113,13 @@ class Session {
   std::map<uint64_t, MemoryDesc> regions_;
   std::deque<Pending> pending_;  // TCP requests in the order the peer answers them
   std::map<TransferId, Transfer> transfers_;
-  TransferId next_id_ = 1;
+  TransferId next_id_ = 1;  // ids are per session (poll and wait take them on their session)
   // Host buffers that GPU ranges are staged through on the TCP path: stage_in_ belongs to the
   // reader thread (read answers), stage_out_ to whoever holds send_mutex_ (write data).
   StagingBuffer stage_in_, stage_out_;
   // When the reader thread last took bytes off the socket (Clock ticks): wait()'s timeout counts
   // from there, so a long answer that keeps coming is not a stall.
-  std::atomic<Clock::rep> last_progress_{0};  // ids are per session (poll and wait take them on their session)
+  std::atomic<Clock::rep> last_progress_{0};
   std::optional<std::string> regions_reply_;
   std::atomic<bool> broken_{false};
   std::thread reader_;
