@@ -219,25 +219,32 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaGoldensTest,
                            return n;
                          });
 
-// A random Qwen2 model of hidden size 512, MLP width 1024 and two layers, with these heads.
-Status write_qwen2_model(const std::string& dir, int num_heads, int num_kv_heads) {
+// A random Qwen2 model of hidden size 512, MLP width 1024 and two layers, with these heads (of
+// 512 / num_heads unless head_dim is given).
+Status write_qwen2_model(const std::string& dir, int num_heads, int num_kv_heads, int head_dim = 0) {
   RandomModelOptions m;
   m.architecture = "Qwen2ForCausalLM";
   m.hidden_size = 512;
   m.num_heads = num_heads;
   m.num_kv_heads = num_kv_heads;
+  m.head_dim = head_dim;
   m.intermediate_size = 1024;
   m.num_layers = 2;
   return write_random_model(dir, m);
 }
 
 // A bigger random model (head_dim 64 and 128, GQA) so that prompts span many blocks, prefill
-// tiles and split-K decode ranges.
-class CudaVsCpuTest : public ::testing::TestWithParam<int> {
+// tiles and split-K decode ranges. The KV groups of 2, 4, 7 and 10 query heads take the decode
+// attention's CTAs of 2, 4, 8 (7 used, as Qwen2.5-0.5B) and 8 (two CTAs of 5) heads.
+struct HeadShape {
+  int head_dim, heads, kv_heads;
+};
+class CudaVsCpuTest : public ::testing::TestWithParam<HeadShape> {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
-    ASSERT_TRUE(write_qwen2_model(dir_.path(), 512 / GetParam(), 2).ok());
+    const HeadShape& h = GetParam();
+    ASSERT_TRUE(write_qwen2_model(dir_.path(), h.heads, h.kv_heads, h.head_dim).ok());
   }
   testing::TempDir dir_;
 };
@@ -257,22 +264,29 @@ TEST_P(CudaVsCpuTest, PrefillAndDecodeLogitsMatchCpu) {
     SCOPED_TRACE(kv);
     cpu_o.kv_dtype = kv;
     auto cpu_kv = make(dir_.path(), cpu_o);
-    for (int max_batch_tokens : {2048, 64}) {  // 64: the prompt runs as several passes
-      BackendOptions o = cuda_options(kv);
-      o.max_batch_tokens = max_batch_tokens;
-      auto gpu = make(dir_.path(), o);
-      ASSERT_TRUE(gpu && cpu_kv);
-      for (int len : {1, 17, 300, 700}) {
-        SCOPED_TRACE("prompt of " + std::to_string(len) + ", passes of " + std::to_string(max_batch_tokens));
-        auto prompt = some_prompt(len, len);
-        auto want = prompt_logits(*cpu_kv, prompt);
-        auto got = prompt_logits(*gpu, prompt);
-        // fp8: plus what fp8 itself does to these logits (see LastLogitsMatchReference).
-        const double tol = 2e-2 + (kv == "fp8" ? max_rel_diff(want, prompt_logits(*cpu, prompt)) : 0.0);
-        EXPECT_LT(max_rel_diff(got, want), tol);
-        // One more token through the decode kernel (split-K over the 300+ cached keys).
-        const auto got2 = next_token_logits(*gpu, len, prompt[0]), want2 = next_token_logits(*cpu_kv, len, prompt[0]);
-        EXPECT_LT(max_rel_diff(got2, want2), tol);
+    // The decode step below is one token: its attention takes one query head per CTA, or (with
+    // BATON_CUDA_ATTN_GROUP_TOKENS=1) the KV group's heads together, as steps of many tokens do.
+    for (const bool grouped : {false, true}) {
+      for (int max_batch_tokens : {2048, 64}) {  // 64: the prompt runs as several passes
+        BackendOptions o = cuda_options(kv);
+        o.max_batch_tokens = max_batch_tokens;
+        if (grouped) setenv("BATON_CUDA_ATTN_GROUP_TOKENS", "1", 1);
+        auto gpu = make(dir_.path(), o);
+        unsetenv("BATON_CUDA_ATTN_GROUP_TOKENS");
+        ASSERT_TRUE(gpu && cpu_kv);
+        for (int len : {1, 17, 300, 700}) {
+          SCOPED_TRACE("prompt of " + std::to_string(len) + ", passes of " + std::to_string(max_batch_tokens) +
+                       (grouped ? ", grouped decode attention" : ""));
+          auto prompt = some_prompt(len, len);
+          auto want = prompt_logits(*cpu_kv, prompt);
+          auto got = prompt_logits(*gpu, prompt);
+          // fp8: plus what fp8 itself does to these logits (see LastLogitsMatchReference).
+          const double tol = 2e-2 + (kv == "fp8" ? max_rel_diff(want, prompt_logits(*cpu, prompt)) : 0.0);
+          EXPECT_LT(max_rel_diff(got, want), tol);
+          // One more token through the decode kernel (split-K over the 300+ cached keys).
+          const auto got2 = next_token_logits(*gpu, len, prompt[0]), want2 = next_token_logits(*cpu_kv, len, prompt[0]);
+          EXPECT_LT(max_rel_diff(got2, want2), tol);
+        }
       }
     }
   }
@@ -303,8 +317,14 @@ TEST_P(CudaVsCpuTest, EngineGreedyIsCpuArgmax) {
   std::printf("%d of %d GPU engine tokens are exactly the CPU's argmax\n", exact, 24 * 12);
 }
 
-INSTANTIATE_TEST_SUITE_P(HeadDims, CudaVsCpuTest, ::testing::Values(64, 128),
-                         [](const auto& info) { return "head_dim_" + std::to_string(info.param); });
+INSTANTIATE_TEST_SUITE_P(Heads, CudaVsCpuTest,
+                         ::testing::Values(HeadShape{64, 8, 2}, HeadShape{128, 4, 2}, HeadShape{64, 14, 2},
+                                           HeadShape{128, 10, 1}),
+                         [](const auto& info) {
+                           const HeadShape& h = info.param;
+                           return "d" + std::to_string(h.head_dim) + "_h" + std::to_string(h.heads) + "_kv" +
+                                  std::to_string(h.kv_heads);
+                         });
 
 // --tp-invariant on the GPU: its sliced GEMMs and tree sums stay within bf16 noise of the plain
 // path on one GPU, and where two or more GPUs are visible, tp=2 (and 4) give tp=1's logits bit

@@ -1,13 +1,15 @@
 // Paged attention over the KV cache layout [blocks][2 (K, V)][kv_heads][block_size][head_dim].
 //
-// Decode: one CTA per (query head, token, split) with 32 groups of 8 lanes; each group walks
-// its own keys (one key per group at a time, 8 lanes share its head_dim elements, the group's next
-// key already loading) keeping an online softmax; the groups merge in shared memory and the splits through a workspace, merged
-// by whichever split of a (token, head) finishes last.
+// Decode: one CTA per (query heads of one KV group, token, split): groups of 8-32 lanes each walk
+// their own keys (one key per group at a time, its lanes sharing the head dimension, the group's
+// next key already loading) keeping an online softmax per query head, so every K/V row is read
+// once for all the query heads of its KV group (up to 4 in a CTA); the groups merge in shared
+// memory and the splits through a workspace, merged by whichever split finishes last.
 // Prefill: one CTA per (tile of up to 64 query rows, query head); K and V of a chunk of keys at a
 // time go through shared memory and every row of the tile uses them. For head sizes 64 and 128 it
 // is a flash-attention kernel on tensor cores (mma.sync, bf16 in, fp32 accumulate; see
 // prefill_fa_kernel); other sizes take a CUDA-core kernel.
+#include <algorithm>
 #include <climits>
 #include <type_traits>
 
@@ -77,100 +79,119 @@ struct RawRow {
 
 constexpr int kDecodeThreads = 256;
 constexpr int kMaxSplits = 32;  // the backend's splits_for never asks for more
+constexpr int kMaxCtaHeads = 4;  // more measured slower (bench/RESULTS.md)
 
-// out[t, h] from the splits' partials (A[D], M, L each) in ws. Every split's M and L are read at
-// once (one thread each), then each output element sums over the splits with its loads unrolled.
-__device__ void merge_splits(const AttnArgs& a, int n_splits, int splits, const float* ws, int t, int h) {
-  __shared__ float sm_scale[kMaxSplits], sm_l[kMaxSplits];
+// Lanes that share one key in a CTA of kG query heads: enough that a lane keeps at most 32 of
+// its heads' q and accumulator elements each (at least 8 lanes, at most a warp).
+constexpr int decode_lanes(int kG, int D) {
+  return kG * D / 32 < 8 ? 8 : (kG * D / 32 > 32 ? 32 : kG * D / 32);
+}
+
+// out[t, h0 .. h0 + nh) from the splits' partials (A[D], M, L each per head) in ws. Every split's
+// M and L are read at once, then each output element sums over the splits with its loads unrolled.
+__device__ void merge_splits(const AttnArgs& a, int n_splits, int splits, const float* ws, int t, int h0, int nh) {
+  __shared__ float sm_scale[kMaxCtaHeads][kMaxSplits], sm_l[kMaxCtaHeads][kMaxSplits];
   const int D = a.D;
-  const float* w = ws + (static_cast<int64_t>(t) * a.H + h) * n_splits * (D + 2);
-  if (threadIdx.x < splits) {
-    sm_scale[threadIdx.x] = __ldcg(w + threadIdx.x * (D + 2) + D);
-    sm_l[threadIdx.x] = __ldcg(w + threadIdx.x * (D + 2) + D + 1);
+  const float* w0 = ws + (static_cast<int64_t>(t) * a.H + h0) * n_splits * (D + 2);
+  for (int i = threadIdx.x; i < nh * splits; i += blockDim.x) {
+    const int hd = i / splits, s = i % splits;
+    sm_scale[hd][s] = __ldcg(w0 + (hd * n_splits + s) * (D + 2) + D);
+    sm_l[hd][s] = __ldcg(w0 + (hd * n_splits + s) * (D + 2) + D + 1);
   }
   __syncthreads();
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, sm_scale[s]);
+  float scale = 0.f;
+  if (threadIdx.x < nh * splits) {
+    const int hd = threadIdx.x / splits;
+    float M = -INFINITY;
+    for (int s = 0; s < splits; ++s) M = fmaxf(M, sm_scale[hd][s]);
+    scale = M == -INFINITY ? 0.f : exp2f(sm_scale[hd][threadIdx.x % splits] - M);
+  }
   __syncthreads();
-  if (threadIdx.x < splits) sm_scale[threadIdx.x] = M == -INFINITY ? 0.f : exp2f(sm_scale[threadIdx.x] - M);
+  if (threadIdx.x < nh * splits) sm_scale[threadIdx.x / splits][threadIdx.x % splits] = scale;
   __syncthreads();
-  float L = 0.f;
-  for (int s = 0; s < splits; ++s) L += sm_l[s] * sm_scale[s];
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float A = 0.f;
+  for (int i = threadIdx.x; i < nh * D; i += blockDim.x) {
+    const int hd = i / D, d = i % D;
+    const float* w = w0 + hd * n_splits * (D + 2);
+    float L = 0.f, A = 0.f;
+    for (int s = 0; s < splits; ++s) L += sm_l[hd][s] * sm_scale[hd][s];
 #pragma unroll 8
-    for (int s = 0; s < splits; ++s) A += __ldcg(w + s * (D + 2) + d) * sm_scale[s];
-    out_bf16(a)[static_cast<int64_t>(t) * a.H * D + h * D + d] = __float2bfloat16(L > 0.f ? A / L * a.v_scale : 0.f);
+    for (int s = 0; s < splits; ++s) A += __ldcg(w + s * (D + 2) + d) * sm_scale[hd][s];
+    out_bf16(a)[static_cast<int64_t>(t) * a.H * D + (h0 + hd) * D + d] =
+        __float2bfloat16(L > 0.f ? A / L * a.v_scale : 0.f);
   }
 }
 
 // kFused (decode steps, one new token per sequence): the kernel also does qkv_rope_cache's work
-// for its token. Every CTA prepares its query head (bias, QK-norm, RoPE) from the raw QKV row;
-// the CTA whose keys end at the new token prepares that token's key and value too, rounded
-// through the cache's format so that they are exactly what a later read of the cache returns,
-// and uses them for the last key instead of reading the cache; the first query head of each KV
-// group writes them to the cache. Same arithmetic as qkv_kernel, one launch fewer per layer.
+// for its token. Every CTA prepares its query heads [h0, h0 + nh) (bias, QK-norm, RoPE) from the
+// raw QKV row into qv (D floats per head); the CTA whose keys end at the new token prepares that
+// token's key and value too (with_kv), rounded through the cache's format so that they are exactly
+// what a later read of the cache returns, and uses them for the last key instead of reading the
+// cache; the CTA holding the KV group's first query head writes them to the cache (write_kv). One
+// warp per row with qkv_kernel's arithmetic, one launch fewer per layer. Ends with __syncthreads().
 template <int D, class Kv>
-__device__ void prepare_qkv(const QkvArgs& p, int t, int h, int g, bool with_kv, bool write_kv, float* qv, float* kn,
-                            float* vn) {
-  __shared__ float scratch[32];
-  const int half = D / 2, row_len = (p.H + 2 * p.KVH) * D;
-  const float* row = p.qkv + static_cast<int64_t>(t) * row_len;
-  const int q_at = h * D, k_at = (p.H + g) * D, v_at = (p.H + p.KVH + g) * D;
-  float ssq = 0.f, ssk = 0.f;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    const float x = row[q_at + d] + (p.bias ? p.bias[q_at + d] : 0.f);
-    qv[d] = x, ssq += x * x;
-    if (with_kv) {
-      const float k = row[k_at + d] + (p.bias ? p.bias[k_at + d] : 0.f);
-      kn[d] = k, ssk += k * k;
-      vn[d] = row[v_at + d] + (p.bias ? p.bias[v_at + d] : 0.f);
-    }
-  }
-  float inv_q = 1.f, inv_k = 1.f;
-  if (p.q_norm) {  // uniform: every thread takes part in the reductions
-    inv_q = rsqrtf(block_reduce<false>(ssq, scratch) / D + p.eps);
-    inv_k = rsqrtf(block_reduce<false>(ssk, scratch) / D + p.eps);
-  }
-  __syncthreads();
+__device__ void prepare_qkv(const QkvArgs& p, int t, int h0, int nh, int g, bool with_kv, bool write_kv, float* qv,
+                            float* kn, float* vn) {
+  constexpr int half = D / 2;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
+  const float* row = p.qkv + static_cast<int64_t>(t) * (p.H + 2 * p.KVH) * D;
   const int pos = p.positions[t];
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float sn, cs;
-    sincosf(static_cast<float>(pos) * p.inv_freq[i], &sn, &cs);
-    float x1 = qv[i], x2 = qv[i + half];
-    if (p.q_norm) x1 = x1 * inv_q * p.q_norm[i], x2 = x2 * inv_q * p.q_norm[i + half];
-    qv[i] = x1 * cs - x2 * sn, qv[i + half] = x2 * cs + x1 * sn;
-    if (with_kv) {
-      x1 = kn[i], x2 = kn[i + half];
-      if (p.q_norm) x1 = x1 * inv_k * p.k_norm[i], x2 = x2 * inv_k * p.k_norm[i + half];
-      kn[i] = x1 * cs - x2 * sn, kn[i + half] = x2 * cs + x1 * sn;
+  for (int r = warp; r < nh + (with_kv ? 2 : 0); r += n_warps) {  // q heads, then k, then v
+    const bool is_q = r < nh, is_k = r == nh;
+    const int at = is_q ? (h0 + r) * D : (p.H + (is_k ? 0 : p.KVH) + g) * D;
+    const float* norm = is_q ? p.q_norm : (is_k ? p.k_norm : nullptr);
+    float* dst = is_q ? qv + r * D : (is_k ? kn : vn);
+    float ss = 0.f;
+    for (int i = lane; i < half; i += 32) {
+      float x1 = row[at + i], x2 = row[at + i + half];
+      if (p.bias) x1 += p.bias[at + i], x2 += p.bias[at + i + half];
+      dst[i] = x1, dst[i + half] = x2;
+      ss += x1 * x1 + x2 * x2;
     }
-  }
-  __syncthreads();
-  if (!with_kv) return;
-  typename Kv::T *kdst = nullptr, *vdst = nullptr;
-  if (write_kv) {
-    const int64_t slot = p.slots[t], block = slot / p.block_size, off = slot % p.block_size;
-    kdst = static_cast<typename Kv::T*>(p.layer_kv) + (((block * 2) * p.KVH + g) * p.block_size + off) * D;
-    vdst = static_cast<typename Kv::T*>(p.layer_kv) + (((block * 2 + 1) * p.KVH + g) * p.block_size + off) * D;
-  }
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    const typename Kv::T k = Kv::from_f32(kn[d] * p.k_inv_scale), v = Kv::from_f32(vn[d] * p.v_inv_scale);
-    kn[d] = Kv::to_f32(k), vn[d] = Kv::to_f32(v);
-    if (write_kv) kdst[d] = k, vdst[d] = v;
+    float inv = 1.f;
+    if (norm) inv = rsqrtf(warp_sum(ss) / D + p.eps);
+    typename Kv::T* cache = nullptr;
+    if (!is_q && write_kv) {
+      const int64_t slot = p.slots[t], block = slot / p.block_size, off = slot % p.block_size;
+      cache = static_cast<typename Kv::T*>(p.layer_kv) +
+              (((block * 2 + (is_k ? 0 : 1)) * p.KVH + g) * p.block_size + off) * D;
+    }
+    const float kv_inv_scale = is_k ? p.k_inv_scale : p.v_inv_scale;
+    for (int i = lane; i < half; i += 32) {
+      float x1 = dst[i], x2 = dst[i + half];
+      if (norm) x1 = x1 * inv * norm[i], x2 = x2 * inv * norm[i + half];
+      if (is_q || is_k) {
+        float sn, cs;
+        sincosf(static_cast<float>(pos) * p.inv_freq[i], &sn, &cs);
+        const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+        x1 = y1, x2 = y2;
+      }
+      if (is_q) {
+        dst[i] = x1, dst[i + half] = x2;
+      } else {
+        const typename Kv::T c1 = Kv::from_f32(x1 * kv_inv_scale), c2 = Kv::from_f32(x2 * kv_inv_scale);
+        dst[i] = Kv::to_f32(c1), dst[i + half] = Kv::to_f32(c2);
+        if (cache) cache[i] = c1, cache[i + half] = c2;
+      }
+    }
   }
   __syncthreads();
 }
 
-template <int D, class Kv, bool kFused>
+// One CTA per (kG-or-fewer query heads of one KV group, token, split) with groups of kLanes
+// lanes; each group walks its own keys (one key per group at a time, its lanes sharing the head
+// dimension, the group's next key already loading) keeping an online softmax per query head: a
+// key and value are loaded once for every query head that reads them (GQA), not once per head.
+template <int D, class Kv, bool kFused, int kG>
 __global__ void __launch_bounds__(kDecodeThreads)
     decode_kernel(AttnArgs a, QkvArgs p, int n_splits, float* ws, int* arrivals) {
   pdl_trigger();
   pdl_wait();
-  constexpr int kLanes = 8, kE = D / kLanes, kGroups = kDecodeThreads / kLanes;
-  const int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z;
+  constexpr int kLanes = decode_lanes(kG, D), kE = D / kLanes, kGroups = kDecodeThreads / kLanes;
+  const int per_kv = a.H / a.KVH, hp = a.heads_per_cta, ctas_per_kv = (per_kv + hp - 1) / hp;
+  const int g = blockIdx.x / ctas_per_kv, h0 = g * per_kv + blockIdx.x % ctas_per_kv * hp;
+  const int nh = min(hp, g * per_kv + per_kv - h0);  // this CTA's query heads: h0 .. h0 + nh - 1
+  const int t = blockIdx.y, split = blockIdx.z;
   const int gid = threadIdx.x / kLanes, sub = threadIdx.x % kLanes;
-  const int g = h / (a.H / a.KVH);
   const KeyRange r = keys_of(a.positions[t], a.window);
   const int n_keys = r.last - r.first + 1;
   // A graph fixes n_splits for every context length; a short context uses fewer of them (at
@@ -181,9 +202,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const int begin = r.first + split * chunk, end = min(begin + chunk, r.last + 1);
   const int32_t* table = a.tables + static_cast<int64_t>(a.seq_of[t]) * *a.table_stride;
 
-  float q[kE], acc[kE];
   const float qs = a.scale * a.k_scale * kLog2e;
-  __shared__ float qv[kFused ? D : 1], kn[kFused ? D : 1], vn[kFused ? D : 1];
+  __shared__ float qv[kFused ? kG * D : 1], kn[kFused ? D : 1], vn[kFused ? D : 1];
   const bool has_new =
       kFused && r.last >= 0 && begin <= r.last && r.last < end;  // this CTA's keys end at the new token
 
@@ -204,79 +224,100 @@ __global__ void __launch_bounds__(kDecodeThreads)
 #pragma unroll
       for (int i = 0; i < kE; ++i) k[i] = kn[sub * kE + i], v[i] = vn[sub * kE + i];
   };
-  // The first keys' loads go out before the query is prepared: independent round trips.
+  // The first keys' loads go out before the queries are prepared: independent round trips.
   if (begin < end) fetch(begin + gid);
   if constexpr (kFused) {
     if (r.last >= 0)
-      prepare_qkv<D, Kv>(p, t, h, g, has_new, has_new && h % (a.H / a.KVH) == 0 && p.slots[t] >= 0, qv, kn, vn);
+      prepare_qkv<D, Kv>(p, t, h0, nh, g, has_new, has_new && h0 % per_kv == 0 && p.slots[t] >= 0, qv, kn, vn);
   }
-  const float* qrow = kFused ? qv + sub * kE : a.q + static_cast<int64_t>(t) * a.q_row_stride + h * D + sub * kE;
+  float q[kG][kE], acc[kG][kE], m[kG], l[kG];
 #pragma unroll
-  for (int i = 0; i < kE; ++i) q[i] = qrow[i] * qs, acc[i] = 0.f;
-  float m = -INFINITY, l = 0.f;
+  for (int hd = 0; hd < kG; ++hd) {
+    const float* qrow =
+        kFused ? qv + hd * D + sub * kE : a.q + static_cast<int64_t>(t) * a.q_row_stride + (h0 + hd) * D + sub * kE;
+#pragma unroll
+    for (int i = 0; i < kE; ++i) q[hd][i] = hd < nh ? qrow[i] * qs : 0.f, acc[hd][i] = 0.f;
+    m[hd] = -INFINITY, l[hd] = 0.f;
+  }
   // The trip count is the same for every group, so the shuffles see full warps.
   for (int j0 = begin; j0 < end; j0 += kGroups) {
     const int j = j0 + gid;
     const bool ok = j < end;
     take(j);
     if (j0 + kGroups < end) fetch(j + kGroups);  // the same for every group: the loop bound's test
-    float s = 0.f;
+    float s[kG];
 #pragma unroll
-    for (int i = 0; i < kE; ++i) s += q[i] * k[i];
-    s += __shfl_xor_sync(0xffffffffu, s, 1);
-    s += __shfl_xor_sync(0xffffffffu, s, 2);
-    s += __shfl_xor_sync(0xffffffffu, s, 4);
+    for (int hd = 0; hd < kG; ++hd) {
+      s[hd] = 0.f;
+#pragma unroll
+      for (int i = 0; i < kE; ++i) s[hd] += q[hd][i] * k[i];
+#pragma unroll
+      for (int o = 1; o < kLanes; o <<= 1) s[hd] += __shfl_xor_sync(0xffffffffu, s[hd], o);
+    }
     if (!ok) continue;
-    const float m_new = fmaxf(m, s);
-    const float corr = exp2f(m - m_new), p = exp2f(s - m_new);
-    l = l * corr + p;
 #pragma unroll
-    for (int i = 0; i < kE; ++i) acc[i] = acc[i] * corr + p * v[i];
-    m = m_new;
+    for (int hd = 0; hd < kG; ++hd) {
+      const float m_new = fmaxf(m[hd], s[hd]);
+      const float corr = exp2f(m[hd] - m_new), pr = exp2f(s[hd] - m_new);
+      l[hd] = l[hd] * corr + pr;
+#pragma unroll
+      for (int i = 0; i < kE; ++i) acc[hd][i] = acc[hd][i] * corr + pr * v[i];
+      m[hd] = m_new;
+    }
   }
 
-  __shared__ float sm_m[kGroups], sm_l[kGroups], sm_acc[kGroups][D];
-  if (sub == 0) sm_m[gid] = m, sm_l[gid] = l;
+  // The groups' partial softmaxes meet in shared memory, every head at once.
+  __shared__ float sm_m[kG][kGroups], sm_l[kG][kGroups], sm_acc[kG][kGroups][D], sm_max[kG];
 #pragma unroll
-  for (int i = 0; i < kE; ++i) sm_acc[gid][sub * kE + i] = acc[i];
-  __syncthreads();
-  float M = -INFINITY;
+  for (int hd = 0; hd < kG; ++hd) {
+    if (sub == 0) sm_m[hd][gid] = m[hd], sm_l[hd][gid] = l[hd];
 #pragma unroll
-  for (int i = 0; i < kGroups; ++i) M = fmaxf(M, sm_m[i]);
+    for (int i = 0; i < kE; ++i) sm_acc[hd][gid][sub * kE + i] = acc[hd][i];
+  }
   __syncthreads();
-  if (threadIdx.x < kGroups) sm_m[threadIdx.x] = M == -INFINITY ? 0.f : exp2f(sm_m[threadIdx.x] - M);  // group weights
-  __syncthreads();
-  float L = 0.f;
+  float weight = 0.f;  // thread hd * kGroups + i: group i's weight in head hd
+  if (threadIdx.x < kG * kGroups) {
+    const int hd = threadIdx.x / kGroups;
+    float M = -INFINITY;
 #pragma unroll
-  for (int i = 0; i < kGroups; ++i) L += sm_l[i] * sm_m[i];
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float A = 0.f;
+    for (int i = 0; i < kGroups; ++i) M = fmaxf(M, sm_m[hd][i]);
+    weight = M == -INFINITY ? 0.f : exp2f(sm_m[hd][threadIdx.x % kGroups] - M);
+    if (threadIdx.x % kGroups == 0) sm_max[hd] = M;
+  }
+  __syncthreads();
+  if (threadIdx.x < kG * kGroups) sm_m[threadIdx.x / kGroups][threadIdx.x % kGroups] = weight;
+  __syncthreads();
+  for (int e = threadIdx.x; e < nh * D; e += blockDim.x) {
+    const int hd = e / D, d = e % D, h = h0 + hd;
+    float L = 0.f, A = 0.f;
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) L += sm_l[hd][i] * sm_m[hd][i];
 #pragma unroll 8
-    for (int i = 0; i < kGroups; ++i) A += sm_acc[i][d] * sm_m[i];
+    for (int i = 0; i < kGroups; ++i) A += sm_acc[hd][i][d] * sm_m[hd][i];
     if (splits == 1) {
       out_bf16(a)[static_cast<int64_t>(t) * a.H * D + h * D + d] = __float2bfloat16(L > 0.f ? A / L * a.v_scale : 0.f);
     } else {
       float* w = ws + ((static_cast<int64_t>(t) * a.H + h) * n_splits + split) * (D + 2);
       w[d] = A;
-      if (d == 0) w[D] = M, w[D + 1] = L;
+      if (d == 0) w[D] = sm_max[hd], w[D + 1] = L;
     }
   }
   if (splits == 1) return;
-  // The last split of (token, head) to finish merges them all (no merge kernel to launch): each
+  // The last split of (token, heads) to finish merges them all (no merge kernel to launch): each
   // split publishes its partial, then counts itself in; the one that completes the count merges
   // and resets the counter for the next layer.
   __shared__ bool last;
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
-    int* arrived = arrivals + static_cast<int64_t>(t) * a.H + h;
+    int* arrived = arrivals + static_cast<int64_t>(t) * a.H + h0;
     last = atomicAdd(arrived, 1) == splits - 1;
     if (last) *arrived = 0;
   }
   __syncthreads();
   if (!last) return;
   __threadfence();
-  merge_splits(a, n_splits, splits, ws, t, h);
+  merge_splits(a, n_splits, splits, ws, t, h0, nh);
 }
 
 // 256 threads: 64 rows x 4 parts; part p owns the float4 chunks p, p + 4, p + 8, ... of a row.
@@ -569,33 +610,36 @@ void launch_prefill_fa(const AttnArgs& a, const int2* tiles, int n_tiles, cudaSt
   launch(prefill_fa_kernel<D, Kv>, dim3(n_tiles, a.H), 128, bytes, s, a, tiles);
 }
 
+template <int D, class Kv, bool kFused>
+void launch_decode_d(const AttnArgs& a, const QkvArgs& p, int n_splits, float* ws, int* arrivals, cudaStream_t s) {
+  const dim3 grid(a.KVH * ((a.H / a.KVH + a.heads_per_cta - 1) / a.heads_per_cta), a.T, n_splits);
+  const auto go = [&](auto kernel) { launch(kernel, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals); };
+  if constexpr (D == 64 || D == 128) {  // the sizes decode_heads_per_cta groups
+    if (a.heads_per_cta > 2) return go(decode_kernel<D, Kv, kFused, 4>);
+    if (a.heads_per_cta > 1) return go(decode_kernel<D, Kv, kFused, 2>);
+  }
+  go(decode_kernel<D, Kv, kFused, 1>);
+}
+
 template <class Kv, bool kFused>
 void launch_decode(const AttnArgs& a, const QkvArgs& p, int n_splits, float* ws, int* arrivals, cudaStream_t s) {
-  const dim3 grid(a.H, a.T, n_splits);
   switch (a.D) {
     case 8:
-      launch(decode_kernel<8, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
-      break;
+      return launch_decode_d<8, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
     case 16:
-      launch(decode_kernel<16, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
-      break;
+      return launch_decode_d<16, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
     case 32:
-      launch(decode_kernel<32, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
-      break;
+      return launch_decode_d<32, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
     case 64:
-      launch(decode_kernel<64, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
-      break;
+      return launch_decode_d<64, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
     case 128:
-      launch(decode_kernel<128, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
-      break;
+      return launch_decode_d<128, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
     case 256:
-      launch(decode_kernel<256, Kv, kFused>, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
-      break;
+      return launch_decode_d<256, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
     default:
       break;  // the backend refuses other head sizes at load
   }
 }
-
 
 template <class Kv>
 void launch_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStream_t s) {
@@ -627,9 +671,18 @@ bool prefill_kernel_supports(int d) {
   return d == 16 || d == 32 || d == 64 || d == 128 || d == 256;
 }
 
-void attention_decode(const AttnArgs& a, int n_splits, float* workspace, int* arrivals, const QkvArgs* fuse,
+int decode_heads_per_cta(int H, int KVH, int D, int max_heads) {
+  if (KVH <= 0 || H % KVH != 0 || (D != 64 && D != 128)) return 1;
+  max_heads = std::clamp(max_heads, 1, kMaxCtaHeads);
+  const int per_kv = H / KVH, ctas = (per_kv + max_heads - 1) / max_heads;
+  return (per_kv + ctas - 1) / ctas;
+}
+
+void attention_decode(const AttnArgs& args, int n_splits, float* workspace, int* arrivals, const QkvArgs* fuse,
                       cudaStream_t s) {
-  if (a.T == 0) return;
+  if (args.T == 0) return;
+  AttnArgs a = args;
+  a.heads_per_cta = std::clamp(a.heads_per_cta, 1, std::min(kMaxCtaHeads, a.H / a.KVH));
   const QkvArgs none{};
   if (fuse && a.fp8)
     launch_decode<Fp8Kv, true>(a, *fuse, n_splits, workspace, arrivals, s);

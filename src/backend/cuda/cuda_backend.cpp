@@ -57,6 +57,12 @@ namespace baton {
 namespace cuda {
 namespace {
 
+// Decode attention reads each K/V row once for up to kAttnGroupHeads query heads of its KV group
+// (more measured slower) in steps where a head per CTA would already fill the GPU without splitting
+// the keys; smaller steps take a head per CTA, which finishes sooner while L2 serves the repeated
+// reads (bench/RESULTS.md, "GQA-grouped decode attention").
+constexpr int kAttnGroupHeads = 4;
+
 #define BATON_CU(expr)                                                                            \
   do {                                                                                            \
     cudaError_t e_ = (expr);                                                                      \
@@ -255,6 +261,14 @@ class CudaBackend : public Backend {
   SampleScratch sample_ws_{};  // greedy rows' per-slice maxima and arrival counters
   int* attn_arrivals_ = nullptr;  // split-K decode attention: splits finished per (token, head)
   size_t attn_ws_rows_ = 0;
+  // Decode attention: query heads of a KV group per CTA in steps of at least attn_group_tokens_
+  // tokens (0: where T * heads >= 4 CTAs per SM, the split count's target).
+  int attn_heads_per_cta_ = 1, attn_group_tokens_ = 0;
+  int heads_per_cta(int T) const {
+    const int heads = slices_ ? full_.num_heads : cfg_.num_heads;  // --tp-invariant: alike at every tp
+    const bool group = attn_group_tokens_ ? T >= attn_group_tokens_ : T * heads >= 4 * num_sms_;
+    return group ? attn_heads_per_cta_ : 1;
+  }
   std::unique_ptr<StagingLayout> layout_;
   std::byte* host_staging_ = nullptr;  // pinned
   std::byte* dev_staging_ = nullptr;
@@ -344,6 +358,12 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   // BATON_CUDA_SAMPLE_SPLITS=1: one CTA per greedy row (A/B runs).
   if (const char* p = std::getenv("BATON_CUDA_SAMPLE_SPLITS")) sample_ws_.splits = std::atoi(p);
   if (const char* p = std::getenv("BATON_CUDA_PDL")) pdl_ = std::string(p) != "0";
+  // For A/B runs: decode attention CTAs take up to BATON_CUDA_ATTN_GROUP query heads of a KV group
+  // (1: one head each), in steps of at least BATON_CUDA_ATTN_GROUP_TOKENS tokens.
+  int group_max = kAttnGroupHeads;
+  if (const char* p = std::getenv("BATON_CUDA_ATTN_GROUP")) group_max = std::max(1, std::atoi(p));
+  if (const char* p = std::getenv("BATON_CUDA_ATTN_GROUP_TOKENS")) attn_group_tokens_ = std::max(1, std::atoi(p));
+  attn_heads_per_cta_ = decode_heads_per_cta(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim, group_max);
   if (options.tp_invariant) {
     slices_ = tp_invariant_slices(full_.num_heads, full_.num_kv_heads, full_.intermediate_size) / rank_.size;
     if (slices_ < 1) return make_error("--tp-invariant: -tp ", rank_.size, " does not divide the model's slice count");
@@ -428,7 +448,8 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   BATON_ASSIGN_OR_RETURN(sample_ws_.best, alloc<float2>(size_t(cap_rows_) * kGreedySplits));
   BATON_ASSIGN_OR_RETURN(sample_ws_.arrivals, alloc<int>(cap_rows_));
   BATON_CU(cudaMemsetAsync(sample_ws_.arrivals, 0, sizeof(int) * cap_rows_, stream_));  // waited for below
-  attn_ws_rows_ = size_t(8) * num_sms_;
+  // (token, head, split) rows: splits_for aims at 4 CTAs per SM, each of up to 4 heads, rounded up.
+  attn_ws_rows_ = size_t(40) * num_sms_;
   BATON_ASSIGN_OR_RETURN(attn_ws_, alloc<float>(attn_ws_rows_ * (D + 2)));
   BATON_ASSIGN_OR_RETURN(attn_arrivals_, alloc<int>(attn_ws_rows_));
   BATON_CU(cudaMemsetAsync(attn_arrivals_, 0, sizeof(int) * attn_ws_rows_,
@@ -577,10 +598,12 @@ Status CudaBackend::all_reduce(float* x, size_t n) {
 
 int CudaBackend::splits_for(int T, int max_keys) const {
   // --tp-invariant: from the model's heads, so that every tp splits a head's keys alike.
-  const int rows = T * (slices_ ? full_.num_heads : cfg_.num_heads);
-  int s = std::clamp((4 * num_sms_ + rows - 1) / rows, 1, 32);
+  const int heads = slices_ ? full_.num_heads : cfg_.num_heads;
+  const int kv_heads = slices_ ? full_.num_kv_heads : cfg_.num_kv_heads, per_kv = heads / kv_heads;
+  const int ctas = T * kv_heads * ((per_kv + heads_per_cta(T) - 1) / heads_per_cta(T));  // per split
+  int s = std::clamp((4 * num_sms_ + ctas - 1) / ctas, 1, 32);
   if (max_keys > 0) s = std::min(s, std::max(1, (max_keys + 31) / 32));
-  while (s > 1 && size_t(rows) * s > attn_ws_rows_) --s;
+  while (s > 1 && size_t(T) * heads * s > attn_ws_rows_) --s;
   return s;
 }
 
@@ -659,7 +682,8 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
                fp8,
                1.f / std::sqrt(float(D)),
                fp8 ? w.k_scale : 1.f,
-               fp8 ? w.v_scale : 1.f};
+               fp8 ? w.v_scale : 1.f,
+               heads_per_cta(T)};
     if (decode || !prefill_kernel_supports(D))
       attention_decode(a, n_splits, attn_ws_, attn_arrivals_, decode ? &q : nullptr, stream_);
     else

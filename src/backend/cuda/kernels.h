@@ -58,15 +58,21 @@ struct AttnArgs {
   bool fp8;
   float scale;             // 1 / sqrt(D)
   float k_scale, v_scale;  // KV dequantization (1 for bf16)
+  int heads_per_cta = 1;   // attention_decode: query heads (of one KV group) a CTA takes
 };
-// Decode-shaped (any T, best when each sequence adds one token): one CTA per (head, token,
-// split); the keys of a row are cut into n_splits ranges whose partial softmaxes are merged
-// through `workspace` (T * H * n_splits * (D + 2) floats) by the last split to finish, counted in
+// Decode-shaped (any T, best when each sequence adds one token): one CTA per (a.heads_per_cta
+// query heads of one KV group, token, split), which reads each K/V row once for all of them; the
+// keys of a row are cut into n_splits ranges whose partial softmaxes are merged through
+// `workspace` (T * H * n_splits * (D + 2) floats) by the last split to finish, counted in
 // `arrivals` (T * H ints, zero before the first call; each call leaves them zero). Both are
 // unused when n_splits == 1. fuse (steps where every sequence adds one token): q, k and v are
 // a.q's raw rows, and the kernel does qkv_rope_cache(*fuse)'s work itself; null: a.q is ready.
 void attention_decode(const AttnArgs& a, int n_splits, float* workspace, int* arrivals, const QkvArgs* fuse,
                       cudaStream_t s);
+// The query heads per decode CTA for a model of H query heads over KVH KV heads of size D: a KV
+// group's heads in as few CTAs as take at most max_heads (<= 4) each (1 for head sizes other than
+// 64 and 128).
+int decode_heads_per_cta(int H, int KVH, int D, int max_heads);
 // Prefill-shaped: a CTA takes up to 64 consecutive query rows of one sequence (a tile) and one
 // head, and streams that sequence's keys through shared memory once for all of them.
 // tiles[i] = {first row, number of rows} (rows of one sequence, consecutive positions).
