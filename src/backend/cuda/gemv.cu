@@ -4,7 +4,7 @@
 // weight bytes over the memory bandwidth, plus whatever the kernel cannot hide. So each warp
 // owns whole weight rows (rows n, n + stride, ...), its lanes load 16-byte chunks of a row eight
 // at a time (all loads of a short row in flight at once), and every CTA stages the M input rows
-// in shared memory once. Before waiting for the previous kernel (programmatic dependent launch)
+// in shared memory once (the tensor-core kernel: only inputs it normalises). Before waiting for the previous kernel (programmatic dependent launch)
 // a warp issues its first weight loads, which depend on nothing: the weight stream starts while
 // the kernel before is still finishing. That takes up to kGemvDotRows (4) input rows: with more,
 // the shared-memory reads of the inputs (one per row and chunk) outrun the weight stream, so 5 to 8
@@ -205,7 +205,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
 // 5 to 8 input rows: the per-row dot products above would spend more instructions on the inputs
 // than the weight stream leaves time for, so the products run on tensor cores. A CTA takes tiles
 // of 16 output rows (and, for kNormSiluMul, the 16 matching up rows) in turn, having staged the
-// inputs once (the grid fills the GPU once); its 8 warps split K, each taking kMmaUnroll adjacent
+// normalised inputs once (the grid fills the GPU once; bf16 inputs are loaded where used); its 8
+// warps split K, each taking kMmaUnroll adjacent
 // slices of 32 at a time (256-byte row segments), and their partial sums meet in shared memory.
 // Per slice a lane loads 16 bytes of row g and of row g + 8 (g = lane / 4) and the matching 16
 // bytes of input row g, and two mma.m16n8k16 consume them: the k order inside a slice is permuted
@@ -222,9 +223,9 @@ __device__ __forceinline__ void mma_slice(float (&c)[4], const uint4& wa, const 
 
 template <int M, GemvKind kKind>
 __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
-  constexpr bool kNorm = kKind != GemvKind::kAccumulate;
+  constexpr bool kNorm = kKind != GemvKind::kAccumulate, kDirect = !kNorm;
   constexpr int R = kKind == GemvKind::kNormSiluMul ? 2 : 1;
-  extern __shared__ uint4 xs[];  // [8][K + 8] bf16: the inputs, zero rows past M, padded rows
+  extern __shared__ uint4 xs[];  // [8][K + 8] bf16: the inputs, zero rows past M, padded rows (staged)
   __shared__ float partial[M][kWarps];
   __shared__ float4 sums[kWarps][R][32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -254,6 +255,22 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
     }
   };
 
+  // kDirect (bf16 input rows, nothing to normalise): no staging; a lane loads its 16 bytes of input
+  // row g for each slice beside the weights (rows past M are zero and load nothing). A warp reads
+  // only its own slices, so there is no CTA-wide copy of M x K inputs to wait for (staging them
+  // measured 9-11% slower per decode step of 6-8 tokens, bench/RESULTS.md).
+  uint4 xr[kMmaUnroll];
+  const __nv_bfloat16* xrow = kDirect && g < M ? reinterpret_cast<const __nv_bfloat16*>(a.in) +
+                                                     static_cast<int64_t>(g) * (a.in_stride ? a.in_stride : a.K) + 8 * q
+                                               : nullptr;
+  auto load_x = [&](int s0) {
+#pragma unroll
+    for (int u = 0; u < (kDirect ? kMmaUnroll : 0); ++u) {
+      const int sl = s0 + u;
+      xr[u] = xrow && sl < slices ? *reinterpret_cast<const uint4*>(xrow + 32 * sl) : make_uint4(0, 0, 0, 0);
+    }
+  };
+
   pdl_trigger();
   int tile = blockIdx.x;
   rows_of(tile);
@@ -265,7 +282,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
   pdl_wait();
   // Staged once per CTA; a CTA takes tile, tile + gridDim.x, ... (the grid fills the GPU once).
   __nv_bfloat16* xb = reinterpret_cast<__nv_bfloat16*>(xs);
-  stage_inputs<M, kNorm>(a, xb, stride, 8, partial);
+  if constexpr (kDirect)
+    load_x(first);
+  else
+    stage_inputs<M, kNorm>(a, xb, stride, 8, partial);
 
   for (; tile < tiles; tile += gridDim.x) {
     float c[R][4] = {};
@@ -274,16 +294,20 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
       for (int u = 0; u < kMmaUnroll; ++u) {
         const int sl = s0 + u;
         if (sl >= slices) break;
-        const uint4 xv = *reinterpret_cast<const uint4*>(xb + g * stride + 32 * sl + 8 * q);
+        uint4 xv;
+        if constexpr (kDirect)
+          xv = xr[u];
+        else
+          xv = *reinterpret_cast<const uint4*>(xb + g * stride + 32 * sl + 8 * q);
 #pragma unroll
         for (int r = 0; r < R; ++r) mma_slice(c[r], wv[r][0][u], wv[r][1][u], xv);
       }
       s0 += kWarps * kMmaUnroll;
       if (s0 < slices) {
-        load(s0);
+        load(s0), load_x(s0);
       } else {
         // The next tile's first loads go out before this tile's sums are combined.
-        if (tile + gridDim.x < tiles) rows_of(tile + gridDim.x), load(first);
+        if (tile + gridDim.x < tiles) rows_of(tile + gridDim.x), load(first), load_x(first);
         break;
       }
     }
@@ -313,8 +337,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
   }
 }
 
-size_t smem_bytes(int M, int K) {
-  return M <= kGemvDotRows ? size_t(M) * K * 2 : size_t(8) * (K + 8) * 2;
+// Dynamic shared memory of the kernel for M rows of K inputs: the staged inputs (none for the
+// tensor-core kernel's kAccumulate, which loads them directly).
+size_t smem_bytes(int M, int K, GemvKind kind) {
+  if (M <= kGemvDotRows) return size_t(M) * K * 2;
+  return kind == GemvKind::kAccumulate ? 0 : size_t(8) * (K + 8) * 2;
 }
 
 int g_smem_optin = 48 << 10;  // the device's opt-in shared memory per CTA, from gemv_init
@@ -355,7 +382,7 @@ void launch_kind(const GemvArgs& a, cudaStream_t s) {
   if constexpr (M <= kGemvMaxRows) {
     if (a.M != M) return launch_kind<kKind, M + 1>(a, s);
     auto* kernel = kernel_for<M, kKind>();
-    const size_t smem = smem_bytes(M, a.K);
+    const size_t smem = smem_bytes(M, a.K, kKind);
     // Enough CTAs to fill the GPU once, each looping over its rows: the inputs are staged once per CTA.
     const int passes = (a.N + kRowsPerPass<M> - 1) / kRowsPerPass<M>;
     const int grid = std::max(1, std::min(passes, resident_ctas(reinterpret_cast<const void*>(kernel), smem)));
@@ -387,7 +414,7 @@ void gemv_init() {
 
 bool gemv_supported(int M, int K) {
   return M >= 1 && M <= kGemvMaxRows && K > 0 && K % (M <= kGemvDotRows ? 8 : 32) == 0 &&
-         smem_bytes(M, K) <= size_t(g_smem_optin);
+         smem_bytes(M, K, GemvKind::kNormStore) <= size_t(g_smem_optin);
 }
 
 void gemv(const GemvArgs& a, cudaStream_t s) {
