@@ -600,7 +600,7 @@ int CudaBackend::splits_for(int T, int max_keys) const {
   // --tp-invariant: from the model's heads, so that every tp splits a head's keys alike.
   const int heads = slices_ ? full_.num_heads : cfg_.num_heads;
   const int kv_heads = slices_ ? full_.num_kv_heads : cfg_.num_kv_heads, per_kv = heads / kv_heads;
-  const int ctas = T * kv_heads * ((per_kv + heads_per_cta(T) - 1) / heads_per_cta(T));  // per split
+  const int hp = heads_per_cta(T), ctas = T * kv_heads * ((per_kv + hp - 1) / hp);  // per split
   int s = std::clamp((4 * num_sms_ + ctas - 1) / ctas, 1, 32);
   if (max_keys > 0) s = std::min(s, std::max(1, (max_keys + 31) / 32));
   while (s > 1 && size_t(T) * heads * s > attn_ws_rows_) --s;
