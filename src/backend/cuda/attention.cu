@@ -127,52 +127,15 @@ __device__ void merge_splits(const AttnArgs& a, int n_splits, int splits, const 
 // token's key and value too (with_kv), rounded through the cache's format so that they are exactly
 // what a later read of the cache returns, and uses them for the last key instead of reading the
 // cache; the CTA holding the KV group's first query head writes them to the cache (write_kv). One
-// warp per row with qkv_kernel's arithmetic, one launch fewer per layer. Ends with __syncthreads().
+// warp per row (qkv_row_warp, as qkv_kernel), one launch fewer per layer. Ends with __syncthreads().
 template <int D, class Kv>
 __device__ void prepare_qkv(const QkvArgs& p, int t, int h0, int nh, int g, bool with_kv, bool write_kv, float* qv,
                             float* kn, float* vn) {
-  constexpr int half = D / 2;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
-  const float* row = p.qkv + static_cast<int64_t>(t) * (p.H + 2 * p.KVH) * D;
-  const int pos = p.positions[t];
+  const int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
   for (int r = warp; r < nh + (with_kv ? 2 : 0); r += n_warps) {  // q heads, then k, then v
     const bool is_q = r < nh, is_k = r == nh;
-    const int at = is_q ? (h0 + r) * D : (p.H + (is_k ? 0 : p.KVH) + g) * D;
-    const float* norm = is_q ? p.q_norm : (is_k ? p.k_norm : nullptr);
-    float* dst = is_q ? qv + r * D : (is_k ? kn : vn);
-    float ss = 0.f;
-    for (int i = lane; i < half; i += 32) {
-      float x1 = row[at + i], x2 = row[at + i + half];
-      if (p.bias) x1 += p.bias[at + i], x2 += p.bias[at + i + half];
-      dst[i] = x1, dst[i + half] = x2;
-      ss += x1 * x1 + x2 * x2;
-    }
-    float inv = 1.f;
-    if (norm) inv = rsqrtf(warp_sum(ss) / D + p.eps);
-    typename Kv::T* cache = nullptr;
-    if (!is_q && write_kv) {
-      const int64_t slot = p.slots[t], block = slot / p.block_size, off = slot % p.block_size;
-      cache = static_cast<typename Kv::T*>(p.layer_kv) +
-              (((block * 2 + (is_k ? 0 : 1)) * p.KVH + g) * p.block_size + off) * D;
-    }
-    const float kv_inv_scale = is_k ? p.k_inv_scale : p.v_inv_scale;
-    for (int i = lane; i < half; i += 32) {
-      float x1 = dst[i], x2 = dst[i + half];
-      if (norm) x1 = x1 * inv * norm[i], x2 = x2 * inv * norm[i + half];
-      if (is_q || is_k) {
-        float sn, cs;
-        sincosf(static_cast<float>(pos) * p.inv_freq[i], &sn, &cs);
-        const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
-        x1 = y1, x2 = y2;
-      }
-      if (is_q) {
-        dst[i] = x1, dst[i + half] = x2;
-      } else {
-        const typename Kv::T c1 = Kv::from_f32(x1 * kv_inv_scale), c2 = Kv::from_f32(x2 * kv_inv_scale);
-        dst[i] = Kv::to_f32(c1), dst[i + half] = Kv::to_f32(c2);
-        if (cache) cache[i] = c1, cache[i + half] = c2;
-      }
-    }
+    const int head = is_q ? h0 + r : p.H + (is_k ? 0 : p.KVH) + g;
+    qkv_row_warp<Kv, true>(p, t, head, is_q ? qv + r * D : (is_k ? kn : vn), write_kv);
   }
   __syncthreads();
 }
@@ -228,7 +191,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   if (begin < end) fetch(begin + gid);
   if constexpr (kFused) {
     if (r.last >= 0)
-      prepare_qkv<D, Kv>(p, t, h0, nh, g, has_new, has_new && h0 % per_kv == 0 && p.slots[t] >= 0, qv, kn, vn);
+      prepare_qkv<D, Kv>(p, t, h0, nh, g, has_new, has_new && h0 % per_kv == 0, qv, kn, vn);
   }
   float q[kG][kE], acc[kG][kE], m[kG], l[kG];
 #pragma unroll

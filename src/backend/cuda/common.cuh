@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "backend/cuda/kernels.h"
+
 namespace baton::cuda {
 
 // Programmatic dependent launch (sm_90). A kernel launched with launch() may start while the
@@ -149,6 +151,57 @@ __device__ __forceinline__ void load_f32(const typename Kv::T* p, float* out) {
   } else {
 #pragma unroll
     for (int i = 0; i < N; ++i) out[i] = Kv::to_f32(p[i]);
+  }
+}
+
+// One warp's share of qkv_rope_cache: row `head` of token t's QKV row (the query heads, then the
+// KV heads' K, then their V) + bias, QK-norm and RoPE (q and k), written to dst (which may be the
+// row itself); lane i takes the rotation pairs (i, i + D/2), (i + 32, ...). A K or V row goes to
+// the paged cache when to_cache and the token has a slot, rounded through the cache's format; with
+// kKeepKv it also lands in dst as so rounded (what a later read of the cache returns). The
+// prefill path (qkv_kernel) and the fused decode attention both call this, so a token's q, k and v
+// are the same whichever prepares them.
+template <class Kv, bool kKeepKv>
+__device__ __forceinline__ void qkv_row_warp(const QkvArgs& a, int t, int head, float* dst, bool to_cache) {
+  const int lane = threadIdx.x & 31, D = a.D, half = D / 2;
+  const float* row = a.qkv + (static_cast<int64_t>(t) * (a.H + 2 * a.KVH) + head) * D;
+  const float* bias = a.bias ? a.bias + head * D : nullptr;
+  const bool is_q = head < a.H, is_k = !is_q && head < a.H + a.KVH;
+  const float* norm = is_q ? a.q_norm : (is_k ? a.k_norm : nullptr);
+  float ss = 0.f;
+  for (int p = lane; p < half; p += 32) {
+    float x1 = row[p], x2 = row[p + half];
+    if (bias) x1 += bias[p], x2 += bias[p + half];
+    dst[p] = x1, dst[p + half] = x2;
+    ss += x1 * x1 + x2 * x2;
+  }
+  float inv = 1.f;
+  if (norm) inv = rsqrtf(warp_sum(ss) / D + a.eps);
+  const int pos = a.positions[t];
+  typename Kv::T* cache = nullptr;
+  if (!is_q && to_cache && a.slots[t] >= 0) {
+    const int g = is_k ? head - a.H : head - a.H - a.KVH;
+    const int64_t slot = a.slots[t], block = slot / a.block_size, off = slot % a.block_size;
+    cache = static_cast<typename Kv::T*>(a.layer_kv) +
+            (((block * 2 + (is_k ? 0 : 1)) * a.KVH + g) * a.block_size + off) * D;
+  }
+  const float kv_inv_scale = is_k ? a.k_inv_scale : a.v_inv_scale;
+  for (int p = lane; p < half; p += 32) {
+    float x1 = dst[p], x2 = dst[p + half];
+    if (norm) x1 = x1 * inv * norm[p], x2 = x2 * inv * norm[p + half];
+    if (is_q || is_k) {
+      float sn, cs;
+      sincosf(static_cast<float>(pos) * a.inv_freq[p], &sn, &cs);
+      const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+      x1 = y1, x2 = y2;
+    }
+    if (is_q) {
+      dst[p] = x1, dst[p + half] = x2;
+    } else if (cache || kKeepKv) {
+      const typename Kv::T c1 = Kv::from_f32(x1 * kv_inv_scale), c2 = Kv::from_f32(x2 * kv_inv_scale);
+      if (cache) cache[p] = c1, cache[p + half] = c2;
+      if constexpr (kKeepKv) dst[p] = Kv::to_f32(c1), dst[p + half] = Kv::to_f32(c2);
+    }
   }
 }
 

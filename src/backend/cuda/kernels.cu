@@ -32,58 +32,16 @@ __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, const float*
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = __float2bfloat16(src[i] * inv * w[i]);
 }
 
-// One warp per (token, head); lane handles rotation pairs (p, p + D/2).
+// One warp per (token, head): qkv_row_warp in place.
 template <class Kv>
 __global__ void qkv_kernel(QkvArgs a) {
   pdl_trigger();
   pdl_wait();
-  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int n_heads = a.H + 2 * a.KVH;
   if (warp >= a.T * n_heads) return;
   const int t = warp / n_heads, head = warp % n_heads;
-  const int D = a.D, half = D / 2;
-  const int row_len = n_heads * D;
-  float* row = a.qkv + static_cast<int64_t>(t) * row_len + head * D;
-  const float* bias = a.bias ? a.bias + head * D : nullptr;
-  const bool is_q = head < a.H, is_k = !is_q && head < a.H + a.KVH;
-  const float* norm = is_q ? a.q_norm : (is_k ? a.k_norm : nullptr);
-
-  float ss = 0.f;
-  for (int p = lane; p < half; p += 32) {
-    float x1 = row[p], x2 = row[p + half];
-    if (bias) x1 += bias[p], x2 += bias[p + half];
-    row[p] = x1, row[p + half] = x2;
-    ss += x1 * x1 + x2 * x2;
-  }
-  float inv = 1.f;
-  if (norm) inv = rsqrtf(warp_sum(ss) / D + a.eps);
-  const int pos = a.positions[t];
-  const int slot = a.slots[t];
-  typename Kv::T* dst = nullptr;
-  float kv_inv_scale = 1.f;
-  if (!is_q && slot >= 0) {
-    const int g = is_k ? head - a.H : head - a.H - a.KVH;
-    const int64_t block = slot / a.block_size, off = slot % a.block_size;
-    dst = static_cast<typename Kv::T*>(a.layer_kv) +
-          (((block * 2 + (is_k ? 0 : 1)) * a.KVH + g) * a.block_size + off) * D;
-    kv_inv_scale = is_k ? a.k_inv_scale : a.v_inv_scale;
-  }
-  for (int p = lane; p < half; p += 32) {
-    float x1 = row[p], x2 = row[p + half];
-    if (norm) x1 = x1 * inv * norm[p], x2 = x2 * inv * norm[p + half];
-    if (is_q || is_k) {
-      float sn, cs;
-      sincosf(static_cast<float>(pos) * a.inv_freq[p], &sn, &cs);
-      const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
-      x1 = y1, x2 = y2;
-    }
-    if (is_q) {
-      row[p] = x1, row[p + half] = x2;
-    } else if (dst) {
-      dst[p] = Kv::from_f32(x1 * kv_inv_scale);
-      dst[p + half] = Kv::from_f32(x2 * kv_inv_scale);
-    }
-  }
+  qkv_row_warp<Kv, false>(a, t, head, a.qkv + (static_cast<int64_t>(t) * n_heads + head) * a.D, true);
 }
 
 // grid (columns / 256, tokens): no 64-bit division per element. kVec: four columns per thread
