@@ -8,6 +8,9 @@
 #   bash bench/gpu/cuda.sh all     both
 #   bash bench/gpu/cuda.sh profile where a step's time goes, kernel by kernel (BATON_CUDA_PROFILE=1);
 #                                  PROFILE_MODELS="qwen2.5-0.5b llama3.2-1b", PROFILE_ARGS="ARGS|ARGS"
+#   bash bench/gpu/cuda.sh trace   the decode step inside its CUDA graph, kernel by kernel, from an
+#                                  Nsight Systems trace (bench/gpu/nsys_sum.py); TRACE_MODELS,
+#                                  TRACE_BATCHES="1 8 64", TRACE_CONFIGS="default;BATON_CUDA_PDL=0"
 #   bash bench/gpu/cuda.sh ab      decode step time with our skinny GEMMs and programmatic dependent
 #                                  launch, each turned off in turn (BATON_CUDA_GEMV=0, BATON_CUDA_PDL=0);
 #                                  AB_CONFIGS="default;BATON_CUDA_PDL=0" picks configurations,
@@ -61,6 +64,42 @@ if [[ $MODE == profile || $MODE == all ]]; then
       BATON_CUDA_PROFILE=1 ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda $args \
         --gen-batches "" 2>&1 | grep -vE "cuda backend:|^device|^model" | tail -30
     done
+  done
+fi
+if [[ $MODE == trace ]]; then
+  MODELS=/tmp/baton-models
+  python3 bench/gpu/hf_reference.py make "$MODELS" > /dev/null 2>&1
+  # Nsight Systems where it is installed; else our CUPTI tracer (bench/gpu/cupti_trace.cpp), built
+  # against the CUPTI of the CUDA toolkit or of the PyPI package nvidia-cuda-cupti.
+  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1 || true)
+  if [[ -z $NSYS ]]; then
+    H=$(find /usr/local/cuda/ /usr/local/cuda/extras/CUPTI /usr/lib/python3*/ /usr/local/lib/python3*/ \
+      -name cupti_activity.h 2>/dev/null | head -1 || true)
+    [[ -n $H ]] || { echo "trace: neither nsys nor CUPTI on this machine"; exit 1; }
+    INC=$(dirname "$H")
+    LIB=$(find "$INC/.." /usr/local/cuda/ -name 'libcupti.so*' 2>/dev/null | head -1)
+    for v in 12 11 10 9 8 7; do grep -q "CUpti_ActivityKernel$v;" "$H" && break; done
+    echo "trace: CUPTI $H, $LIB, CUpti_ActivityKernel$v"
+    g++ -O2 -shared -fPIC -std=c++20 -I"$INC" -I/usr/local/cuda/include -DKREC=CUpti_ActivityKernel$v \
+      bench/gpu/cupti_trace.cpp "$LIB" -Wl,-rpath,"$(dirname "$LIB")" -o /tmp/libcupti_trace.so
+  fi
+  for m in ${TRACE_MODELS:-qwen2.5-0.5b llama3.2-1b}; do
+    IFS=';' read -r -a tconfigs <<< "${TRACE_CONFIGS:-default}"
+    for b in ${TRACE_BATCHES:-1}; do for cfg in "${tconfigs[@]}"; do
+      [[ $cfg == default ]] && cfg=""
+      echo "== trace $m batch $b ${cfg:-default}"
+      rm -f /tmp/trace.nsys-rep /tmp/trace.sqlite /tmp/trace_cuda_gpu_trace.csv
+      cmd=(env $cfg ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda --kv-cache-dtype bf16 --batches "$b"
+        --steps 8 --prefill 256 --gen-batches "" ${TRACE_ARGS:-})
+      if [[ -n $NSYS ]]; then
+        "$NSYS" profile -q --cuda-graph-trace=node -t cuda -o /tmp/trace "${cmd[@]}" 2>&1 | grep "^decode" || true
+        "$NSYS" stats -q --report cuda_gpu_trace --format csv -o /tmp/trace /tmp/trace.nsys-rep > /dev/null 2>&1
+      else
+        CUDA_INJECTION64_PATH=/tmp/libcupti_trace.so CUPTI_TRACE_CSV=/tmp/trace_cuda_gpu_trace.csv "${cmd[@]}" 2>&1 |
+          grep "^decode" || true
+      fi
+      python3 bench/gpu/nsys_sum.py /tmp/trace_cuda_gpu_trace.csv
+    done; done
   done
 fi
 if [[ $MODE == ab ]]; then
