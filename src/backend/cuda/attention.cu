@@ -87,12 +87,28 @@ constexpr int decode_lanes(int kG, int D) {
   return kG * D / 32 < 8 ? 8 : (kG * D / 32 > 32 ? 32 : kG * D / 32);
 }
 
-// out[t, h0 .. h0 + nh) from the splits' partials (A[D], M, L each per head) in ws. Every split's
-// M and L are read at once, then each output element sums over the splits with its loads unrolled.
+// out[t, h0 .. h0 + nh) from the splits' partials (A[D], M, L each per head) in ws. The loads go
+// out together: each split's M and L, and the partial sums of the (kElems) output elements a
+// thread writes for the first kMergeBatch splits (one round trip for up to that many splits; the
+// kernel's registers bound the batch).
+constexpr int kMergeBatch = 16;
+template <int kElems>
 __device__ void merge_splits(const AttnArgs& a, int n_splits, int splits, const float* ws, int t, int h0, int nh) {
   __shared__ float sm_scale[kMaxCtaHeads][kMaxSplits], sm_l[kMaxCtaHeads][kMaxSplits];
   const int D = a.D;
   const float* w0 = ws + (static_cast<int64_t>(t) * a.H + h0) * n_splits * (D + 2);
+  float part[kElems][kMergeBatch];
+  const auto load_batch = [&](int s0) {
+#pragma unroll
+    for (int e = 0; e < kElems; ++e) {
+      const int i = threadIdx.x + e * blockDim.x;
+      const float* w = w0 + (i / D) * n_splits * (D + 2) + i % D;
+#pragma unroll
+      for (int s = 0; s < kMergeBatch; ++s)
+        part[e][s] = i < nh * D && s0 + s < splits ? __ldcg(w + (s0 + s) * (D + 2)) : 0.f;
+    }
+  };
+  load_batch(0);
   for (int i = threadIdx.x; i < nh * splits; i += blockDim.x) {
     const int hd = i / splits, s = i % splits;
     sm_scale[hd][s] = __ldcg(w0 + (hd * n_splits + s) * (D + 2) + D);
@@ -109,15 +125,28 @@ __device__ void merge_splits(const AttnArgs& a, int n_splits, int splits, const 
   __syncthreads();
   if (threadIdx.x < nh * splits) sm_scale[threadIdx.x / splits][threadIdx.x % splits] = scale;
   __syncthreads();
-  for (int i = threadIdx.x; i < nh * D; i += blockDim.x) {
-    const int hd = i / D, d = i % D;
-    const float* w = w0 + hd * n_splits * (D + 2);
-    float L = 0.f, A = 0.f;
+  float A[kElems];
+#pragma unroll
+  for (int e = 0; e < kElems; ++e) A[e] = 0.f;
+  for (int s0 = 0;;) {
+#pragma unroll
+    for (int e = 0; e < kElems; ++e) {
+      const int hd = min((threadIdx.x + e * blockDim.x) / D, kMaxCtaHeads - 1);
+#pragma unroll
+      for (int s = 0; s < kMergeBatch; ++s) A[e] += s0 + s < splits ? part[e][s] * sm_scale[hd][s0 + s] : 0.f;
+    }
+    s0 += kMergeBatch;
+    if (s0 >= splits) break;
+    load_batch(s0);
+  }
+#pragma unroll
+  for (int e = 0; e < kElems; ++e) {
+    const int i = threadIdx.x + e * blockDim.x, hd = i / D, d = i % D;
+    if (i >= nh * D) break;
+    float L = 0.f;
     for (int s = 0; s < splits; ++s) L += sm_l[hd][s] * sm_scale[hd][s];
-#pragma unroll 8
-    for (int s = 0; s < splits; ++s) A += __ldcg(w + s * (D + 2) + d) * sm_scale[hd][s];
     out_bf16(a)[static_cast<int64_t>(t) * a.H * D + (h0 + hd) * D + d] =
-        __float2bfloat16(L > 0.f ? A / L * a.v_scale : 0.f);
+        __float2bfloat16(L > 0.f ? A[e] / L * a.v_scale : 0.f);
   }
 }
 
@@ -148,7 +177,13 @@ template <int D, class Kv, bool kFused, int kG>
 __global__ void __launch_bounds__(kDecodeThreads)
     decode_kernel(AttnArgs a, QkvArgs p, int n_splits, float* ws, int* arrivals) {
   pdl_trigger();
-  pdl_wait();
+  // The fused kernel reads nothing an earlier kernel of the step writes until prepare_qkv (the
+  // QKV GEMM's rows): the step's positions and block tables were copied before its first kernel,
+  // and the cached keys before the new token were written by earlier steps (the new token's, which
+  // this kernel writes, is read from shared memory instead). So its first keys' loads go out
+  // before the wait, while the QKV GEMM is still running.
+  const bool early = kFused && a.early_loads;
+  if (!early) pdl_wait();
   constexpr int kLanes = decode_lanes(kG, D), kE = D / kLanes, kGroups = kDecodeThreads / kLanes;
   const int per_kv = a.H / a.KVH, hp = a.heads_per_cta, ctas_per_kv = (per_kv + hp - 1) / hp;
   const int g = blockIdx.x / ctas_per_kv, h0 = g * per_kv + blockIdx.x % ctas_per_kv * hp;
@@ -189,6 +224,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   };
   // The first keys' loads go out before the queries are prepared: independent round trips.
   if (begin < end) fetch(begin + gid);
+  if (early) pdl_wait();
   if constexpr (kFused) {
     if (r.last >= 0)
       prepare_qkv<D, Kv>(p, t, h0, nh, g, has_new, has_new && h0 % per_kv == 0, qv, kn, vn);
@@ -280,7 +316,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   __syncthreads();
   if (!last) return;
   __threadfence();
-  merge_splits(a, n_splits, splits, ws, t, h0, nh);
+  merge_splits<(kG * D + kDecodeThreads - 1) / kDecodeThreads>(a, n_splits, splits, ws, t, h0, nh);
 }
 
 // 256 threads: 64 rows x 4 parts; part p owns the float4 chunks p, p + 4, p + 8, ... of a row.
@@ -628,6 +664,41 @@ void launch_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStrea
   }
 }
 
+// CTAs per SM of the fused decode kernel launch_decode_d would pick.
+template <int D, class Kv>
+int decode_ctas_per_sm(int heads_per_cta) {
+  auto* kernel = decode_kernel<D, Kv, true, 1>;
+  if constexpr (D == 64 || D == 128) {
+    if (heads_per_cta > 2)
+      kernel = decode_kernel<D, Kv, true, 4>;
+    else if (heads_per_cta > 1)
+      kernel = decode_kernel<D, Kv, true, 2>;
+  }
+  int per_sm = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kDecodeThreads, 0);
+  return per_sm;
+}
+
+template <class Kv>
+int decode_ctas_per_sm(int D, int heads_per_cta) {
+  switch (D) {
+    case 8:
+      return decode_ctas_per_sm<8, Kv>(heads_per_cta);
+    case 16:
+      return decode_ctas_per_sm<16, Kv>(heads_per_cta);
+    case 32:
+      return decode_ctas_per_sm<32, Kv>(heads_per_cta);
+    case 64:
+      return decode_ctas_per_sm<64, Kv>(heads_per_cta);
+    case 128:
+      return decode_ctas_per_sm<128, Kv>(heads_per_cta);
+    case 256:
+      return decode_ctas_per_sm<256, Kv>(heads_per_cta);
+    default:
+      return 1;
+  }
+}
+
 }  // namespace
 
 bool prefill_kernel_supports(int d) {
@@ -639,6 +710,14 @@ int decode_heads_per_cta(int H, int KVH, int D, int max_heads) {
   max_heads = std::clamp(max_heads, 1, kMaxCtaHeads);
   const int per_kv = H / KVH, ctas = (per_kv + max_heads - 1) / max_heads;
   return (per_kv + ctas - 1) / ctas;
+}
+
+int decode_resident_ctas(int D, bool fp8, int heads_per_cta) {
+  int device = 0, sms = 1;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const int per_sm = fp8 ? decode_ctas_per_sm<Fp8Kv>(D, heads_per_cta) : decode_ctas_per_sm<Bf16Kv>(D, heads_per_cta);
+  return std::max(per_sm, 1) * sms;
 }
 
 void attention_decode(const AttnArgs& args, int n_splits, float* workspace, int* arrivals, const QkvArgs* fuse,

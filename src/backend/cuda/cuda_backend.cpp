@@ -264,6 +264,10 @@ class CudaBackend : public Backend {
   // Decode attention: query heads of a KV group per CTA in steps of at least attn_group_tokens_
   // tokens (0: where T * heads >= 4 CTAs per SM, the split count's target).
   int attn_heads_per_cta_ = 1, attn_group_tokens_ = 0;
+  int attn_max_splits_ = 0;  // BATON_CUDA_ATTN_SPLITS=N caps a step's splits (A/B runs; 0: no cap)
+  int attn_resident_[2] = {1, 1};  // fused decode CTAs that fit at once: a head per CTA, grouped
+  bool attn_one_wave_ = true;      // BATON_CUDA_ATTN_WAVE=0: splits rounded up past one wave (A/B)
+  bool attn_early_ = true;         // BATON_CUDA_ATTN_EARLY=0: no cache loads before the PDL wait (A/B)
   int heads_per_cta(int T) const {
     const int heads = slices_ ? full_.num_heads : cfg_.num_heads;  // --tp-invariant: alike at every tp
     const bool group = attn_group_tokens_ ? T >= attn_group_tokens_ : T * heads >= 4 * num_sms_;
@@ -363,6 +367,9 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   int group_max = kAttnGroupHeads;
   if (const char* p = std::getenv("BATON_CUDA_ATTN_GROUP")) group_max = std::max(1, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_ATTN_GROUP_TOKENS")) attn_group_tokens_ = std::max(1, std::atoi(p));
+  if (const char* p = std::getenv("BATON_CUDA_ATTN_SPLITS")) attn_max_splits_ = std::max(1, std::atoi(p));
+  if (const char* p = std::getenv("BATON_CUDA_ATTN_WAVE")) attn_one_wave_ = std::string(p) != "0";
+  if (const char* p = std::getenv("BATON_CUDA_ATTN_EARLY")) attn_early_ = std::string(p) != "0";
   attn_heads_per_cta_ = decode_heads_per_cta(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim, group_max);
   if (options.tp_invariant) {
     slices_ = tp_invariant_slices(full_.num_heads, full_.num_kv_heads, full_.intermediate_size) / rank_.size;
@@ -373,6 +380,8 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   gemv_init();
   BATON_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   BATON_CU(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, rank_.device));
+  attn_resident_[0] = decode_resident_ctas(D, kv_dtype == KvDtype::kFP8, 1);
+  attn_resident_[1] = decode_resident_ctas(D, kv_dtype == KvDtype::kFP8, attn_heads_per_cta_);
   BATON_CUBLAS(cublasCreate(&cublas_));
   BATON_CUBLAS(cublasSetStream(cublas_, stream_));
   const size_t ws_bytes = size_t{32} << 20;  // cuBLAS workspace: set once, so graph capture never allocates
@@ -601,8 +610,12 @@ int CudaBackend::splits_for(int T, int max_keys) const {
   const int heads = slices_ ? full_.num_heads : cfg_.num_heads;
   const int kv_heads = slices_ ? full_.num_kv_heads : cfg_.num_kv_heads, per_kv = heads / kv_heads;
   const int hp = heads_per_cta(T), ctas = T * kv_heads * ((per_kv + hp - 1) / hp);  // per split
-  int s = std::clamp((4 * num_sms_ + ctas - 1) / ctas, 1, 32);
+  // One wave: as many CTAs as fit on the GPU at once, at most 4 per SM (a split more, rounding up,
+  // left a second wave of a few CTAs that doubled the kernel's time at batch 1).
+  const int target = std::min(4 * num_sms_, attn_resident_[hp > 1]);
+  int s = std::clamp(attn_one_wave_ ? target / ctas : (4 * num_sms_ + ctas - 1) / ctas, 1, 32);
   if (max_keys > 0) s = std::min(s, std::max(1, (max_keys + 31) / 32));
+  if (attn_max_splits_ > 0) s = std::min(s, attn_max_splits_);
   while (s > 1 && size_t(T) * heads * s > attn_ws_rows_) --s;
   return s;
 }
@@ -683,7 +696,8 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
                1.f / std::sqrt(float(D)),
                fp8 ? w.k_scale : 1.f,
                fp8 ? w.v_scale : 1.f,
-               heads_per_cta(T)};
+               heads_per_cta(T),
+               attn_early_};
     if (decode || !prefill_kernel_supports(D))
       attention_decode(a, n_splits, attn_ws_, attn_arrivals_, decode ? &q : nullptr, stream_);
     else

@@ -59,6 +59,7 @@ struct AttnArgs {
   float scale;             // 1 / sqrt(D)
   float k_scale, v_scale;  // KV dequantization (1 for bf16)
   int heads_per_cta = 1;   // attention_decode: query heads (of one KV group) a CTA takes
+  bool early_loads = true;  // fused decode: the cached keys' first loads before the PDL wait
 };
 // Decode-shaped (any T, best when each sequence adds one token): one CTA per (a.heads_per_cta
 // query heads of one KV group, token, split), which reads each K/V row once for all of them; the
@@ -69,6 +70,9 @@ struct AttnArgs {
 // a.q's raw rows, and the kernel does qkv_rope_cache(*fuse)'s work itself; null: a.q is ready.
 void attention_decode(const AttnArgs& a, int n_splits, float* workspace, int* arrivals, const QkvArgs* fuse,
                       cudaStream_t s);
+// How many CTAs of the fused decode kernel for head size D and that many heads per CTA fit on
+// the current device at once.
+int decode_resident_ctas(int D, bool fp8, int heads_per_cta);
 // The query heads per decode CTA for a model of H query heads over KVH KV heads of size D: a KV
 // group's heads in as few CTAs as take at most max_heads (<= 4) each (1 for head sizes other than
 // 64 and 128).
