@@ -15,7 +15,8 @@
 #                                  launch, each turned off in turn (BATON_CUDA_GEMV=0, BATON_CUDA_PDL=0);
 #                                  AB_CONFIGS="default;BATON_CUDA_PDL=0" picks configurations,
 #                                  AB_ROUNDS=2 runs the list that many times, interleaved; AB_ARGS
-#                                  go to baton-bench model (e.g. "--batches 8 --prefill 256")
+#                                  go to baton-bench model (e.g. "--batches 8 --prefill 256"); a
+#                                  configuration "bin=PATH ..." runs another build's baton-bench
 # Results go to $OUT (logs, JSON); the models are written to /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -111,8 +112,13 @@ if [[ $MODE == ab ]]; then
       for cfg in "${configs[@]}"; do
         [[ $cfg == default ]] && cfg=""
         echo "== $m ${cfg:-default} (round $round)"
-        label=$(echo "${cfg:-default}" | tr ' =' '_-').r$round
-        env $cfg ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda --kv-cache-dtype bf16 \
+        label=$(echo "${cfg:-default}" | sed 's#[ /]#_#g; s#=#-#g').r$round
+        bin=./build-gpu/apps/baton-bench
+        if [[ $cfg == bin=* ]]; then  # "bin=PATH [VAR=VALUE ...]": another build, e.g. of the commit before
+          bin=${cfg%% *} && bin=${bin#bin=}
+          [[ $cfg == *" "* ]] && cfg=${cfg#* } || cfg=""
+        fi
+        env $cfg "$bin" model --model "$MODELS/$m" --device cuda --kv-cache-dtype bf16 \
           --gen-batches "" --json "$OUT/ab.$m.$label.json" ${AB_ARGS:-} 2>&1 | awk '!/cuda backend:/ || /decode graph/'
       done
     done

@@ -164,7 +164,7 @@ __device__ void prepare_qkv(const QkvArgs& p, int t, int h0, int nh, int g, bool
   for (int r = warp; r < nh + (with_kv ? 2 : 0); r += n_warps) {  // q heads, then k, then v
     const bool is_q = r < nh, is_k = r == nh;
     const int head = is_q ? h0 + r : p.H + (is_k ? 0 : p.KVH) + g;
-    qkv_row_warp<Kv, true>(p, t, head, is_q ? qv + r * D : (is_k ? kn : vn), write_kv);
+    qkv_row_warp<Kv, true, (D + 63) / 64>(p, t, head, is_q ? qv + r * D : (is_k ? kn : vn), write_kv);
   }
   __syncthreads();
 }
@@ -173,8 +173,9 @@ __device__ void prepare_qkv(const QkvArgs& p, int t, int h0, int nh, int g, bool
 // lanes; each group walks its own keys (one key per group at a time, its lanes sharing the head
 // dimension, the group's next key already loading) keeping an online softmax per query head: a
 // key and value are loaded once for every query head that reads them (GQA), not once per head.
+// At least 4 resident CTAs per SM (64 registers) for a head of up to 64 per CTA, 2 up to 128.
 template <int D, class Kv, bool kFused, int kG>
-__global__ void __launch_bounds__(kDecodeThreads)
+__global__ void __launch_bounds__(kDecodeThreads, kG == 1 && D <= 64 ? 4 : (D <= 128 ? 2 : 1))
     decode_kernel(AttnArgs a, QkvArgs p, int n_splits, float* ws, int* arrivals) {
   pdl_trigger();
   // The fused kernel reads nothing an earlier kernel of the step writes until prepare_qkv (the

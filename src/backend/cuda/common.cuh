@@ -161,46 +161,64 @@ __device__ __forceinline__ void load_f32(const typename Kv::T* p, float* out) {
 // kKeepKv it also lands in dst as so rounded (what a later read of the cache returns). The
 // prefill path (qkv_kernel) and the fused decode attention both call this, so a token's q, k and v
 // are the same whichever prepares them.
-template <class Kv, bool kKeepKv>
+// kMaxPairs: rotation pairs per lane, at least D / 64 (4 serves every head size up to 256; a
+// caller that knows D asks for no more registers than it needs).
+template <class Kv, bool kKeepKv, int kMaxPairs = 4>
 __device__ __forceinline__ void qkv_row_warp(const QkvArgs& a, int t, int head, float* dst, bool to_cache) {
   const int lane = threadIdx.x & 31, D = a.D, half = D / 2;
   const float* row = a.qkv + (static_cast<int64_t>(t) * (a.H + 2 * a.KVH) + head) * D;
   const float* bias = a.bias ? a.bias + head * D : nullptr;
   const bool is_q = head < a.H, is_k = !is_q && head < a.H + a.KVH;
   const float* norm = is_q ? a.q_norm : (is_k ? a.k_norm : nullptr);
-  float ss = 0.f;
-  for (int p = lane; p < half; p += 32) {
-    float x1 = row[p], x2 = row[p + half];
-    if (bias) x1 += bias[p], x2 += bias[p + half];
-    dst[p] = x1, dst[p + half] = x2;
-    ss += x1 * x1 + x2 * x2;
+  // Every load before any arithmetic or store (dst may be the row, and the compiler cannot move a
+  // load of the weights past a store through dst): the row, its bias, the norm weights, the
+  // frequencies, the position and the slot go out in one round trip.
+  const int pos = a.positions[t];
+  const int64_t slot = !is_q && to_cache ? a.slots[t] : -1;
+  float x1[kMaxPairs], x2[kMaxPairs], w1[kMaxPairs], w2[kMaxPairs], freq[kMaxPairs];
+#pragma unroll
+  for (int i = 0; i < kMaxPairs; ++i) {
+    const int p = lane + 32 * i;
+    if (p >= half) break;
+    x1[i] = row[p], x2[i] = row[p + half];
+    if (bias) x1[i] += bias[p], x2[i] += bias[p + half];
+    if (norm) w1[i] = norm[p], w2[i] = norm[p + half];
+    if (is_q || is_k) freq[i] = a.inv_freq[p];
   }
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < kMaxPairs; ++i)
+    if (lane + 32 * i < half) ss += x1[i] * x1[i] + x2[i] * x2[i];
   float inv = 1.f;
   if (norm) inv = rsqrtf(warp_sum(ss) / D + a.eps);
-  const int pos = a.positions[t];
   typename Kv::T* cache = nullptr;
-  if (!is_q && to_cache && a.slots[t] >= 0) {
+  if (slot >= 0) {
     const int g = is_k ? head - a.H : head - a.H - a.KVH;
-    const int64_t slot = a.slots[t], block = slot / a.block_size, off = slot % a.block_size;
+    const int64_t block = slot / a.block_size, off = slot % a.block_size;
     cache = static_cast<typename Kv::T*>(a.layer_kv) +
             (((block * 2 + (is_k ? 0 : 1)) * a.KVH + g) * a.block_size + off) * D;
   }
   const float kv_inv_scale = is_k ? a.k_inv_scale : a.v_inv_scale;
-  for (int p = lane; p < half; p += 32) {
-    float x1 = dst[p], x2 = dst[p + half];
-    if (norm) x1 = x1 * inv * norm[p], x2 = x2 * inv * norm[p + half];
+#pragma unroll
+  for (int i = 0; i < kMaxPairs; ++i) {
+    const int p = lane + 32 * i;
+    if (p >= half) break;
+    float y1 = x1[i], y2 = x2[i];
+    if (norm) y1 = y1 * inv * w1[i], y2 = y2 * inv * w2[i];
     if (is_q || is_k) {
       float sn, cs;
-      sincosf(static_cast<float>(pos) * a.inv_freq[p], &sn, &cs);
-      const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
-      x1 = y1, x2 = y2;
+      sincosf(static_cast<float>(pos) * freq[i], &sn, &cs);
+      const float r1 = y1 * cs - y2 * sn, r2 = y2 * cs + y1 * sn;
+      y1 = r1, y2 = r2;
     }
     if (is_q) {
-      dst[p] = x1, dst[p + half] = x2;
+      dst[p] = y1, dst[p + half] = y2;
     } else if (cache || kKeepKv) {
-      const typename Kv::T c1 = Kv::from_f32(x1 * kv_inv_scale), c2 = Kv::from_f32(x2 * kv_inv_scale);
+      const typename Kv::T c1 = Kv::from_f32(y1 * kv_inv_scale), c2 = Kv::from_f32(y2 * kv_inv_scale);
       if (cache) cache[p] = c1, cache[p + half] = c2;
       if constexpr (kKeepKv) dst[p] = Kv::to_f32(c1), dst[p + half] = Kv::to_f32(c2);
+    } else {  // as the row was with its bias (nothing reads it)
+      dst[p] = x1[i], dst[p + half] = x2[i];
     }
   }
 }
