@@ -264,15 +264,16 @@ TEST_P(CudaVsCpuTest, PrefillAndDecodeLogitsMatchCpu) {
     SCOPED_TRACE(kv);
     cpu_o.kv_dtype = kv;
     auto cpu_kv = make(dir_.path(), cpu_o);
-    // The decode step below is one token: its attention takes one query head per CTA, or (with
-    // BATON_CUDA_ATTN_GROUP_TOKENS=1) the KV group's heads together, as steps of many tokens do.
+    // The decode step below is one token: its attention takes the KV group's query heads
+    // together, as every step does by default, or (BATON_CUDA_ATTN_GROUP=1) one head per CTA, as
+    // models whose groups the grouped kernel does not take do.
     for (const bool grouped : {false, true}) {
       for (int max_batch_tokens : {2048, 64}) {  // 64: the prompt runs as several passes
         BackendOptions o = cuda_options(kv);
         o.max_batch_tokens = max_batch_tokens;
-        if (grouped) setenv("BATON_CUDA_ATTN_GROUP_TOKENS", "1", 1);
+        if (!grouped) setenv("BATON_CUDA_ATTN_GROUP", "1", 1);
         auto gpu = make(dir_.path(), o);
-        unsetenv("BATON_CUDA_ATTN_GROUP_TOKENS");
+        unsetenv("BATON_CUDA_ATTN_GROUP");
         ASSERT_TRUE(gpu && cpu_kv);
         for (int len : {1, 17, 300, 700}) {
           SCOPED_TRACE("prompt of " + std::to_string(len) + ", passes of " + std::to_string(max_batch_tokens) +

@@ -58,9 +58,8 @@ namespace cuda {
 namespace {
 
 // Decode attention reads each K/V row once for up to kAttnGroupHeads query heads of its KV group
-// (more measured slower) in steps where a head per CTA would already fill the GPU without splitting
-// the keys; smaller steps take a head per CTA, which finishes sooner while L2 serves the repeated
-// reads (bench/RESULTS.md, "GQA-grouped decode attention").
+// (more measured slower), at every batch size since its splits fill one wave of the kernel
+// (bench/RESULTS.md, "GQA-grouped decode attention" and "one wave").
 constexpr int kAttnGroupHeads = 4;
 
 #define BATON_CU(expr)                                                                            \
@@ -262,17 +261,14 @@ class CudaBackend : public Backend {
   int* attn_arrivals_ = nullptr;  // split-K decode attention: splits finished per (token, head)
   size_t attn_ws_rows_ = 0;
   // Decode attention: query heads of a KV group per CTA in steps of at least attn_group_tokens_
-  // tokens (0: where T * heads >= 4 CTAs per SM, the split count's target).
-  int attn_heads_per_cta_ = 1, attn_group_tokens_ = 0;
+  // tokens (every step unless BATON_CUDA_ATTN_GROUP_TOKENS says otherwise).
+  int attn_heads_per_cta_ = 1, attn_group_tokens_ = 1;
   int attn_max_splits_ = 0;  // BATON_CUDA_ATTN_SPLITS=N caps a step's splits (A/B runs; 0: no cap)
   int attn_resident_[2] = {1, 1};  // fused decode CTAs that fit at once: a head per CTA, grouped
   bool attn_one_wave_ = true;      // BATON_CUDA_ATTN_WAVE=0: splits rounded up past one wave (A/B)
   bool attn_early_ = true;         // BATON_CUDA_ATTN_EARLY=0: no cache loads before the PDL wait (A/B)
-  int heads_per_cta(int T) const {
-    const int heads = slices_ ? full_.num_heads : cfg_.num_heads;  // --tp-invariant: alike at every tp
-    const bool group = attn_group_tokens_ ? T >= attn_group_tokens_ : T * heads >= 4 * num_sms_;
-    return group ? attn_heads_per_cta_ : 1;
-  }
+  // The same at every tp (--tp-invariant): a rank holds whole KV groups.
+  int heads_per_cta(int T) const { return T >= attn_group_tokens_ ? attn_heads_per_cta_ : 1; }
   std::unique_ptr<StagingLayout> layout_;
   std::byte* host_staging_ = nullptr;  // pinned
   std::byte* dev_staging_ = nullptr;
@@ -457,7 +453,8 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   BATON_ASSIGN_OR_RETURN(sample_ws_.best, alloc<float2>(size_t(cap_rows_) * kGreedySplits));
   BATON_ASSIGN_OR_RETURN(sample_ws_.arrivals, alloc<int>(cap_rows_));
   BATON_CU(cudaMemsetAsync(sample_ws_.arrivals, 0, sizeof(int) * cap_rows_, stream_));  // waited for below
-  // (token, head, split) rows: splits_for aims at 4 CTAs per SM, each of up to 4 heads, rounded up.
+  // (token, head, split) rows: splits_for fills one wave of at most 4 CTAs per SM, each of up to 4
+  // heads, and takes fewer splits where a step's rows would not fit.
   attn_ws_rows_ = size_t(40) * num_sms_;
   BATON_ASSIGN_OR_RETURN(attn_ws_, alloc<float>(attn_ws_rows_ * (D + 2)));
   BATON_ASSIGN_OR_RETURN(attn_arrivals_, alloc<int>(attn_ws_rows_));
