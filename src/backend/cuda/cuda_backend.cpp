@@ -265,7 +265,6 @@ class CudaBackend : public Backend {
   int attn_heads_per_cta_ = 1, attn_group_tokens_ = 1;
   int attn_max_splits_ = 0;  // BATON_CUDA_ATTN_SPLITS=N caps a step's splits (A/B runs; 0: no cap)
   int attn_resident_[2] = {1, 1};  // fused decode CTAs that fit at once: a head per CTA, grouped
-  bool attn_one_wave_ = true;      // BATON_CUDA_ATTN_WAVE=0: splits rounded up past one wave (A/B)
   bool attn_early_ = true;         // BATON_CUDA_ATTN_EARLY=0: no cache loads before the PDL wait (A/B)
   // The same at every tp (--tp-invariant): a rank holds whole KV groups.
   int heads_per_cta(int T) const { return T >= attn_group_tokens_ ? attn_heads_per_cta_ : 1; }
@@ -364,7 +363,6 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   if (const char* p = std::getenv("BATON_CUDA_ATTN_GROUP")) group_max = std::max(1, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_ATTN_GROUP_TOKENS")) attn_group_tokens_ = std::max(1, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_ATTN_SPLITS")) attn_max_splits_ = std::max(1, std::atoi(p));
-  if (const char* p = std::getenv("BATON_CUDA_ATTN_WAVE")) attn_one_wave_ = std::string(p) != "0";
   if (const char* p = std::getenv("BATON_CUDA_ATTN_EARLY")) attn_early_ = std::string(p) != "0";
   attn_heads_per_cta_ = decode_heads_per_cta(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim, group_max);
   if (options.tp_invariant) {
@@ -610,7 +608,7 @@ int CudaBackend::splits_for(int T, int max_keys) const {
   // One wave: as many CTAs as fit on the GPU at once, at most 4 per SM (a split more, rounding up,
   // left a second wave of a few CTAs that doubled the kernel's time at batch 1).
   const int target = std::min(4 * num_sms_, attn_resident_[hp > 1]);
-  int s = std::clamp(attn_one_wave_ ? target / ctas : (4 * num_sms_ + ctas - 1) / ctas, 1, 32);
+  int s = std::clamp(target / ctas, 1, 32);
   if (max_keys > 0) s = std::min(s, std::max(1, (max_keys + 31) / 32));
   if (attn_max_splits_ > 0) s = std::min(s, attn_max_splits_);
   while (s > 1 && size_t(T) * heads * s > attn_ws_rows_) --s;
