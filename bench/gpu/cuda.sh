@@ -119,7 +119,8 @@ if [[ $MODE == ab ]]; then
           [[ $cfg == *" "* ]] && cfg=${cfg#* } || cfg=""
         fi
         env $cfg "$bin" model --model "$MODELS/$m" --device cuda --kv-cache-dtype bf16 \
-          --gen-batches "" --json "$OUT/ab.$m.$label.json" ${AB_ARGS:-} 2>&1 | awk '!/cuda backend:/ || /decode graph/'
+          --gen-batches "" --json "$OUT/ab.$m.$label.json" ${AB_ARGS:-} 2>&1 | awk '!/cuda backend:/ || /decode graph/' ||
+          echo "(this configuration failed)"
       done
     done
   done
