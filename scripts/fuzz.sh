@@ -23,10 +23,25 @@ case "$TARGET" in
      exit 2 ;;
 esac
 COMMON="src/common/json.cpp src/common/utf8.cpp src/common/mapped_file.cpp src/common/log.cpp"
-if [ ! -x "$OUT/fuzzer" ] || [ -n "$(find src tests/fuzz -newer "$OUT/fuzzer" -name '*.[ch]*' | head -1)" ]; then
-  # -fno-sanitize=function: clang 14 cannot assemble that check in coroutine code (the HTTP server).
-  clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize=function -fno-sanitize-recover=undefined -Isrc \
-    "tests/fuzz/${TARGET}_fuzz.cpp" $SRCS $COMMON ${LIBS:-} -o "$OUT/fuzzer"
+# -fno-sanitize=function: clang 14 cannot assemble that check in coroutine code (the HTTP server).
+# -gline-tables-only: file:line in reports, without full debug info's compile time.
+FLAGS="-std=c++20 -O1 -gline-tables-only -fsanitize=fuzzer,address,undefined -fno-sanitize=function
+  -fno-sanitize-recover=undefined -Isrc"
+# The sources every target links are compiled once into an archive that all targets share (ctest
+# runs targets in parallel: built under a lock).
+LIB=build-fuzz/common/libcommon.a
+mkdir -p build-fuzz/common
+(
+  flock 9
+  if [ ! -f "$LIB" ] || [ -n "$(find src/common -newer "$LIB" -name '*.[ch]*' | head -1)" ]; then
+    rm -f build-fuzz/common/*.o
+    for f in $COMMON; do clang++ $FLAGS -c "$f" -o "build-fuzz/common/$(basename "$f" .cpp).o"; done
+    ar rcs "$LIB.tmp" build-fuzz/common/*.o && mv "$LIB.tmp" "$LIB"
+  fi
+) 9> build-fuzz/common.lock
+if [ ! -x "$OUT/fuzzer" ] || [ "$LIB" -nt "$OUT/fuzzer" ] ||
+  [ -n "$(find src tests/fuzz -newer "$OUT/fuzzer" -name '*.[ch]*' | head -1)" ]; then
+  clang++ $FLAGS "tests/fuzz/${TARGET}_fuzz.cpp" $SRCS "$LIB" ${LIBS:-} -o "$OUT/fuzzer"
 fi
 cp -n tests/fuzz/corpus/"$TARGET"/* "$OUT/corpus/" 2>/dev/null || true
 # -rss_limit_mb bounds memory; -timeout catches hangs (a render that never ends is a bug).
