@@ -610,35 +610,47 @@ void launch_prefill_fa(const AttnArgs& a, const int2* tiles, int n_tiles, cudaSt
   launch(prefill_fa_kernel<D, Kv>, dim3(n_tiles, a.H), 128, bytes, s, a, tiles);
 }
 
+using DecodeKernel = void (*)(AttnArgs, QkvArgs, int, float*, int*);
+
+// The decode kernel for head size D and heads_per_cta query heads per CTA (grouped for the sizes
+// decode_heads_per_cta groups, 64 and 128).
 template <int D, class Kv, bool kFused>
-void launch_decode_d(const AttnArgs& a, const QkvArgs& p, int n_splits, float* ws, int* arrivals, cudaStream_t s) {
-  const dim3 grid(a.KVH * ((a.H / a.KVH + a.heads_per_cta - 1) / a.heads_per_cta), a.T, n_splits);
-  const auto go = [&](auto kernel) { launch(kernel, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals); };
-  if constexpr (D == 64 || D == 128) {  // the sizes decode_heads_per_cta groups
-    if (a.heads_per_cta > 2) return go(decode_kernel<D, Kv, kFused, 4>);
-    if (a.heads_per_cta > 1) return go(decode_kernel<D, Kv, kFused, 2>);
+DecodeKernel decode_kernel_d(int heads_per_cta) {
+  if constexpr (D == 64 || D == 128) {
+    if (heads_per_cta > 2) return decode_kernel<D, Kv, kFused, 4>;
+    if (heads_per_cta > 1) return decode_kernel<D, Kv, kFused, 2>;
   }
-  go(decode_kernel<D, Kv, kFused, 1>);
+  return decode_kernel<D, Kv, kFused, 1>;
+}
+
+// The same for a head size known at run time: null for sizes without a kernel (the backend
+// refuses them at load).
+template <class Kv, bool kFused>
+DecodeKernel decode_kernel_for(int D, int heads_per_cta) {
+  switch (D) {
+    case 8:
+      return decode_kernel_d<8, Kv, kFused>(heads_per_cta);
+    case 16:
+      return decode_kernel_d<16, Kv, kFused>(heads_per_cta);
+    case 32:
+      return decode_kernel_d<32, Kv, kFused>(heads_per_cta);
+    case 64:
+      return decode_kernel_d<64, Kv, kFused>(heads_per_cta);
+    case 128:
+      return decode_kernel_d<128, Kv, kFused>(heads_per_cta);
+    case 256:
+      return decode_kernel_d<256, Kv, kFused>(heads_per_cta);
+    default:
+      return nullptr;
+  }
 }
 
 template <class Kv, bool kFused>
 void launch_decode(const AttnArgs& a, const QkvArgs& p, int n_splits, float* ws, int* arrivals, cudaStream_t s) {
-  switch (a.D) {
-    case 8:
-      return launch_decode_d<8, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
-    case 16:
-      return launch_decode_d<16, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
-    case 32:
-      return launch_decode_d<32, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
-    case 64:
-      return launch_decode_d<64, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
-    case 128:
-      return launch_decode_d<128, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
-    case 256:
-      return launch_decode_d<256, Kv, kFused>(a, p, n_splits, ws, arrivals, s);
-    default:
-      break;  // the backend refuses other head sizes at load
-  }
+  const DecodeKernel kernel = decode_kernel_for<Kv, kFused>(a.D, a.heads_per_cta);
+  if (!kernel) return;
+  const dim3 grid(a.KVH * ((a.H / a.KVH + a.heads_per_cta - 1) / a.heads_per_cta), a.T, n_splits);
+  launch(kernel, grid, kDecodeThreads, 0, s, a, p, n_splits, ws, arrivals);
 }
 
 template <class Kv>
@@ -665,41 +677,6 @@ void launch_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStrea
   }
 }
 
-// CTAs per SM of the fused decode kernel launch_decode_d would pick.
-template <int D, class Kv>
-int decode_ctas_per_sm(int heads_per_cta) {
-  auto* kernel = decode_kernel<D, Kv, true, 1>;
-  if constexpr (D == 64 || D == 128) {
-    if (heads_per_cta > 2)
-      kernel = decode_kernel<D, Kv, true, 4>;
-    else if (heads_per_cta > 1)
-      kernel = decode_kernel<D, Kv, true, 2>;
-  }
-  int per_sm = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kDecodeThreads, 0);
-  return per_sm;
-}
-
-template <class Kv>
-int decode_ctas_per_sm(int D, int heads_per_cta) {
-  switch (D) {
-    case 8:
-      return decode_ctas_per_sm<8, Kv>(heads_per_cta);
-    case 16:
-      return decode_ctas_per_sm<16, Kv>(heads_per_cta);
-    case 32:
-      return decode_ctas_per_sm<32, Kv>(heads_per_cta);
-    case 64:
-      return decode_ctas_per_sm<64, Kv>(heads_per_cta);
-    case 128:
-      return decode_ctas_per_sm<128, Kv>(heads_per_cta);
-    case 256:
-      return decode_ctas_per_sm<256, Kv>(heads_per_cta);
-    default:
-      return 1;
-  }
-}
-
 }  // namespace
 
 bool prefill_kernel_supports(int d) {
@@ -713,12 +690,12 @@ int decode_heads_per_cta(int H, int KVH, int D, int max_heads) {
   return (per_kv + ctas - 1) / ctas;
 }
 
-int decode_resident_ctas(int D, bool fp8, int heads_per_cta) {
-  int device = 0, sms = 1;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int per_sm = fp8 ? decode_ctas_per_sm<Fp8Kv>(D, heads_per_cta) : decode_ctas_per_sm<Bf16Kv>(D, heads_per_cta);
-  return std::max(per_sm, 1) * sms;
+int decode_ctas_per_sm(int D, bool fp8, int heads_per_cta) {
+  const DecodeKernel kernel = fp8 ? decode_kernel_for<Fp8Kv, true>(D, heads_per_cta)
+                                  : decode_kernel_for<Bf16Kv, true>(D, heads_per_cta);
+  int per_sm = 0;
+  if (kernel) cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kDecodeThreads, 0);
+  return std::max(per_sm, 1);
 }
 
 void attention_decode(const AttnArgs& args, int n_splits, float* workspace, int* arrivals, const QkvArgs* fuse,

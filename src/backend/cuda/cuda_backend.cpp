@@ -374,8 +374,8 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   gemv_init();
   BATON_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   BATON_CU(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, rank_.device));
-  attn_resident_[0] = decode_resident_ctas(D, kv_dtype == KvDtype::kFP8, 1);
-  attn_resident_[1] = decode_resident_ctas(D, kv_dtype == KvDtype::kFP8, attn_heads_per_cta_);
+  attn_resident_[0] = num_sms_ * decode_ctas_per_sm(D, kv_dtype == KvDtype::kFP8, 1);
+  attn_resident_[1] = num_sms_ * decode_ctas_per_sm(D, kv_dtype == KvDtype::kFP8, attn_heads_per_cta_);
   BATON_CUBLAS(cublasCreate(&cublas_));
   BATON_CUBLAS(cublasSetStream(cublas_, stream_));
   const size_t ws_bytes = size_t{32} << 20;  // cuBLAS workspace: set once, so graph capture never allocates

@@ -4,9 +4,9 @@
 // weight bytes over the memory bandwidth, plus whatever the kernel cannot hide. So each warp
 // owns whole weight rows (rows n, n + stride, ...), its lanes load 16-byte chunks of a row eight
 // at a time (all loads of a short row in flight at once), and every CTA stages the M input rows
-// in shared memory once (the tensor-core kernel: only inputs it normalises). Before waiting for the previous kernel (programmatic dependent launch)
-// a warp issues its first weight loads, which depend on nothing: the weight stream starts while
-// the kernel before is still finishing. That takes up to kGemvDotRows (4) input rows: with more,
+// in shared memory once (the tensor-core kernel: only inputs it normalises). Before waiting for
+// the previous kernel (programmatic dependent launch) a warp issues its first weight loads, which
+// depend on nothing: the weight stream starts while the kernel before is still finishing. That takes up to kGemvDotRows (4) input rows: with more,
 // the shared-memory reads of the inputs (one per row and chunk) outrun the weight stream, so 5 to 8
 // run on tensor cores (gemv_mma_kernel below).
 #include <algorithm>

@@ -71,8 +71,8 @@ struct AttnArgs {
 void attention_decode(const AttnArgs& a, int n_splits, float* workspace, int* arrivals, const QkvArgs* fuse,
                       cudaStream_t s);
 // How many CTAs of the fused decode kernel for head size D and that many heads per CTA fit on
-// the current device at once.
-int decode_resident_ctas(int D, bool fp8, int heads_per_cta);
+// one SM of the current device at once (at least 1).
+int decode_ctas_per_sm(int D, bool fp8, int heads_per_cta);
 // The query heads per decode CTA for a model of H query heads over KVH KV heads of size D: a KV
 // group's heads in as few CTAs as take at most max_heads (<= 4) each (1 for head sizes other than
 // 64 and 128).
