@@ -11,6 +11,10 @@
 #   bash bench/gpu/cuda.sh trace   the decode step inside its CUDA graph, kernel by kernel, from an
 #                                  Nsight Systems trace (bench/gpu/nsys_sum.py); TRACE_MODELS,
 #                                  TRACE_BATCHES="1 8 64", TRACE_CONFIGS="default;BATON_CUDA_PDL=0"
+#   bash bench/gpu/cuda.sh ncu     one kernel of the decode step under Nsight Compute's full set: its
+#                                  sections and the source lines it stalls on most (build with
+#                                  CUDAFLAGS=-lineinfo for CUDA lines); NCU_MODEL=llama3.2-1b,
+#                                  NCU_KERNEL=regex:decode_kernel, NCU_BATCH=1, NCU_SKIP=200
 #   bash bench/gpu/cuda.sh ab      decode step time with our skinny GEMMs and programmatic dependent
 #                                  launch, each turned off in turn (BATON_CUDA_GEMV=0, BATON_CUDA_PDL=0);
 #                                  AB_CONFIGS="default;BATON_CUDA_PDL=0" picks configurations,
@@ -101,6 +105,21 @@ if [[ $MODE == trace ]]; then
       fi
       python3 bench/gpu/nsys_sum.py /tmp/trace_cuda_gpu_trace.csv
     done; done
+  done
+fi
+if [[ $MODE == ncu ]]; then
+  MODELS=/tmp/baton-models
+  python3 bench/gpu/hf_reference.py make "$MODELS" > /dev/null 2>&1
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  rm -f /tmp/kernel.ncu-rep
+  "$NCU" --set full --import-source yes --graph-profiling node -k "${NCU_KERNEL:-regex:decode_kernel}" \
+    --launch-skip "${NCU_SKIP:-200}" --launch-count 1 -o /tmp/kernel ./build-gpu/apps/baton-bench model \
+    --model "$MODELS/${NCU_MODEL:-llama3.2-1b}" --device cuda --kv-cache-dtype bf16 --batches "${NCU_BATCH:-1}" \
+    --steps 16 --prefill 256 --gen-batches "" 2>&1 | grep -E "^==PROF==|^decode|rror" | head -5 || true
+  "$NCU" --import /tmp/kernel.ncu-rep --page details 2>&1 | grep -vE "^ +-+ +-+ +-+$|^\s*$" | head -230
+  for src in cuda sass; do
+    "$NCU" --import /tmp/kernel.ncu-rep --page source --csv --print-source $src > /tmp/kernel.$src.csv 2>/dev/null || true
+    python3 bench/gpu/ncu_source.py /tmp/kernel.$src.csv ${NCU_LINES:-40} || true
   done
 fi
 if [[ $MODE == ab ]]; then
