@@ -266,18 +266,21 @@ TEST_P(CudaVsCpuTest, PrefillAndDecodeLogitsMatchCpu) {
     auto cpu_kv = make(dir_.path(), cpu_o);
     // The decode step below is one token: its attention takes the KV group's query heads
     // together, as every step does by default, or (BATON_CUDA_ATTN_GROUP=1) one head per CTA, as
-    // models whose groups the grouped kernel does not take do.
-    for (const bool grouped : {false, true}) {
+    // models whose groups the grouped kernel does not take do, or (BATON_CUDA_ATTN_MMA_TOKENS=1)
+    // runs on tensor cores, as steps of many tokens do.
+    for (const std::string mode : {"a head per CTA", "grouped", "tensor cores"}) {
       for (int max_batch_tokens : {2048, 64}) {  // 64: the prompt runs as several passes
         BackendOptions o = cuda_options(kv);
         o.max_batch_tokens = max_batch_tokens;
-        if (!grouped) setenv("BATON_CUDA_ATTN_GROUP", "1", 1);
+        if (mode == "a head per CTA") setenv("BATON_CUDA_ATTN_GROUP", "1", 1);
+        if (mode == "tensor cores") setenv("BATON_CUDA_ATTN_MMA_TOKENS", "1", 1);
         auto gpu = make(dir_.path(), o);
         unsetenv("BATON_CUDA_ATTN_GROUP");
+        unsetenv("BATON_CUDA_ATTN_MMA_TOKENS");
         ASSERT_TRUE(gpu && cpu_kv);
         for (int len : {1, 17, 300, 700}) {
           SCOPED_TRACE("prompt of " + std::to_string(len) + ", passes of " + std::to_string(max_batch_tokens) +
-                       (grouped ? ", grouped decode attention" : ""));
+                       ", decode attention: " + mode);
           auto prompt = some_prompt(len, len);
           auto want = prompt_logits(*cpu_kv, prompt);
           auto got = prompt_logits(*gpu, prompt);

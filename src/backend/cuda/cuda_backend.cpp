@@ -61,6 +61,10 @@ namespace {
 // (more measured slower), at every batch size since its splits fill one wave of the kernel
 // (bench/RESULTS.md, "GQA-grouped decode attention" and "one wave").
 constexpr int kAttnGroupHeads = 4;
+// Decode steps of at least this many tokens run attention on tensor cores (decode_mma_supported
+// shapes): there the CUDA-core kernel's instructions, not the KV bytes, set its time. Measured
+// faster from 32 tokens on, slower at 8 and mixed at 16 (bench/RESULTS.md, session 21).
+constexpr int kAttnMmaTokens = 32;
 
 #define BATON_CU(expr)                                                                            \
   do {                                                                                            \
@@ -264,10 +268,18 @@ class CudaBackend : public Backend {
   // tokens (every step unless BATON_CUDA_ATTN_GROUP_TOKENS says otherwise).
   int attn_heads_per_cta_ = 1, attn_group_tokens_ = 1;
   int attn_max_splits_ = 0;  // BATON_CUDA_ATTN_SPLITS=N caps a step's splits (A/B runs; 0: no cap)
-  int attn_resident_[2] = {1, 1};  // fused decode CTAs that fit at once: a head per CTA, grouped
+  int attn_resident_[3] = {1, 1, 1};  // fused decode CTAs that fit at once: a head per CTA, grouped, tensor cores
+  int attn_mma_tokens_ = kAttnMmaTokens;  // BATON_CUDA_ATTN_MMA_TOKENS=N (0: never)
+  // Its splits take at least this many keys (BATON_CUDA_ATTN_MMA_SPLIT_KEYS for A/B runs): 256
+  // measured 1-4% faster than 64 at batch 32 and 64 (fewer partials to merge).
+  int attn_mma_split_keys_ = 256;
   bool attn_early_ = true;         // BATON_CUDA_ATTN_EARLY=0: no cache loads before the PDL wait (A/B)
   // The same at every tp (--tp-invariant): a rank holds whole KV groups.
   int heads_per_cta(int T) const { return T >= attn_group_tokens_ ? attn_heads_per_cta_ : 1; }
+  bool attn_mma(int T) const {
+    return attn_mma_tokens_ > 0 && T >= attn_mma_tokens_ &&
+           decode_mma_supported(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim);
+  }
   std::unique_ptr<StagingLayout> layout_;
   std::byte* host_staging_ = nullptr;  // pinned
   std::byte* dev_staging_ = nullptr;
@@ -364,6 +376,9 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   if (const char* p = std::getenv("BATON_CUDA_ATTN_GROUP_TOKENS")) attn_group_tokens_ = std::max(1, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_ATTN_SPLITS")) attn_max_splits_ = std::max(1, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_ATTN_EARLY")) attn_early_ = std::string(p) != "0";
+  if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_TOKENS")) attn_mma_tokens_ = std::max(0, std::atoi(p));
+  if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_SPLIT_KEYS"))
+    attn_mma_split_keys_ = std::max(64, std::atoi(p));
   attn_heads_per_cta_ = decode_heads_per_cta(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim, group_max);
   if (options.tp_invariant) {
     slices_ = tp_invariant_slices(full_.num_heads, full_.num_kv_heads, full_.intermediate_size) / rank_.size;
@@ -376,6 +391,7 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   BATON_CU(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, rank_.device));
   attn_resident_[0] = num_sms_ * decode_ctas_per_sm(D, kv_dtype == KvDtype::kFP8, 1);
   attn_resident_[1] = num_sms_ * decode_ctas_per_sm(D, kv_dtype == KvDtype::kFP8, attn_heads_per_cta_);
+  attn_resident_[2] = num_sms_ * decode_mma_ctas_per_sm(D, kv_dtype == KvDtype::kFP8);
   BATON_CUBLAS(cublasCreate(&cublas_));
   BATON_CUBLAS(cublasSetStream(cublas_, stream_));
   const size_t ws_bytes = size_t{32} << 20;  // cuBLAS workspace: set once, so graph capture never allocates
@@ -604,12 +620,14 @@ int CudaBackend::splits_for(int T, int max_keys) const {
   // --tp-invariant: from the model's heads, so that every tp splits a head's keys alike.
   const int heads = slices_ ? full_.num_heads : cfg_.num_heads;
   const int kv_heads = slices_ ? full_.num_kv_heads : cfg_.num_kv_heads, per_kv = heads / kv_heads;
-  const int hp = heads_per_cta(T), ctas = T * kv_heads * ((per_kv + hp - 1) / hp);  // per split
+  const bool mma = attn_mma(T);
+  const int hp = mma ? per_kv : heads_per_cta(T), ctas = T * kv_heads * ((per_kv + hp - 1) / hp);  // per split
   // One wave: as many CTAs as fit on the GPU at once, at most 4 per SM (a split more, rounding up,
   // left a second wave of a few CTAs that doubled the kernel's time at batch 1).
-  const int target = std::min(4 * num_sms_, attn_resident_[hp > 1]);
+  const int target = std::min(4 * num_sms_, attn_resident_[mma ? 2 : hp > 1]);
   int s = std::clamp(target / ctas, 1, 32);
-  if (max_keys > 0) s = std::min(s, std::max(1, (max_keys + 31) / 32));
+  const int split_keys = mma ? attn_mma_split_keys_ : 32;  // a key per group of lanes, a tile of 16 per warp
+  if (max_keys > 0) s = std::min(s, std::max(1, (max_keys + split_keys - 1) / split_keys));
   if (attn_max_splits_ > 0) s = std::min(s, attn_max_splits_);
   while (s > 1 && size_t(T) * heads * s > attn_ws_rows_) --s;
   return s;
@@ -692,7 +710,9 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
                fp8 ? w.k_scale : 1.f,
                fp8 ? w.v_scale : 1.f,
                heads_per_cta(T),
-               attn_early_};
+               attn_early_,
+               decode && attn_mma(T),
+               attn_mma_split_keys_};
     if (decode || !prefill_kernel_supports(D))
       attention_decode(a, n_splits, attn_ws_, attn_arrivals_, decode ? &q : nullptr, stream_);
     else

@@ -60,6 +60,8 @@ struct AttnArgs {
   float k_scale, v_scale;  // KV dequantization (1 for bf16)
   int heads_per_cta = 1;   // attention_decode: query heads (of one KV group) a CTA takes
   bool early_loads = true;  // fused decode: the cached keys' first loads before the PDL wait
+  bool mma = false;         // fused decode: the tensor-core kernel (decode_mma_supported), a CTA per KV group
+  int min_split_keys = 256;  // its splits take at least this many keys each (and at least 64)
 };
 // Decode-shaped (any T, best when each sequence adds one token): one CTA per (a.heads_per_cta
 // query heads of one KV group, token, split), which reads each K/V row once for all of them; the
@@ -73,6 +75,13 @@ void attention_decode(const AttnArgs& a, int n_splits, float* workspace, int* ar
 // How many CTAs of the fused decode kernel for head size D and that many heads per CTA fit on
 // one SM of the current device at once (at least 1).
 int decode_ctas_per_sm(int D, bool fp8, int heads_per_cta);
+// Whether the tensor-core decode kernel (AttnArgs::mma: one CTA per (KV group, token, split), the
+// group's query heads as the rows of bf16 mma.sync; for steps of many tokens, where the CUDA-core
+// kernel is bound by its instructions) serves this shape: head size 64 or 128, at most 16 query
+// heads per KV head. Its CTAs per SM, as decode_ctas_per_sm (also allows its shared memory on the
+// current device: call before launching it there).
+bool decode_mma_supported(int H, int KVH, int D);
+int decode_mma_ctas_per_sm(int D, bool fp8);
 // The query heads per decode CTA for a model of H query heads over KVH KV heads of size D: a KV
 // group's heads in as few CTAs as take at most max_heads (<= 4) each (1 for head sizes other than
 // 64 and 128).
