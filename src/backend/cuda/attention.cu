@@ -90,76 +90,18 @@ constexpr int decode_lanes(int kG, int D) {
   return kG * D / 32 < 8 ? 8 : (kG * D / 32 > 32 ? 32 : kG * D / 32);
 }
 
-// out[t, h0 .. h0 + nh) from the splits' partials (A[D], M, L each per head) in ws. The loads go
-// out together: each split's M and L, and the partial sums of the (kElems) output elements a
-// thread writes for the first kMergeBatch splits (one round trip for up to that many splits; the
-// kernel's registers bound the batch).
+// out[t, h0 .. h0 + nh) (nh <= kHeads) from the splits' partials (A[D], M, L each per head) in
+// ws. The loads go out together: each split's M and L, and the partial sums of the (kElems) output
+// elements a thread writes for the first kBatch splits (one round trip for up to that many splits;
+// the kernel's registers bound the batch). The split weights take a thread per (head, split) when
+// nh * splits <= blockDim.x (decode_kernel); kAnyBlock (decode_mma_kernel's 16 heads) loops over
+// them instead. decode_kernel with that loop and last_split below measured 5% slower per decode
+// step at batch 1 (which of the two did it was not measured; bench/RESULTS.md, session 21), so it
+// keeps this branch and its own end.
 constexpr int kMergeBatch = 16;
-template <int kElems>
+template <int kElems, int kHeads = kMaxCtaHeads, int kBatch = kMergeBatch, bool kAnyBlock = false>
 __device__ void merge_splits(const AttnArgs& a, int n_splits, int splits, const float* ws, int t, int h0, int nh) {
-  __shared__ float sm_scale[kMaxCtaHeads][kMaxSplits], sm_l[kMaxCtaHeads][kMaxSplits];
-  const int D = a.D;
-  const float* w0 = ws + (static_cast<int64_t>(t) * a.H + h0) * n_splits * (D + 2);
-  float part[kElems][kMergeBatch];
-  const auto load_batch = [&](int s0) {
-#pragma unroll
-    for (int e = 0; e < kElems; ++e) {
-      const int i = threadIdx.x + e * blockDim.x;
-      const float* w = w0 + (i / D) * n_splits * (D + 2) + i % D;
-#pragma unroll
-      for (int s = 0; s < kMergeBatch; ++s)
-        part[e][s] = i < nh * D && s0 + s < splits ? __ldcg(w + (s0 + s) * (D + 2)) : 0.f;
-    }
-  };
-  load_batch(0);
-  for (int i = threadIdx.x; i < nh * splits; i += blockDim.x) {
-    const int hd = i / splits, s = i % splits;
-    sm_scale[hd][s] = __ldcg(w0 + (hd * n_splits + s) * (D + 2) + D);
-    sm_l[hd][s] = __ldcg(w0 + (hd * n_splits + s) * (D + 2) + D + 1);
-  }
-  __syncthreads();
-  float scale = 0.f;
-  if (threadIdx.x < nh * splits) {
-    const int hd = threadIdx.x / splits;
-    float M = -INFINITY;
-    for (int s = 0; s < splits; ++s) M = fmaxf(M, sm_scale[hd][s]);
-    scale = M == -INFINITY ? 0.f : exp2f(sm_scale[hd][threadIdx.x % splits] - M);
-  }
-  __syncthreads();
-  if (threadIdx.x < nh * splits) sm_scale[threadIdx.x / splits][threadIdx.x % splits] = scale;
-  __syncthreads();
-  float A[kElems];
-#pragma unroll
-  for (int e = 0; e < kElems; ++e) A[e] = 0.f;
-  for (int s0 = 0;;) {
-#pragma unroll
-    for (int e = 0; e < kElems; ++e) {
-      const int hd = min((threadIdx.x + e * blockDim.x) / D, kMaxCtaHeads - 1);
-#pragma unroll
-      for (int s = 0; s < kMergeBatch; ++s) A[e] += s0 + s < splits ? part[e][s] * sm_scale[hd][s0 + s] : 0.f;
-    }
-    s0 += kMergeBatch;
-    if (s0 >= splits) break;
-    load_batch(s0);
-  }
-#pragma unroll
-  for (int e = 0; e < kElems; ++e) {
-    const int i = threadIdx.x + e * blockDim.x, hd = i / D, d = i % D;
-    if (i >= nh * D) break;
-    float L = 0.f;
-    for (int s = 0; s < splits; ++s) L += sm_l[hd][s] * sm_scale[hd][s];
-    out_bf16(a)[static_cast<int64_t>(t) * a.H * D + (h0 + hd) * D + d] =
-        __float2bfloat16(L > 0.f ? A[e] / L * a.v_scale : 0.f);
-  }
-}
-
-
-// merge_splits for decode_mma_kernel: up to kHeads heads, any nh * splits (loops over the block).
-// The same sums; decode_kernel keeps the version above, as this one measured 5% slower per decode
-// step at batch 1 there (bench/RESULTS.md, session 21).
-template <int kElems, int kHeads, int kBatch>
-__device__ void merge_splits_wide(const AttnArgs& a, int n_splits, int splits, const float* ws, int t, int h0, int nh) {
-  __shared__ float sm_m[kHeads][kMaxSplits], sm_l[kHeads][kMaxSplits], sm_scale[kHeads][kMaxSplits];
+  __shared__ float sm_scale[kHeads][kMaxSplits], sm_l[kHeads][kMaxSplits];
   const int D = a.D;
   const float* w0 = ws + (static_cast<int64_t>(t) * a.H + h0) * n_splits * (D + 2);
   float part[kElems][kBatch];
@@ -174,19 +116,39 @@ __device__ void merge_splits_wide(const AttnArgs& a, int n_splits, int splits, c
     }
   };
   load_batch(0);
-  for (int i = threadIdx.x; i < nh * splits; i += blockDim.x) {
-    const int hd = i / splits, s = i % splits;
-    sm_m[hd][s] = __ldcg(w0 + (hd * n_splits + s) * (D + 2) + D);
-    sm_l[hd][s] = __ldcg(w0 + (hd * n_splits + s) * (D + 2) + D + 1);
+  if constexpr (kAnyBlock) {
+    __shared__ float sm_m[kHeads][kMaxSplits];
+    for (int i = threadIdx.x; i < nh * splits; i += blockDim.x) {
+      const int hd = i / splits, s = i % splits;
+      sm_m[hd][s] = __ldcg(w0 + (hd * n_splits + s) * (D + 2) + D);
+      sm_l[hd][s] = __ldcg(w0 + (hd * n_splits + s) * (D + 2) + D + 1);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < nh * splits; i += blockDim.x) {
+      const int hd = i / splits;
+      float M = -INFINITY;
+      for (int s = 0; s < splits; ++s) M = fmaxf(M, sm_m[hd][s]);
+      sm_scale[hd][i % splits] = M == -INFINITY ? 0.f : exp2f(sm_m[hd][i % splits] - M);
+    }
+    __syncthreads();
+  } else {
+    for (int i = threadIdx.x; i < nh * splits; i += blockDim.x) {
+      const int hd = i / splits, s = i % splits;
+      sm_scale[hd][s] = __ldcg(w0 + (hd * n_splits + s) * (D + 2) + D);
+      sm_l[hd][s] = __ldcg(w0 + (hd * n_splits + s) * (D + 2) + D + 1);
+    }
+    __syncthreads();
+    float scale = 0.f;
+    if (threadIdx.x < nh * splits) {
+      const int hd = threadIdx.x / splits;
+      float M = -INFINITY;
+      for (int s = 0; s < splits; ++s) M = fmaxf(M, sm_scale[hd][s]);
+      scale = M == -INFINITY ? 0.f : exp2f(sm_scale[hd][threadIdx.x % splits] - M);
+    }
+    __syncthreads();
+    if (threadIdx.x < nh * splits) sm_scale[threadIdx.x / splits][threadIdx.x % splits] = scale;
+    __syncthreads();
   }
-  __syncthreads();
-  for (int i = threadIdx.x; i < nh * splits; i += blockDim.x) {
-    const int hd = i / splits;
-    float M = -INFINITY;
-    for (int s = 0; s < splits; ++s) M = fmaxf(M, sm_m[hd][s]);
-    sm_scale[hd][i % splits] = M == -INFINITY ? 0.f : exp2f(sm_m[hd][i % splits] - M);
-  }
-  __syncthreads();
   float A[kElems];
 #pragma unroll
   for (int e = 0; e < kElems; ++e) A[e] = 0.f;
@@ -814,10 +776,8 @@ __global__ void __launch_bounds__(kMmaDecodeWarps * 32)
       vs = ks + kKeys * kSw;
       for (int pc = lane; pc < 2 * kKeys * D / 8; pc += 32) {
         const int kv = pc / (kKeys * D / 8), kk = pc % (kKeys * D / 8) / (D / 8), e = pc % (D / 8) * 8;
-        float f[8];
-        load_f32<Kv, 8>(reinterpret_cast<const T*>(st + kv * L::kTile + kk * L::kStride) + e, f);
         *reinterpret_cast<uint4*>((kv ? vs : ks) + kk * kSw + e) =
-            make_uint4(pack_bf16(f[0], f[1]), pack_bf16(f[2], f[3]), pack_bf16(f[4], f[5]), pack_bf16(f[6], f[7]));
+            load_bf16x8<Kv>(reinterpret_cast<const T*>(st + kv * L::kTile + kk * L::kStride) + e);
       }
     }
     const int kb = begin + ti * kKeys;  // the tile's first key
@@ -919,7 +879,7 @@ __global__ void __launch_bounds__(kMmaDecodeWarps * 32)
   if (splits == 1) return;
   if (!last_split(arrivals, static_cast<int64_t>(t) * a.H + h0, splits)) return;
   constexpr int kElems = kMmaDecodeHeads * D / (kWarps * 32);
-  merge_splits_wide<kElems, kMmaDecodeHeads, (kElems >= 16 ? 2 : 32 / kElems)>(a, n_splits, splits, ws, t, h0, nh);
+  merge_splits<kElems, kMmaDecodeHeads, (kElems >= 16 ? 2 : 32 / kElems), true>(a, n_splits, splits, ws, t, h0, nh);
 }
 
 template <int D, class Kv>
