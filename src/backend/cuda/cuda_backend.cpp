@@ -269,17 +269,15 @@ class CudaBackend : public Backend {
   int attn_heads_per_cta_ = 1, attn_group_tokens_ = 1;
   int attn_max_splits_ = 0;  // BATON_CUDA_ATTN_SPLITS=N caps a step's splits (A/B runs; 0: no cap)
   int attn_resident_[3] = {1, 1, 1};  // fused decode CTAs that fit at once: a head per CTA, grouped, tensor cores
-  int attn_mma_tokens_ = kAttnMmaTokens;  // BATON_CUDA_ATTN_MMA_TOKENS=N (0: never)
+  // BATON_CUDA_ATTN_MMA_TOKENS=N; 0: never (also for shapes the kernel does not take)
+  int attn_mma_tokens_ = kAttnMmaTokens;
   // Its splits take at least this many keys (BATON_CUDA_ATTN_MMA_SPLIT_KEYS for A/B runs): 256
   // measured 1-4% faster than 64 at batch 32 and 64 (fewer partials to merge).
   int attn_mma_split_keys_ = 256;
   bool attn_early_ = true;         // BATON_CUDA_ATTN_EARLY=0: no cache loads before the PDL wait (A/B)
   // The same at every tp (--tp-invariant): a rank holds whole KV groups.
   int heads_per_cta(int T) const { return T >= attn_group_tokens_ ? attn_heads_per_cta_ : 1; }
-  bool attn_mma(int T) const {
-    return attn_mma_tokens_ > 0 && T >= attn_mma_tokens_ &&
-           decode_mma_supported(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim);
-  }
+  bool attn_mma(int T) const { return attn_mma_tokens_ > 0 && T >= attn_mma_tokens_; }
   std::unique_ptr<StagingLayout> layout_;
   std::byte* host_staging_ = nullptr;  // pinned
   std::byte* dev_staging_ = nullptr;
@@ -377,6 +375,7 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   if (const char* p = std::getenv("BATON_CUDA_ATTN_SPLITS")) attn_max_splits_ = std::max(1, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_ATTN_EARLY")) attn_early_ = std::string(p) != "0";
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_TOKENS")) attn_mma_tokens_ = std::max(0, std::atoi(p));
+  if (!decode_mma_supported(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim)) attn_mma_tokens_ = 0;
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_SPLIT_KEYS"))
     attn_mma_split_keys_ = std::max(64, std::atoi(p));
   attn_heads_per_cta_ = decode_heads_per_cta(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim, group_max);
