@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (carry .device from bench/gpu/prepare_deps.sh): configures and builds
 # baton into build-gpu/, the servers from the carried Boost headers and ZeroMQ. Logs go to $OUT.
+# BUILD_DIR, CMAKE_EXTRA (more -D options) and BUILD_TARGET (one target) build something else, e.g.
+# cuda.sh stamps' instrumented baton-bench.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out}
@@ -13,8 +15,10 @@ if [ -f .device/boost.tar.xz ]; then
   [ -d .device/boost-include ] || { mkdir -p .device/boost-include && tar -xJf .device/boost.tar.xz -C .device/boost-include; }
   SERVERS=ON
 fi
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DBATON_SERVERS=$SERVERS -DBATON_DEPS_DIR="$PWD/.device" \
-  -DBATON_NATIVE=OFF -DBATON_BUILD_BENCH=OFF ${NCCL_INC:+-DNCCL_INCLUDE_DIR=$NCCL_INC} > "$OUT/cmake.log" 2>&1 ||
+DIR=${BUILD_DIR:-build-gpu}
+cmake -S . -B "$DIR" -DCMAKE_BUILD_TYPE=Release -DBATON_SERVERS=$SERVERS -DBATON_DEPS_DIR="$PWD/.device" \
+  -DBATON_NATIVE=OFF -DBATON_BUILD_BENCH=OFF ${NCCL_INC:+-DNCCL_INCLUDE_DIR=$NCCL_INC} ${CMAKE_EXTRA:-} > "$OUT/cmake.log" 2>&1 ||
   { tail -30 "$OUT/cmake.log"; exit 1; }
-cmake --build build-gpu -j "$(nproc)" -- -k > "$OUT/build.log" 2>&1 || { grep -E ": error|error:" "$OUT/build.log" | sort -u | head -40; exit 1; }
+cmake --build "$DIR" -j "$(nproc)" ${BUILD_TARGET:+--target $BUILD_TARGET} -- -k > "$OUT/build.log" 2>&1 ||
+  { grep -E ": error|error:" "$OUT/build.log" | sort -u | head -40; exit 1; }
 grep -i "nccl" "$OUT/cmake.log" || true

@@ -15,6 +15,10 @@
 #                                  sections and the source lines it stalls on most (build with
 #                                  CUDAFLAGS=-lineinfo for CUDA lines); NCU_MODEL=llama3.2-1b,
 #                                  NCU_KERNEL=regex:decode_kernel, NCU_BATCH=1, NCU_SKIP=200
+#   bash bench/gpu/cuda.sh stamps  the decode step's timeline CTA by CTA (phases inside the decode
+#                                  kernels, src/backend/cuda/stamps.cuh) from a BATON_STAMPS build in
+#                                  build-stamps/ (bench/gpu/stamps.py); STAMP_MODELS, STAMP_BATCHES="1",
+#                                  STAMP_CONFIGS="default;...", STAMP_LAUNCHES=12
 #   bash bench/gpu/cuda.sh ab      decode step time with our skinny GEMMs and programmatic dependent
 #                                  launch, each turned off in turn (BATON_CUDA_GEMV=0, BATON_CUDA_PDL=0);
 #                                  AB_CONFIGS="default;BATON_CUDA_PDL=0" picks configurations,
@@ -29,7 +33,7 @@ MODE=${1:-all}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 T0=$(date +%s)
-bash bench/gpu/build.sh
+[[ $MODE == stamps ]] || bash bench/gpu/build.sh  # stamps builds its own tree
 echo "build: $(( $(date +%s) - T0 )) s"
 
 if [[ $MODE == test || $MODE == all ]]; then
@@ -120,6 +124,22 @@ if [[ $MODE == ncu ]]; then
   for src in cuda sass; do
     "$NCU" --import /tmp/kernel.ncu-rep --page source --csv --print-source $src > /tmp/kernel.$src.csv 2>/dev/null || true
     python3 bench/gpu/ncu_source.py /tmp/kernel.$src.csv ${NCU_LINES:-40} || true
+  done
+fi
+if [[ $MODE == stamps ]]; then
+  MODELS=/tmp/baton-models
+  python3 bench/gpu/hf_reference.py make "$MODELS" > /dev/null 2>&1
+  BUILD_DIR=build-stamps CMAKE_EXTRA="-DBATON_STAMPS=ON -DBATON_BUILD_TESTS=OFF" BUILD_TARGET=baton-bench bash bench/gpu/build.sh
+  echo "stamps build: $(( $(date +%s) - T0 )) s"
+  for m in ${STAMP_MODELS:-llama3.2-1b qwen2.5-0.5b}; do
+    IFS=';' read -r -a sconfigs <<< "${STAMP_CONFIGS:-default}"
+    for b in ${STAMP_BATCHES:-1}; do for cfg in "${sconfigs[@]}"; do
+      [[ $cfg == default ]] && cfg=""
+      echo "== stamps $m batch $b ${cfg:-default}"
+      env $cfg BATON_STAMPS_OUT=/tmp/stamps.bin ./build-stamps/apps/baton-bench model --model "$MODELS/$m" --device cuda \
+        --kv-cache-dtype bf16 --batches "$b" --steps 8 --prefill 256 --gen-batches "" 2>&1 | grep "^decode" || true
+      python3 bench/gpu/stamps.py /tmp/stamps.bin "${STAMP_LAUNCHES:-12}"
+    done; done
   done
 fi
 if [[ $MODE == ab ]]; then

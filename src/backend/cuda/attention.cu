@@ -18,6 +18,7 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/stamps.cuh"
 
 namespace baton::cuda {
 namespace {
@@ -218,6 +219,7 @@ __device__ void prepare_qkv(const QkvArgs& p, int t, int h0, int nh, int g, bool
 template <int D, class Kv, bool kFused, int kG>
 __global__ void __launch_bounds__(kDecodeThreads, kG == 1 && D <= 64 ? 4 : (D <= 128 ? 2 : 1))
     decode_kernel(AttnArgs a, QkvArgs p, int n_splits, float* ws, int* arrivals) {
+  BATON_STAMP_BEGIN();
   pdl_trigger();
   // The fused kernel reads nothing an earlier kernel of the step writes until prepare_qkv (the
   // QKV GEMM's rows): the step's positions and block tables were copied before its first kernel,
@@ -237,7 +239,10 @@ __global__ void __launch_bounds__(kDecodeThreads, kG == 1 && D <= 64 ? 4 : (D <=
   // A graph fixes n_splits for every context length; a short context uses fewer of them (at
   // least a key per group each), and the CTAs beyond leave at once.
   const int splits = max(1, min(n_splits, (n_keys + kGroups - 1) / kGroups));
-  if (split >= splits) return;
+  if (split >= splits) {
+    BATON_STAMP_END(1);
+    return;
+  }
   const int chunk = n_keys > 0 ? (n_keys + splits - 1) / splits : 0;
   const int begin = r.first + split * chunk, end = min(begin + chunk, r.last + 1);
   const int32_t* table = a.tables + static_cast<int64_t>(a.seq_of[t]) * *a.table_stride;
@@ -266,11 +271,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kG == 1 && D <= 64 ? 4 : (D <=
   };
   // The first keys' loads go out before the queries are prepared: independent round trips.
   if (begin < end) fetch(begin + gid);
+  BATON_STAMP();
   if (early) pdl_wait();
+  BATON_STAMP();
   if constexpr (kFused) {
     if (r.last >= 0)
       prepare_qkv<D, Kv>(p, t, h0, nh, g, has_new, has_new && h0 % per_kv == 0, qv, kn, vn);
   }
+  BATON_STAMP();
   float q[kG][kE], acc[kG][kE], m[kG], l[kG];
 #pragma unroll
   for (int hd = 0; hd < kG; ++hd) {
@@ -307,6 +315,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kG == 1 && D <= 64 ? 4 : (D <=
     }
   }
 
+  BATON_STAMP();
   // The groups' partial softmaxes meet in shared memory, every head at once.
   __shared__ float sm_m[kG][kGroups], sm_l[kG][kGroups], sm_acc[kG][kGroups][D], sm_max[kG];
 #pragma unroll
@@ -343,7 +352,11 @@ __global__ void __launch_bounds__(kDecodeThreads, kG == 1 && D <= 64 ? 4 : (D <=
       if (d == 0) w[D] = sm_max[hd], w[D + 1] = L;
     }
   }
-  if (splits == 1) return;
+  if (splits == 1) {
+    BATON_STAMP_END(1);
+    return;
+  }
+  BATON_STAMP();
   // The last split of (token, heads) to finish merges them all (no merge kernel to launch): each
   // split publishes its partial, then counts itself in; the one that completes the count merges
   // and resets the counter for the next layer.
@@ -356,9 +369,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kG == 1 && D <= 64 ? 4 : (D <=
     if (last) *arrived = 0;
   }
   __syncthreads();
-  if (!last) return;
+  BATON_STAMP();
+  if (!last) {
+    BATON_STAMP_END(1);
+    return;
+  }
   __threadfence();
   merge_splits<(kG * D + kDecodeThreads - 1) / kDecodeThreads>(a, n_splits, splits, ws, t, h0, nh);
+  BATON_STAMP_END(2);  // the merging split
 }
 
 // 256 threads: 64 rows x 4 parts; part p owns the float4 chunks p, p + 4, p + 8, ... of a row.
@@ -980,6 +998,8 @@ void launch_prefill(const AttnArgs& a, const int2* tiles, int n_tiles, cudaStrea
 }
 
 }  // namespace
+
+BATON_STAMP_ATTACH(stamps_attach_attention)
 
 bool prefill_kernel_supports(int d) {
   return d == 16 || d == 32 || d == 64 || d == 128 || d == 256;

@@ -269,6 +269,10 @@ class CudaBackend : public Backend {
   int attn_heads_per_cta_ = 1, attn_group_tokens_ = 1;
   int attn_max_splits_ = 0;  // BATON_CUDA_ATTN_SPLITS=N caps a step's splits (A/B runs; 0: no cap)
   int attn_resident_[3] = {1, 1, 1};  // fused decode CTAs that fit at once: a head per CTA, grouped, tensor cores
+#ifdef BATON_STAMPS
+  StampRec* stamp_ring_ = nullptr;  // kStampRing records, dumped to $BATON_STAMPS_OUT at exit
+  uint32_t* stamp_count_ = nullptr;
+#endif
   // BATON_CUDA_ATTN_MMA_TOKENS=N; 0: never (also for shapes the kernel does not take)
   int attn_mma_tokens_ = kAttnMmaTokens;
   // Its splits take at least this many keys (BATON_CUDA_ATTN_MMA_SPLIT_KEYS for A/B runs): 256
@@ -315,6 +319,20 @@ CudaBackend::~CudaBackend() {
   cudaSetDevice(rank_.device);
   if (stream_) cudaStreamSynchronize(stream_);
   for (auto& [size, g] : graphs_) cudaGraphExecDestroy(g);
+#ifdef BATON_STAMPS
+  if (const char* path = std::getenv("BATON_STAMPS_OUT"); path && stamp_ring_ && rank_.rank == 0) {
+    uint32_t count = 0;
+    cudaMemcpy(&count, stamp_count_, sizeof(count), cudaMemcpyDeviceToHost);
+    std::vector<StampRec> recs(std::min(count, kStampRing));
+    cudaMemcpy(recs.data(), stamp_ring_, recs.size() * sizeof(StampRec), cudaMemcpyDeviceToHost);
+    if (FILE* f = std::fopen(path, "wb")) {
+      std::fwrite(recs.data(), sizeof(StampRec), recs.size(), f);
+      std::fclose(f);
+    }
+  }
+  cudaFree(stamp_ring_);
+  cudaFree(stamp_count_);
+#endif
   if (cublas_) cublasDestroy(cublas_);
   for (void* p : allocations_) cudaFree(p);
   if (host_staging_) cudaFreeHost(host_staging_);
@@ -386,6 +404,13 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   }
   BATON_CU(cudaSetDevice(rank_.device));
   gemv_init();
+#ifdef BATON_STAMPS
+  BATON_CU(cudaMalloc(&stamp_ring_, sizeof(StampRec) * kStampRing));
+  BATON_CU(cudaMalloc(&stamp_count_, sizeof(uint32_t)));
+  BATON_CU(cudaMemset(stamp_count_, 0, sizeof(uint32_t)));
+  stamps_attach_gemv(stamp_ring_, stamp_count_);
+  stamps_attach_attention(stamp_ring_, stamp_count_);
+#endif
   BATON_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   BATON_CU(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, rank_.device));
   attn_resident_[0] = num_sms_ * decode_ctas_per_sm(D, kv_dtype == KvDtype::kFP8, 1);

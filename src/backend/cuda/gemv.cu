@@ -16,6 +16,7 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/stamps.cuh"
 
 namespace baton::cuda {
 namespace {
@@ -140,6 +141,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
   const uint4* w = reinterpret_cast<const uint4*>(a.w);
   const int stride = gridDim.x * kWarps;
   int n = blockIdx.x * kWarps + warp;
+  BATON_STAMP_BEGIN();
 
   // The weights depend on no earlier kernel: this warp's first loads go out before the wait (and
   // its second row is asked of L2), so they overlap the previous kernel's tail and the staging.
@@ -155,9 +157,12 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
   if constexpr (kNorm)  // the norm's weights too: constant, and read right after the wait
     for (int off = threadIdx.x * 128; off < a.K * 4; off += blockDim.x * 128)
       prefetch_l1(reinterpret_cast<const char*>(a.norm_w) + off);
+  BATON_STAMP();
   pdl_wait();
+  BATON_STAMP();
 
   stage_inputs<M, kNorm>(a, reinterpret_cast<__nv_bfloat16*>(xs), a.K, M, partial);
+  BATON_STAMP();
 
   for (; n < a.N; n += stride) {
     // The residual this row adds to, read now rather than after the sums (lane m: row m's).
@@ -200,6 +205,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
     for (int m = 0; m < M; ++m)
       if (lane == m) store_output<kKind>(a, static_cast<int64_t>(m) * a.N + n, acc[0][m], acc[R - 1][m], resid);
   }
+  BATON_STAMP_END(10 + static_cast<int>(kKind));
 }
 
 // 5 to 8 input rows: the per-row dot products above would spend more instructions on the inputs
@@ -399,6 +405,8 @@ void allow_smem(int bytes) {
 }
 
 }  // namespace
+
+BATON_STAMP_ATTACH(stamps_attach_gemv)
 
 void gemv_init() {
   int device = 0, optin = 48 << 10;

@@ -131,6 +131,21 @@ void gemv(const GemvArgs& a, cudaStream_t s);
 // Once per device, before the first gemv() on it (allows the shared memory large inputs need).
 void gemv_init();
 
+// Timeline stamps (stamps.cuh, BATON_STAMPS builds only): a CTA's record in the ring.
+struct StampRec {
+  uint64_t grid;   // %gridid (a graph's replays share it; stamps.py splits them by time)
+  uint32_t seq;    // the ring's sequence number (records in order of CTA entry)
+  uint32_t block;  // linear CTA index
+  uint32_t kind;   // the kernel (bench/gpu/stamps.py names them)
+  uint32_t marks;  // t[0 .. marks) are set
+  uint64_t t[8];   // ns: entry, the kernel's marks, exit
+};
+constexpr uint32_t kStampRing = 1u << 20;
+#ifdef BATON_STAMPS
+void stamps_attach_gemv(StampRec* ring, uint32_t* count);
+void stamps_attach_attention(StampRec* ring, uint32_t* count);
+#endif
+
 // Whether our kernels launched from this thread use programmatic dependent launch (common.cuh);
 // off until set.
 void set_pdl(bool on);
