@@ -8,11 +8,13 @@ import numpy as np
 
 rec = np.dtype([("grid", "<u8"), ("seq", "<u4"), ("block", "<u4"), ("kind", "<u4"), ("marks", "<u4"),
                 ("t", "<u8", 8)])
-KINDS = {1: "decode_kernel", 2: "decode_kernel", 10: "gemv norm+store", 11: "gemv norm+silu*up",
-         12: "gemv accumulate"}
+KINDS = {1: "decode_kernel", 2: "decode_kernel", 3: "decode_mma_kernel", 4: "decode_mma_kernel",
+         10: "gemv norm+store", 11: "gemv norm+silu*up", 12: "gemv accumulate",
+         20: "gemv_mma norm+store", 21: "gemv_mma norm+silu*up", 22: "gemv_mma accumulate"}
 # Marks between entry and exit, by kernel (the order the kernel takes them).
 MARKS = {1: ["pre-wait", "wait", "prepare_qkv", "keys", "partial out", "arrival"],
-         10: ["pre-wait", "wait", "staged"], 11: ["pre-wait", "wait", "staged"], 12: ["pre-wait", "wait", "staged"]}
+         3: ["pre-wait", "wait", "prepare_qkv", "keys", "partial out", "arrival"],
+         **{k: ["pre-wait", "wait", "staged"] for k in (10, 11, 12, 20, 21, 22)}}
 
 r = np.fromfile(sys.argv[1], dtype=rec)
 n_show = int(sys.argv[2]) if len(sys.argv) > 2 else 12
@@ -52,8 +54,8 @@ for k, g in enumerate(order[-n_show - 1:]):
         cols.append(f"{names[i - 1] if i - 1 < len(names) else i} {np.median(v):.2f}/{v.max():.2f}")
     ex = rel([int(x["t"][i, x["marks"][i] - 1]) for i in range(len(x))])
     cols.append(f"exit {np.median(ex):.2f}/{ex.max():.2f}")
-    if kind in (1, 2):
-        merger = x[x["kind"] == 2]
+    if kind in (1, 3):
+        merger = x[x["kind"] == kind + 1]
         if len(merger):
             cols.append(f"(merging CTAs' exit {rel(merger['t'][:, 7]).max():.2f})")
     if len(x) != int(x["block"].max()) + 1:
@@ -67,7 +69,7 @@ starts = [grids[g]["t"][:, 0].min() for g in order]
 bounds = [0] + [i for i in range(1, len(order)) if (int(starts[i]) - ends[order[i - 1]]) > 20_000]
 step = order[bounds[-1]:]
 kinds = [int(grids[g]["kind"].min()) for g in step]
-per = next((p for p in range(2, 8) if len(step) > 2 * p and all(kinds[i] == kinds[i % p] for i in range(len(step) - 1))), 0)
+per = next((p for p in range(1, 8) if len(step) > 2 * p and all(kinds[i] == kinds[i % p] for i in range(len(step) - 1))), 0)
 if per:
     layers = (len(step) - 1) // per
     print(f"\nlast step: {len(step)} launches, {layers} layers of {per}; per layer, median over layers of "

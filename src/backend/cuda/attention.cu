@@ -710,6 +710,7 @@ __global__ void __launch_bounds__(kMmaDecodeWarps * 32)
   using T = typename Kv::T;
   constexpr int kKeys = kMmaDecodeKeys, kWarps = kMmaDecodeWarps;
   constexpr int kSw = D + 8;  // bf16 elements per row of the tiles ldmatrix reads
+  BATON_STAMP_BEGIN();
   pdl_trigger();
   // As decode_kernel: nothing before prepare_qkv reads what an earlier kernel of the step writes.
   if (!a.early_loads) pdl_wait();
@@ -726,7 +727,10 @@ __global__ void __launch_bounds__(kMmaDecodeWarps * 32)
   // leave at once.
   const int split_min = max(kWarps * kKeys, a.min_split_keys);
   const int splits = max(1, min(n_splits, (n_keys + split_min - 1) / split_min));
-  if (split >= splits) return;
+  if (split >= splits) {
+    BATON_STAMP_END(3);
+    return;
+  }
   const int split_keys = ((n_keys + kKeys - 1) / kKeys + splits - 1) / splits * kKeys;
   const int begin = r.first + split * split_keys, end = min(begin + split_keys, r.last + 1);
   const int n_tiles = begin < end ? (end - begin + kKeys - 1) / kKeys : 0;
@@ -756,9 +760,12 @@ __global__ void __launch_bounds__(kMmaDecodeWarps * 32)
     if (warp + i * kWarps < n_tiles) issue(i, warp + i * kWarps);
     cp_async_commit();  // empty groups too: the waits count groups
   }
+  BATON_STAMP();
   if (a.early_loads) pdl_wait();
+  BATON_STAMP();
   const bool has_new = r.last >= 0 && begin <= r.last && r.last < end;
   if (r.last >= 0) prepare_qkv<D, Kv>(p, t, h0, nh, g, has_new, has_new, qv, kn, vn);
+  BATON_STAMP();
 
   // Q as the A operand (bf16, scaled for the exp2 softmax); heads past nh are zero rows.
   const float qs = a.scale * a.k_scale * kLog2e;
@@ -856,6 +863,7 @@ __global__ void __launch_bounds__(kMmaDecodeWarps * 32)
       mma_bf16(o[dt + 1], p0, p1, p2, p3, vf[2], vf[3]);
     }
   }
+  BATON_STAMP();
   cp_async_wait<0>();  // the ring's last loads, before its memory holds the partial sums
 #pragma unroll
   for (int i2 = 0; i2 < 2; ++i2) {
@@ -894,10 +902,20 @@ __global__ void __launch_bounds__(kMmaDecodeWarps * 32)
       if (d == 0) w[D] = M, w[D + 1] = Ls;
     }
   }
-  if (splits == 1) return;
-  if (!last_split(arrivals, static_cast<int64_t>(t) * a.H + h0, splits)) return;
+  if (splits == 1) {
+    BATON_STAMP_END(3);
+    return;
+  }
+  BATON_STAMP();
+  const bool last = last_split(arrivals, static_cast<int64_t>(t) * a.H + h0, splits);
+  BATON_STAMP();
+  if (!last) {
+    BATON_STAMP_END(3);
+    return;
+  }
   constexpr int kElems = kMmaDecodeHeads * D / (kWarps * 32);
   merge_splits<kElems, kMmaDecodeHeads, (kElems >= 16 ? 2 : 32 / kElems), true>(a, n_splits, splits, ws, t, h0, nh);
+  BATON_STAMP_END(4);  // the merging split
 }
 
 template <int D, class Kv>

@@ -236,6 +236,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
   __shared__ float4 sums[kWarps][R][32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int slices = a.K >> 5, stride = a.K + 8, tiles = (a.N + kMmaRows - 1) / kMmaRows;
+  BATON_STAMP_BEGIN();
   // This lane's two weight rows (per R) of a tile, clamped into the matrix (rows past N compute
   // garbage that is never stored).
   const __nv_bfloat16* wrow[R][2];
@@ -285,13 +286,16 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
   if constexpr (kNorm)
     for (int off = threadIdx.x * 128; off < a.K * 4; off += blockDim.x * 128)
       prefetch_l1(reinterpret_cast<const char*>(a.norm_w) + off);
+  BATON_STAMP();
   pdl_wait();
+  BATON_STAMP();
   // Staged once per CTA; a CTA takes tile, tile + gridDim.x, ... (the grid fills the GPU once).
   __nv_bfloat16* xb = reinterpret_cast<__nv_bfloat16*>(xs);
   if constexpr (kDirect)
     load_x(first);
   else
     stage_inputs<M, kNorm>(a, xb, stride, 8, partial);
+  BATON_STAMP();
 
   for (; tile < tiles; tile += gridDim.x) {
     float c[R][4] = {};
@@ -341,6 +345,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
     }
     __syncthreads();  // sums is rewritten for the next tile
   }
+  BATON_STAMP_END(20 + static_cast<int>(kKind));
 }
 
 // Dynamic shared memory of the kernel for M rows of K inputs: the staged inputs (none for the
