@@ -18,7 +18,7 @@ case "$TARGET" in
   pd_messages) SRCS="src/proxy/instance_table.cpp src/disagg/kv_layout.cpp src/disagg/kv_transfer_config.cpp src/xfer/types.cpp" ;;
   http_server) SRCS="src/server/http.cpp src/server/openai_protocol.cpp src/xfer/socket.cpp"
                LIBS="-DBOOST_ASIO_NO_DEPRECATED" ;;
-  xfer_control) SRCS="src/xfer/agent.cpp src/xfer/socket.cpp src/xfer/types.cpp src/xfer/ucx/no_ucx.cpp src/xfer/cuda_ipc/no_cuda_ipc.cpp" ;;
+  xfer_control) SRCS="src/xfer/agent.cpp src/xfer/read_section.cpp src/xfer/socket.cpp src/xfer/types.cpp src/xfer/ucx/no_ucx.cpp src/xfer/cuda_ipc/no_cuda_ipc.cpp" ;;
   *) echo "fuzz.sh: unknown target '$TARGET' (request_parser, chat_template, safetensors, tokenizer, pd_messages, xfer_control, http_server)" >&2
      exit 2 ;;
 esac

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "common/log.h"
+#include "xfer/read_section.h"
 
 namespace baton::xfer {
 namespace {
@@ -32,6 +33,13 @@ Result<std::vector<WireOp>> unpack_ops(const std::string& payload) {
 }
 
 constexpr int kProtocolVersion = 1;
+
+// Publishes `next` for copies in place and frees the table it replaces once none can use it.
+void republish(std::atomic<const RangeTable*>& table, const RangeTable* next) {
+  const RangeTable* old = table.exchange(next, std::memory_order_seq_cst);
+  wait_for_readers();
+  delete old;
+}
 
 // GPU ranges on the TCP path move through a host buffer of this size, one piece at a time.
 constexpr size_t kStageBytes = size_t{4} << 20;
@@ -105,6 +113,17 @@ Status recv_ranges(Socket& socket, const std::vector<LocalRange>& ranges, RmaTra
   return flush();
 }
 
+// Reads and drops n bytes (an answer whose destination is gone).
+Status drain(Socket& socket, uint64_t n) {
+  std::vector<std::byte> sink(std::min<uint64_t>(n, 64 << 10));
+  for (uint64_t left = n; left > 0;) {
+    const size_t k = std::min<uint64_t>(left, sink.size());
+    BATON_RETURN_IF_ERROR(socket.recv_all(sink.data(), k));
+    left -= k;
+  }
+  return {};
+}
+
 }  // namespace
 
 // ---- Agent -----------------------------------------------------------------------------------
@@ -154,6 +173,7 @@ Agent::~Agent() {
   }
   for (auto& conn : served) conn->thread.join();
   std::unique_lock lock(regions_mutex_);
+  republish(host_table_, nullptr);
   if (rma_)
     for (auto& [id, r] : regions_) rma_->deregister_region(id);
 }
@@ -194,6 +214,7 @@ Result<MemoryDesc> Agent::register_memory(void* ptr, size_t n_bytes, MemoryKind 
     }
   }
   regions_[id] = Region{static_cast<std::byte*>(ptr), n_bytes, d, nullptr};
+  publish_host_table();
   return d;
 }
 
@@ -227,6 +248,7 @@ Result<std::pair<void*, MemoryDesc>> Agent::allocate_memory(size_t n_bytes) {
   r.length = n_bytes;
   r.desc = d;
   regions_[id] = r;
+  publish_host_table();
   return std::make_pair(static_cast<void*>(r.ptr), d);
 }
 
@@ -235,12 +257,14 @@ Status Agent::deregister_memory(uint64_t region) {
     std::unique_lock lock(regions_mutex_);  // waits for reads being served from it
     auto it = regions_.find(region);
     if (it == regions_.end()) return make_error("region ", region, " is not registered");
-    if (it->second.desc.kind == MemoryKind::kCuda) {
+    const Region gone = std::move(it->second);  // memory the agent owns lives until the end of this scope
+    regions_.erase(it);
+    publish_host_table();  // and copies in place that may be using it have ended
+    if (gone.desc.kind == MemoryKind::kCuda) {
       gpu_->deregister_region(region);
     } else if (rma_) {
       rma_->deregister_region(region);
     }
-    regions_.erase(it);
   }
   // Tell connected peers, so that they refuse RMA to it without asking.
   const std::string payload = regions_json().dump();
@@ -257,6 +281,13 @@ std::vector<MemoryDesc> Agent::regions() const {
   std::vector<MemoryDesc> out;
   for (const auto& [id, r] : regions_) out.push_back(r.desc);
   return out;
+}
+
+void Agent::publish_host_table() {
+  auto t = std::make_unique<RangeTable>();
+  for (const auto& [id, r] : regions_)
+    if (r.desc.kind == MemoryKind::kHost && t->n < RangeTable::kMax) t->entries[t->n++] = {id, r.ptr, r.length};
+  republish(host_table_, t.release());
 }
 
 Json Agent::regions_json() const {
@@ -367,7 +398,6 @@ void Agent::serve(Served& conn) {
   if (!send_locked(MsgType::kWelcome, 0, welcome.dump()).ok()) return;
   (void)socket.set_recv_timeout(std::chrono::milliseconds(0));  // idle sessions may wait long
 
-  std::vector<char> drain(1 << 16);
   for (;;) {
     auto h = recv_header(socket);
     if (!h.ok()) break;
@@ -406,12 +436,7 @@ void Agent::serve(Served& conn) {
           std::atomic<Clock::rep> progress{0};  // the writer keeps its own deadline
           st = recv_ranges(socket, where, gpu_.get(), conn.stage, &error, progress);
         } else {
-          for (const WireOp& op : *ops)
-            for (uint64_t left = op.length; left > 0 && st.ok();) {
-              size_t k = std::min<uint64_t>(left, drain.size());
-              st = socket.recv_all(drain.data(), k);
-              left -= k;
-            }
+          st = drain(socket, total);
         }
         if (st.ok())
           st = error.empty() ? send_locked(MsgType::kWriteDone, h->id, "") : send_locked(MsgType::kTransferError, h->id, error);
@@ -489,6 +514,7 @@ Session::~Session() {
   broken_ = true;
   socket_.shutdown();
   if (reader_.joinable()) reader_.join();
+  delete mapped_.load();  // nobody holds the session: no copy in place can be using it
 }
 
 void Session::set_regions(const Json& regions) {
@@ -498,6 +524,7 @@ void Session::set_regions(const Json& regions) {
     if (d.ok()) next[d->region] = *d;
   }
   std::lock_guard lock(mutex_);
+  publish_mapped(false);  // no copies in place while mappings change
   auto ep_for = [&](const MemoryDesc& d) { return d.kind == MemoryKind::kCuda ? gpu_.get() : rma_.get(); };
   for (const auto& [id, d] : regions_)
     if (!next.count(id))
@@ -506,6 +533,18 @@ void Session::set_regions(const Json& regions) {
     if (!regions_.count(id))
       if (RmaEndpoint* ep = ep_for(d)) (void)ep->add_region(d);
   regions_ = std::move(next);
+  publish_mapped(true);
+}
+
+void Session::publish_mapped(bool any) {
+  std::unique_ptr<RangeTable> t;
+  if (any && rma_ && !broken_) {
+    t = std::make_unique<RangeTable>();
+    for (const auto& [id, d] : regions_)
+      if (d.kind != MemoryKind::kCuda && t->n < RangeTable::kMax)
+        if (std::byte* base = rma_->mapped(id)) t->entries[t->n++] = {id, base, d.length};
+  }
+  republish(mapped_, t.release());
 }
 
 std::vector<MemoryDesc> Session::remote_regions() const {
@@ -523,7 +562,8 @@ Status Session::refresh_regions() {
   }
   {
     std::lock_guard lock(send_mutex_);
-    BATON_RETURN_IF_ERROR(send_frame(socket_, MsgType::kRegionsRequest, 0, ""));
+    // Id 1: the answer comes back with it (id 0 marks the peer's own announcements).
+    BATON_RETURN_IF_ERROR(send_frame(socket_, MsgType::kRegionsRequest, 1, ""));
   }
   std::unique_lock lock(mutex_);
   if (!cv_.wait_for(lock, agent_.config_.timeout, [&] { return regions_reply_.has_value() || broken_.load(); }))
@@ -539,8 +579,40 @@ Status Session::refresh_regions() {
 Result<TransferId> Session::read(const std::vector<TransferOp>& ops) { return start(ops, true); }
 Result<TransferId> Session::write(const std::vector<TransferOp>& ops) { return start(ops, false); }
 
+bool Session::copy_in_place(const std::vector<TransferOp>& ops, bool is_read) {
+  if (ops.empty()) return false;
+  ReadSection section;  // the tables and the memory they name stay while it is open
+  const RangeTable* local = agent_.host_table_.load(std::memory_order_seq_cst);
+  const RangeTable* remote = mapped_.load(std::memory_order_seq_cst);
+  if (!local || !remote) return false;
+  // Every range checked before anything moves; anything else (and every error) takes start()'s
+  // locked path.
+  for (const TransferOp& op : ops)
+    if (!local->find(op.local_region, op.local_offset, op.length) ||
+        !remote->find(op.remote_region, op.remote_offset, op.length))
+      return false;
+  // Ranges adjacent on both sides move in one copy.
+  std::byte *dst = nullptr, *src = nullptr;
+  size_t n = 0;
+  for (const TransferOp& op : ops) {
+    std::byte* l = local->find(op.local_region, op.local_offset, op.length);
+    std::byte* r = remote->find(op.remote_region, op.remote_offset, op.length);
+    std::byte* d = is_read ? l : r;
+    std::byte* s = is_read ? r : l;
+    if (n && d == dst + n && s == src + n) {
+      n += op.length;
+      continue;
+    }
+    if (n) std::memcpy(dst, src, n);
+    dst = d, src = s, n = op.length;
+  }
+  if (n) std::memcpy(dst, src, n);
+  return true;
+}
+
 Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool is_read) {
   if (broken_) return make_error("session to ", peer_, " is broken; connect again");
+  if (copy_in_place(raw_ops, is_read)) return kDoneAtStart;
   // Per-thread scratch, so that a read allocates nothing (a KV handoff issues many).
   thread_local std::vector<TransferOp> ops;
   thread_local std::vector<LocalRange> local;
@@ -585,7 +657,7 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
   std::lock_guard send_lock(send_mutex_);
   {
     std::lock_guard lock(mutex_);
-    pending_.push_back({id, is_read, is_read ? local : decltype(local){}});
+    pending_.push_back({id, is_read, is_read ? local : decltype(local){}, is_read ? ops : decltype(ops){}});
   }
   // The request and, for a write, its data in one gathered send (GPU data in staged pieces).
   const std::string packed = pack_ops(ops);
@@ -630,10 +702,21 @@ void Session::reader_loop() {
       uint64_t expect = 0;
       for (const LocalRange& r : p.local) expect += r.length;
       if (h->length != expect) return fail_all("peer sent a read answer of the wrong size");
-      std::shared_lock local_lock(agent_.regions_mutex_);  // the destination stays registered
-      if (Status st = recv_ranges(socket_, p.local, agent_.gpu_.get(), stage_in_, &error, last_progress_); !st.ok())
-        return fail_all(st.message());
-      if (!error.empty()) error = "staging the read from " + peer_ + " into GPU memory: " + error;
+      // The destination stays registered while the data comes in, if it still is: it may have
+      // been deregistered since the read was issued (region ids are never reused).
+      std::shared_lock local_lock(agent_.regions_mutex_);
+      auto gone = std::find_if(p.ops.begin(), p.ops.end(), [&](const TransferOp& op) {
+        return !agent_.locate(op.local_region, op.local_offset, op.length).ok();
+      });
+      if (gone != p.ops.end()) {
+        if (Status st = drain(socket_, h->length); !st.ok()) return fail_all(st.message());
+        error = "local region " + std::to_string(gone->local_region) + " was deregistered while a read from " + peer_ +
+                " into it was in flight";
+      } else {
+        if (Status st = recv_ranges(socket_, p.local, agent_.gpu_.get(), stage_in_, &error, last_progress_); !st.ok())
+          return fail_all(st.message());
+        if (!error.empty()) error = "staging the read from " + peer_ + " into GPU memory: " + error;
+      }
     } else if (h->type == MsgType::kTransferError) {
       auto payload = recv_payload(socket_, *h);
       if (!payload.ok()) return fail_all(payload.error());
@@ -663,6 +746,7 @@ void Session::fail_all(const std::string& why) {
         t.error = "session to " + peer_ + " failed: " + why;
       }
     pending_.clear();
+    publish_mapped(false);  // before the endpoint and its mappings go
     rma = std::move(rma_);
     gpu = std::move(gpu_);
     if (rma)

@@ -12,7 +12,11 @@
 //                                                  issued before it has completed
 //
 // Every access is checked against the owner's registered regions: a peer can touch only what
-// it was granted, and never after deregister_memory() returns. With a deployment token set, a
+// it was granted, and never after deregister_memory() returns (a read whose answer is still on its
+// way over TCP when its destination is deregistered fails; its bytes are dropped). Batches whose
+// ranges all lie in shared regions (allocate_memory) of two agents on one host are plain copies
+// made inside read()/write() without a lock (read_section.h): deregistering or revoking a region
+// unpublishes it and then waits for the copies that may be using it. With a deployment token set, a
 // peer without it is refused at the handshake. Bytes move over UCX when both sides have it
 // (shared memory on one host, RDMA where present), else over the control connection (TCP).
 // GPU memory moves by cuda_ipc between agents on one host; otherwise over TCP, staged through
@@ -21,8 +25,10 @@
 //
 // Known limit: when a UCX transfer times out (a stalled owner), its session is closed, but a
 // late reply may still land in the local destination once the owner resumes; destinations must
-// stay allocated (as a KV pool does) while the agent lives. The TCP path has no such window.
-// After such a failure the agent opens new sessions over TCP.
+// stay allocated (as a KV pool does) while the agent lives. After such a failure the agent opens
+// new sessions over TCP. The same holds for a UCX RMA read (RDMA to another host) still in flight
+// when its destination is deregistered. Copies on one host (shared memory, cross-memory attach)
+// and the TCP path have no such window.
 #pragma once
 
 #include <atomic>
@@ -54,6 +60,27 @@ struct LocalRange {
   bool gpu;
 };
 
+// Host regions that a copy in place may touch, published for lookups without a lock
+// (read_section.h): an agent's own, and a session's peer regions mapped into this process.
+// Immutable once published. It holds kMax regions; ranges of others take the locked path.
+struct RangeTable {
+  static constexpr size_t kMax = 8;
+  struct Entry {
+    uint64_t region;
+    std::byte* base;
+    uint64_t length;
+  };
+  size_t n = 0;
+  Entry entries[kMax];
+  // Where [offset, offset+len) of region is, or nullptr when the table does not hold it all.
+  std::byte* find(uint64_t region, uint64_t offset, uint64_t len) const {
+    for (size_t i = 0; i < n; ++i)
+      if (entries[i].region == region)
+        return offset <= entries[i].length && len <= entries[i].length - offset ? entries[i].base + offset : nullptr;
+    return nullptr;
+  }
+};
+
 class Session {
  public:
   ~Session();
@@ -80,6 +107,7 @@ class Session {
     TransferId id;
     bool is_read;
     std::vector<LocalRange> local;  // destination ranges for read data
+    std::vector<TransferOp> ops;    // and the regions they lie in, checked again when data comes
   };
   struct Transfer {
     TransferState state = TransferState::kPending;
@@ -95,6 +123,11 @@ class Session {
 
   Session(Agent& agent, std::string peer, Socket socket);
   Result<TransferId> start(const std::vector<TransferOp>& ops, bool is_read);
+  // The batch as plain copies, without a lock, when every range is in this agent's host regions
+  // and the peer's regions mapped here; false (nothing moved) when it is not.
+  bool copy_in_place(const std::vector<TransferOp>& ops, bool is_read);
+  // Republishes mapped_ from the host endpoint (under mutex_); null: no copies in place.
+  void publish_mapped(bool any);
   void reader_loop();
   void fail_all(const std::string& why);
   void set_regions(const Json& regions);
@@ -111,6 +144,9 @@ class Session {
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   std::map<uint64_t, MemoryDesc> regions_;
+  // The peer's host regions mapped into this process (the UCX endpoint's shared memory), for
+  // copy_in_place. Unpublished, and readers waited for, before a mapping goes away.
+  std::atomic<const RangeTable*> mapped_{nullptr};
   std::deque<Pending> pending_;  // TCP requests in the order the peer answers them
   std::map<TransferId, Transfer> transfers_;
   TransferId next_id_ = 1;  // ids are per session (poll and wait take them on their session)
@@ -187,6 +223,9 @@ class Agent {
   // an error.
   Result<std::byte*> locate(uint64_t region, uint64_t offset, uint64_t len, MemoryKind* kind = nullptr) const;
   void deliver(const std::string& peer, std::string message);
+  // Republishes host_table_ from regions_ (under regions_mutex_, exclusive) and waits for the
+  // copies that may still use the old one.
+  void publish_host_table();
 
   Config config_;
   int port_ = 0;
@@ -201,6 +240,7 @@ class Agent {
   mutable std::shared_mutex regions_mutex_;  // shared while serving, exclusive to deregister
   std::map<uint64_t, Region> regions_;
   uint64_t next_region_ = 1;
+  std::atomic<const RangeTable*> host_table_{nullptr};  // regions_'s host memory, for copy_in_place
 
   std::mutex sessions_mutex_;
   std::map<std::string, std::shared_ptr<Session>> sessions_;

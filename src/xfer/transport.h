@@ -34,6 +34,12 @@ class RmaEndpoint {
   // Learns a peer region's key (from its MemoryDesc.keys).
   virtual Status add_region(const MemoryDesc& remote) = 0;
   virtual void remove_region(uint64_t region) = 0;
+  // Where the peer's region starts in this process when it is mapped here (plain copies reach
+  // it), else nullptr; valid until remove_region(region) or the endpoint's destruction.
+  virtual std::byte* mapped(uint64_t region) const {
+    (void)region;
+    return nullptr;
+  }
   // Starts reads (write = false) or writes of every op; returns a handle for poll(), or kDone
   // when they finished inside start() (nothing to poll or release then).
   virtual Result<uint64_t> start(const std::vector<RmaOp>& ops, bool write) = 0;

@@ -244,6 +244,123 @@ TEST_P(XferTest, AllocatedSharedRegionsMoveExactBytes) {
   EXPECT_TRUE(owner->deregister_memory(src->second.region).ok());
 }
 
+// The same refusals when both ends are shared regions (over UCX a batch of them is copied in
+// place, without the locks the other paths take): nothing moves and the error names the cause.
+TEST_P(XferTest, SharedRegionRefusals) {
+  const std::string transport = GetParam();
+  auto owner = make_agent("owner", transport), reader = make_agent("reader", transport);
+  const size_t n = 1 << 20;
+  auto src = owner->allocate_memory(n);
+  auto dst = reader->allocate_memory(n);
+  auto other = reader->allocate_memory(n);
+  ASSERT_TRUE(src.ok() && dst.ok() && other.ok());
+  std::memset(src->first, 7, n);
+  auto* d8 = static_cast<uint8_t*>(dst->first);
+  std::memset(d8, 0, n);
+  auto session = reader->connect(owner->describe());
+  ASSERT_TRUE(session.ok());
+  auto& s = **session;
+  const uint64_t rs = src->second.region, rd = dst->second.region;
+
+  auto oob = s.read({{rd, 0, rs, 0, 4096}, {rd, 4096, rs, n - 100, 200}});  // the first op is fine
+  ASSERT_FALSE(oob.ok());
+  EXPECT_NE(oob.error().find("outside region"), std::string::npos) << oob.error();
+  auto local_oob = s.read({{rd, n - 10, rs, 0, 100}});
+  ASSERT_FALSE(local_oob.ok());
+  EXPECT_NE(local_oob.error().find("local"), std::string::npos) << local_oob.error();
+  auto unknown = s.read({{rd, 0, 999, 0, 100}});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.error().find("no region 999"), std::string::npos) << unknown.error();
+  auto wrap = s.read({{rd, 0, rs, ~uint64_t{0} - 10, 100}});
+  ASSERT_FALSE(wrap.ok());
+  EXPECT_TRUE(std::all_of(d8, d8 + n, [](uint8_t b) { return b == 0; })) << "a refused read wrote data";
+
+  // A read into a region the reader deregistered is refused (another of its regions still reads).
+  auto fine = s.read({{rd, 0, rs, 0, 4096}});
+  ASSERT_TRUE(fine.ok()) << fine.error();
+  ASSERT_TRUE(s.wait(*fine).ok());
+  EXPECT_EQ(d8[0], 7);
+  ASSERT_TRUE(reader->deregister_memory(rd).ok());
+  auto local_gone = s.read({{rd, 0, rs, 0, 4096}});
+  ASSERT_FALSE(local_gone.ok());
+  EXPECT_NE(local_gone.error().find("local"), std::string::npos) << local_gone.error();
+  auto still = s.read({{other->second.region, 0, rs, 0, 4096}});
+  ASSERT_TRUE(still.ok()) << still.error();
+  ASSERT_TRUE(s.wait(*still).ok());
+  EXPECT_EQ(static_cast<uint8_t*>(other->first)[4095], 7);
+
+  // The owner revokes its region: once the session has heard, reads and writes are refused.
+  ASSERT_TRUE(owner->deregister_memory(rs).ok());
+  for (int i = 0; i < 200 && !s.remote_regions().empty(); ++i) std::this_thread::sleep_for(5ms);
+  auto gone = s.read({{other->second.region, 0, rs, 0, 100}});
+  ASSERT_FALSE(gone.ok());
+  EXPECT_NE(gone.error().find("revoked"), std::string::npos) << gone.error();
+  auto gone_w = s.write({{other->second.region, 0, rs, 0, 100}});
+  ASSERT_FALSE(gone_w.ok());
+}
+
+// Reads keep running on several threads while the reader deregisters its destination, and
+// while the owner revokes the source (the reader then unmaps it): every read either completes or
+// fails with a clear error, and no copy touches memory after it is gone (it would fault: the
+// regions are mappings that deregistration unmaps).
+TEST_P(XferTest, SharedReadsRacingDeregistration) {
+  const std::string transport = GetParam();
+  auto owner = make_agent("owner", transport), reader = make_agent("reader", transport);
+  const size_t n = 1 << 20, chunk = 64 << 10;  // 16 chunks: 5 for each of 3 threads
+  auto session = reader->connect(owner->describe());
+  ASSERT_TRUE(session.ok());
+  auto& s = **session;
+  const int rounds = transport == "tcp" ? 8 : 40;
+  uint64_t ok_reads = 0, refused = 0;
+  for (int round = 0; round < rounds; ++round) {
+    const bool revoke_source = round % 2 == 1;
+    auto src = owner->allocate_memory(n);
+    auto dst = reader->allocate_memory(n);
+    ASSERT_TRUE(src.ok() && dst.ok());
+    ASSERT_TRUE(s.refresh_regions().ok());  // the session learns of src now
+    std::atomic<int> started{0};
+    std::atomic<uint64_t> good{0}, bad{0};
+    std::vector<std::string> errors(3);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t)
+      threads.emplace_back([&, t] {
+        for (uint64_t i = 0;; ++i) {
+          const uint64_t off = (t * 5 + i % 5) * chunk;  // each thread its own part of dst
+          auto id = s.read({{dst->second.region, off, src->second.region, off, chunk}});
+          Status st = id.ok() ? s.wait(*id) : Status(make_error(id.error()));
+          if (!st.ok()) {
+            errors[t] = st.message();
+            ++bad;
+            return;
+          }
+          ++good;
+          if (i == 4) ++started;
+        }
+      });
+    while (started < 3) std::this_thread::yield();
+    if (revoke_source) {
+      ASSERT_TRUE(owner->deregister_memory(src->second.region).ok());
+    } else {
+      ASSERT_TRUE(reader->deregister_memory(dst->second.region).ok());
+    }
+    for (auto& t : threads) t.join();
+    // (Over TCP the owner may refuse before the session has heard: "not registered".)
+    for (const std::string& e : errors)
+      EXPECT_TRUE(revoke_source
+                      ? e.find("revoked") != std::string::npos || e.find("not registered") != std::string::npos
+                      : e.find("local") != std::string::npos)
+          << e;
+    ok_reads += good, refused += bad;
+    if (revoke_source) {
+      ASSERT_TRUE(reader->deregister_memory(dst->second.region).ok());
+    } else {
+      ASSERT_TRUE(owner->deregister_memory(src->second.region).ok());
+    }
+  }
+  EXPECT_EQ(refused, 3u * rounds);
+  EXPECT_GE(ok_reads, 15u * rounds);
+}
+
 // Stands in for cuda_ipc where there is no GPU: its "GPU" regions are host memory. By default
 // every peer is on another host (connect fails), so GPU ranges take the TCP path, staged through
 // host buffers; with same_host set, agents of this process connect and copy each other's "GPU"

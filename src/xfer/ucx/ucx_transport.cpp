@@ -3,7 +3,9 @@
 //
 // Two same-host shortcuts skip a UCX request per range:
 // - Shared regions (Agent::allocate_memory) are mapped into the reader by their rkey
-//   (ucp_rkey_ptr): a batch is a plain copy.
+//   (ucp_rkey_ptr): a batch is a plain copy. The Session makes such copies itself, without its
+//   lock, from the mappings mapped() reports (agent.cpp, copy_in_place); start() copies the
+//   batches it cannot (more regions than its table holds, mixed with CMA ranges).
 // - Ordinary registered memory of a peer process on this host is read and written with cross
 //   memory attach (process_vm_readv / writev), one system call per IOV_MAX ranges, from the
 //   caller's thread. Debian's UCX 1.13 does not use its CMA transport for ucp_get/put here: it
@@ -117,6 +119,11 @@ class UcxEndpoint : public RmaEndpoint {
   }
 
   void progress() override { ucp_worker_progress(worker_); }
+
+  std::byte* mapped(uint64_t region) const override {
+    auto it = remotes_.find(region);
+    return it == remotes_.end() ? nullptr : it->second.direct.base;
+  }
 
   void remove_region(uint64_t region) override {
     if (auto it = remotes_.find(region); it != remotes_.end()) {
