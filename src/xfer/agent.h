@@ -26,9 +26,9 @@
 // Known limit: when a UCX transfer times out (a stalled owner), its session is closed, but a
 // late reply may still land in the local destination once the owner resumes; destinations must
 // stay allocated (as a KV pool does) while the agent lives. After such a failure the agent opens
-// new sessions over TCP. The same holds for a UCX RMA read (RDMA to another host) still in flight
-// when its destination is deregistered. Copies on one host (shared memory, cross-memory attach)
-// and the TCP path have no such window.
+// new sessions over TCP. deregister_memory() waits for the RMA transfers that move the region's
+// bytes; those that do not finish within the timeout fail with their session, and it returns an
+// error saying that the memory must then be kept until the agent is destroyed.
 #pragma once
 
 #include <atomic>
@@ -114,6 +114,7 @@ class Session {
     std::string error;
     uint64_t rma_handle = 0;  // RMA transfers (UCX or CUDA IPC)
     bool on_gpu = false;      // rma_handle belongs to the cuda_ipc endpoint
+    std::vector<uint64_t> local_regions;  // RMA transfers: the local regions they move bytes of
   };
 
   // A transfer the endpoint finished inside read()/write() (a copy from mapped shared memory or
@@ -129,6 +130,11 @@ class Session {
   // Republishes mapped_ from the host endpoint (under mutex_); null: no copies in place.
   void publish_mapped(bool any);
   void reader_loop();
+  // Brings an RMA transfer's state up to date from its endpoint (under mutex_).
+  void update(Transfer& t);
+  // Returns once no RMA transfer of this session moves bytes of local `region`: true when each
+  // completed; false when at `deadline` the session was failed instead. For deregister_memory.
+  bool quiesce_local(uint64_t region, Clock::time_point deadline);
   void fail_all(const std::string& why);
   void set_regions(const Json& regions);
 

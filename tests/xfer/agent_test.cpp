@@ -361,6 +361,37 @@ TEST_P(XferTest, SharedReadsRacingDeregistration) {
   EXPECT_GE(ok_reads, 15u * rounds);
 }
 
+// A read still in flight when the reader deregisters its destination (UCX without cross-memory
+// attach: gets are emulated by shared-memory messages that the owner's progress thread answers):
+// deregister_memory returns only once it has finished, so the memory may be freed then.
+TEST(XferDeregisterTest, DeregisteringADestinationWaitsForReadsIntoIt) {
+  auto owner = make_agent("owner", "ucx"), reader = make_agent("reader", "ucx");
+  const size_t n = 64 << 20;
+  std::vector<uint8_t> src(n), dst(n);
+  fill(src, 21);
+  auto rs = owner->register_memory(src.data(), n);
+  ASSERT_TRUE(rs.ok());
+  ::setenv("BATON_XFER_NO_CMA", "1", 1);  // read when the session is made
+  auto s = reader->connect(owner->describe());
+  ::unsetenv("BATON_XFER_NO_CMA");
+  ASSERT_TRUE(s.ok()) << s.error();
+  if ((*s)->transport() != "ucx") GTEST_SKIP() << "UCX is not available";
+  int in_flight = 0;
+  for (unsigned round = 0; round < 3; ++round) {
+    std::fill(dst.begin(), dst.end(), 0);
+    auto rd = reader->register_memory(dst.data(), n);
+    ASSERT_TRUE(rd.ok());
+    auto id = (*s)->read(mixed_ops(rd->region, rs->region, n, 50 + round));
+    ASSERT_TRUE(id.ok()) << id.error();
+    in_flight += (*s)->poll(*id) == TransferState::kPending;
+    ASSERT_TRUE(reader->deregister_memory(rd->region).ok());
+    EXPECT_NE((*s)->poll(*id), TransferState::kPending) << "deregister_memory returned with a read into it in flight";
+    EXPECT_TRUE((*s)->wait(*id).ok());
+    EXPECT_EQ(checksum(dst.data(), n), checksum(src.data(), n));
+  }
+  EXPECT_GT(in_flight, 0) << "no read was in flight when its destination was deregistered: nothing was checked";
+}
+
 // Stands in for cuda_ipc where there is no GPU: its "GPU" regions are host memory. By default
 // every peer is on another host (connect fails), so GPU ranges take the TCP path, staged through
 // host buffers; with same_host set, agents of this process connect and copy each other's "GPU"
@@ -824,6 +855,41 @@ TEST_P(XferTest, StalledPeerTimesOut) {
     // Shared-memory RMA needs no help from the owner: a stopped owner may still be read.
     EXPECT_LT(took, 5s);
   }
+}
+
+// A read in flight from an owner that stopped answering (UCX without cross-memory attach needs
+// the owner's progress thread) when the reader deregisters its destination: deregister_memory
+// gives up on it after the agent's timeout, fails its session and says that the memory must be
+// kept (UCX may still deliver the answer once the owner resumes); the read is an error.
+TEST(XferDeregisterTest, StalledReadIntoADeregisteredDestinationFailsItsSession) {
+  const size_t n = size_t{64} << 20;
+  auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--transports", "ucx"});
+  ASSERT_TRUE(peer);
+  std::vector<uint8_t> dst(n);  // outlives the agent, as deregister_memory's error asks
+  auto reader = make_agent("reader", "ucx", "", 1s);
+  auto rd = reader->register_memory(dst.data(), n);
+  ASSERT_TRUE(rd.ok());
+  ::setenv("BATON_XFER_NO_CMA", "1", 1);
+  auto s = reader->connect(peer->agent);
+  ::unsetenv("BATON_XFER_NO_CMA");
+  ASSERT_TRUE(s.ok()) << s.error();
+  if ((*s)->transport() != "ucx") GTEST_SKIP() << "UCX is not available";
+  peer->kill(SIGSTOP);
+  auto id = (*s)->read(mixed_ops(rd->region, peer->region.region, n, 60));
+  ASSERT_TRUE(id.ok()) << id.error();
+  ASSERT_EQ((*s)->poll(*id), TransferState::kPending);
+  const auto t0 = Clock::now();
+  Status st = reader->deregister_memory(rd->region);
+  const auto took = Clock::now() - t0;
+  peer->kill(SIGCONT);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("keep the memory"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find(peer->agent.name), std::string::npos) << st.message();
+  EXPECT_LT(took, 5s);
+  EXPECT_TRUE((*s)->broken());
+  Status read = (*s)->wait(*id);
+  ASSERT_FALSE(read.ok());
+  EXPECT_NE(read.message().find("deregistered"), std::string::npos) << read.message();
 }
 
 // The timeout is for a peer that stopped sending: a read that takes longer than it but keeps
