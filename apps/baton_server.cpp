@@ -91,6 +91,7 @@ baton::Status run(int argc, char** argv) {
       ac.port = kv.handshake_port == 0 ? 0 : kv.handshake_port + r;
       ac.token = kv.token;
       if (kv.transport == "tcp") ac.transports = {"tcp"};
+      if (kv.transport == "ucx") ac.transports = {"ucx", "cuda_ipc"};  // never falls back to TCP
       BATON_ASSIGN_OR_RETURN(auto agent, xfer::Agent::create(ac));
       agents.push_back(std::move(agent));
     }

@@ -18,7 +18,9 @@ struct KvTransferConfig {
   int proxy_ping_port = 36367;
   std::optional<int> http_port;    // overrides --port in a P/D role
   int handshake_port = 0;          // 0: any free port
-  std::string transport = "auto";  // auto (UCX when both sides have it, else TCP), ucx, tcp
+  // auto (UCX when both sides have it, else TCP); ucx (UCX or cuda_ipc only: no UCX is a startup
+  // error, a peer without it a failed handoff); tcp
+  std::string transport = "auto";
   double kv_timeout_s = 120;       // prefill keeps unread blocks this long
   double heartbeat_s = 2;          // registration refresh interval (the proxy evicts after ~5 missed)
   std::string token;               // deployment token (registration and transfer handshakes)

@@ -134,13 +134,21 @@ Result<std::unique_ptr<Agent>> Agent::create(Config config) {
   // which cannot see UCX's internal synchronisation).
   if (const char* no = std::getenv("BATON_XFER_NO_UCX"); no && std::string(no) == "1")
     std::erase(config.transports, "ucx");
+  const auto& t = config.transports;
+  const bool ucx_allowed = std::find(t.begin(), t.end(), "ucx") != t.end();
+  if (!ucx_allowed && !config.tcp_allowed())
+    return make_error("transfer agent ", config.name, ": no transport for host memory (",
+                      std::getenv("BATON_XFER_NO_UCX") ? "BATON_XFER_NO_UCX=1 turned UCX off" : "neither ucx nor tcp",
+                      ", and TCP is not allowed)");
   std::unique_ptr<Agent> a(new Agent(std::move(config)));
   BATON_ASSIGN_OR_RETURN(a->listener_, Socket::listen(a->config_.host, a->config_.port, &a->port_));
-  const auto& t = a->config_.transports;
-  if (std::find(t.begin(), t.end(), "ucx") != t.end()) {
+  if (ucx_allowed) {
     auto ucx = create_ucx_transport();
     if (ucx.ok()) {
       a->rma_ = std::move(*ucx);
+    } else if (!a->config_.tcp_allowed()) {
+      return make_error("transfer agent ", a->config_.name, ": UCX unavailable (", ucx.error(),
+                        ") and TCP is not allowed");
     } else {
       log::warn("transfer agent ", a->config_.name, ": UCX unavailable (", ucx.error(), "); using TCP");
     }
@@ -504,6 +512,13 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer) {
       log::warn("session to ", peer.name, ": ", ep.error(), "; using TCP");
     }
   }
+  if (!session->rma_ && !config_.tcp_allowed())
+    return make_error("session to ", peer.name, ": UCX cannot reach it (",
+                      !rma_                                           ? "UCX is off here"
+                      : rma_degraded_                                 ? "degraded by an earlier peer failure"
+                      : !welcome.contains(rma_->name())               ? "the peer has no UCX"
+                                                                      : "no UCX endpoint",
+                      ") and TCP is not allowed");
   const auto& allowed = config_.transports;
   if (gpu_ && std::find(allowed.begin(), allowed.end(), gpu_->name()) != allowed.end() &&
       welcome.contains(gpu_->name()) && welcome[gpu_->name()].is_string()) {
@@ -670,6 +685,9 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
         t.local_regions.push_back(op.local_region);
     return id;
   }
+  if (!agent_.config_.tcp_allowed())
+    return make_error("these ranges of ", peer_,
+                      " (GPU memory cuda_ipc cannot reach) would move over TCP, which is not allowed");
   transfers_[id];
   lock.unlock();
   // TCP: the peer serves the request on its connection thread, in order.

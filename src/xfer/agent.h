@@ -31,6 +31,7 @@
 // error saying that the memory must then be kept until the agent is destroyed.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -174,9 +175,12 @@ class Agent {
     std::string host = "127.0.0.1";  // control address peers connect to
     int port = 0;                    // 0: any free port
     std::string token;               // deployment token; empty: none required
-    // How bytes may move: "ucx" (host memory), "cuda_ipc" (GPU memory on one host) and "tcp",
-    // which is always there (GPU memory over it is staged through host buffers).
+    // How bytes may move: "ucx" (host memory), "cuda_ipc" (GPU memory on one host) and "tcp"
+    // (GPU memory over it is staged through host buffers). Without "tcp", an agent without UCX
+    // is not created, a session UCX cannot serve is not made, and a transfer that would need TCP
+    // is refused (the control connection is TCP regardless).
     std::vector<std::string> transports = {"ucx", "cuda_ipc", "tcp"};
+    bool tcp_allowed() const { return std::find(transports.begin(), transports.end(), "tcp") != transports.end(); }
     std::chrono::milliseconds timeout{10000};  // transfers and handshakes
     // Makes the transport for GPU memory; unset: cuda_ipc where the build and machine have CUDA.
     // (Tests stand in a host-memory double to run the staged TCP path without a GPU.)

@@ -392,6 +392,43 @@ TEST(XferDeregisterTest, DeregisteringADestinationWaitsForReadsIntoIt) {
   EXPECT_GT(in_flight, 0) << "no read was in flight when its destination was deregistered: nothing was checked";
 }
 
+// Without "tcp" in its transports (--kv-transfer-config "transport": "ucx") an agent never moves
+// bytes over TCP: a peer UCX cannot reach is refused at connect, and without UCX the agent is not
+// created; a peer with UCX is read as usual.
+TEST(XferTransportTest, UcxOnlyNeverFallsBackToTcp) {
+  Agent::Config c;
+  c.name = "strict";
+  c.transports = {"ucx", "cuda_ipc"};
+  auto strict = Agent::create(c);
+  if (!strict.ok() && strict.error().find("UCX unavailable") != std::string::npos) GTEST_SKIP() << strict.error();
+  ASSERT_TRUE(strict.ok()) << strict.error();
+  auto tcp_peer = make_agent("tcp-peer", "tcp"), ucx_peer = make_agent("ucx-peer", "ucx");
+  auto refused = (*strict)->connect(tcp_peer->describe());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().find("the peer has no UCX"), std::string::npos) << refused.error();
+  EXPECT_NE(refused.error().find("TCP is not allowed"), std::string::npos) << refused.error();
+
+  std::vector<uint8_t> src(1 << 20), dst(1 << 20, 0);
+  fill(src, 31);
+  auto rs = ucx_peer->register_memory(src.data(), src.size());
+  auto rd = (*strict)->register_memory(dst.data(), dst.size());
+  ASSERT_TRUE(rs.ok() && rd.ok());
+  auto s = (*strict)->connect(ucx_peer->describe());
+  ASSERT_TRUE(s.ok()) << s.error();
+  EXPECT_EQ((*s)->transport(), "ucx");
+  auto id = (*s)->read(mixed_ops(rd->region, rs->region, src.size(), 31));
+  ASSERT_TRUE(id.ok()) << id.error();
+  ASSERT_TRUE((*s)->wait(*id).ok());
+  EXPECT_EQ(dst, src);
+
+  ::setenv("BATON_XFER_NO_UCX", "1", 1);
+  c.name = "strict-without-ucx";
+  auto none = Agent::create(c);
+  ::unsetenv("BATON_XFER_NO_UCX");
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.error().find("BATON_XFER_NO_UCX"), std::string::npos) << none.error();
+}
+
 // Stands in for cuda_ipc where there is no GPU: its "GPU" regions are host memory. By default
 // every peer is on another host (connect fails), so GPU ranges take the TCP path, staged through
 // host buffers; with same_host set, agents of this process connect and copy each other's "GPU"
