@@ -80,28 +80,38 @@ TEST(ReadSectionTest, ReplacedObjectsAreNeverSeenAfterTheWait) {
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> reads{0}, bad{0};
   std::vector<std::thread> readers;
-  for (int t = 0; t < 3; ++t)
+  // Two readers and this writer: more threads than CI's two cores would make each wait last a
+  // scheduler time slice (a reader preempted inside its section).
+  for (int t = 0; t < 2; ++t)
     readers.emplace_back([&] {
-      while (!stop) {
-        ReadSection s;
-        Node* n = published.load(std::memory_order_seq_cst);
-        for (int i = 0; i < 16; ++i)
-          if (n->state.load(std::memory_order_relaxed) != kLive) ++bad;
-        ++reads;
+      for (uint64_t k = 0; !stop; ++k) {
+        {
+          ReadSection s;
+          Node* n = published.load(std::memory_order_seq_cst);
+          // A section as long as a copy (~1 us): a writer that did not wait for it would mark
+          // the object dead while it is being read.
+          for (int i = 0; i < 512; ++i)
+            if (n->state.load(std::memory_order_relaxed) != kLive) ++bad;
+          ++reads;
+        }
+        if (k % 256 == 0) std::this_thread::yield();
       }
     });
-  for (int i = 0; i < 3000; ++i) {
+  while (reads < 1000) std::this_thread::yield();  // both readers are running
+  const uint64_t before = reads;
+  // At least 2000 replacements, and on until the readers have read 2000 times meanwhile.
+  for (int i = 0; i < 2000 || (reads - before < 2000 && i < 200000); ++i) {
     Node* old = published.exchange(new Node, std::memory_order_seq_cst);
     wait_for_readers();
     old->state = kDead;
     delete old;
-    if (i % 64 == 0) std::this_thread::yield();
   }
+  const uint64_t during = reads - before;
   stop = true;
   for (auto& t : readers) t.join();
   delete published.load();
   EXPECT_EQ(bad.load(), 0u);
-  EXPECT_GT(reads.load(), 0u);
+  EXPECT_GE(during, 2000u) << "the readers hardly ran while objects were replaced: nothing was checked";
 }
 
 // Threads come and go: each takes a slot on its first section; their slots are reused and a
