@@ -96,9 +96,9 @@ constexpr int decode_lanes(int kG, int D) {
 // elements a thread writes for the first kBatch splits (one round trip for up to that many splits;
 // the kernel's registers bound the batch). The split weights take a thread per (head, split) when
 // nh * splits <= blockDim.x (decode_kernel); kAnyBlock (decode_mma_kernel's 16 heads) loops over
-// them instead. decode_kernel with that loop and last_split below measured 5% slower per decode
-// step at batch 1 (which of the two did it was not measured; bench/RESULTS.md, session 21), so it
-// keeps this branch and its own end.
+// them instead. decode_kernel with that loop and the first last_split below measured 5% slower
+// per decode step at batch 1 (bench/RESULTS.md, session 21); the cause was last_split's flag (see
+// there), and whether the loop costs anything is not measured, so decode_kernel keeps this branch.
 constexpr int kMergeBatch = 16;
 template <int kElems, int kHeads = kMaxCtaHeads, int kBatch = kMergeBatch, bool kAnyBlock = false>
 __device__ void merge_splits(const AttnArgs& a, int n_splits, int splits, const float* ws, int t, int h0, int nh) {
@@ -175,19 +175,23 @@ __device__ void merge_splits(const AttnArgs& a, int n_splits, int splits, const 
   }
 }
 
-// decode_mma_kernel's end: every split of (token, heads h0 ..) has published its partial in ws; the
+// The decode kernels' end: every split of (token, heads h0 ..) has published its partial in ws; the
 // last CTA to count itself in (the caller) merges them all (no merge kernel to launch) and resets
 // the counter for the next layer. Returns whether this CTA was the last. Called by every thread.
+// The verdict travels by __syncthreads_or, not a function-scope __shared__ flag: with such a flag
+// (one symbol for every kernel that inlines this, where a kernel's own flag is demoted into it, as
+// the PTX notes) the CUDA-core decode kernel measured 5% slower at batch 1 and 8 (bench/RESULTS.md,
+// session 24); the instructions differ by a few, so why is not known.
 __device__ __forceinline__ bool last_split(int* arrivals, int64_t at, int splits) {
-  __shared__ bool last;
   __threadfence();
   __syncthreads();
+  int mine = 0;
   if (threadIdx.x == 0) {
     int* arrived = arrivals + at;
-    last = atomicAdd(arrived, 1) == splits - 1;
-    if (last) *arrived = 0;
+    mine = atomicAdd(arrived, 1) == splits - 1;
+    if (mine) *arrived = 0;
   }
-  __syncthreads();
+  const bool last = __syncthreads_or(mine);
   if (last) __threadfence();
   return last;
 }
@@ -357,24 +361,13 @@ __global__ void __launch_bounds__(kDecodeThreads, kG == 1 && D <= 64 ? 4 : (D <=
     return;
   }
   BATON_STAMP();
-  // The last split of (token, heads) to finish merges them all (no merge kernel to launch): each
-  // split publishes its partial, then counts itself in; the one that completes the count merges
-  // and resets the counter for the next layer.
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* arrived = arrivals + static_cast<int64_t>(t) * a.H + h0;
-    last = atomicAdd(arrived, 1) == splits - 1;
-    if (last) *arrived = 0;
-  }
-  __syncthreads();
+  // The last split of (token, heads) to finish merges them all (no merge kernel to launch).
+  const bool last = last_split(arrivals, static_cast<int64_t>(t) * a.H + h0, splits);
   BATON_STAMP();
   if (!last) {
     BATON_STAMP_END(1);
     return;
   }
-  __threadfence();
   merge_splits<(kG * D + kDecodeThreads - 1) / kDecodeThreads>(a, n_splits, splits, ws, t, h0, nh);
   BATON_STAMP_END(2);  // the merging split
 }
