@@ -132,13 +132,14 @@ Result<std::unique_ptr<Agent>> Agent::create(Config config) {
   if (config.name.empty()) return make_error("transfer agent needs a name");
   // BATON_XFER_NO_UCX=1 keeps bytes off UCX (operators debugging a fabric; ThreadSanitizer runs,
   // which cannot see UCX's internal synchronisation).
+  bool ucx_turned_off = false;
   if (const char* no = std::getenv("BATON_XFER_NO_UCX"); no && std::string(no) == "1")
-    std::erase(config.transports, "ucx");
+    ucx_turned_off = std::erase(config.transports, "ucx") > 0;
   const auto& t = config.transports;
   const bool ucx_allowed = std::find(t.begin(), t.end(), "ucx") != t.end();
   if (!ucx_allowed && !config.tcp_allowed())
     return make_error("transfer agent ", config.name, ": no transport for host memory (",
-                      std::getenv("BATON_XFER_NO_UCX") ? "BATON_XFER_NO_UCX=1 turned UCX off" : "neither ucx nor tcp",
+                      ucx_turned_off ? "BATON_XFER_NO_UCX=1 turned UCX off" : "neither ucx nor tcp",
                       ", and TCP is not allowed)");
   std::unique_ptr<Agent> a(new Agent(std::move(config)));
   BATON_ASSIGN_OR_RETURN(a->listener_, Socket::listen(a->config_.host, a->config_.port, &a->port_));
@@ -261,24 +262,30 @@ Result<std::pair<void*, MemoryDesc>> Agent::allocate_memory(size_t n_bytes) {
 }
 
 Status Agent::deregister_memory(uint64_t region) {
-  std::string stalled;  // peers whose transfers of the region did not finish
+  Region gone;  // memory the agent owns lives until the transports are done with it
   {
     std::unique_lock lock(regions_mutex_);  // waits for reads being served from it
     auto it = regions_.find(region);
     if (it == regions_.end()) return make_error("region ", region, " is not registered");
-    const Region gone = std::move(it->second);  // memory the agent owns lives until the end of this scope
+    gone = std::move(it->second);
     regions_.erase(it);
-    publish_host_table();  // and copies in place that may be using it have ended,
-    // as have RMA transfers still moving its bytes (UCX gets and puts, cuda_ipc copies), or their
-    // sessions are failed within the timeout.
-    std::vector<std::shared_ptr<Session>> sessions;
-    {
-      std::lock_guard sl(sessions_mutex_);
-      for (const auto& [name, s] : sessions_) sessions.push_back(s);
-    }
-    const auto deadline = Clock::now() + config_.timeout;
-    for (const auto& s : sessions)
-      if (!s->quiesce_local(region, deadline)) stalled += (stalled.empty() ? "" : ", ") + s->peer();
+    publish_host_table();  // and copies in place that may be using it have ended
+  }
+  // No transfer that names the region starts any more (start() looks its regions up under the
+  // lock and records an RMA transfer before releasing it). Those recorded, UCX gets and puts and
+  // cuda_ipc copies still moving its bytes, end or have their sessions failed within the timeout;
+  // without the lock, so that the agent's other transfers and registrations go on meanwhile.
+  std::string stalled;  // peers whose transfers of the region did not finish
+  std::vector<std::shared_ptr<Session>> sessions;
+  {
+    std::lock_guard sl(sessions_mutex_);
+    for (const auto& [name, s] : sessions_) sessions.push_back(s);
+  }
+  const auto deadline = Clock::now() + config_.timeout;
+  for (const auto& s : sessions)
+    if (!s->quiesce_local(region, deadline)) stalled += (stalled.empty() ? "" : ", ") + s->peer();
+  {
+    std::unique_lock lock(regions_mutex_);  // the transports are (de)registered under it
     if (gone.desc.kind == MemoryKind::kCuda) {
       gpu_->deregister_region(region);
     } else if (rma_) {
@@ -618,18 +625,20 @@ bool Session::copy_in_place(const std::vector<TransferOp>& ops, bool is_read) {
   if (!local || !remote) return false;
   // Every range checked before anything moves; anything else (and every error) takes start()'s
   // locked path.
-  for (const TransferOp& op : ops)
-    if (!local->find(op.local_region, op.local_offset, op.length) ||
-        !remote->find(op.remote_region, op.remote_offset, op.length))
-      return false;
+  thread_local std::vector<std::pair<std::byte*, std::byte*>> ends;  // (destination, source) per op
+  ends.clear();
+  for (const TransferOp& op : ops) {
+    std::byte* l = local->find(op.local_region, op.local_offset, op.length);
+    std::byte* r = l ? remote->find(op.remote_region, op.remote_offset, op.length) : nullptr;
+    if (!r) return false;
+    ends.emplace_back(is_read ? l : r, is_read ? r : l);
+  }
   // Ranges adjacent on both sides move in one copy.
   std::byte *dst = nullptr, *src = nullptr;
   size_t n = 0;
-  for (const TransferOp& op : ops) {
-    std::byte* l = local->find(op.local_region, op.local_offset, op.length);
-    std::byte* r = remote->find(op.remote_region, op.remote_offset, op.length);
-    std::byte* d = is_read ? l : r;
-    std::byte* s = is_read ? r : l;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const TransferOp& op = ops[i];
+    auto [d, s] = ends[i];
     if (n && d == dst + n && s == src + n) {
       n += op.length;
       continue;
@@ -694,7 +703,7 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
   std::lock_guard send_lock(send_mutex_);
   {
     std::lock_guard lock(mutex_);
-    pending_.push_back({id, is_read, is_read ? local : decltype(local){}, is_read ? ops : decltype(ops){}});
+    pending_.push_back({id, is_read, is_read ? ops : decltype(ops){}});
   }
   // The request and, for a write, its data in one gathered send (GPU data in staged pieces).
   const std::string packed = pack_ops(ops);
@@ -709,6 +718,7 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
 }
 
 void Session::reader_loop() {
+  std::vector<LocalRange> dest;  // a read answer's destination ranges
   for (;;) {
     auto h = recv_header(socket_);
     if (!h.ok()) return fail_all(h.error());
@@ -737,20 +747,28 @@ void Session::reader_loop() {
     std::string error;
     if (h->type == MsgType::kReadData) {
       uint64_t expect = 0;
-      for (const LocalRange& r : p.local) expect += r.length;
+      for (const TransferOp& op : p.ops) expect += op.length;
       if (h->length != expect) return fail_all("peer sent a read answer of the wrong size");
-      // The destination stays registered while the data comes in, if it still is: it may have
-      // been deregistered since the read was issued (region ids are never reused).
+      // The destination is looked up now: it may have been deregistered since the read was
+      // issued (region ids are never reused). If it is still there, it stays while the data comes in.
       std::shared_lock local_lock(agent_.regions_mutex_);
-      auto gone = std::find_if(p.ops.begin(), p.ops.end(), [&](const TransferOp& op) {
-        return !agent_.locate(op.local_region, op.local_offset, op.length).ok();
-      });
-      if (gone != p.ops.end()) {
+      dest.clear();
+      const TransferOp* gone = nullptr;
+      for (const TransferOp& op : p.ops) {
+        MemoryKind kind = MemoryKind::kHost;
+        auto ptr = agent_.locate(op.local_region, op.local_offset, op.length, &kind);
+        if (!ptr.ok()) {
+          gone = &op;
+          break;
+        }
+        dest.push_back({*ptr, op.length, kind == MemoryKind::kCuda});
+      }
+      if (gone) {
         if (Status st = drain(socket_, h->length); !st.ok()) return fail_all(st.message());
         error = "local region " + std::to_string(gone->local_region) + " was deregistered while a read from " + peer_ +
                 " into it was in flight";
       } else {
-        if (Status st = recv_ranges(socket_, p.local, agent_.gpu_.get(), stage_in_, &error, last_progress_); !st.ok())
+        if (Status st = recv_ranges(socket_, dest, agent_.gpu_.get(), stage_in_, &error, last_progress_); !st.ok())
           return fail_all(st.message());
         if (!error.empty()) error = "staging the read from " + peer_ + " into GPU memory: " + error;
       }

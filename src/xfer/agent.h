@@ -107,8 +107,7 @@ class Session {
   struct Pending {
     TransferId id;
     bool is_read;
-    std::vector<LocalRange> local;  // destination ranges for read data
-    std::vector<TransferOp> ops;    // and the regions they lie in, checked again when data comes
+    std::vector<TransferOp> ops;  // a read's (coalesced) ops: where its data goes, looked up when it comes
   };
   struct Transfer {
     TransferState state = TransferState::kPending;

@@ -424,9 +424,17 @@ TEST(XferTransportTest, UcxOnlyNeverFallsBackToTcp) {
   ::setenv("BATON_XFER_NO_UCX", "1", 1);
   c.name = "strict-without-ucx";
   auto none = Agent::create(c);
+  // The variable is named only where it took UCX away.
+  Agent::Config gpu_only = c;
+  gpu_only.name = "gpu-only";
+  gpu_only.transports = {"cuda_ipc"};
+  auto neither = Agent::create(gpu_only);
   ::unsetenv("BATON_XFER_NO_UCX");
   ASSERT_FALSE(none.ok());
   EXPECT_NE(none.error().find("BATON_XFER_NO_UCX"), std::string::npos) << none.error();
+  ASSERT_FALSE(neither.ok());
+  EXPECT_NE(neither.error().find("neither ucx nor tcp"), std::string::npos) << neither.error();
+  EXPECT_EQ(neither.error().find("BATON_XFER_NO_UCX"), std::string::npos) << neither.error();
 }
 
 // Stands in for cuda_ipc where there is no GPU: its "GPU" regions are host memory. By default
@@ -897,7 +905,8 @@ TEST_P(XferTest, StalledPeerTimesOut) {
 // A read in flight from an owner that stopped answering (UCX without cross-memory attach needs
 // the owner's progress thread) when the reader deregisters its destination: deregister_memory
 // gives up on it after the agent's timeout, fails its session and says that the memory must be
-// kept (UCX may still deliver the answer once the owner resumes); the read is an error.
+// kept (UCX may still deliver the answer once the owner resumes); the read is an error. While it
+// waits, the agent's other work goes on: registering memory does not wait for the timeout.
 TEST(XferDeregisterTest, StalledReadIntoADeregisteredDestinationFailsItsSession) {
   const size_t n = size_t{64} << 20;
   auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--transports", "ucx"});
@@ -915,10 +924,28 @@ TEST(XferDeregisterTest, StalledReadIntoADeregisteredDestinationFailsItsSession)
   auto id = (*s)->read(mixed_ops(rd->region, peer->region.region, n, 60));
   ASSERT_TRUE(id.ok()) << id.error();
   ASSERT_EQ((*s)->poll(*id), TransferState::kPending);
+  Status st;
+  std::atomic<bool> returned{false};
   const auto t0 = Clock::now();
-  Status st = reader->deregister_memory(rd->region);
-  const auto took = Clock::now() - t0;
+  Clock::duration took{};
+  std::thread deregistering([&] {
+    st = reader->deregister_memory(rd->region);
+    took = Clock::now() - t0;
+    returned = true;
+  });
+  const auto listed = [&] {
+    for (const MemoryDesc& d : reader->regions())
+      if (d.region == rd->region) return true;
+    return false;
+  };
+  while (listed()) std::this_thread::sleep_for(1ms);  // it is waiting for the read now
+  std::vector<uint8_t> other(4096);
+  auto ro = reader->register_memory(other.data(), other.size());
+  const bool registered_after = returned;
+  deregistering.join();
   peer->kill(SIGCONT);
+  ASSERT_TRUE(ro.ok()) << ro.error();
+  EXPECT_FALSE(registered_after) << "register_memory waited for deregister_memory's wait for the stalled read";
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("keep the memory"), std::string::npos) << st.message();
   EXPECT_NE(st.message().find(peer->agent.name), std::string::npos) << st.message();
