@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import traceback
 
 import openai
@@ -263,10 +264,11 @@ def main():
     passed = failed = 0
     try:
         for t in TESTS:
+            t0 = time.time()
             try:
                 t(ctx)
                 passed += 1
-                print(f"PASS {t.__name__}")
+                print(f"PASS {t.__name__} ({time.time() - t0:.1f} s)", flush=True)
             except Exception:
                 failed += 1
                 print(f"FAIL {t.__name__}")

@@ -31,8 +31,11 @@ from server_util import Proc, metric, start_server, wait_until  # noqa: E402
 TESTS = []
 # (prefill tp, decode tp) pairs the equality test covers.
 TP_PAIRS = [(1, 1), (2, 2), (2, 1), (1, 2), (4, 1)]
+# (model, KV dtype) per pair: each pair runs every one.
+EQUAL_CASES = [("tiny-qwen3", "bf16"), ("tiny-llama3", "fp8")]
 N_CONCURRENT = 200
-if os.environ.get("BATON_SANITIZER_RUN"):  # sanitizers are 5-20x slower: fewer configurations
+SANITIZED = bool(os.environ.get("BATON_SANITIZER_RUN"))
+if SANITIZED:  # sanitizers are 5-20x slower: fewer configurations, each pair one of the cases
     TP_PAIRS = [(1, 1), (2, 1)]
     N_CONCURRENT = 32
 
@@ -173,9 +176,11 @@ PROMPTS = ["1 2 3 4 5", "Once upon a time there was a robot who counted sheep: o
 
 def check_equal(ctx, model_name, kv_dtype, p_tp, d_tp):
     model = os.path.join(ctx["models"], model_name)
+    # Sanitized runs: the two prompts that differ most (a long ASCII one, a multi-byte one).
+    prompts = [PROMPTS[1], PROMPTS[3]] if SANITIZED else PROMPTS
     with (start_server(ctx["bin"], model, "--kv_cache_dtype", kv_dtype, "--threads", "1") as ref,
           Fleet(ctx["bin"], model, (p_tp,), (d_tp,), kv_dtype) as fleet):
-        for prompt in PROMPTS:
+        for prompt in prompts:
             for stream in (False, True):
                 body = {"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": stream}
                 if stream:
@@ -190,18 +195,18 @@ def check_equal(ctx, model_name, kv_dtype, p_tp, d_tp):
                 assert got == want, (model_name, kv_dtype, p_tp, d_tp, "chat", prompt, stream, got, want)
         d = fleet.decodes[0]
         # Every request's KV came over the transfer engine; nothing was recomputed.
-        assert metric(d.url, "baton:kv_transfers_total") == len(PROMPTS) * 4, metric(d.url, "baton:kv_transfers_total")
+        assert metric(d.url, "baton:kv_transfers_total") == len(prompts) * 4, metric(d.url, "baton:kv_transfers_total")
         assert metric(d.url, "baton:kv_transfer_failures_total") == 0
         assert metric(d.url, "baton:prompt_tokens_total") == 0, "decode computed prompt tokens itself"
         fleet.assert_no_leaks()
-        assert metric(fleet.prefills[0].url, "baton:kv_released_by_reader_total") == len(PROMPTS) * 4
+        assert metric(fleet.prefills[0].url, "baton:kv_released_by_reader_total") == len(prompts) * 4
 
 
 @test
 def pd_equals_colocated(ctx):
-    for p_tp, d_tp in TP_PAIRS:
-        check_equal(ctx, "tiny-qwen3", "bf16", p_tp, d_tp)
-        check_equal(ctx, "tiny-llama3", "fp8", p_tp, d_tp)
+    for i, (p_tp, d_tp) in enumerate(TP_PAIRS):
+        for model_name, kv_dtype in [EQUAL_CASES[i % len(EQUAL_CASES)]] if SANITIZED else EQUAL_CASES:
+            check_equal(ctx, model_name, kv_dtype, p_tp, d_tp)
 
 
 @test
