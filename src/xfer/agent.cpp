@@ -135,8 +135,7 @@ Result<std::unique_ptr<Agent>> Agent::create(Config config) {
   bool ucx_turned_off = false;
   if (const char* no = std::getenv("BATON_XFER_NO_UCX"); no && std::string(no) == "1")
     ucx_turned_off = std::erase(config.transports, "ucx") > 0;
-  const auto& t = config.transports;
-  const bool ucx_allowed = std::find(t.begin(), t.end(), "ucx") != t.end();
+  const bool ucx_allowed = config.allows("ucx");
   if (!ucx_allowed && !config.tcp_allowed())
     return make_error("transfer agent ", config.name, ": no transport for host memory (",
                       ucx_turned_off ? "BATON_XFER_NO_UCX=1 turned UCX off" : "neither ucx nor tcp",
@@ -526,8 +525,7 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer) {
                       : !welcome.contains(rma_->name())               ? "the peer has no UCX"
                                                                       : "no UCX endpoint",
                       ") and TCP is not allowed");
-  const auto& allowed = config_.transports;
-  if (gpu_ && std::find(allowed.begin(), allowed.end(), gpu_->name()) != allowed.end() &&
+  if (gpu_ && config_.allows(gpu_->name()) &&
       welcome.contains(gpu_->name()) && welcome[gpu_->name()].is_string()) {
     auto ep = gpu_->connect(welcome[gpu_->name()].get<std::string>());
     if (ep.ok()) {
@@ -675,7 +673,9 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
     if (op.remote_offset > r->second.length || op.length > r->second.length - op.remote_offset)
       return make_error("range [", op.remote_offset, ", ", op.remote_offset + op.length, ") is outside region ",
                         op.remote_region, " of ", peer_, " (", r->second.length, " bytes)");
-    local.push_back({*p, op.length, local_kind == MemoryKind::kCuda});
+    // A write's sources, sent over TCP if it goes there (a read's destinations are looked up
+    // again when its answer comes, reader_loop).
+    if (!is_read) local.push_back({*p, op.length, local_kind == MemoryKind::kCuda});
     gpu = gpu || r->second.kind == MemoryKind::kCuda || local_kind == MemoryKind::kCuda;
     remote_host = remote_host || r->second.kind != MemoryKind::kCuda;
     rma_ops.push_back({*p, r->second.address + op.remote_offset, op.remote_region, op.length});
@@ -709,7 +709,7 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
   const std::string packed = pack_ops(ops);
   FrameHeader req{is_read ? MsgType::kReadRequest : MsgType::kWriteRequest, 0, id, packed.size()};
   std::vector<iovec> head{{&req, sizeof req}, {const_cast<char*>(packed.data()), packed.size()}};
-  Status st = send_ranges(socket_, std::move(head), is_read ? decltype(local){} : local, agent_.gpu_.get(), stage_out_);
+  Status st = send_ranges(socket_, std::move(head), local, agent_.gpu_.get(), stage_out_);
   if (!st.ok()) {
     fail_all(st.message());
     return make_error("transfer to ", peer_, " failed: ", st.message());

@@ -42,6 +42,8 @@
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -179,7 +181,10 @@ class Agent {
     // is not created, a session UCX cannot serve is not made, and a transfer that would need TCP
     // is refused (the control connection is TCP regardless).
     std::vector<std::string> transports = {"ucx", "cuda_ipc", "tcp"};
-    bool tcp_allowed() const { return std::find(transports.begin(), transports.end(), "tcp") != transports.end(); }
+    bool allows(std::string_view transport) const {
+      return std::find(transports.begin(), transports.end(), transport) != transports.end();
+    }
+    bool tcp_allowed() const { return allows("tcp"); }
     std::chrono::milliseconds timeout{10000};  // transfers and handshakes
     // Makes the transport for GPU memory; unset: cuda_ipc where the build and machine have CUDA.
     // (Tests stand in a host-memory double to run the staged TCP path without a GPU.)
