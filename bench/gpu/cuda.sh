@@ -158,7 +158,7 @@ if [[ $MODE == ab ]]; then
           [[ $cfg == *" "* ]] && cfg=${cfg#* } || cfg=""
         fi
         env $cfg "$bin" model --model "$MODELS/$m" --device cuda --kv-cache-dtype bf16 \
-          --gen-batches "" --json "$OUT/ab.$m.$label.json" ${AB_ARGS:-} 2>&1 | awk '!/cuda backend:/ || /decode graph/' ||
+          --gen-batches "" --json "$OUT/ab.$m.$label.json" ${AB_ARGS:-} 2>&1 | awk '!/cuda backend:/ || /decode graph/ || /one-kernel/' ||
           echo "(this configuration failed)"
       done
     done

@@ -268,15 +268,21 @@ TEST_P(CudaVsCpuTest, PrefillAndDecodeLogitsMatchCpu) {
     // together, as every step does by default, or (BATON_CUDA_ATTN_GROUP=1) one head per CTA, as
     // models whose groups the grouped kernel does not take do, or (BATON_CUDA_ATTN_MMA_TOKENS=1)
     // runs on tensor cores, as steps of many tokens do.
-    for (const std::string mode : {"a head per CTA", "grouped", "tensor cores"}) {
+    // "one kernel": the decode step's layers in one kernel (mega.cu; required where it takes the
+    // shape, 10 query heads per KV head is not taken and falls back).
+    const HeadShape& h = GetParam();
+    for (const std::string mode : {"a head per CTA", "grouped", "tensor cores", "one kernel"}) {
       for (int max_batch_tokens : {2048, 64}) {  // 64: the prompt runs as several passes
         BackendOptions o = cuda_options(kv);
         o.max_batch_tokens = max_batch_tokens;
         if (mode == "a head per CTA") setenv("BATON_CUDA_ATTN_GROUP", "1", 1);
         if (mode == "tensor cores") setenv("BATON_CUDA_ATTN_MMA_TOKENS", "1", 1);
+        if (mode == "one kernel") setenv("BATON_CUDA_MEGA", h.heads / h.kv_heads <= 8 ? "require" : "1", 1);
+        else setenv("BATON_CUDA_MEGA", "0", 1);
         auto gpu = make(dir_.path(), o);
         unsetenv("BATON_CUDA_ATTN_GROUP");
         unsetenv("BATON_CUDA_ATTN_MMA_TOKENS");
+        unsetenv("BATON_CUDA_MEGA");
         ASSERT_TRUE(gpu && cpu_kv);
         for (int len : {1, 17, 300, 700}) {
           SCOPED_TRACE("prompt of " + std::to_string(len) + ", passes of " + std::to_string(max_batch_tokens) +
@@ -508,11 +514,13 @@ TEST_P(CudaSkinnyTest, MatchesCublas) {
   BackendOptions o = cuda_options("bf16");
   o.max_graph_batch = 8;
   ::setenv("BATON_CUDA_GEMV", "0", 1);
+  ::setenv("BATON_CUDA_MEGA", "0", 1);  // both: batch 1 as kernels per layer
   auto ref = make(dir.path(), o);
   ::unsetenv("BATON_CUDA_GEMV");
   ::setenv("BATON_CUDA_TUNE", "0", 1);  // the 8-row decode graph on skinny GEMMs even if cuBLAS times faster
   auto gpu = make(dir.path(), o);
   ::unsetenv("BATON_CUDA_TUNE");
+  ::unsetenv("BATON_CUDA_MEGA");
   ASSERT_TRUE(ref && gpu);
   const int V = gpu->config().vocab_size;
 
@@ -559,6 +567,51 @@ TEST_P(CudaSkinnyTest, MatchesCublas) {
   ASSERT_TRUE(ref->forward({toks, seqs}, a).ok());
   ASSERT_TRUE(gpu->forward({toks, seqs}, b).ok());
   EXPECT_LT(max_rel_diff(b, a), 5e-3) << "mixed step";
+}
+
+// A one-token decode step's layers in one kernel (BATON_CUDA_MEGA, mega.cu) against the same steps
+// on cuBLAS: 24 steps after a prompt of 40, each step's logits within summation-order noise, bf16
+// and fp8 caches; ragged hidden sizes (264, 288: a row is not a whole number of a warp's loads).
+TEST_P(CudaSkinnyTest, OneKernelStepMatchesCublas) {
+  BATON_REQUIRE_GPU();
+  testing::TempDir dir;
+  RandomModelOptions m;
+  m.architecture = "Qwen3ForCausalLM";
+  m.hidden_size = GetParam().first;
+  m.intermediate_size = GetParam().second;
+  m.num_heads = 4;
+  m.num_kv_heads = 2;
+  m.head_dim = 64;
+  m.num_layers = 3;
+  ASSERT_TRUE(write_random_model(dir.path(), m).ok());
+  for (const std::string kv : {"bf16", "fp8"}) {
+    SCOPED_TRACE(kv);
+    BackendOptions o = cuda_options(kv);
+    ::setenv("BATON_CUDA_GEMV", "0", 1);
+    ::setenv("BATON_CUDA_MEGA", "0", 1);
+    auto ref = make(dir.path(), o);
+    ::unsetenv("BATON_CUDA_GEMV");
+    ::setenv("BATON_CUDA_MEGA", "require", 1);
+    auto gpu = make(dir.path(), o);
+    ::unsetenv("BATON_CUDA_MEGA");
+    ASSERT_TRUE(ref && gpu);
+    const int V = gpu->config().vocab_size;
+    std::vector<int32_t> table{3, 1, 4, 0, 2};  // 80 slots, out of order
+    std::vector<int32_t> toks;
+    for (int v : some_prompt(40, 5)) toks.push_back(v);
+    SeqBatch s{int(toks.size()), 0, table, true};
+    std::vector<float> a(V), b(V);
+    ASSERT_TRUE(ref->forward({toks, std::span<const SeqBatch>(&s, 1)}, a).ok());
+    ASSERT_TRUE(gpu->forward({toks, std::span<const SeqBatch>(&s, 1)}, b).ok());
+    for (int step = 0; step < 24; ++step) {
+      SCOPED_TRACE("decode step " + std::to_string(step));
+      std::vector<int32_t> tok{int32_t(argmax(a) % 400)};
+      SeqBatch d{1, 40 + step, table, true};
+      ASSERT_TRUE(ref->forward({tok, std::span<const SeqBatch>(&d, 1)}, a).ok());
+      ASSERT_TRUE(gpu->forward({tok, std::span<const SeqBatch>(&d, 1)}, b).ok());
+      EXPECT_LT(max_rel_diff(b, a), 5e-3);
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaSkinnyTest, ::testing::Values(std::pair{264, 776}, std::pair{288, 800}),

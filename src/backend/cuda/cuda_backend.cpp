@@ -200,6 +200,7 @@ class CudaBackend : public Backend {
   Result<T*> upload(const std::vector<T>& host);
   Result<bf16_t*> upload_bf16(const std::vector<float>& host);
   Status init(const ModelTensors& t, const BackendOptions& options);
+  Status init_mega();  // mega_: the plan, its buffers and the layers' pointers on the device
   Status run(const Batch& batch, Output out);
   Status run_piece(const Batch& piece, Output out);
   // Enqueues the model for `T` staged tokens; logits for `n_rows` rows (rows == null: rows 0..).
@@ -279,6 +280,16 @@ class CudaBackend : public Backend {
   // measured 1-4% faster than 64 at batch 32 and 64 (fewer partials to merge).
   int attn_mma_split_keys_ = 256;
   bool attn_early_ = true;         // BATON_CUDA_ATTN_EARLY=0: no cache loads before the PDL wait (A/B)
+  // One kernel for a one-token decode step's layers (mega.cu), off by default: on the H200 it
+  // measured slower than the kernels per layer (bench/RESULTS.md, session 25). BATON_CUDA_MEGA=1:
+  // every one-token step where it takes the model; auto: the batch-1 decode graph is captured both
+  // ways and the faster kept; require (tests): as 1, and a model it does not take is an error.
+  // mega_why_ says why the model is not taken ("" when it is).
+  int mega_mode_ = 0;  // 0 off, 1 on, -1 auto
+  bool mega_required_ = false;  // BATON_CUDA_MEGA=require (tests): a model it does not take is an error
+  bool mega_now_ = false;  // the step being enqueued uses it (one token, decode)
+  std::string mega_why_ = "not prepared";
+  MegaArgs mega_{};
   // The same at every tp (--tp-invariant): a rank holds whole KV groups.
   int heads_per_cta(int T) const { return T >= attn_group_tokens_ ? attn_heads_per_cta_ : 1; }
   bool attn_mma(int T) const { return attn_mma_tokens_ > 0 && T >= attn_mma_tokens_; }
@@ -319,6 +330,17 @@ CudaBackend::~CudaBackend() {
   cudaSetDevice(rank_.device);
   if (stream_) cudaStreamSynchronize(stream_);
   for (auto& [size, g] : graphs_) cudaGraphExecDestroy(g);
+  // The last one-kernel step's timeline (BATON_CUDA_MEGA_TIMES=path; bench/gpu/mega_times.py).
+  if (const char* path = std::getenv("BATON_CUDA_MEGA_TIMES"); path && mega_.times) {
+    std::vector<unsigned long long> t(size_t(mega_.grid) * mega_.n_layers * kMegaMarks);
+    cudaMemcpy(t.data(), mega_.times, sizeof(t[0]) * t.size(), cudaMemcpyDeviceToHost);
+    if (FILE* f = std::fopen(path, "wb")) {
+      const int32_t head[3] = {mega_.grid, mega_.n_layers, kMegaMarks};
+      std::fwrite(head, sizeof(head), 1, f);
+      std::fwrite(t.data(), sizeof(t[0]), t.size(), f);
+      std::fclose(f);
+    }
+  }
 #ifdef BATON_STAMPS
   if (const char* path = std::getenv("BATON_STAMPS_OUT"); path && stamp_ring_ && rank_.rank == 0) {
     uint32_t count = 0;
@@ -392,6 +414,16 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   if (const char* p = std::getenv("BATON_CUDA_ATTN_GROUP_TOKENS")) attn_group_tokens_ = std::max(1, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_ATTN_SPLITS")) attn_max_splits_ = std::max(1, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_ATTN_EARLY")) attn_early_ = std::string(p) != "0";
+  if (const char* p = std::getenv("BATON_CUDA_MEGA")) {
+    const std::string v = p;
+    mega_mode_ = v == "1" || v == "require" ? 1 : (v == "auto" ? -1 : 0);
+    mega_required_ = v == "require";
+  }
+  if (const char* p = std::getenv("BATON_CUDA_MEGA_STAGES")) mega_.max_stages = std::atoi(p);  // A/B runs
+  // The weight ring's copies: bulk copies (default; streamed 3.69 TB/s alone against 2.70 for
+  // cp.async, session 25) or BATON_CUDA_MEGA_COPY=cp.
+  if (const char* p = std::getenv("BATON_CUDA_MEGA_COPY")) mega_.copy_cp = std::string(p) == "cp";
+  if (const char* p = std::getenv("BATON_CUDA_MEGA_PROBE")) mega_.probe = std::atoi(p);
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_TOKENS")) attn_mma_tokens_ = std::max(0, std::atoi(p));
   if (!decode_mma_supported(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim)) attn_mma_tokens_ = 0;
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_SPLIT_KEYS"))
@@ -547,6 +579,12 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   BATON_CU(cudaMemsetAsync(kv_base_, 0, kv_layer_bytes_ * c.num_layers, stream_));
   BATON_CU(cudaStreamSynchronize(stream_));
 
+  if (rank_.size > 1 || slices_)
+    mega_why_ = "tensor parallelism (tp = 1 only, without --tp-invariant)";
+  else if (mega_mode_ != 0)
+    BATON_RETURN_IF_ERROR(init_mega());
+  if (mega_required_ && !mega_why_.empty())
+    return make_error("BATON_CUDA_MEGA=require: no one-kernel decode step: ", mega_why_);
   for (int b = 1; b <= max_graph_batch_; b = b < 8 ? b * 2 : b + 8) graph_sizes_.push_back(b);
   if (max_graph_batch_ > 0 && graph_sizes_.back() != max_graph_batch_) graph_sizes_.push_back(max_graph_batch_);
 
@@ -558,6 +596,40 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
               " layers, KV cache ", kv.num_blocks, " blocks x ", kv.block_size, " tokens (", kv_dtype_name(kv.dtype),
               ", ", (kv_layer_bytes_ * c.num_layers) >> 20, " MiB), graphs up to batch ", max_graph_batch_);
   }
+  return {};
+}
+
+Status CudaBackend::init_mega() {
+  const ModelConfig& c = cfg_;
+  const StagingLayout& L = *layout_;
+  MegaArgs& m = mega_;
+  m.n_layers = c.num_layers, m.H = c.hidden_size, m.NH = c.num_heads, m.KVH = c.num_kv_heads, m.D = c.head_dim;
+  m.I = c.intermediate_size, m.block_size = kv_spec_.block_size, m.window = c.sliding_window;
+  m.eps = c.rms_norm_eps, m.fp8 = kv_spec_.dtype == KvDtype::kFP8;
+  m.inv_freq = inv_freq_, m.kv_base = kv_base_, m.kv_layer_bytes = kv_layer_bytes_;
+  m.x = x_, m.qkv = qkv_, m.act = act_;
+  m.positions = dev<int32_t>(L.positions), m.slots = dev<int32_t>(L.slots), m.tables = dev<int32_t>(L.tables);
+  m.table_stride = dev<int32_t>(L.table_stride);
+  mega_why_ = mega_prepare(m);
+  if (!mega_why_.empty()) {
+    if (rank_.rank == 0) log::info("cuda backend: no one-kernel decode step for this model: ", mega_why_);
+    return {};
+  }
+  std::vector<MegaLayer> host;
+  for (const Layer& l : layers_)
+    host.push_back({l.w_qkv, l.wo, l.w_gate_up, l.w_down, l.attn_norm, l.mlp_norm, l.b_qkv, l.q_norm, l.k_norm,
+                    l.k_scale, l.v_scale});
+  BATON_ASSIGN_OR_RETURN(MegaLayer * layers, alloc<MegaLayer>(host.size()));
+  BATON_CU(cudaMemcpy(layers, host.data(), sizeof(MegaLayer) * host.size(), cudaMemcpyHostToDevice));
+  m.layers = layers;
+  BATON_ASSIGN_OR_RETURN(m.ws, alloc<float>(size_t(m.NH) * m.s_max * (m.D + 2)));
+  BATON_ASSIGN_OR_RETURN(m.barrier, alloc<unsigned>(1));
+  if (std::getenv("BATON_CUDA_MEGA_TIMES") && rank_.rank == 0) {
+    BATON_ASSIGN_OR_RETURN(m.times, alloc<unsigned long long>(size_t(m.grid) * m.n_layers * kMegaMarks));
+    BATON_CU(cudaMemset(m.times, 0, sizeof(unsigned long long) * m.grid * m.n_layers * kMegaMarks));
+  }
+  log::info("cuda backend: one-kernel decode step: ", m.grid, " CTAs, ", m.stages, " weight stages of ",
+            m.stage_bytes >> 10, " KiB, ", m.smem_bytes >> 10, " KiB of shared memory each");
   return {};
 }
 
@@ -672,7 +744,12 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   set_pdl(pdl_ && skinny);
   embed(dev<int32_t>(L.tokens), embed_, x_, T, H, stream_);
   mark("embed");
-  for (size_t li = 0; li < layers_.size(); ++li) {
+  const bool mega = mega_now_ && T == 1 && decode && mega_why_.empty();
+  if (mega) {
+    decode_mega(mega_, stream_);
+    mark("layers (one kernel)");
+  }
+  for (size_t li = 0; !mega && li < layers_.size(); ++li) {
     const Layer& w = layers_[li];
     std::byte* layer_kv = static_cast<std::byte*>(kv_base_) + li * kv_layer_bytes_;
     if (skinny) {
@@ -884,6 +961,35 @@ Result<float> CudaBackend::time_graph(cudaGraphExec_t g) {
 }
 
 Result<cudaGraphExec_t> CudaBackend::decode_graph(int rows) {
+  if (rows == 1 && mega_why_.empty() && mega_mode_ != 0) {
+    mega_now_ = true;
+    Result<cudaGraphExec_t> mega = capture(1);
+    mega_now_ = false;
+    if (!mega.ok()) {
+      log::warn("cuda backend: the one-kernel decode step could not be captured (", mega.error(),
+                "): kernels per layer instead");
+      cudaGetLastError();
+    } else if (mega_mode_ == 1) {
+      return *mega;
+    } else {
+      Result<cudaGraphExec_t> plain = capture(1);
+      if (!plain.ok()) {
+        cudaGraphExecDestroy(*mega);
+        return plain;
+      }
+      Result<float> t_mega = time_graph(*mega), t_plain = time_graph(*plain);
+      if (!t_mega.ok() || !t_plain.ok()) {
+        cudaGraphExecDestroy(*mega);
+        cudaGraphExecDestroy(*plain);
+        return Error{!t_mega.ok() ? t_mega.error() : t_plain.error()};
+      }
+      const bool keep = *t_mega <= *t_plain;
+      log::info("cuda backend: decode graph for 1 row: one kernel ", *t_mega, " ms, kernels per layer ", *t_plain,
+                " ms: keeping ", keep ? "one kernel" : "kernels per layer");
+      cudaGraphExecDestroy(keep ? *plain : *mega);
+      return keep ? *mega : *plain;
+    }
+  }
   const bool both = tune_graphs_ && rows > kGemvDotRows && use_skinny(rows);
   BATON_ASSIGN_OR_RETURN(cudaGraphExec_t skinny, capture(rows));
   if (!both) return skinny;
@@ -968,7 +1074,10 @@ Status CudaBackend::run_piece(const Batch& b, Output out) {
     }
     BATON_CU(cudaGraphLaunch(it->second, stream_));
   } else {
-    BATON_RETURN_IF_ERROR(enqueue(T, n_rows, false, decode, splits_for(T, max_keys), n_tiles));
+    mega_now_ = mega_mode_ == 1;
+    const Status st = enqueue(T, n_rows, false, decode, splits_for(T, max_keys), n_tiles);
+    mega_now_ = false;
+    BATON_RETURN_IF_ERROR(st);
   }
 
   if (rank_.rank != 0 || n_rows == 0) {

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 namespace baton::cuda {
 
@@ -130,6 +131,54 @@ bool gemv_supported(int M, int K);
 void gemv(const GemvArgs& a, cudaStream_t s);
 // Once per device, before the first gemv() on it (allows the shared memory large inputs need).
 void gemv_init();
+
+// One kernel for every layer of a decode step of one token (mega.cu): the weights stream into
+// each SM's shared memory through bulk copies (cp.async.bulk, a ring of stages) that run ahead of
+// the arithmetic across every phase and layer, and the phases (RMSNorm + QKV, attention, O + the
+// residual, RMSNorm + gate/up + SiLU, down + the residual) meet at grid-wide barriers instead of
+// kernel boundaries. For a step whose batch-1 time is mostly the kernels' fixed chains (wait,
+// staging, last rows) rather than bytes (bench/RESULTS.md, sessions 22 and 24). One CTA per SM,
+// launched cooperatively so that all of them are resident; tp = 1 only. Off by default (slower so
+// far: mega.cu says where it stands).
+struct MegaLayer {
+  const bf16_t *w_qkv, *wo, *w_gate_up, *w_down;
+  const float *attn_norm, *mlp_norm, *b_qkv, *q_norm, *k_norm;  // b_qkv, q_norm, k_norm may be null
+  float k_scale, v_scale;                                        // fp8 KV: dequantization scales
+};
+constexpr int kMegaMarks = 16;
+struct MegaArgs {
+  // The model (set once).
+  const MegaLayer* layers;  // device array [n_layers]
+  int n_layers, H, NH, KVH, D, I, block_size, window;
+  float eps;
+  bool fp8;
+  const float* inv_freq;
+  void* kv_base;
+  size_t kv_layer_bytes;
+  // Buffers (device): x [H] in and out; qkv [(NH + 2 KVH) D]; act [I] bf16; ws [NH * s_max *
+  // (D + 2)] (the attention's partials); barrier: zeroed by decode_mega.
+  float *x, *qkv, *ws;
+  bf16_t* act;
+  unsigned* barrier;
+  // The step's inputs (device; token 0 only).
+  const int32_t *positions, *slots, *tables, *table_stride;
+  // BATON_CUDA_MEGA_TIMES (bench/gpu/mega_times.py): thread 0 of every CTA records %globaltimer
+  // at kMegaMarks points of each layer, [CTA][layer][kMegaMarks]; null: nothing recorded.
+  unsigned long long* times;
+  // The plan (mega_prepare); max_stages caps the ring (0: as many as fit; A/B runs).
+  int max_stages;
+  int copy_cp;  // the weight ring's copies: 1 cp.async by every thread, 0 bulk copies (A/B runs)
+  // BATON_CUDA_MEGA_PROBE (measurements only; the step's results are garbage): 1 streams the
+  // weights through the ring and nothing else (no staging, sums or barriers), 2 also does the sums.
+  int probe;
+  int grid, stages, stage_bytes, s_max;
+  int ring_off, xs_off, parts_off, kvs_off, layers_off, smem_bytes;
+};
+// Checks the shape and fills the plan fields for the current device: "" when the kernel takes
+// the model, else why not (one line).
+std::string mega_prepare(MegaArgs& a);
+// Zeroes the barrier and launches the kernel (cooperative) for one token at positions[0].
+void decode_mega(const MegaArgs& a, cudaStream_t s);
 
 // Timeline stamps (stamps.cuh, BATON_STAMPS builds only): a CTA's record in the ring.
 struct StampRec {

@@ -1,0 +1,728 @@
+// One kernel for all the layers of a one-token decode step (kernels.h: decode_mega). Off by
+// default (BATON_CUDA_MEGA): correct (tests/backend/cuda_test.cpp), but slower than the kernels per
+// layer so far; see "Status" below.
+//
+// Why: at batch 1 a layer's five kernels each pay a fixed chain (the PDL wait after the previous
+// kernel's last CTA, staging the input, the last rows, the exit) in which the memory bus idles;
+// on the H200 that is two thirds of a Qwen2.5-0.5B step (bench/RESULTS.md, sessions 22 and 24).
+// Here the weights never wait for the activations: thread 0 of every CTA keeps a ring of shared-
+// memory stages filled with bulk copies (cp.async.bulk, completion counted on an mbarrier per
+// stage; or, BATON_CUDA_MEGA_COPY=cp, cp.async by every thread) of its next weight rows, whichever
+// phase or layer they belong to, so the bus streams while the CTAs meet at grid-wide barriers
+// between phases.
+//
+// A step: for each layer, five phases separated by grid barriers:
+//   QKV    stage rmsnorm(x) * attn_norm (bf16), qkv = W_qkv . it
+//   attn   a CTA per (KV group, split of the keys): bias, QK-norm, RoPE (qkv_row_warp, as the
+//          other kernels), the new K/V into the cache, online softmax over its keys (staged in
+//          shared memory by cp.async when the layer starts: they were written by earlier steps),
+//          partials to ws
+//   O      stage the splits' partials merged (bf16), x += W_o . it
+//   gate/up stage rmsnorm(x) * mlp_norm, act = silu(W_g . it) * (W_u . it)
+//   down   x += W_down . act
+// A GEMV phase gives each CTA a contiguous range of output rows (balanced), so its weights are one
+// contiguous range (two for gate/up) cut into chunks of whole rows, one chunk per ring stage. The
+// 16 warps split a chunk's rows (and, for chunks of few rows, each row's K into segments) and
+// leave per-(row, segment) sums in shared memory, added in a fixed order: the result does not
+// depend on timing.
+//
+// Ordering: data another CTA wrote in this kernel (x, qkv, act, ws) is read after a grid barrier
+// (a release-add, then a spin on ld.acquire, which also drops the SM's stale L1 lines), with
+// __ldcg where this file reads it itself.
+//
+// Status (H200, bench/RESULTS.md session 25; bench/gpu/mega_ab.sh, mega_probe.sh, mega_times.py):
+// the ring alone (BATON_CUDA_MEGA_PROBE=1) streams a Llama-3.2-1B step's weights at 3.69 TB/s
+// (0.70 ms a step with the LM head, 0.83 of the roofline); with the sums (PROBE=2) a layer takes
+// 60 us instead of 33, and the whole step 1.47-1.55 ms against 0.92 for the kernels per layer.
+// The consumer is the limit: per 32 KB ring chunk its warps spend ~1-2 us. In SASS the unit
+// loop's integer divisions (a unit's row, half and segment) come first, and dot8 reads the ring and
+// the input with eight 4-byte LDS per 16 bytes (the compiler does not take the stage pointer,
+// offset at run time from a byte array, as 16-byte aligned); the kernel also spills 200-290 bytes
+// (128 registers at 512 threads), mostly in the attention. Next: division-free unit loops, 16-byte
+// shared loads, 256 threads (bench/gpu/experiments/mega_consumer.patch).
+#include <algorithm>
+#include <string>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace baton::cuda {
+namespace {
+
+constexpr int kThreads = 512, kWarps = kThreads / 32;
+constexpr int kAttnThreads = 256;  // the key loop's threads (the merge buffer grows with them)
+constexpr int kMaxStages = 16;
+constexpr int kMaxG = 8;        // query heads per KV group
+constexpr int kMaxSplits = 32;  // attention splits per KV group
+constexpr int kStageMin = 32 << 10;
+constexpr int kPartsCap = 4096;  // floats of per-(row, segment) sums in shared memory
+constexpr float kLog2e = 1.4426950408889634f;
+// Spins before a barrier or stage wait gives up and traps (seconds): a bug shows as an error, not
+// a hung GPU.
+constexpr long long kSpinLimit = 1ll << 24;
+
+template <int D>
+constexpr int keys_per_batch() {
+  // Keys staged per split at a time (64 for D = 64, 32 for D = 128), and so the split count: 32
+  // keys per split measured the O phase's merge of 16 splits per head at 6.4 us on Qwen2.5-0.5B.
+  return 4096 / D;
+}
+constexpr int attn_lanes(int kG, int D) {  // lanes sharing a key (as the decode kernel's groups)
+  return kG * D / 32 < 8 ? 8 : (kG * D / 32 > 32 ? 32 : kG * D / 32);
+}
+template <int D>
+constexpr size_t attn_scratch_bytes() {
+  constexpr int kLanes = attn_lanes(kMaxG, D), kGroups = kAttnThreads / kLanes;
+  // qv[kMaxG][D], kn[D], vn[D], sm_m/sm_l[kMaxG][kGroups], sm_acc[kMaxG][kGroups][D], sm_max[kMaxG]
+  return sizeof(float) * (kMaxG * D + 2 * D + 2 * kMaxG * kGroups + kMaxG * kGroups * D + kMaxG);
+}
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void trap_if(bool stuck) {
+  if (stuck) __trap();
+}
+
+// mbarrier and bulk copies (sm_90).
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t ok;
+  asm volatile(
+      "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+      : "=r"(ok)
+      : "r"(smem_u32(bar)), "r"(parity)
+      : "memory");
+  return ok != 0;
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  long long spins = 0;
+  while (!mbar_try_wait(bar, parity)) trap_if(++spins > kSpinLimit);
+}
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+// Until at most n of this thread's newest cp.async groups are pending (n > 15 waits as for 15).
+__device__ __forceinline__ void cp_async_wait_upto(int n) {
+  switch (n) {
+    case 0: cp_async_wait_group<0>(); break;
+    case 1: cp_async_wait_group<1>(); break;
+    case 2: cp_async_wait_group<2>(); break;
+    case 3: cp_async_wait_group<3>(); break;
+    case 4: cp_async_wait_group<4>(); break;
+    case 5: cp_async_wait_group<5>(); break;
+    case 6: cp_async_wait_group<6>(); break;
+    case 7: cp_async_wait_group<7>(); break;
+    case 8: cp_async_wait_group<8>(); break;
+    case 9: cp_async_wait_group<9>(); break;
+    case 10: cp_async_wait_group<10>(); break;
+    case 11: cp_async_wait_group<11>(); break;
+    case 12: cp_async_wait_group<12>(); break;
+    case 13: cp_async_wait_group<13>(); break;
+    case 14: cp_async_wait_group<14>(); break;
+    default: cp_async_wait_group<15>(); break;
+  }
+}
+
+// Every CTA of the grid arrives; returns when all have (the target grows by gridDim.x per call).
+// The CTA's writes reach thread 0 through the first __syncthreads and the other CTAs through its
+// release-add; the acquire load (which also drops the SM's L1 lines: CCTL.IVALL in SASS) and the
+// second __syncthreads order what the CTA reads next after every CTA's writes.
+__device__ __forceinline__ void grid_sync(unsigned* counter, unsigned target) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+    unsigned seen = 0;
+    long long spins = 0;
+    for (;;) {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+      if (seen >= target) break;
+      trap_if(++spins > kSpinLimit);
+    }
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ void mark(const MegaArgs& a, int layer, int k) {
+  if (a.times && threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    a.times[(static_cast<size_t>(blockIdx.x) * a.n_layers + layer) * kMegaMarks + k] = t;
+  }
+}
+
+__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
+  const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
+  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&x);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 wf = __bfloat1622float2(wp[i]), xf = __bfloat1622float2(xp[i]);
+    acc = fmaf(wf.x, xf.x, acc);
+    acc = fmaf(wf.y, xf.y, acc);
+  }
+  return acc;
+}
+
+// A GEMV phase of a layer: N output rows of K inputs, R weight rows per output (gate/up: 2, the
+// up rows N after the gate rows).
+enum Phase { kQkv = 0, kO = 1, kGateUp = 2, kDown = 3, kPhases = 4 };
+struct Gemv {
+  const bf16_t* w;
+  int N, K, R;
+  int n0, n1;   // this CTA's output rows
+  int rc;       // rows per chunk (per stage)
+  int chunks;   // chunks of this CTA
+  int S;        // segments per row
+};
+
+__device__ __forceinline__ Gemv gemv_of(const MegaArgs& a, const MegaLayer& L, int phase) {
+  Gemv g;
+  const int q_dim = a.NH * a.D;
+  switch (phase) {
+    case kQkv:
+      g.w = L.w_qkv, g.N = q_dim + 2 * a.KVH * a.D, g.K = a.H, g.R = 1;
+      break;
+    case kO:
+      g.w = L.wo, g.N = a.H, g.K = q_dim, g.R = 1;
+      break;
+    case kGateUp:
+      g.w = L.w_gate_up, g.N = a.I, g.K = a.H, g.R = 2;
+      break;
+    default:
+      g.w = L.w_down, g.N = a.H, g.K = a.I, g.R = 1;
+      break;
+  }
+  g.n0 = static_cast<int>(static_cast<int64_t>(g.N) * blockIdx.x / gridDim.x);
+  g.n1 = static_cast<int>(static_cast<int64_t>(g.N) * (blockIdx.x + 1) / gridDim.x);
+  g.rc = max(1, a.stage_bytes / (g.R * g.K * 2));
+  g.chunks = (g.n1 - g.n0 + g.rc - 1) / g.rc;
+  const int cpr = g.K / 8;
+  g.S = min(max(1, (kWarps + g.rc * g.R - 1) / (g.rc * g.R)), max(1, cpr / 32));
+  return g;
+}
+
+// The ring's producer: the next chunk (in the order the CTA consumes them) into the next stage.
+// Bulk copies (a.copy_cp == 0): thread 0 alone, one cp.async.bulk per weight range completing on
+// the stage's mbarrier. cp.async (a.copy_cp): every thread its 16-byte pieces, one commit group per
+// chunk (an empty one past the last chunk, so that the groups count chunks).
+struct Producer {
+  int layer = 0, phase = 0, chunk = 0;
+  unsigned seq = 0;
+  __device__ void issue(const MegaArgs& a, const MegaLayer* layers, unsigned char* ring, uint64_t* full) {
+    issue_one(a, layers, ring, full);
+    if (a.copy_cp) cp_async_commit();
+  }
+  __device__ void issue_one(const MegaArgs& a, const MegaLayer* layers, unsigned char* ring, uint64_t* full) {
+    while (layer < a.n_layers) {
+      const Gemv g = gemv_of(a, layers[layer], phase);
+      if (chunk >= g.chunks) {
+        chunk = 0;
+        if (++phase == kPhases) phase = 0, ++layer;
+        continue;
+      }
+      const int row = g.n0 + chunk * g.rc, rows = min(g.rc, g.n1 - row);
+      const uint32_t bytes = static_cast<uint32_t>(rows) * g.K * 2;
+      const int slot = seq % a.stages;
+      unsigned char* dst = ring + static_cast<size_t>(slot) * a.stage_bytes;
+      if (a.copy_cp) {
+        for (int r = 0; r < g.R; ++r) {
+          const char* src = reinterpret_cast<const char*>(g.w + (static_cast<int64_t>(r) * g.N + row) * g.K);
+          for (uint32_t i = threadIdx.x * 16; i < bytes; i += kThreads * 16)
+            cp_async16(dst + static_cast<size_t>(r) * bytes + i, src + i);
+        }
+      } else {
+        mbar_expect_tx(full + slot, bytes * g.R);
+        for (int r = 0; r < g.R; ++r)
+          bulk_load(dst + static_cast<size_t>(r) * bytes, g.w + (static_cast<int64_t>(r) * g.N + row) * g.K, bytes,
+                    full + slot);
+      }
+      ++seq;
+      ++chunk;
+      return;
+    }
+  }
+};
+
+// xs = bf16(rmsnorm(x) * w) for H <= 16 * kThreads (x read through L2: other CTAs wrote it).
+__device__ void stage_norm(const float* x, const float* w, int H, float eps, __nv_bfloat16* xs, float* red) {
+  constexpr int kPer = 4;
+  const int n4 = H / 4;
+  float4 v[kPer], g[kPer];
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {  // x and the norm's weights in one round trip
+    const int i = threadIdx.x + j * kThreads;
+    if (i < n4) v[j] = __ldcg(reinterpret_cast<const float4*>(x) + i), g[j] = __ldg(reinterpret_cast<const float4*>(w) + i);
+  }
+#pragma unroll
+  for (int j = 0; j < kPer; ++j)
+    if (threadIdx.x + j * kThreads < n4) ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+  ss = block_reduce<false>(ss, red);
+  const float inv = rsqrtf(ss / H + eps);
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int i = threadIdx.x + j * kThreads;
+    if (i < n4) {
+      const float4 gw = g[j];
+      __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(xs + 4 * i);
+      d[0] = __floats2bfloat162_rn(v[j].x * inv * gw.x, v[j].y * inv * gw.y);
+      d[1] = __floats2bfloat162_rn(v[j].z * inv * gw.z, v[j].w * inv * gw.w);
+    }
+  }
+}
+
+__device__ __forceinline__ void prefetch_l2(const void* p, size_t bytes) {
+  if (!p) return;
+  for (size_t off = threadIdx.x * size_t(128); off < bytes; off += kThreads * size_t(128))
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const char*>(p) + off));
+}
+
+// A layer's constants (norms, bias) into L2: read on the critical path right after a barrier, they
+// would otherwise come from HBM behind the weight stream.
+__device__ void prefetch_layer(const MegaArgs& a, const MegaLayer& L) {
+  const size_t rows = static_cast<size_t>(a.NH + 2 * a.KVH) * a.D;
+  prefetch_l2(L.attn_norm, sizeof(float) * a.H);
+  prefetch_l2(L.mlp_norm, sizeof(float) * a.H);
+  prefetch_l2(L.b_qkv, sizeof(float) * rows);
+  prefetch_l2(L.q_norm, sizeof(float) * a.D);
+  prefetch_l2(L.k_norm, sizeof(float) * a.D);
+}
+
+// xs = n bf16 values another CTA wrote.
+__device__ void stage_copy(const bf16_t* src, int n, __nv_bfloat16* xs) {
+  const uint4* s = reinterpret_cast<const uint4*>(src);
+  uint4* d = reinterpret_cast<uint4*>(xs);
+  for (int i = threadIdx.x; i < n / 8; i += kThreads) d[i] = __ldcg(s + i);
+}
+
+// The keys of one split this CTA attends to in a layer.
+struct Split {
+  int g, s, S;           // KV group, split, splits
+  int first, last;       // the step's keys (inclusive); last = the new token
+  int begin, end;        // this split's keys
+  bool active, has_new;  // whether this CTA has a split; whether its keys end at the new token
+  bool any;              // whether the step has keys at all
+};
+
+template <int D>
+__device__ __forceinline__ Split split_of(const MegaArgs& a) {
+  Split p{};
+  const int pos = a.positions[0];
+  p.first = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+  p.last = pos;
+  const int n_keys = pos >= 0 ? pos - p.first + 1 : 0;
+  constexpr int kB = keys_per_batch<D>();  // a split's keys in one batch where the splits allow
+  p.S = max(1, min(a.s_max, (n_keys + kB - 1) / kB));
+  p.g = blockIdx.x / p.S, p.s = blockIdx.x % p.S;
+  p.any = n_keys > 0;
+  p.active = p.any && p.g < a.KVH;
+  const int chunk = (n_keys + p.S - 1) / p.S;
+  p.begin = p.first + p.s * chunk;
+  p.end = min(p.begin + chunk, p.last + 1);
+  p.active = p.active && p.begin < p.end;
+  p.has_new = p.active && p.begin <= p.last && p.last < p.end;
+  return p;
+}
+
+template <int D, class Kv>
+__device__ __forceinline__ const typename Kv::T* cache_row(const MegaArgs& a, const void* layer_kv,
+                                                           const int32_t* table, int j, int kv, int g) {
+  const int64_t block = table[j / a.block_size], off = j % a.block_size;
+  return static_cast<const typename Kv::T*>(layer_kv) + (((block * 2 + kv) * a.KVH + g) * a.block_size + off) * D;
+}
+
+// Keys [b0, b1) of group g (K and V rows, as stored) into kvs[key - b0][2][D] by cp.async; the new
+// token's row (not in the cache yet) is skipped.
+template <int D, class Kv>
+__device__ void stage_keys(const MegaArgs& a, const void* layer_kv, const int32_t* table, int g, int b0, int b1,
+                           int skip, unsigned char* kvs) {
+  using T = typename Kv::T;
+  constexpr int kPieces = D * static_cast<int>(sizeof(T)) / 16;
+  const int n = (b1 - b0) * 2 * kPieces;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const int key = b0 + i / (2 * kPieces), kv = (i / kPieces) % 2, piece = i % kPieces;
+    if (key == skip) continue;
+    const T* src = cache_row<D, Kv>(a, layer_kv, table, key, kv, g) + piece * (16 / sizeof(T));
+    cp_async16(kvs + ((static_cast<size_t>(key - b0) * 2 + kv) * D) * sizeof(T) + piece * 16, src);
+  }
+}
+
+// The attention phase of one CTA (every thread calls it).
+// kv_newer: cp.async groups this thread committed after the one holding the first keys.
+template <int D, class Kv>
+__device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* layer_kv, const Split& p,
+                          unsigned char* kvs, float* scratch, int kv_newer) {
+  using T = typename Kv::T;
+  constexpr int kG = kMaxG, kLanes = attn_lanes(kG, D), kE = D / kLanes, kGroups = kAttnThreads / kLanes;
+  constexpr int kB = keys_per_batch<D>();
+  float* qv = scratch;
+  float* kn = qv + kG * D;
+  float* vn = kn + D;
+  float* sm_m = vn + D;               // [kG][kGroups]
+  float* sm_l = sm_m + kG * kGroups;  // [kG][kGroups]
+  float* sm_acc = sm_l + kG * kGroups;  // [kG][kGroups][D]
+  float* sm_max = sm_acc + kG * kGroups * D;
+  const int per_kv = a.NH / a.KVH, h0 = p.g * per_kv, nh = per_kv;
+  const int warp = threadIdx.x >> 5, tid = threadIdx.x;
+  const int32_t* table = a.tables;  // batch 1: sequence 0's row
+
+  // q (and, for the split ending at the new token, its k and v, which also go to the cache).
+  QkvArgs q{a.qkv,     L.b_qkv,    L.q_norm,    L.k_norm,   a.inv_freq,
+            a.positions, a.slots,  const_cast<void*>(layer_kv), 1,          a.NH,
+            a.KVH,     D,          a.block_size, a.eps,      a.fp8,
+            a.fp8 ? 1.f / L.k_scale : 1.f, a.fp8 ? 1.f / L.v_scale : 1.f};
+  for (int r = warp; r < nh + (p.has_new ? 2 : 0); r += kWarps) {
+    const bool is_q = r < nh, is_k = r == nh;
+    const int head = is_q ? h0 + r : a.NH + (is_k ? 0 : a.KVH) + p.g;
+    qkv_row_warp<Kv, true, (D + 63) / 64>(q, 0, head, is_q ? qv + r * D : (is_k ? kn : vn), p.has_new);
+  }
+  __syncthreads();
+
+  const float qs = rsqrtf(static_cast<float>(D)) * (a.fp8 ? L.k_scale : 1.f) * kLog2e;
+  const int gid = tid / kLanes, sub = tid % kLanes;
+  float qr[kG][kE], acc[kG][kE], m[kG], l[kG];
+#pragma unroll
+  for (int hd = 0; hd < kG; ++hd) {
+#pragma unroll
+    for (int i = 0; i < kE; ++i) qr[hd][i] = hd < nh ? qv[hd * D + sub * kE + i] * qs : 0.f, acc[hd][i] = 0.f;
+    m[hd] = -INFINITY, l[hd] = 0.f;
+  }
+  for (int b0 = p.begin; b0 < p.end; b0 += kB) {
+    const int b1 = min(b0 + kB, p.end);
+    if (b0 != p.begin) {  // later batches (long contexts): staged now
+      __syncthreads();
+      stage_keys<D, Kv>(a, layer_kv, table, p.g, b0, b1, p.has_new ? p.last : -1, kvs);
+      cp_async_wait_all();
+    } else {
+      cp_async_wait_upto(kv_newer);
+    }
+    __syncthreads();
+    if (tid < kAttnThreads) {
+      const T* kt = reinterpret_cast<const T*>(kvs);
+      for (int j0 = 0; j0 < b1 - b0; j0 += kGroups) {  // the same trip count for every group
+        const int jj = j0 + gid, j = b0 + jj;
+        const bool ok = jj < b1 - b0;
+        float k[kE], v[kE];
+        if (ok && p.has_new && j == p.last) {
+#pragma unroll
+          for (int i = 0; i < kE; ++i) k[i] = kn[sub * kE + i], v[i] = vn[sub * kE + i];
+        } else if (ok) {
+          load_f32<Kv, kE>(kt + (static_cast<size_t>(jj) * 2) * D + sub * kE, k);
+          load_f32<Kv, kE>(kt + (static_cast<size_t>(jj) * 2 + 1) * D + sub * kE, v);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kE; ++i) k[i] = v[i] = 0.f;
+        }
+        float s[kG];
+#pragma unroll
+        for (int hd = 0; hd < kG; ++hd) {
+          s[hd] = 0.f;
+#pragma unroll
+          for (int i = 0; i < kE; ++i) s[hd] += qr[hd][i] * k[i];
+#pragma unroll
+          for (int o = 1; o < kLanes; o <<= 1) s[hd] += __shfl_xor_sync(0xffffffffu, s[hd], o);
+        }
+        if (!ok) continue;
+#pragma unroll
+        for (int hd = 0; hd < kG; ++hd) {
+          const float m_new = fmaxf(m[hd], s[hd]);
+          const float corr = exp2f(m[hd] - m_new), pr = exp2f(s[hd] - m_new);
+          l[hd] = l[hd] * corr + pr;
+#pragma unroll
+          for (int i = 0; i < kE; ++i) acc[hd][i] = acc[hd][i] * corr + pr * v[i];
+          m[hd] = m_new;
+        }
+      }
+    }
+  }
+
+  // The groups' partial softmaxes meet in shared memory.
+  if (tid < kAttnThreads) {
+#pragma unroll
+    for (int hd = 0; hd < kG; ++hd) {
+      if (sub == 0) sm_m[hd * kGroups + gid] = m[hd], sm_l[hd * kGroups + gid] = l[hd];
+#pragma unroll
+      for (int i = 0; i < kE; ++i) sm_acc[(hd * kGroups + gid) * D + sub * kE + i] = acc[hd][i];
+    }
+  }
+  __syncthreads();
+  float weight = 0.f;  // thread hd * kGroups + i: group i's weight in head hd
+  if (tid < kG * kGroups) {
+    const int hd = tid / kGroups;
+    float M = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) M = fmaxf(M, sm_m[hd * kGroups + i]);
+    weight = M == -INFINITY ? 0.f : exp2f(sm_m[tid] - M);
+    if (tid % kGroups == 0) sm_max[hd] = M;
+  }
+  __syncthreads();
+  if (tid < kG * kGroups) sm_m[tid] = weight;
+  __syncthreads();
+  // This split's partial per head (sums A[D], max M, sum L; exp2 units): the O phase merges the
+  // splits while it stages its input (one L2 round trip fewer than a last split merging them).
+  for (int e = tid; e < nh * D; e += kThreads) {
+    const int hd = e / D, d = e % D, h = h0 + hd;
+    float Lsum = 0.f, A = 0.f;
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) Lsum += sm_l[hd * kGroups + i] * sm_m[hd * kGroups + i];
+#pragma unroll 8
+    for (int i = 0; i < kGroups; ++i) A += sm_acc[(hd * kGroups + i) * D + d] * sm_m[hd * kGroups + i];
+    float* w = a.ws + (static_cast<int64_t>(h) * a.s_max + p.s) * (D + 2);
+    w[d] = A;
+    if (d == 0) w[D] = sm_max[hd], w[D + 1] = Lsum;
+  }
+}
+
+// xs = the attention's output (bf16): every head's splits merged from ws (other CTAs wrote them),
+// all of them in flight at once; zeros when the step has no keys.
+template <int D>
+__device__ void stage_attention(const MegaArgs& a, const MegaLayer& L, const Split& p, __nv_bfloat16* xs) {
+  const float vs = a.fp8 ? L.v_scale : 1.f;
+  constexpr int kBatch = 8;
+  for (int e = threadIdx.x; e < a.NH * D; e += kThreads) {
+    const int h = e / D, d = e % D;
+    const float* w0 = a.ws + static_cast<int64_t>(h) * a.s_max * (D + 2);
+    float M = -INFINITY, A = 0.f, Lsum = 0.f;
+    for (int s0 = 0; p.any && s0 < p.S; s0 += kBatch) {
+      float ms[kBatch], ls[kBatch], as[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const float* w = w0 + (s0 + i) * (D + 2);
+        const bool ok = s0 + i < p.S;
+        ms[i] = ok ? __ldcg(w + D) : -INFINITY;
+        ls[i] = ok ? __ldcg(w + D + 1) : 0.f;
+        as[i] = ok ? __ldcg(w + d) : 0.f;
+      }
+      float M2 = M;
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) M2 = fmaxf(M2, ms[i]);
+      if (M2 == -INFINITY) continue;
+      const float c = exp2f(M - M2);
+      A *= c, Lsum *= c;
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const float sc = exp2f(ms[i] - M2);
+        A += as[i] * sc, Lsum += ls[i] * sc;
+      }
+      M = M2;
+    }
+    xs[e] = __float2bfloat16(Lsum > 0.f ? A / Lsum * vs : 0.f);
+  }
+}
+
+template <int D, class Kv>
+__global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ float red[32];
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem);
+  unsigned char* ring = smem + a.ring_off;
+  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem + a.xs_off);
+  float* scratch = reinterpret_cast<float*>(smem + a.xs_off);  // the attention's (xs is not in use then)
+  float* parts = reinterpret_cast<float*>(smem + a.parts_off);
+  unsigned char* kvs = smem + a.kvs_off;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  // The layers' pointers in shared memory: the producer looks them up for every chunk, and a
+  // global load there (an L2 round trip behind the weight stream) measured ~2 us per chunk.
+  MegaLayer* layers = reinterpret_cast<MegaLayer*>(smem + a.layers_off);
+  for (int i = tid; i < a.n_layers; i += kThreads) layers[i] = a.layers[i];
+  prefetch_l2(a.inv_freq, sizeof(float) * a.D / 2);
+
+  Producer prod;
+  if (tid == 0) {
+    for (int i = 0; i < a.stages; ++i) mbar_init(full + i, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  prefetch_layer(a, layers[0]);
+  if (tid == 0 || a.copy_cp)
+    for (int i = 0; i < a.stages; ++i) prod.issue(a, layers, ring, full);
+  int kv_newer = 0;  // cp.async groups committed since the layer's keys
+
+  const Split sp = split_of<D>(a);
+  unsigned target = 0, seq = 0;
+  for (int li = 0; li < a.n_layers; ++li) {
+    const MegaLayer& L = layers[li];
+    const void* layer_kv = static_cast<const unsigned char*>(a.kv_base) + li * a.kv_layer_bytes;
+    mark(a, li, 0);
+    if (li + 1 < a.n_layers) prefetch_layer(a, layers[li + 1]);
+    // This layer's cached keys depend on nothing of this step: their loads go out now.
+    if (sp.active && !a.probe)
+      stage_keys<D, Kv>(a, layer_kv, a.tables, sp.g, sp.begin, min(sp.begin + keys_per_batch<D>(), sp.end),
+                        sp.has_new ? sp.last : -1, kvs);
+    cp_async_commit();
+    kv_newer = 0;
+    for (int phase = 0; phase < kPhases; ++phase) {
+      const Gemv g = gemv_of(a, L, phase);
+      // The phase's input, in shared memory as bf16.
+      if (a.probe)
+        ;
+      else if (phase == kQkv)
+        stage_norm(a.x, L.attn_norm, a.H, a.eps, xs, red);
+      else if (phase == kO)
+        stage_attention<D>(a, L, sp, xs);
+      else if (phase == kGateUp)
+        stage_norm(a.x, L.mlp_norm, a.H, a.eps, xs, red);
+      else
+        stage_copy(a.act, a.I, xs);
+      __syncthreads();
+      mark(a, li, 1 + 3 * phase + (phase > kQkv ? 2 : 0));  // staged: 1, 6, 9, 12
+      const int cpr = g.K / 8;
+      const uint4* x4 = reinterpret_cast<const uint4*>(xs);
+      for (int c = 0; c < g.chunks; ++c, ++seq) {
+        const int slot = seq % a.stages;
+        if (a.copy_cp) {
+          cp_async_wait_upto(a.stages - 1);
+          __syncthreads();
+        } else {
+          mbar_wait(full + slot, (seq / a.stages) & 1);
+        }
+        const int rows = min(g.rc, g.n1 - g.n0 - c * g.rc);
+        const uint4* wst = reinterpret_cast<const uint4*>(ring + static_cast<size_t>(slot) * a.stage_bytes);
+        const int units = a.probe == 1 ? 0 : rows * g.R * g.S;
+        for (int u = warp; u < units; u += kWarps) {
+          const int o = u / (g.R * g.S), r = (u / g.S) % g.R, seg = u % g.S;
+          const int cb = seg * cpr / g.S, ce = (seg + 1) * cpr / g.S;
+          const uint4* wrow = wst + (static_cast<size_t>(r) * rows + o) * cpr;
+          float acc = 0.f;
+#pragma unroll 4
+          for (int cc = cb + lane; cc < ce; cc += 32) acc = dot8(wrow[cc], x4[cc], acc);
+          acc = warp_sum(acc);
+          if (lane == 0) parts[((c * g.rc + o) * g.R + r) * g.S + seg] = acc;
+        }
+        __syncthreads();  // the stage is free again
+        if (tid == 0 || a.copy_cp) prod.issue(a, layers, ring, full), ++kv_newer;
+      }
+      // This CTA's outputs, the segments summed in order.
+      for (int i = tid; !a.probe && i < g.n1 - g.n0; i += kThreads) {
+        float v0 = 0.f, v1 = 0.f;
+        for (int seg = 0; seg < g.S; ++seg) v0 += parts[i * g.R * g.S + seg];
+        if (g.R == 2)
+          for (int seg = 0; seg < g.S; ++seg) v1 += parts[(i * 2 + 1) * g.S + seg];
+        const int n = g.n0 + i;
+        if (phase == kQkv)
+          a.qkv[n] = v0;
+        else if (phase == kGateUp)
+          reinterpret_cast<__nv_bfloat16*>(a.act)[n] = __float2bfloat16(silu(v0) * v1);
+        else
+          a.x[n] = __ldcg(a.x + n) + v0;
+      }
+      const int m0 = 2 + 3 * phase + (phase > kQkv ? 2 : 0);
+      mark(a, li, m0);  // computed: 2, 7, 10, 13
+      if (a.probe) continue;
+      grid_sync(a.barrier, target += gridDim.x);
+      mark(a, li, m0 + 1);  // passed the barrier: 3, 8, 11, 14
+      if (phase == kQkv) {
+        if (sp.active) attention<D, Kv>(a, L, layer_kv, sp, kvs, scratch, a.copy_cp ? kv_newer : 0);
+        mark(a, li, 4);  // attention done
+        grid_sync(a.barrier, target += gridDim.x);
+        mark(a, li, 5);
+      }
+    }
+  }
+}
+
+template <int D, class Kv>
+void* kernel_of() {
+  return reinterpret_cast<void*>(mega_kernel<D, Kv>);
+}
+void* pick(const MegaArgs& a) {
+  if (a.D == 64) return a.fp8 ? kernel_of<64, Fp8Kv>() : kernel_of<64, Bf16Kv>();
+  return a.fp8 ? kernel_of<128, Fp8Kv>() : kernel_of<128, Bf16Kv>();
+}
+
+size_t align128(size_t n) {
+  return (n + 127) / 128 * 128;
+}
+
+}  // namespace
+
+std::string mega_prepare(MegaArgs& a) {
+  if (a.D != 64 && a.D != 128) return "head_dim " + std::to_string(a.D) + " (64 or 128 only)";
+  if (a.KVH <= 0 || a.NH % a.KVH != 0 || a.NH / a.KVH > kMaxG)
+    return std::to_string(a.NH / std::max(a.KVH, 1)) + " query heads per KV head (at most 8)";
+  const int q_dim = a.NH * a.D, qkv_n = q_dim + 2 * a.KVH * a.D;
+  if (a.H % 8 || q_dim % 8 || a.I % 8 || a.H > 16 * kThreads)
+    return "hidden " + std::to_string(a.H) + " / intermediate " + std::to_string(a.I) + " (multiples of 8, hidden <= 8192)";
+  int device = 0, sms = 0, optin = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  int coop = 0;
+  cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device);
+  if (!coop) return "the device has no cooperative launch";
+  a.grid = sms;
+  a.s_max = std::max(1, std::min(kMaxSplits, sms / a.KVH));
+  a.stage_bytes = static_cast<int>(align128(std::max<size_t>({size_t(kStageMin), size_t(4) * a.H, size_t(2) * a.I, size_t(2) * q_dim})));
+  // Per-(row, segment) sums: the most any phase leaves (rows per CTA x R x segments).
+  size_t parts = 0;
+  const int Ns[kPhases] = {qkv_n, a.H, a.I, a.H}, Ks[kPhases] = {a.H, q_dim, a.H, a.I}, Rs[kPhases] = {1, 1, 2, 1};
+  for (int p = 0; p < kPhases; ++p) {
+    const int rows = (Ns[p] + sms - 1) / sms + 1, rc = std::max(1, a.stage_bytes / (Rs[p] * Ks[p] * 2));
+    const int S = std::min(std::max(1, (kWarps + rc * Rs[p] - 1) / (rc * Rs[p])), std::max(1, Ks[p] / 8 / 32));
+    parts = std::max(parts, size_t(rows) * Rs[p] * S);
+  }
+  if (parts > kPartsCap) return "too many output rows per SM";
+  const size_t xs = align128(size_t(2) * std::max({a.H, q_dim, a.I}));
+  const size_t attn = align128(a.D == 64 ? attn_scratch_bytes<64>() : attn_scratch_bytes<128>());
+  const size_t kvs = align128(size_t(keys_per_batch<64>()) * 64 / a.D * 2 * a.D * (a.fp8 ? 1 : 2));
+  const size_t bars = 128, layers = align128(sizeof(MegaLayer) * a.n_layers);
+  const size_t fixed = bars + std::max(xs, attn) + align128(parts * sizeof(float)) + kvs + layers;
+  cudaFuncAttributes attr{};
+  cudaFuncGetAttributes(&attr, pick(a));
+  const size_t budget = size_t(optin) - attr.sharedSizeBytes;
+  if (fixed + 2 * size_t(a.stage_bytes) > budget) return "not enough shared memory for two weight stages";
+  a.stages = static_cast<int>(std::min<size_t>(kMaxStages, (budget - fixed) / a.stage_bytes));
+  if (a.max_stages >= 2) a.stages = std::min(a.stages, a.max_stages);
+  a.ring_off = static_cast<int>(bars);
+  a.xs_off = a.ring_off + a.stages * a.stage_bytes;
+  a.parts_off = a.xs_off + static_cast<int>(std::max(xs, attn));
+  a.kvs_off = a.parts_off + static_cast<int>(align128(parts * sizeof(float)));
+  a.layers_off = a.kvs_off + static_cast<int>(kvs);
+  a.smem_bytes = a.layers_off + static_cast<int>(layers);
+  if (cudaFuncSetAttribute(pick(a), cudaFuncAttributeMaxDynamicSharedMemorySize, a.smem_bytes) != cudaSuccess)
+    return "cannot allow " + std::to_string(a.smem_bytes) + " bytes of shared memory";
+  int per_sm = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<void (*)(MegaArgs)>(pick(a)), kThreads,
+                                                a.smem_bytes);
+  if (per_sm < 1) return "a CTA of 512 threads and " + std::to_string(a.smem_bytes) + " bytes does not fit on an SM";
+  return "";
+}
+
+void decode_mega(const MegaArgs& a, cudaStream_t s) {
+  cudaMemsetAsync(a.barrier, 0, sizeof(unsigned), s);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(a.grid);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = a.smem_bytes;
+  cfg.stream = s;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cudaLaunchKernelEx(&cfg, reinterpret_cast<void (*)(MegaArgs)>(pick(a)), a);
+}
+
+}  // namespace baton::cuda
