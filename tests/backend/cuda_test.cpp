@@ -497,28 +497,32 @@ TEST(CudaSamplingTest, FollowsTheDistribution) {
 // (1..4 rows; 5..8 need multiples of 32 and fall back to cuBLAS in both), hidden 288 /
 // intermediate 800 take the tensor-core kernel for 5..8 rows (9 and 25 slices of 32 over 8
 // warps; the vocabulary of 406 rows is not a multiple of its 16-row tiles).
-class CudaSkinnyTest : public ::testing::TestWithParam<std::pair<int, int>> {};
+class CudaSkinnyTest : public ::testing::TestWithParam<std::pair<int, int>> {
+ protected:
+  void SetUp() override {  // a 3-layer Qwen3 (QK-norm) of the parameter's hidden / intermediate sizes
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible";
+    RandomModelOptions m;
+    m.architecture = "Qwen3ForCausalLM";
+    m.hidden_size = GetParam().first;
+    m.intermediate_size = GetParam().second;
+    m.num_heads = 4;
+    m.num_kv_heads = 2;
+    m.head_dim = 64;
+    m.num_layers = 3;
+    ASSERT_TRUE(write_random_model(dir_.path(), m).ok());
+  }
+  testing::TempDir dir_;
+};
 
 TEST_P(CudaSkinnyTest, MatchesCublas) {
-  BATON_REQUIRE_GPU();
-  testing::TempDir dir;
-  RandomModelOptions m;
-  m.architecture = "Qwen3ForCausalLM";
-  m.hidden_size = GetParam().first;
-  m.intermediate_size = GetParam().second;
-  m.num_heads = 4;
-  m.num_kv_heads = 2;
-  m.head_dim = 64;
-  m.num_layers = 3;
-  ASSERT_TRUE(write_random_model(dir.path(), m).ok());
   BackendOptions o = cuda_options("bf16");
   o.max_graph_batch = 8;
   ::setenv("BATON_CUDA_GEMV", "0", 1);
   ::setenv("BATON_CUDA_MEGA", "0", 1);  // both: batch 1 as kernels per layer
-  auto ref = make(dir.path(), o);
+  auto ref = make(dir_.path(), o);
   ::unsetenv("BATON_CUDA_GEMV");
   ::setenv("BATON_CUDA_TUNE", "0", 1);  // the 8-row decode graph on skinny GEMMs even if cuBLAS times faster
-  auto gpu = make(dir.path(), o);
+  auto gpu = make(dir_.path(), o);
   ::unsetenv("BATON_CUDA_TUNE");
   ::unsetenv("BATON_CUDA_MEGA");
   ASSERT_TRUE(ref && gpu);
@@ -573,26 +577,15 @@ TEST_P(CudaSkinnyTest, MatchesCublas) {
 // on cuBLAS: 24 steps after a prompt of 40, each step's logits within summation-order noise, bf16
 // and fp8 caches; ragged hidden sizes (264, 288: a row is not a whole number of a warp's loads).
 TEST_P(CudaSkinnyTest, OneKernelStepMatchesCublas) {
-  BATON_REQUIRE_GPU();
-  testing::TempDir dir;
-  RandomModelOptions m;
-  m.architecture = "Qwen3ForCausalLM";
-  m.hidden_size = GetParam().first;
-  m.intermediate_size = GetParam().second;
-  m.num_heads = 4;
-  m.num_kv_heads = 2;
-  m.head_dim = 64;
-  m.num_layers = 3;
-  ASSERT_TRUE(write_random_model(dir.path(), m).ok());
   for (const std::string kv : {"bf16", "fp8"}) {
     SCOPED_TRACE(kv);
     BackendOptions o = cuda_options(kv);
     ::setenv("BATON_CUDA_GEMV", "0", 1);
     ::setenv("BATON_CUDA_MEGA", "0", 1);
-    auto ref = make(dir.path(), o);
+    auto ref = make(dir_.path(), o);
     ::unsetenv("BATON_CUDA_GEMV");
     ::setenv("BATON_CUDA_MEGA", "require", 1);
-    auto gpu = make(dir.path(), o);
+    auto gpu = make(dir_.path(), o);
     ::unsetenv("BATON_CUDA_MEGA");
     ASSERT_TRUE(ref && gpu);
     const int V = gpu->config().vocab_size;

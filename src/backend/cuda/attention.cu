@@ -298,25 +298,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kG == 1 && D <= 64 ? 4 : (D <=
     const bool ok = j < end;
     take(j);
     if (j0 + kGroups < end) fetch(j + kGroups);  // the same for every group: the loop bound's test
-    float s[kG];
-#pragma unroll
-    for (int hd = 0; hd < kG; ++hd) {
-      s[hd] = 0.f;
-#pragma unroll
-      for (int i = 0; i < kE; ++i) s[hd] += q[hd][i] * k[i];
-#pragma unroll
-      for (int o = 1; o < kLanes; o <<= 1) s[hd] += __shfl_xor_sync(0xffffffffu, s[hd], o);
-    }
-    if (!ok) continue;
-#pragma unroll
-    for (int hd = 0; hd < kG; ++hd) {
-      const float m_new = fmaxf(m[hd], s[hd]);
-      const float corr = exp2f(m[hd] - m_new), pr = exp2f(s[hd] - m_new);
-      l[hd] = l[hd] * corr + pr;
-#pragma unroll
-      for (int i = 0; i < kE; ++i) acc[hd][i] = acc[hd][i] * corr + pr * v[i];
-      m[hd] = m_new;
-    }
+    attend_key<kG, kE, kLanes>(q, k, v, ok, m, l, acc);
   }
 
   BATON_STAMP();

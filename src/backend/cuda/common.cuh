@@ -112,6 +112,47 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// acc + dot(w, x) over 8 bf16 pairs, in fp32.
+__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
+  const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
+  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&x);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 wf = __bfloat1622float2(wp[i]), xf = __bfloat1622float2(xp[i]);
+    acc = fmaf(wf.x, xf.x, acc);
+    acc = fmaf(wf.y, xf.y, acc);
+  }
+  return acc;
+}
+
+// One key for a decode CTA's group of kLanes lanes (each holding kE elements of the head): the
+// scores of its kG query heads (q pre-scaled, in log2 units), summed over the group by shuffles in
+// which every lane takes part; then, where ok (a key of the range), the online softmax's update of
+// the running max m, sum l and weighted values acc.
+template <int kG, int kE, int kLanes>
+__device__ __forceinline__ void attend_key(const float (&q)[kG][kE], const float (&k)[kE], const float (&v)[kE],
+                                           bool ok, float (&m)[kG], float (&l)[kG], float (&acc)[kG][kE]) {
+  float s[kG];
+#pragma unroll
+  for (int hd = 0; hd < kG; ++hd) {
+    s[hd] = 0.f;
+#pragma unroll
+    for (int i = 0; i < kE; ++i) s[hd] += q[hd][i] * k[i];
+#pragma unroll
+    for (int o = 1; o < kLanes; o <<= 1) s[hd] += __shfl_xor_sync(0xffffffffu, s[hd], o);
+  }
+  if (!ok) return;
+#pragma unroll
+  for (int hd = 0; hd < kG; ++hd) {
+    const float m_new = fmaxf(m[hd], s[hd]);
+    const float corr = exp2f(m[hd] - m_new), pr = exp2f(s[hd] - m_new);
+    l[hd] = l[hd] * corr + pr;
+#pragma unroll
+    for (int i = 0; i < kE; ++i) acc[hd][i] = acc[hd][i] * corr + pr * v[i];
+    m[hd] = m_new;
+  }
+}
+
 // KV cache element types: load N consecutive values as fp32, store one value.
 struct Bf16Kv {
   using T = __nv_bfloat16;

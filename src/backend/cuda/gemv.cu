@@ -31,19 +31,6 @@ __device__ __forceinline__ void prefetch_l1(const void* p) {
   asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
 }
 
-// acc + dot(w, x) over 8 bf16 pairs, in fp32.
-__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
-  const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
-  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&x);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 wf = __bfloat1622float2(wp[i]), xf = __bfloat1622float2(xp[i]);
-    acc = fmaf(wf.x, xf.x, acc);
-    acc = fmaf(wf.y, xf.y, acc);
-  }
-  return acc;
-}
-
 // Chunks c0, c0 + 32, ... (kUnroll of them) of weight row n (and, for R = 2, of row N + n).
 template <int R>
 __device__ __forceinline__ void load_batch(uint4 (&wv)[R][kUnroll], const uint4* w, int N, int chunks, int n, int c0) {

@@ -173,18 +173,6 @@ __device__ __forceinline__ void mark(const MegaArgs& a, int layer, int k) {
   }
 }
 
-__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
-  const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
-  const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&x);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 wf = __bfloat1622float2(wp[i]), xf = __bfloat1622float2(xp[i]);
-    acc = fmaf(wf.x, xf.x, acc);
-    acc = fmaf(wf.y, xf.y, acc);
-  }
-  return acc;
-}
-
 // A GEMV phase of a layer: N output rows of K inputs, R weight rows per output (gate/up: 2, the
 // up rows N after the gate rows).
 enum Phase { kQkv = 0, kO = 1, kGateUp = 2, kDown = 3, kPhases = 4 };
@@ -435,25 +423,7 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
 #pragma unroll
           for (int i = 0; i < kE; ++i) k[i] = v[i] = 0.f;
         }
-        float s[kG];
-#pragma unroll
-        for (int hd = 0; hd < kG; ++hd) {
-          s[hd] = 0.f;
-#pragma unroll
-          for (int i = 0; i < kE; ++i) s[hd] += qr[hd][i] * k[i];
-#pragma unroll
-          for (int o = 1; o < kLanes; o <<= 1) s[hd] += __shfl_xor_sync(0xffffffffu, s[hd], o);
-        }
-        if (!ok) continue;
-#pragma unroll
-        for (int hd = 0; hd < kG; ++hd) {
-          const float m_new = fmaxf(m[hd], s[hd]);
-          const float corr = exp2f(m[hd] - m_new), pr = exp2f(s[hd] - m_new);
-          l[hd] = l[hd] * corr + pr;
-#pragma unroll
-          for (int i = 0; i < kE; ++i) acc[hd][i] = acc[hd][i] * corr + pr * v[i];
-          m[hd] = m_new;
-        }
+        attend_key<kG, kE, kLanes>(qr, k, v, ok, m, l, acc);
       }
     }
   }
