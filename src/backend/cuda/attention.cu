@@ -29,19 +29,10 @@ __device__ __forceinline__ __nv_bfloat16* out_bf16(const AttnArgs& a) {
   return reinterpret_cast<__nv_bfloat16*>(a.out);
 }
 
-struct KeyRange {
-  int first, last;  // inclusive; empty when last < first
-};
-
-__device__ __forceinline__ KeyRange keys_of(int pos, int window) {
-  if (pos < 0) return {0, -1};
-  return {window > 0 ? max(0, pos - window + 1) : 0, pos};
-}
-
 template <class Kv>
 __device__ __forceinline__ const typename Kv::T* kv_row(const AttnArgs& a, const int32_t* table, int j, int kv, int g) {
-  const int64_t block = table[j / a.block_size], off = j % a.block_size;
-  return static_cast<const typename Kv::T*>(a.layer_kv) + (((block * 2 + kv) * a.KVH + g) * a.block_size + off) * a.D;
+  return static_cast<const typename Kv::T*>(a.layer_kv) +
+         kv_offset(table[j / a.block_size], kv, a.KVH, g, a.block_size, j % a.block_size, a.D);
 }
 
 // Elements [e, e + 8) of key and value j as fp32 (prefill staging), or zeros for a key past the
@@ -84,12 +75,6 @@ struct RawRow {
 constexpr int kDecodeThreads = 256;
 constexpr int kMaxSplits = 32;  // the backend's splits_for never asks for more
 constexpr int kMaxCtaHeads = 4;  // more measured slower (bench/RESULTS.md)
-
-// Lanes that share one key in a CTA of kG query heads: enough that a lane keeps at most 32 of
-// its heads' q and accumulator elements each (at least 8 lanes, at most a warp).
-constexpr int decode_lanes(int kG, int D) {
-  return kG * D / 32 < 8 ? 8 : (kG * D / 32 > 32 ? 32 : kG * D / 32);
-}
 
 // out[t, h0 .. h0 + nh) (nh <= kHeads) from the splits' partials (A[D], M, L each per head) in
 // ws. The loads go out together: each split's M and L, and the partial sums of the (kElems) output

@@ -112,6 +112,33 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+// The keys a query at position pos attends to: [max(0, pos - window + 1), pos] (window 0: all),
+// none for a padding row (pos < 0).
+struct KeyRange {
+  int first, last;  // inclusive; empty when last < first
+};
+__device__ __forceinline__ KeyRange keys_of(int pos, int window) {
+  if (pos < 0) return {0, -1};
+  return {window > 0 ? max(0, pos - window + 1) : 0, pos};
+}
+
+// Element offset of row `off` of cache block `block`, K (kv 0) or V (kv 1), KV head g, in a layer's
+// paged cache [blocks][2][KVH][block_size][D].
+__device__ __forceinline__ int64_t kv_offset(int64_t block, int kv, int KVH, int g, int block_size, int64_t off,
+                                             int D) {
+  return (((block * 2 + kv) * KVH + g) * block_size + off) * D;
+}
+
+// Lanes that share one key in a decode CTA of kG query heads: enough that a lane keeps at most 32
+// of its heads' q and accumulator elements each (at least 8 lanes, at most a warp).
+constexpr int decode_lanes(int kG, int D) {
+  return kG * D / 32 < 8 ? 8 : (kG * D / 32 > 32 ? 32 : kG * D / 32);
+}
+
 // acc + dot(w, x) over 8 bf16 pairs, in fp32.
 __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
   const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
@@ -235,9 +262,8 @@ __device__ __forceinline__ void qkv_row_warp(const QkvArgs& a, int t, int head, 
   typename Kv::T* cache = nullptr;
   if (slot >= 0) {
     const int g = is_k ? head - a.H : head - a.H - a.KVH;
-    const int64_t block = slot / a.block_size, off = slot % a.block_size;
     cache = static_cast<typename Kv::T*>(a.layer_kv) +
-            (((block * 2 + (is_k ? 0 : 1)) * a.KVH + g) * a.block_size + off) * D;
+            kv_offset(slot / a.block_size, is_k ? 0 : 1, a.KVH, g, a.block_size, slot % a.block_size, D);
   }
   const float kv_inv_scale = is_k ? a.k_inv_scale : a.v_inv_scale;
 #pragma unroll

@@ -204,7 +204,9 @@ class CudaBackend : public Backend {
   Status run(const Batch& batch, Output out);
   Status run_piece(const Batch& piece, Output out);
   // Enqueues the model for `T` staged tokens; logits for `n_rows` rows (rows == null: rows 0..).
-  Status enqueue(int T, int n_rows, bool identity_rows, bool decode, int n_splits, int n_tiles);
+  // one_kernel: a one-token decode step's layers as decode_mega (where mega_why_ is empty).
+  Status enqueue(int T, int n_rows, bool identity_rows, bool decode, int n_splits, int n_tiles,
+                 bool one_kernel = false);
   Status gemm(const bf16_t* a, const bf16_t* w, float* c, int m, int n, int k, float beta);
   // C[m, n] (row stride ldc) = beta C + A[m, k] (row stride lda) W[n, k]^T (row stride ldw).
   Status gemm_ld(const bf16_t* a, int lda, const bf16_t* w, int ldw, float* c, int ldc, int m, int n, int k,
@@ -221,7 +223,11 @@ class CudaBackend : public Backend {
   bool use_skinny(int T) const;
   // The decode graph for `rows` rows: captured, or captured both ways and the faster kept.
   Result<cudaGraphExec_t> decode_graph(int rows);
-  Result<cudaGraphExec_t> capture(int rows);
+  Result<cudaGraphExec_t> capture(int rows, bool one_kernel = false);
+  // Of two captures of the same step (b may have failed), the faster by time_graph, the other
+  // destroyed; logged as "decode graph for <what>: <a_name> ms, <b_name> ms: keeping ...".
+  Result<cudaGraphExec_t> keep_faster(const std::string& what, cudaGraphExec_t a, const char* a_name,
+                                      Result<cudaGraphExec_t> b, const char* b_name);
   Result<float> time_graph(cudaGraphExec_t g);
   Status all_reduce(float* x, size_t n);
   int splits_for(int T, int max_keys) const;
@@ -285,9 +291,8 @@ class CudaBackend : public Backend {
   // every one-token step where it takes the model; auto: the batch-1 decode graph is captured both
   // ways and the faster kept; require (tests): as 1, and a model it does not take is an error.
   // mega_why_ says why the model is not taken ("" when it is).
-  int mega_mode_ = 0;  // 0 off, 1 on, -1 auto
-  bool mega_required_ = false;  // BATON_CUDA_MEGA=require (tests): a model it does not take is an error
-  bool mega_now_ = false;  // the step being enqueued uses it (one token, decode)
+  enum class MegaMode { kOff, kOn, kAuto, kRequire } mega_mode_ = MegaMode::kOff;
+  bool mega_on() const { return mega_mode_ == MegaMode::kOn || mega_mode_ == MegaMode::kRequire; }
   std::string mega_why_ = "not prepared";
   MegaArgs mega_{};
   // The same at every tp (--tp-invariant): a rank holds whole KV groups.
@@ -416,8 +421,10 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   if (const char* p = std::getenv("BATON_CUDA_ATTN_EARLY")) attn_early_ = std::string(p) != "0";
   if (const char* p = std::getenv("BATON_CUDA_MEGA")) {
     const std::string v = p;
-    mega_mode_ = v == "1" || v == "require" ? 1 : (v == "auto" ? -1 : 0);
-    mega_required_ = v == "require";
+    mega_mode_ = v == "1"         ? MegaMode::kOn
+                 : v == "auto"    ? MegaMode::kAuto
+                 : v == "require" ? MegaMode::kRequire
+                                  : MegaMode::kOff;
   }
   if (const char* p = std::getenv("BATON_CUDA_MEGA_STAGES")) mega_.max_stages = std::atoi(p);  // A/B runs
   // The weight ring's copies: bulk copies (default; streamed 3.69 TB/s alone against 2.70 for
@@ -581,9 +588,9 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
 
   if (rank_.size > 1 || slices_)
     mega_why_ = "tensor parallelism (tp = 1 only, without --tp-invariant)";
-  else if (mega_mode_ != 0)
+  else if (mega_mode_ != MegaMode::kOff)
     BATON_RETURN_IF_ERROR(init_mega());
-  if (mega_required_ && !mega_why_.empty())
+  if (mega_mode_ == MegaMode::kRequire && !mega_why_.empty())
     return make_error("BATON_CUDA_MEGA=require: no one-kernel decode step: ", mega_why_);
   for (int b = 1; b <= max_graph_batch_; b = b < 8 ? b * 2 : b + 8) graph_sizes_.push_back(b);
   if (max_graph_batch_ > 0 && graph_sizes_.back() != max_graph_batch_) graph_sizes_.push_back(max_graph_batch_);
@@ -609,7 +616,6 @@ Status CudaBackend::init_mega() {
   m.inv_freq = inv_freq_, m.kv_base = kv_base_, m.kv_layer_bytes = kv_layer_bytes_;
   m.x = x_, m.qkv = qkv_, m.act = act_;
   m.positions = dev<int32_t>(L.positions), m.slots = dev<int32_t>(L.slots), m.tables = dev<int32_t>(L.tables);
-  m.table_stride = dev<int32_t>(L.table_stride);
   mega_why_ = mega_prepare(m);
   if (!mega_why_.empty()) {
     if (rank_.rank == 0) log::info("cuda backend: no one-kernel decode step for this model: ", mega_why_);
@@ -729,7 +735,8 @@ int CudaBackend::splits_for(int T, int max_keys) const {
   return s;
 }
 
-Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, int n_splits, int n_tiles) {
+Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, int n_splits, int n_tiles,
+                            bool one_kernel) {
   const ModelConfig& c = cfg_;
   const StagingLayout& L = *layout_;
   const int H = c.hidden_size, D = c.head_dim, I = c.intermediate_size, qkv_n = c.q_dim() + 2 * c.kv_dim();
@@ -744,7 +751,7 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   set_pdl(pdl_ && skinny);
   embed(dev<int32_t>(L.tokens), embed_, x_, T, H, stream_);
   mark("embed");
-  const bool mega = mega_now_ && T == 1 && decode && mega_why_.empty();
+  const bool mega = one_kernel && T == 1 && decode && mega_why_.empty();
   if (mega) {
     decode_mega(mega_, stream_);
     mark("layers (one kernel)");
@@ -922,10 +929,10 @@ bool CudaBackend::use_skinny(int T) const {
          gemv_supported(T, c.intermediate_size / slices) && gemv_supported(T, c.q_dim() / slices);
 }
 
-Result<cudaGraphExec_t> CudaBackend::capture(int rows) {
+Result<cudaGraphExec_t> CudaBackend::capture(int rows, bool one_kernel) {
   cudaGraph_t g = nullptr;
   BATON_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-  Status st = enqueue(rows, rows, true, true, splits_for(rows, 0), 0);
+  Status st = enqueue(rows, rows, true, true, splits_for(rows, 0), 0, one_kernel);
   const cudaError_t end = cudaStreamEndCapture(stream_, &g);
   BATON_RETURN_IF_ERROR(st);
   BATON_CU(end);
@@ -960,34 +967,36 @@ Result<float> CudaBackend::time_graph(cudaGraphExec_t g) {
   return ms / kReplays;
 }
 
+Result<cudaGraphExec_t> CudaBackend::keep_faster(const std::string& what, cudaGraphExec_t a, const char* a_name,
+                                                 Result<cudaGraphExec_t> b, const char* b_name) {
+  if (!b.ok()) {
+    cudaGraphExecDestroy(a);
+    return Error{b.error()};
+  }
+  Result<float> t_a = time_graph(a), t_b = time_graph(*b);
+  if (!t_a.ok() || !t_b.ok()) {
+    cudaGraphExecDestroy(a);
+    cudaGraphExecDestroy(*b);
+    return Error{!t_a.ok() ? t_a.error() : t_b.error()};
+  }
+  const bool keep_a = *t_a <= *t_b;
+  log::info("cuda backend: decode graph for ", what, ": ", a_name, " ", *t_a, " ms, ", b_name, " ", *t_b,
+            " ms: keeping ", keep_a ? a_name : b_name);
+  cudaGraphExecDestroy(keep_a ? *b : a);
+  return keep_a ? a : *b;
+}
+
 Result<cudaGraphExec_t> CudaBackend::decode_graph(int rows) {
-  if (rows == 1 && mega_why_.empty() && mega_mode_ != 0) {
-    mega_now_ = true;
-    Result<cudaGraphExec_t> mega = capture(1);
-    mega_now_ = false;
+  if (rows == 1 && mega_why_.empty() && mega_mode_ != MegaMode::kOff) {
+    Result<cudaGraphExec_t> mega = capture(1, true);
     if (!mega.ok()) {
       log::warn("cuda backend: the one-kernel decode step could not be captured (", mega.error(),
                 "): kernels per layer instead");
       cudaGetLastError();
-    } else if (mega_mode_ == 1) {
+    } else if (mega_on()) {
       return *mega;
     } else {
-      Result<cudaGraphExec_t> plain = capture(1);
-      if (!plain.ok()) {
-        cudaGraphExecDestroy(*mega);
-        return plain;
-      }
-      Result<float> t_mega = time_graph(*mega), t_plain = time_graph(*plain);
-      if (!t_mega.ok() || !t_plain.ok()) {
-        cudaGraphExecDestroy(*mega);
-        cudaGraphExecDestroy(*plain);
-        return Error{!t_mega.ok() ? t_mega.error() : t_plain.error()};
-      }
-      const bool keep = *t_mega <= *t_plain;
-      log::info("cuda backend: decode graph for 1 row: one kernel ", *t_mega, " ms, kernels per layer ", *t_plain,
-                " ms: keeping ", keep ? "one kernel" : "kernels per layer");
-      cudaGraphExecDestroy(keep ? *plain : *mega);
-      return keep ? *mega : *plain;
+      return keep_faster("1 row", *mega, "one kernel", capture(1), "kernels per layer");
     }
   }
   const bool both = tune_graphs_ && rows > kGemvDotRows && use_skinny(rows);
@@ -995,24 +1004,9 @@ Result<cudaGraphExec_t> CudaBackend::decode_graph(int rows) {
   if (!both) return skinny;
   const int saved = gemv_rows_;
   gemv_rows_ = kGemvDotRows;  // the same step on cuBLAS
-  Result<cudaGraphExec_t> other = capture(rows);
+  Result<cudaGraphExec_t> cublas = capture(rows);
   gemv_rows_ = saved;
-  if (!other.ok()) {
-    cudaGraphExecDestroy(skinny);
-    return Error{other.error()};
-  }
-  const cudaGraphExec_t cublas = *other;
-  Result<float> t_skinny = time_graph(skinny), t_cublas = time_graph(cublas);
-  if (!t_skinny.ok() || !t_cublas.ok()) {
-    cudaGraphExecDestroy(skinny);
-    cudaGraphExecDestroy(cublas);
-    return Error{!t_skinny.ok() ? t_skinny.error() : t_cublas.error()};
-  }
-  const bool keep_skinny = *t_skinny <= *t_cublas;
-  log::info("cuda backend: decode graph for ", rows, " rows: skinny GEMMs ", *t_skinny, " ms, cuBLAS ", *t_cublas,
-            " ms: keeping ", keep_skinny ? "skinny GEMMs" : "cuBLAS");
-  cudaGraphExecDestroy(keep_skinny ? cublas : skinny);
-  return keep_skinny ? skinny : cublas;
+  return keep_faster(std::to_string(rows) + " rows", skinny, "skinny GEMMs", std::move(cublas), "cuBLAS");
 }
 
 Status CudaBackend::run_piece(const Batch& b, Output out) {
@@ -1074,10 +1068,7 @@ Status CudaBackend::run_piece(const Batch& b, Output out) {
     }
     BATON_CU(cudaGraphLaunch(it->second, stream_));
   } else {
-    mega_now_ = mega_mode_ == 1;
-    const Status st = enqueue(T, n_rows, false, decode, splits_for(T, max_keys), n_tiles);
-    mega_now_ = false;
-    BATON_RETURN_IF_ERROR(st);
+    BATON_RETURN_IF_ERROR(enqueue(T, n_rows, false, decode, splits_for(T, max_keys), n_tiles, mega_on()));
   }
 
   if (rank_.rank != 0 || n_rows == 0) {

@@ -24,9 +24,6 @@ namespace {
 constexpr int kWarps = 8;   // per CTA
 constexpr int kUnroll = 8;  // 16-byte chunks in flight per lane and weight row: a row of 2048 at once
 
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
 __device__ __forceinline__ void prefetch_l1(const void* p) {
   asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
 }

@@ -160,8 +160,8 @@ struct MegaArgs {
   float *x, *qkv, *ws;
   bf16_t* act;
   unsigned* barrier;
-  // The step's inputs (device; token 0 only).
-  const int32_t *positions, *slots, *tables, *table_stride;
+  // The step's inputs (device; token 0 only, its block table the first row of tables).
+  const int32_t *positions, *slots, *tables;
   // BATON_CUDA_MEGA_TIMES (bench/gpu/mega_times.py): thread 0 of every CTA records %globaltimer
   // at kMegaMarks points of each layer, [CTA][layer][kMegaMarks]; null: nothing recorded.
   unsigned long long* times;

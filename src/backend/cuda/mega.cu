@@ -67,12 +67,9 @@ constexpr int keys_per_batch() {
   // keys per split measured the O phase's merge of 16 splits per head at 6.4 us on Qwen2.5-0.5B.
   return 4096 / D;
 }
-constexpr int attn_lanes(int kG, int D) {  // lanes sharing a key (as the decode kernel's groups)
-  return kG * D / 32 < 8 ? 8 : (kG * D / 32 > 32 ? 32 : kG * D / 32);
-}
 template <int D>
 constexpr size_t attn_scratch_bytes() {
-  constexpr int kLanes = attn_lanes(kMaxG, D), kGroups = kAttnThreads / kLanes;
+  constexpr int kLanes = decode_lanes(kMaxG, D), kGroups = kAttnThreads / kLanes;
   // qv[kMaxG][D], kn[D], vn[D], sm_m/sm_l[kMaxG][kGroups], sm_acc[kMaxG][kGroups][D], sm_max[kMaxG]
   return sizeof(float) * (kMaxG * D + 2 * D + 2 * kMaxG * kGroups + kMaxG * kGroups * D + kMaxG);
 }
@@ -281,21 +278,22 @@ __device__ void stage_norm(const float* x, const float* w, int H, float eps, __n
   }
 }
 
-__device__ __forceinline__ void prefetch_l2(const void* p, size_t bytes) {
+// bytes at p (may be null) into L2, the CTA's threads sharing the lines.
+__device__ __forceinline__ void prefetch_l2_range(const void* p, size_t bytes) {
   if (!p) return;
   for (size_t off = threadIdx.x * size_t(128); off < bytes; off += kThreads * size_t(128))
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const char*>(p) + off));
+    prefetch_l2(static_cast<const char*>(p) + off);
 }
 
 // A layer's constants (norms, bias) into L2: read on the critical path right after a barrier, they
 // would otherwise come from HBM behind the weight stream.
 __device__ void prefetch_layer(const MegaArgs& a, const MegaLayer& L) {
   const size_t rows = static_cast<size_t>(a.NH + 2 * a.KVH) * a.D;
-  prefetch_l2(L.attn_norm, sizeof(float) * a.H);
-  prefetch_l2(L.mlp_norm, sizeof(float) * a.H);
-  prefetch_l2(L.b_qkv, sizeof(float) * rows);
-  prefetch_l2(L.q_norm, sizeof(float) * a.D);
-  prefetch_l2(L.k_norm, sizeof(float) * a.D);
+  prefetch_l2_range(L.attn_norm, sizeof(float) * a.H);
+  prefetch_l2_range(L.mlp_norm, sizeof(float) * a.H);
+  prefetch_l2_range(L.b_qkv, sizeof(float) * rows);
+  prefetch_l2_range(L.q_norm, sizeof(float) * a.D);
+  prefetch_l2_range(L.k_norm, sizeof(float) * a.D);
 }
 
 // xs = n bf16 values another CTA wrote.
@@ -318,9 +316,9 @@ template <int D>
 __device__ __forceinline__ Split split_of(const MegaArgs& a) {
   Split p{};
   const int pos = a.positions[0];
-  p.first = a.window > 0 ? max(0, pos - a.window + 1) : 0;
-  p.last = pos;
-  const int n_keys = pos >= 0 ? pos - p.first + 1 : 0;
+  const KeyRange r = keys_of(pos, a.window);
+  p.first = r.first, p.last = r.last;
+  const int n_keys = r.last - r.first + 1;
   constexpr int kB = keys_per_batch<D>();  // a split's keys in one batch where the splits allow
   p.S = max(1, min(a.s_max, (n_keys + kB - 1) / kB));
   p.g = blockIdx.x / p.S, p.s = blockIdx.x % p.S;
@@ -337,8 +335,8 @@ __device__ __forceinline__ Split split_of(const MegaArgs& a) {
 template <int D, class Kv>
 __device__ __forceinline__ const typename Kv::T* cache_row(const MegaArgs& a, const void* layer_kv,
                                                            const int32_t* table, int j, int kv, int g) {
-  const int64_t block = table[j / a.block_size], off = j % a.block_size;
-  return static_cast<const typename Kv::T*>(layer_kv) + (((block * 2 + kv) * a.KVH + g) * a.block_size + off) * D;
+  return static_cast<const typename Kv::T*>(layer_kv) +
+         kv_offset(table[j / a.block_size], kv, a.KVH, g, a.block_size, j % a.block_size, D);
 }
 
 // Keys [b0, b1) of group g (K and V rows, as stored) into kvs[key - b0][2][D] by cp.async; the new
@@ -363,7 +361,7 @@ template <int D, class Kv>
 __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* layer_kv, const Split& p,
                           unsigned char* kvs, float* scratch, int kv_newer) {
   using T = typename Kv::T;
-  constexpr int kG = kMaxG, kLanes = attn_lanes(kG, D), kE = D / kLanes, kGroups = kAttnThreads / kLanes;
+  constexpr int kG = kMaxG, kLanes = decode_lanes(kG, D), kE = D / kLanes, kGroups = kAttnThreads / kLanes;
   constexpr int kB = keys_per_batch<D>();
   float* qv = scratch;
   float* kn = qv + kG * D;
@@ -517,7 +515,7 @@ __global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
   // global load there (an L2 round trip behind the weight stream) measured ~2 us per chunk.
   MegaLayer* layers = reinterpret_cast<MegaLayer*>(smem + a.layers_off);
   for (int i = tid; i < a.n_layers; i += kThreads) layers[i] = a.layers[i];
-  prefetch_l2(a.inv_freq, sizeof(float) * a.D / 2);
+  prefetch_l2_range(a.inv_freq, sizeof(float) * a.D / 2);
 
   Producer prod;
   if (tid == 0) {
