@@ -38,7 +38,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
+#include <vector>
 
 #include "backend/backend.h"
 #include "backend/cuda/kernels.h"
@@ -65,6 +67,9 @@ constexpr int kAttnGroupHeads = 4;
 // shapes): there the CUDA-core kernel's instructions, not the KV bytes, set its time. Measured
 // faster from 32 tokens on, slower at 8 and mixed at 16 (bench/RESULTS.md, session 21).
 constexpr int kAttnMmaTokens = 32;
+// BATON_CUDA_MEGA=auto keeps the one-kernel decode step only if its logits are within this much
+// (relative to the largest) of the kernels per layer's: the goldens' tolerance.
+constexpr float kMegaMaxGap = 2e-2f;
 
 #define BATON_CU(expr)                                                                            \
   do {                                                                                            \
@@ -229,6 +234,7 @@ class CudaBackend : public Backend {
   Result<cudaGraphExec_t> keep_faster(const std::string& what, cudaGraphExec_t a, const char* a_name,
                                       Result<cudaGraphExec_t> b, const char* b_name);
   Result<float> time_graph(cudaGraphExec_t g);
+  Result<float> logits_gap(cudaGraphExec_t a, cudaGraphExec_t b);
   Status all_reduce(float* x, size_t n);
   int splits_for(int T, int max_keys) const;
   template <class T>
@@ -287,9 +293,10 @@ class CudaBackend : public Backend {
   int attn_mma_split_keys_ = 256;
   bool attn_early_ = true;         // BATON_CUDA_ATTN_EARLY=0: no cache loads before the PDL wait (A/B)
   // One kernel for a one-token decode step's layers (mega.cu), off by default: on the H200 it
-  // measured slower than the kernels per layer (bench/RESULTS.md, session 25). BATON_CUDA_MEGA=1:
+  // measured slower than the kernels per layer (bench/RESULTS.md, session 26). BATON_CUDA_MEGA=1:
   // every one-token step where it takes the model; auto: the batch-1 decode graph is captured both
-  // ways and the faster kept; require (tests): as 1, and a model it does not take is an error.
+  // ways and the faster kept, the one kernel only if its logits agree (kMegaMaxGap); require
+  // (tests): as 1, and a model it does not take is an error.
   // mega_why_ says why the model is not taken ("" when it is).
   enum class MegaMode { kOff, kOn, kAuto, kRequire } mega_mode_ = MegaMode::kOff;
   bool mega_on() const { return mega_mode_ == MegaMode::kOn || mega_mode_ == MegaMode::kRequire; }
@@ -431,6 +438,7 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   // cp.async, session 25) or BATON_CUDA_MEGA_COPY=cp.
   if (const char* p = std::getenv("BATON_CUDA_MEGA_COPY")) mega_.copy_cp = std::string(p) == "cp";
   if (const char* p = std::getenv("BATON_CUDA_MEGA_PROBE")) mega_.probe = std::atoi(p);
+  if (const char* p = std::getenv("BATON_CUDA_MEGA_L2")) mega_.l2_lead = std::max(0, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_TOKENS")) attn_mma_tokens_ = std::max(0, std::atoi(p));
   if (!decode_mma_supported(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim)) attn_mma_tokens_ = 0;
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_SPLIT_KEYS"))
@@ -635,7 +643,8 @@ Status CudaBackend::init_mega() {
     BATON_CU(cudaMemset(m.times, 0, sizeof(unsigned long long) * m.grid * m.n_layers * kMegaMarks));
   }
   log::info("cuda backend: one-kernel decode step: ", m.grid, " CTAs, ", m.stages, " weight stages of ",
-            m.stage_bytes >> 10, " KiB, ", m.smem_bytes >> 10, " KiB of shared memory each");
+            m.stage_bytes >> 10, " KiB, ", m.smem_bytes >> 10, " KiB of shared memory each",
+            m.l2_lead ? ", " + std::to_string(m.l2_lead) + " chunks ahead into L2" : std::string());
   return {};
 }
 
@@ -967,6 +976,24 @@ Result<float> CudaBackend::time_graph(cudaGraphExec_t g) {
   return ms / kReplays;
 }
 
+// How far one graph's logits (one row) are from another's, relative to the largest of the second:
+// each replayed once on the same inputs (both write the step's K/V to the same slots).
+Result<float> CudaBackend::logits_gap(cudaGraphExec_t a, cudaGraphExec_t b) {
+  const size_t n = size_t(cfg_.vocab_size);
+  std::vector<float> la(n), lb(n);
+  BATON_CU(cudaGraphLaunch(a, stream_));
+  BATON_CU(cudaMemcpyAsync(la.data(), logits_, sizeof(float) * n, cudaMemcpyDeviceToHost, stream_));
+  BATON_CU(cudaGraphLaunch(b, stream_));
+  BATON_CU(cudaMemcpyAsync(lb.data(), logits_, sizeof(float) * n, cudaMemcpyDeviceToHost, stream_));
+  BATON_CU(cudaStreamSynchronize(stream_));
+  float gap = 0.f, scale = 0.f;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(la[i])) return std::numeric_limits<float>::infinity();
+    gap = std::max(gap, std::fabs(la[i] - lb[i])), scale = std::max(scale, std::fabs(lb[i]));
+  }
+  return gap / std::max(scale, 1e-6f);
+}
+
 Result<cudaGraphExec_t> CudaBackend::keep_faster(const std::string& what, cudaGraphExec_t a, const char* a_name,
                                                  Result<cudaGraphExec_t> b, const char* b_name) {
   if (!b.ok()) {
@@ -995,8 +1022,20 @@ Result<cudaGraphExec_t> CudaBackend::decode_graph(int rows) {
       cudaGetLastError();
     } else if (mega_on()) {
       return *mega;
-    } else {
-      return keep_faster("1 row", *mega, "one kernel", capture(1), "kernels per layer");
+    } else {  // auto: the faster of the two, if the one kernel's logits agree with the other's
+      Result<cudaGraphExec_t> plain = capture(1);
+      if (plain.ok()) {
+        Result<float> gap = logits_gap(*mega, *plain);
+        if (!gap.ok() || !(*gap <= kMegaMaxGap)) {
+          log::warn("cuda backend: the one-kernel decode step's logits differ from the kernels per layer's (",
+                    gap.ok() ? std::to_string(*gap) + " of the largest" : gap.error(), "): not used");
+          cudaGraphExecDestroy(*mega);
+          return plain;
+        }
+        log::info("cuda backend: one-kernel decode step: logits within ", *gap,
+                  " of the kernels per layer's (relative to the largest)");
+      }
+      return keep_faster("1 row", *mega, "one kernel", std::move(plain), "kernels per layer");
     }
   }
   const bool both = tune_graphs_ && rows > kGemvDotRows && use_skinny(rows);

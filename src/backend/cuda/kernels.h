@@ -145,7 +145,7 @@ struct MegaLayer {
   const float *attn_norm, *mlp_norm, *b_qkv, *q_norm, *k_norm;  // b_qkv, q_norm, k_norm may be null
   float k_scale, v_scale;                                        // fp8 KV: dequantization scales
 };
-constexpr int kMegaMarks = 16;
+constexpr int kMegaMarks = 26;
 struct MegaArgs {
   // The model (set once).
   const MegaLayer* layers;  // device array [n_layers]
@@ -171,6 +171,9 @@ struct MegaArgs {
   // BATON_CUDA_MEGA_PROBE (measurements only; the step's results are garbage): 1 streams the
   // weights through the ring and nothing else (no staging, sums or barriers), 2 also does the sums.
   int probe;
+  // Chunks the producer keeps on their way into L2 beyond the ring's newest (BATON_CUDA_MEGA_L2;
+  // 0: none).
+  int l2_lead;
   int grid, stages, stage_bytes, s_max;
   int ring_off, xs_off, parts_off, kvs_off, layers_off, smem_bytes;
 };

@@ -1,6 +1,6 @@
 // One kernel for all the layers of a one-token decode step (kernels.h: decode_mega). Off by
-// default (BATON_CUDA_MEGA): correct (tests/backend/cuda_test.cpp), but slower than the kernels per
-// layer so far; see "Status" below.
+// default (BATON_CUDA_MEGA; `auto` keeps it where it is faster and its logits agree): correct
+// (tests/backend/cuda_test.cpp), but slower than the kernels per layer so far; see "Status" below.
 //
 // Why: at batch 1 a layer's five kernels each pay a fixed chain (the PDL wait after the previous
 // kernel's last CTA, staging the input, the last rows, the exit) in which the memory bus idles;
@@ -17,29 +17,28 @@
 //          other kernels), the new K/V into the cache, online softmax over its keys (staged in
 //          shared memory by cp.async when the layer starts: they were written by earlier steps),
 //          partials to ws
-//   O      stage the splits' partials merged (bf16), x += W_o . it
+//   O      stage the splits' partials merged (a warp per head), x += W_o . it
 //   gate/up stage rmsnorm(x) * mlp_norm, act = silu(W_g . it) * (W_u . it)
 //   down   x += W_down . act
 // A GEMV phase gives each CTA a contiguous range of output rows (balanced), so its weights are one
 // contiguous range (two for gate/up) cut into chunks of whole rows, one chunk per ring stage. The
-// 16 warps split a chunk's rows (and, for chunks of few rows, each row's K into segments) and
-// leave per-(row, segment) sums in shared memory, added in a fixed order: the result does not
-// depend on timing.
+// sums of a chunk run on the tensor cores (mma_sum: every (row, segment) unit a diagonal element
+// of an m16n8k16 product; the 8 warps split the inputs) and leave per-(warp, row, segment) sums in
+// shared memory, added in a fixed order: the result does not depend on timing.
 //
 // Ordering: data another CTA wrote in this kernel (x, qkv, act, ws) is read after a grid barrier
 // (a release-add, then a spin on ld.acquire, which also drops the SM's stale L1 lines), with
 // __ldcg where this file reads it itself.
 //
-// Status (H200, bench/RESULTS.md session 25; bench/gpu/mega_ab.sh, mega_probe.sh, mega_times.py):
-// the ring alone (BATON_CUDA_MEGA_PROBE=1) streams a Llama-3.2-1B step's weights at 3.69 TB/s
-// (0.70 ms a step with the LM head, 0.83 of the roofline); with the sums (PROBE=2) a layer takes
-// 60 us instead of 33, and the whole step 1.47-1.55 ms against 0.92 for the kernels per layer.
-// The consumer is the limit: per 32 KB ring chunk its warps spend ~1-2 us. In SASS the unit
-// loop's integer divisions (a unit's row, half and segment) come first, and dot8 reads the ring and
-// the input with eight 4-byte LDS per 16 bytes (the compiler does not take the stage pointer,
-// offset at run time from a byte array, as 16-byte aligned); the kernel also spills 200-290 bytes
-// (128 registers at 512 threads), mostly in the attention. Next: division-free unit loops, 16-byte
-// shared loads, 256 threads (bench/gpu/experiments/mega_consumer.patch).
+// Status (H200, bench/RESULTS.md session 26; bench/gpu/mega_ab.sh, mega_times.py): the ring alone
+// (BATON_CUDA_MEGA_PROBE=1) streams a Llama-3.2-1B step at 0.96 of the roofline (0.604 ms). The
+// whole step takes 1.06 ms against 0.90 for the kernels per layer (Qwen2.5-0.5B shape: 0.96
+// against 0.66). Where a 1B layer's 58 us go (BATON_CUDA_MEGA_TIMES): the chunk loop spends ~1 us
+// a 32 KB chunk (the ring needs 0.7), of which ~0.6 the sums and ~0.3-0.4 thread 0 issuing the
+// next copy while the other warps wait at the chunk's __syncthreads; and the chain from the QKV
+// rows to the O phase's input (two barriers, the attention, the merge) is 12 us in which the ring
+// fills after 5. Next: a producer warp of its own with per-stage "empty" mbarriers (no
+// __syncthreads a chunk), then a shorter attention chain.
 #include <algorithm>
 #include <string>
 
@@ -49,7 +48,10 @@
 namespace baton::cuda {
 namespace {
 
-constexpr int kThreads = 512, kWarps = kThreads / 32;
+// 256 threads: 512 spilled 300 bytes a thread (128 registers) and measured 1.59 against 1.34 ms a
+// Llama-3.2-1B step (session 26, with CUDA-core sums).
+constexpr int kThreads = 256, kWarps = kThreads / 32;
+constexpr int kMaxHidden = 8192;
 constexpr int kAttnThreads = 256;  // the key loop's threads (the merge buffer grows with them)
 constexpr int kMaxStages = 16;
 constexpr int kMaxG = 8;        // query heads per KV group
@@ -107,6 +109,9 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_u32(dst)),
       "l"(src), "r"(bytes), "r"(smem_u32(bar))
       : "memory");
+}
+__device__ __forceinline__ void prefetch_bulk_l2(const void* src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
@@ -170,6 +175,26 @@ __device__ __forceinline__ void mark(const MegaArgs& a, int layer, int k) {
   }
 }
 
+// Where a CTA's chunk loop spends its SM cycles in a layer (BATON_CUDA_MEGA_TIMES): waiting for a
+// stage, the sums, the __syncthreads after them, the producer's issue; thread 0 (the producer) and
+// thread 32 (a consumer only) each record theirs, with clock64 at the layer's start.
+struct ChunkClock {
+  long long t = 0, wait = 0, sums = 0, sync = 0, issue = 0;
+  __device__ __forceinline__ void lap(bool on, long long& into) {
+    if (!on) return;
+    const long long now = clock64();
+    into += now - t, t = now;
+  }
+  __device__ void store(const MegaArgs& a, int layer, long long start) {
+    if (!a.times || (threadIdx.x != 0 && threadIdx.x != 32)) return;
+    unsigned long long* m = a.times + (static_cast<size_t>(blockIdx.x) * a.n_layers + layer) * kMegaMarks;
+    int k = threadIdx.x == 0 ? kMegaMarks - 9 : kMegaMarks - 4;  // 17..21 thread 0, 22..25 thread 32
+    if (threadIdx.x == 0) m[k++] = start;
+    m[k] = wait, m[k + 1] = sums, m[k + 2] = sync, m[k + 3] = issue;
+    wait = sums = sync = issue = 0;
+  }
+};
+
 // A GEMV phase of a layer: N output rows of K inputs, R weight rows per output (gate/up: 2, the
 // up rows N after the gate rows).
 enum Phase { kQkv = 0, kO = 1, kGateUp = 2, kDown = 3, kPhases = 4 };
@@ -179,80 +204,176 @@ struct Gemv {
   int n0, n1;   // this CTA's output rows
   int rc;       // rows per chunk (per stage)
   int chunks;   // chunks of this CTA
-  int S;        // segments per row
+  int S, logS;  // segments per weight row (a power of two)
+  int T;        // 16-input blocks per segment
 };
 
-__device__ __forceinline__ Gemv gemv_of(const MegaArgs& a, const MegaLayer& L, int phase) {
-  Gemv g;
+// Segments per weight row for a chunk of `pieces` row pieces (rows x R): mma_sum takes 8 units
+// (piece, segment) at a time, so few pieces are cut into up to 8 segments.
+__host__ __device__ constexpr int segments_of(int pieces) {
+  int s = 1;
+  while (s < 8 && pieces * s * 2 <= 8) s *= 2;
+  return s;
+}
+
+// A phase's geometry (everything but the weights: the same in every layer), computed once per
+// kernel into shared memory so that neither the producer nor the consumer divides per chunk.
+__device__ Gemv geometry(const MegaArgs& a, int phase) {
+  Gemv g{};
   const int q_dim = a.NH * a.D;
   switch (phase) {
-    case kQkv:
-      g.w = L.w_qkv, g.N = q_dim + 2 * a.KVH * a.D, g.K = a.H, g.R = 1;
-      break;
-    case kO:
-      g.w = L.wo, g.N = a.H, g.K = q_dim, g.R = 1;
-      break;
-    case kGateUp:
-      g.w = L.w_gate_up, g.N = a.I, g.K = a.H, g.R = 2;
-      break;
-    default:
-      g.w = L.w_down, g.N = a.H, g.K = a.I, g.R = 1;
-      break;
+    case kQkv: g.N = q_dim + 2 * a.KVH * a.D, g.K = a.H, g.R = 1; break;
+    case kO: g.N = a.H, g.K = q_dim, g.R = 1; break;
+    case kGateUp: g.N = a.I, g.K = a.H, g.R = 2; break;
+    default: g.N = a.H, g.K = a.I, g.R = 1; break;
   }
   g.n0 = static_cast<int>(static_cast<int64_t>(g.N) * blockIdx.x / gridDim.x);
   g.n1 = static_cast<int>(static_cast<int64_t>(g.N) * (blockIdx.x + 1) / gridDim.x);
   g.rc = max(1, a.stage_bytes / (g.R * g.K * 2));
   g.chunks = (g.n1 - g.n0 + g.rc - 1) / g.rc;
-  const int cpr = g.K / 8;
-  g.S = min(max(1, (kWarps + g.rc * g.R - 1) / (g.rc * g.R)), max(1, cpr / 32));
+  g.S = segments_of(g.R * min(g.rc, g.n1 - g.n0));
+  g.logS = __ffs(g.S) - 1;
+  g.T = ((g.K + 15) / 16 + g.S - 1) / g.S;
   return g;
+}
+
+__device__ __forceinline__ Gemv gemv_of(const Gemv* geo, const MegaLayer& L, int phase) {
+  Gemv g = geo[phase];
+  g.w = phase == kQkv ? L.w_qkv : phase == kO ? L.wo : phase == kGateUp ? L.w_gate_up : L.w_down;
+  return g;
+}
+
+// D += A . B on the tensor cores (m16n8k16, bf16 in, fp32 accumulate) with A's rows 8-15 zero:
+// a0/a2 are the lane's A elements (row lane / 4; k 2q, 2q + 1 and 2q + 8, 2q + 9 for q = lane % 4),
+// b0/b1 its B elements (column lane / 4, the same k).
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+// The sums of one ring stage: its R x rows row pieces (K bf16 each, in shared memory at wst)
+// against the staged input xs, each piece cut into g.S segments. The units (piece, segment) go 8 at
+// a time through the tensor cores, unit n as the diagonal element D[n][n] of an m16n8k16 product:
+// lanes 4n .. 4n + 3 put the same 16 inputs (4 each, one 8-byte load) into A's row n and B's column
+// n, the input in A and the weights in B, so D[n][n] is unit n's dot product over them (the other
+// products are thrown away; the tensor cores have time to spare, the issue slots do not: the fp32
+// version, 3 instructions a weight in dependent chains, kept 2 warps a scheduler busy for 1.4 us a
+// 32 KB stage, Nsight Compute, session 26). A segment is T blocks of 16 inputs (block t at inputs
+// 16 (seg + S t)); warp w takes the blocks w ^ n + 8 i, so that the 8 units of a step read 8
+// different blocks (different banks) and a lane's loads step by a constant stride. Partial sums go
+// to parts[warp][piece][segment], P pieces a warp, piece = (row0 + row) * R + half.
+__device__ __forceinline__ void mma_sum(const Gemv& g, const unsigned char* wst, const unsigned char* xsb, int rows,
+                                        int row0, int P, float* parts) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n = lane >> 2, q = lane & 3;
+  const int nu = (g.R * rows) << g.logS;
+  const int start = warp ^ n, iters = (g.T + 7) >> 3;      // iters: the same for every lane
+  const size_t stride = static_cast<size_t>(g.S) * 8 * 32;  // bytes from one of a lane's blocks to the next
+  const int nbq = (g.K - 4 * q + 15) >> 4;                  // blocks that hold this lane's 4 inputs
+  for (int u0 = 0; u0 < nu; u0 += 8) {
+    const int u = u0 + n;
+    const bool valid = u < nu;
+    const int jj = valid ? u >> g.logS : 0, seg = u & (g.S - 1);  // jj: the piece in the stage
+    const int lim = valid ? min(g.T, (nbq - seg + g.S - 1) >> g.logS) : 0;  // this lane's blocks t < lim
+    const int steps = lim > start ? (lim - start + 7) >> 3 : 0;
+    const size_t first = (static_cast<size_t>(seg) + static_cast<size_t>(g.S) * start) * 32 + q * 8;
+    const unsigned char* wp = wst + static_cast<size_t>(jj) * g.K * 2 + first;
+    const unsigned char* xp = xsb + first;
+    float acc[4][4] = {};
+    for (int i = 0; i < iters; i += 4, wp += 4 * stride, xp += 4 * stride) {
+      uint2 w[4], x[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const bool ok = i + k < steps;
+        w[k] = ok ? *reinterpret_cast<const uint2*>(wp + k * stride) : make_uint2(0, 0);
+        x[k] = ok ? *reinterpret_cast<const uint2*>(xp + k * stride) : make_uint2(0, 0);
+      }
+#pragma unroll
+      for (int k = 0; k < 4; ++k) mma_16816(acc[k], x[k].x, x[k].y, w[k].x, w[k].y);
+    }
+    // D[n][n]: row n, column 2q (c0) or 2q + 1 (c1), in lane 4n + n / 2.
+    if (valid && q == (n >> 1)) {
+      const int r = jj >= rows ? 1 : 0, o = jj - r * rows;
+      const float d0 = (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]);
+      const float d1 = (acc[0][1] + acc[1][1]) + (acc[2][1] + acc[3][1]);
+      parts[(warp * P + (row0 + o) * g.R + r) * g.S + seg] = n & 1 ? d1 : d0;
+    }
+  }
+}
+
+// A position in a CTA's weight stream (layer, phase, chunk), in the order the CTA consumes it.
+struct Cursor {
+  int layer = 0, phase = 0, chunk = 0;
+  // The next chunk (its phase's geometry, first output row and rows); false past the last layer.
+  __device__ bool next(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo, Gemv& g, int& row, int& rows) {
+    while (layer < a.n_layers) {
+      g = gemv_of(geo, layers[layer], phase);
+      if (chunk < g.chunks) {
+        row = g.n0 + chunk++ * g.rc, rows = min(g.rc, g.n1 - row);
+        return true;
+      }
+      chunk = 0;
+      if (++phase == kPhases) phase = 0, ++layer;
+    }
+    return false;
+  }
+};
+
+// A chunk's weight rows: R ranges of rows * K bf16 (gate/up: the up rows N after the gate rows).
+__device__ __forceinline__ const bf16_t* chunk_rows(const Gemv& g, int r, int row) {
+  return g.w + (static_cast<int64_t>(r) * g.N + row) * g.K;
 }
 
 // The ring's producer: the next chunk (in the order the CTA consumes them) into the next stage.
 // Bulk copies (a.copy_cp == 0): thread 0 alone, one cp.async.bulk per weight range completing on
 // the stage's mbarrier. cp.async (a.copy_cp): every thread its 16-byte pieces, one commit group per
 // chunk (an empty one past the last chunk, so that the groups count chunks).
+// With a.l2_lead > 0, thread 0 also keeps the chunks that far beyond the ring's newest on their way
+// into L2 (cp.async.bulk.prefetch.L2): the memory bus then keeps streaming for as many chunks more
+// while the CTAs meet at a barrier with the ring full, and the ring refills from L2 afterwards.
+// Measured slower at 4, 8 and 12 (session 26, with the CUDA-core sums that held the ring back);
+// off by default, for A/B runs.
 struct Producer {
-  int layer = 0, phase = 0, chunk = 0;
-  unsigned seq = 0;
-  __device__ void issue(const MegaArgs& a, const MegaLayer* layers, unsigned char* ring, uint64_t* full) {
-    issue_one(a, layers, ring, full);
-    if (a.copy_cp) cp_async_commit();
-  }
-  __device__ void issue_one(const MegaArgs& a, const MegaLayer* layers, unsigned char* ring, uint64_t* full) {
-    while (layer < a.n_layers) {
-      const Gemv g = gemv_of(a, layers[layer], phase);
-      if (chunk >= g.chunks) {
-        chunk = 0;
-        if (++phase == kPhases) phase = 0, ++layer;
-        continue;
-      }
-      const int row = g.n0 + chunk * g.rc, rows = min(g.rc, g.n1 - row);
+  Cursor ring, l2;
+  int slot = 0;
+  unsigned issued = 0, prefetched = 0;  // chunks into the ring; chunks the L2 cursor has passed
+  __device__ void issue(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo, unsigned char* mem,
+                        uint64_t* full) {
+    Gemv g;
+    int row, rows;
+    if (ring.next(a, layers, geo, g, row, rows)) {
       const uint32_t bytes = static_cast<uint32_t>(rows) * g.K * 2;
-      const int slot = seq % a.stages;
-      unsigned char* dst = ring + static_cast<size_t>(slot) * a.stage_bytes;
+      unsigned char* dst = mem + static_cast<size_t>(slot) * a.stage_bytes;
       if (a.copy_cp) {
         for (int r = 0; r < g.R; ++r) {
-          const char* src = reinterpret_cast<const char*>(g.w + (static_cast<int64_t>(r) * g.N + row) * g.K);
+          const char* src = reinterpret_cast<const char*>(chunk_rows(g, r, row));
           for (uint32_t i = threadIdx.x * 16; i < bytes; i += kThreads * 16)
             cp_async16(dst + static_cast<size_t>(r) * bytes + i, src + i);
         }
       } else {
         mbar_expect_tx(full + slot, bytes * g.R);
-        for (int r = 0; r < g.R; ++r)
-          bulk_load(dst + static_cast<size_t>(r) * bytes, g.w + (static_cast<int64_t>(r) * g.N + row) * g.K, bytes,
-                    full + slot);
+        for (int r = 0; r < g.R; ++r) bulk_load(dst + static_cast<size_t>(r) * bytes, chunk_rows(g, r, row), bytes, full + slot);
       }
-      ++seq;
-      ++chunk;
-      return;
+      if (++slot == a.stages) slot = 0;
+      ++issued;
     }
+    if (a.copy_cp) cp_async_commit();
+  }
+  // Thread 0: the L2 cursor up to a.l2_lead chunks past the ring's newest.
+  __device__ void lead(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo) {
+    if (a.l2_lead == 0) return;
+    Gemv g;
+    int row, rows;
+    while (prefetched < issued + a.l2_lead && l2.next(a, layers, geo, g, row, rows))
+      if (prefetched++ >= issued)
+        for (int r = 0; r < g.R; ++r) prefetch_bulk_l2(chunk_rows(g, r, row), static_cast<uint32_t>(rows) * g.K * 2);
   }
 };
 
-// xs = bf16(rmsnorm(x) * w) for H <= 16 * kThreads (x read through L2: other CTAs wrote it).
+// xs = bf16(rmsnorm(x) * w) for H <= kMaxHidden (x read through L2: other CTAs wrote it).
 __device__ void stage_norm(const float* x, const float* w, int H, float eps, __nv_bfloat16* xs, float* red) {
-  constexpr int kPer = 4;
+  constexpr int kPer = kMaxHidden / 4 / kThreads;
   const int n4 = H / 4;
   float4 v[kPer], g[kPer];
   float ss = 0.f;
@@ -359,7 +480,7 @@ __device__ void stage_keys(const MegaArgs& a, const void* layer_kv, const int32_
 // kv_newer: cp.async groups this thread committed after the one holding the first keys.
 template <int D, class Kv>
 __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* layer_kv, const Split& p,
-                          unsigned char* kvs, float* scratch, int kv_newer) {
+                          unsigned char* kvs, float* scratch, int kv_newer, int li) {
   using T = typename Kv::T;
   constexpr int kG = kMaxG, kLanes = decode_lanes(kG, D), kE = D / kLanes, kGroups = kAttnThreads / kLanes;
   constexpr int kB = keys_per_batch<D>();
@@ -385,6 +506,7 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
     qkv_row_warp<Kv, true, (D + 63) / 64>(q, 0, head, is_q ? qv + r * D : (is_k ? kn : vn), p.has_new);
   }
   __syncthreads();
+  mark(a, li, 15);  // q (k, v) ready
 
   const float qs = rsqrtf(static_cast<float>(D)) * (a.fp8 ? L.k_scale : 1.f) * kLog2e;
   const int gid = tid / kLanes, sub = tid % kLanes;
@@ -426,6 +548,7 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
     }
   }
 
+  mark(a, li, 16);  // keys attended (thread 0's groups)
   // The groups' partial softmaxes meet in shared memory.
   if (tid < kAttnThreads) {
 #pragma unroll
@@ -463,40 +586,44 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
   }
 }
 
-// xs = the attention's output (bf16): every head's splits merged from ws (other CTAs wrote them),
-// all of them in flight at once; zeros when the step has no keys.
+// xs = the attention's output (bf16): a warp per head merges its splits' partials from ws (other
+// CTAs wrote them; row s: A[D], max, sum). Lane s reads split s's max and sum, every lane its D / 32
+// values of each split (float2 loads), the max, the sums and the first 8 splits' values in one
+// round trip; zeros when the step has no keys.
 template <int D>
 __device__ void stage_attention(const MegaArgs& a, const MegaLayer& L, const Split& p, __nv_bfloat16* xs) {
+  constexpr int kE = D / 32, kBatch = 8;
   const float vs = a.fp8 ? L.v_scale : 1.f;
-  constexpr int kBatch = 8;
-  for (int e = threadIdx.x; e < a.NH * D; e += kThreads) {
-    const int h = e / D, d = e % D;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = p.any ? p.S : 0;
+  for (int h = warp; h < a.NH; h += kWarps) {
     const float* w0 = a.ws + static_cast<int64_t>(h) * a.s_max * (D + 2);
-    float M = -INFINITY, A = 0.f, Lsum = 0.f;
-    for (int s0 = 0; p.any && s0 < p.S; s0 += kBatch) {
-      float ms[kBatch], ls[kBatch], as[kBatch];
+    float2 v[kBatch][kE / 2];
+    auto load = [&](int s0) {
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i)
+#pragma unroll
+        for (int j = 0; j < kE / 2; ++j)
+          v[i][j] = s0 + i < S ? __ldcg(reinterpret_cast<const float2*>(w0 + (s0 + i) * (D + 2) + lane * kE) + j)
+                               : make_float2(0.f, 0.f);
+    };
+    load(0);
+    float m = -INFINITY, l = 0.f;
+    if (lane < S) m = __ldcg(w0 + lane * (D + 2) + D), l = __ldcg(w0 + lane * (D + 2) + D + 1);
+    const float M = warp_max(m);
+    const float sc = M == -INFINITY ? 0.f : exp2f(m - M);  // split `lane`'s weight
+    const float Lsum = warp_sum(l * sc);
+    float acc[kE] = {};
+    for (int s0 = 0; s0 < S; s0 += kBatch) {
+      if (s0) load(s0);
 #pragma unroll
       for (int i = 0; i < kBatch; ++i) {
-        const float* w = w0 + (s0 + i) * (D + 2);
-        const bool ok = s0 + i < p.S;
-        ms[i] = ok ? __ldcg(w + D) : -INFINITY;
-        ls[i] = ok ? __ldcg(w + D + 1) : 0.f;
-        as[i] = ok ? __ldcg(w + d) : 0.f;
-      }
-      float M2 = M;
+        const float c = __shfl_sync(0xffffffffu, sc, (s0 + i) & 31);
 #pragma unroll
-      for (int i = 0; i < kBatch; ++i) M2 = fmaxf(M2, ms[i]);
-      if (M2 == -INFINITY) continue;
-      const float c = exp2f(M - M2);
-      A *= c, Lsum *= c;
-#pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-        const float sc = exp2f(ms[i] - M2);
-        A += as[i] * sc, Lsum += ls[i] * sc;
+        for (int j = 0; j < kE / 2; ++j) acc[2 * j] += c * v[i][j].x, acc[2 * j + 1] += c * v[i][j].y;
       }
-      M = M2;
     }
-    xs[e] = __float2bfloat16(Lsum > 0.f ? A / Lsum * vs : 0.f);
+#pragma unroll
+    for (int i = 0; i < kE; ++i) xs[h * D + lane * kE + i] = __float2bfloat16(Lsum > 0.f ? acc[i] / Lsum * vs : 0.f);
   }
 }
 
@@ -504,17 +631,19 @@ template <int D, class Kv>
 __global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ float red[32];
+  __shared__ Gemv geo[kPhases];
   uint64_t* full = reinterpret_cast<uint64_t*>(smem);
   unsigned char* ring = smem + a.ring_off;
   __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem + a.xs_off);
   float* scratch = reinterpret_cast<float*>(smem + a.xs_off);  // the attention's (xs is not in use then)
   float* parts = reinterpret_cast<float*>(smem + a.parts_off);
   unsigned char* kvs = smem + a.kvs_off;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int tid = threadIdx.x;
   // The layers' pointers in shared memory: the producer looks them up for every chunk, and a
   // global load there (an L2 round trip behind the weight stream) measured ~2 us per chunk.
   MegaLayer* layers = reinterpret_cast<MegaLayer*>(smem + a.layers_off);
   for (int i = tid; i < a.n_layers; i += kThreads) layers[i] = a.layers[i];
+  if (tid < kPhases) geo[tid] = geometry(a, tid);
   prefetch_l2_range(a.inv_freq, sizeof(float) * a.D / 2);
 
   Producer prod;
@@ -525,15 +654,21 @@ __global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
   __syncthreads();
   prefetch_layer(a, layers[0]);
   if (tid == 0 || a.copy_cp)
-    for (int i = 0; i < a.stages; ++i) prod.issue(a, layers, ring, full);
+    for (int i = 0; i < a.stages; ++i) prod.issue(a, layers, geo, ring, full);
+  if (tid == 0) prod.lead(a, layers, geo);
   int kv_newer = 0;  // cp.async groups committed since the layer's keys
 
   const Split sp = split_of<D>(a);
-  unsigned target = 0, seq = 0;
+  unsigned target = 0;
+  int slot = 0;
+  uint32_t parity = 0;  // of the stage at slot: flips each time the ring wraps
+  ChunkClock clk;
+  const bool timed = a.times && (tid == 0 || tid == 32);
   for (int li = 0; li < a.n_layers; ++li) {
     const MegaLayer& L = layers[li];
     const void* layer_kv = static_cast<const unsigned char*>(a.kv_base) + li * a.kv_layer_bytes;
     mark(a, li, 0);
+    const long long layer_clock = timed ? clock64() : 0;
     if (li + 1 < a.n_layers) prefetch_layer(a, layers[li + 1]);
     // This layer's cached keys depend on nothing of this step: their loads go out now.
     if (sp.active && !a.probe)
@@ -542,7 +677,7 @@ __global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
     cp_async_commit();
     kv_newer = 0;
     for (int phase = 0; phase < kPhases; ++phase) {
-      const Gemv g = gemv_of(a, L, phase);
+      const Gemv g = gemv_of(geo, L, phase);
       // The phase's input, in shared memory as bf16.
       if (a.probe)
         ;
@@ -556,38 +691,37 @@ __global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
         stage_copy(a.act, a.I, xs);
       __syncthreads();
       mark(a, li, 1 + 3 * phase + (phase > kQkv ? 2 : 0));  // staged: 1, 6, 9, 12
-      const int cpr = g.K / 8;
-      const uint4* x4 = reinterpret_cast<const uint4*>(xs);
-      for (int c = 0; c < g.chunks; ++c, ++seq) {
-        const int slot = seq % a.stages;
+      const int P = (g.n1 - g.n0) * g.R;  // pieces of this CTA in the phase
+      for (int c = 0; c < g.chunks; ++c) {
+        if (timed) clk.t = clock64();
         if (a.copy_cp) {
           cp_async_wait_upto(a.stages - 1);
           __syncthreads();
         } else {
-          mbar_wait(full + slot, (seq / a.stages) & 1);
+          mbar_wait(full + slot, parity);
         }
+        clk.lap(timed, clk.wait);
         const int rows = min(g.rc, g.n1 - g.n0 - c * g.rc);
-        const uint4* wst = reinterpret_cast<const uint4*>(ring + static_cast<size_t>(slot) * a.stage_bytes);
-        const int units = a.probe == 1 ? 0 : rows * g.R * g.S;
-        for (int u = warp; u < units; u += kWarps) {
-          const int o = u / (g.R * g.S), r = (u / g.S) % g.R, seg = u % g.S;
-          const int cb = seg * cpr / g.S, ce = (seg + 1) * cpr / g.S;
-          const uint4* wrow = wst + (static_cast<size_t>(r) * rows + o) * cpr;
-          float acc = 0.f;
-#pragma unroll 4
-          for (int cc = cb + lane; cc < ce; cc += 32) acc = dot8(wrow[cc], x4[cc], acc);
-          acc = warp_sum(acc);
-          if (lane == 0) parts[((c * g.rc + o) * g.R + r) * g.S + seg] = acc;
-        }
+        if (a.probe != 1)
+          mma_sum(g, ring + static_cast<size_t>(slot) * a.stage_bytes, reinterpret_cast<const unsigned char*>(xs), rows,
+                  c * g.rc, P, parts);
+        clk.lap(timed, clk.sums);
         __syncthreads();  // the stage is free again
-        if (tid == 0 || a.copy_cp) prod.issue(a, layers, ring, full), ++kv_newer;
+        clk.lap(timed, clk.sync);
+        if (tid == 0 || a.copy_cp) prod.issue(a, layers, geo, ring, full), ++kv_newer;
+        if (tid == 0) prod.lead(a, layers, geo);
+        clk.lap(timed, clk.issue);
+        if (++slot == a.stages) slot = 0, parity ^= 1;
       }
-      // This CTA's outputs, the segments summed in order.
+      // This CTA's outputs, the warps' and segments' partial sums added in a fixed order.
       for (int i = tid; !a.probe && i < g.n1 - g.n0; i += kThreads) {
         float v0 = 0.f, v1 = 0.f;
-        for (int seg = 0; seg < g.S; ++seg) v0 += parts[i * g.R * g.S + seg];
-        if (g.R == 2)
-          for (int seg = 0; seg < g.S; ++seg) v1 += parts[(i * 2 + 1) * g.S + seg];
+        for (int w = 0; w < kWarps; ++w) {
+          const float* pw = parts + (w * P + i * g.R) * g.S;
+          for (int seg = 0; seg < g.S; ++seg) v0 += pw[seg];
+          if (g.R == 2)
+            for (int seg = 0; seg < g.S; ++seg) v1 += pw[g.S + seg];
+        }
         const int n = g.n0 + i;
         if (phase == kQkv)
           a.qkv[n] = v0;
@@ -602,12 +736,13 @@ __global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
       grid_sync(a.barrier, target += gridDim.x);
       mark(a, li, m0 + 1);  // passed the barrier: 3, 8, 11, 14
       if (phase == kQkv) {
-        if (sp.active) attention<D, Kv>(a, L, layer_kv, sp, kvs, scratch, a.copy_cp ? kv_newer : 0);
+        if (sp.active) attention<D, Kv>(a, L, layer_kv, sp, kvs, scratch, a.copy_cp ? kv_newer : 0, li);
         mark(a, li, 4);  // attention done
         grid_sync(a.barrier, target += gridDim.x);
         mark(a, li, 5);
       }
     }
+    clk.store(a, li, layer_clock);
   }
 }
 
@@ -631,7 +766,7 @@ std::string mega_prepare(MegaArgs& a) {
   if (a.KVH <= 0 || a.NH % a.KVH != 0 || a.NH / a.KVH > kMaxG)
     return std::to_string(a.NH / std::max(a.KVH, 1)) + " query heads per KV head (at most 8)";
   const int q_dim = a.NH * a.D, qkv_n = q_dim + 2 * a.KVH * a.D;
-  if (a.H % 8 || q_dim % 8 || a.I % 8 || a.H > 16 * kThreads)
+  if (a.H % 8 || q_dim % 8 || a.I % 8 || a.H > kMaxHidden)
     return "hidden " + std::to_string(a.H) + " / intermediate " + std::to_string(a.I) + " (multiples of 8, hidden <= 8192)";
   int device = 0, sms = 0, optin = 0;
   cudaGetDevice(&device);
@@ -646,10 +781,10 @@ std::string mega_prepare(MegaArgs& a) {
   // Per-(row, segment) sums: the most any phase leaves (rows per CTA x R x segments).
   size_t parts = 0;
   const int Ns[kPhases] = {qkv_n, a.H, a.I, a.H}, Ks[kPhases] = {a.H, q_dim, a.H, a.I}, Rs[kPhases] = {1, 1, 2, 1};
-  for (int p = 0; p < kPhases; ++p) {
-    const int rows = (Ns[p] + sms - 1) / sms + 1, rc = std::max(1, a.stage_bytes / (Rs[p] * Ks[p] * 2));
-    const int S = std::min(std::max(1, (kWarps + rc * Rs[p] - 1) / (rc * Rs[p])), std::max(1, Ks[p] / 8 / 32));
-    parts = std::max(parts, size_t(rows) * Rs[p] * S);
+  for (int p = 0; p < kPhases; ++p) {  // every CTA's row count: (N + grid - 1) / grid at most
+    const int most = (Ns[p] + sms - 1) / sms, rc = std::max(1, a.stage_bytes / (Rs[p] * Ks[p] * 2));
+    for (int rows = 1; rows <= most; ++rows)
+      parts = std::max(parts, size_t(kWarps) * rows * Rs[p] * segments_of(Rs[p] * std::min(rc, rows)));
   }
   if (parts > kPartsCap) return "too many output rows per SM";
   const size_t xs = align128(size_t(2) * std::max({a.H, q_dim, a.I}));
@@ -674,7 +809,7 @@ std::string mega_prepare(MegaArgs& a) {
   int per_sm = 0;
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<void (*)(MegaArgs)>(pick(a)), kThreads,
                                                 a.smem_bytes);
-  if (per_sm < 1) return "a CTA of 512 threads and " + std::to_string(a.smem_bytes) + " bytes does not fit on an SM";
+  if (per_sm < 1) return "a CTA of " + std::to_string(kThreads) + " threads and " + std::to_string(a.smem_bytes) + " bytes does not fit on an SM";
   return "";
 }
 
