@@ -8,7 +8,11 @@ import numpy as np
 
 NAMES = ["layer start", "QKV input staged", "QKV rows out", "QKV barrier passed", "attention done",
          "attention barrier passed", "O input staged", "O rows out", "O barrier passed", "gate/up input staged",
-         "gate/up rows out", "gate/up barrier passed", "down input staged", "down rows out", "down barrier passed"]
+         "gate/up rows out", "gate/up barrier passed", "down input staged", "down rows out", "down barrier passed",
+         "  attention: q/k/v ready", "  attention: keys attended"]
+ORDER = [0, 1, 2, 3, 15, 16] + list(range(4, 15))  # in the order a layer passes them
+# Marks only the attention's CTAs set (the others leave them 0): over those CTAs alone.
+PARTIAL = {15, 16}
 
 raw = open(sys.argv[1], "rb").read()
 grid, layers, marks = np.frombuffer(raw[:12], dtype="<i4")
@@ -18,11 +22,31 @@ if (t[:, :, 0] == 0).any():
 rows = []
 for li in range(1, layers - 1) if layers > 2 else range(layers):
     t0 = t[:, li, 0].min()
-    rows.append([(np.median(t[:, li, k] - t0) / 1e3, (t[:, li, k] - t0).max() / 1e3) for k in range(len(NAMES))])
+    row = []
+    for k in range(min(marks, len(NAMES))):
+        d = t[:, li, k]
+        d = (d[d > 0] if k in PARTIAL else d) - t0
+        row.append((np.median(d) / 1e3, d.max() / 1e3) if d.size else (np.nan, np.nan))
+    rows.append(row)
 rows = np.array(rows)  # [layer][mark][median, max]
 per_layer = np.diff(t[:, :, 0].min(axis=0)) / 1e3
 print(f"{grid} CTAs, {layers} layers; a layer takes {np.median(per_layer):.2f} us (median; "
       f"min {per_layer.min():.2f}, max {per_layer.max():.2f})")
 print(f"{'point':26} {'median CTA':>11} {'last CTA':>9}   (us from the layer's first start)")
-for k, name in enumerate(NAMES):
-    print(f"{name:26} {np.median(rows[:, k, 0]):11.2f} {np.median(rows[:, k, 1]):9.2f}")
+for k in ORDER:
+    if k < rows.shape[1]:
+        print(f"{NAMES[k]:26} {np.median(rows[:, k, 0]):11.2f} {np.median(rows[:, k, 1]):9.2f}")
+
+# The chunk loops' SM cycles per layer (marks 17-25): thread 0 (producer and consumer), thread 32.
+if marks >= 26:
+    clk = t[:, :, 17].astype(np.float64)
+    ns = np.diff(t[:, :, 0].astype(np.float64), axis=1) / np.diff(clk, axis=1)  # ns per cycle, per CTA
+    ghz = 1 / np.median(ns)
+    print(f"chunk loops (SM clock {ghz:.2f} GHz), us a layer, median CTA / max CTA:")
+    for who, k0 in (("thread 0", 18), ("thread 32", 22)):
+        parts = []
+        for j, what in enumerate(("wait for a stage", "sums", "__syncthreads", "issue")):
+            v = t[:, 1:-1, k0 + j].astype(np.float64) / ghz / 1e3  # [CTA][layer] us
+            per = np.median(v, axis=1)
+            parts.append(f"{what} {np.median(per):.2f}/{per.max():.2f}")
+        print(f"  {who:9}: " + ", ".join(parts))
