@@ -38,7 +38,8 @@
 // next copy while the other warps wait at the chunk's __syncthreads; and the chain from the QKV
 // rows to the O phase's input (two barriers, the attention, the merge) is 12 us in which the ring
 // fills after 5. Next: a producer warp of its own with per-stage "empty" mbarriers (no
-// __syncthreads a chunk), then a shorter attention chain.
+// __syncthreads a chunk; bench/gpu/experiments/mega_producer_warp.patch), then a shorter
+// attention chain.
 #include <algorithm>
 #include <string>
 
