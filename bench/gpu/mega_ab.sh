@@ -5,8 +5,9 @@
 # random-weight Qwen2.5-0.5B and Llama-3.2-1B shapes (MEGA_ROUNDS, MEGA_ARGS for baton-bench model,
 # MEGA_CONFIGS: ';'-separated environments; one with BATON_CUDA_MEGA_TIMES=FILE also prints its
 # timeline, bench/gpu/mega_times.py: the lines matching MEGA_TIMES_SHOW on stdout, all of them in
-# $OUT/timelines.txt). MEGA_SED (a sed script for mega.cu, e.g. the thread count)
-# then rebuilds with that edit and runs the tests and MEGA_SED_CONFIGS again.
+# $OUT/timelines.txt). MEGA_SED (a sed script for mega.cu, e.g. the thread count) or MEGA_APPLY
+# (patch files for git apply, e.g. bench/gpu/experiments/*.patch) then rebuilds with that edit and
+# runs the tests and MEGA_SED_CONFIGS again.
 # Output on stdout (MEGA_SHOW: which lines of each run, an ERE); every run's full output in
 # $OUT/mega_runs.log, JSON there too with MEGA_JSON=1. MEGA_NCU=MODEL profiles one launch of the
 # kernel under Nsight Compute (stall reasons, the lines and SASS it stalls on most; build with
@@ -72,12 +73,17 @@ if [[ -n ${MEGA_NCU:-} ]]; then  # the one-kernel step under Nsight Compute (bui
     python3 bench/gpu/ncu_source.py "$OUT/ncu_$src.csv" "${MEGA_NCU_LINES:-30}" | cut -c1-200 || true
   done
 fi
-if [[ -n ${MEGA_SED:-} ]]; then
-  echo "== rebuilt with: sed '$MEGA_SED' src/backend/cuda/mega.cu"
-  sed -i "$MEGA_SED" src/backend/cuda/mega.cu
+if [[ -n ${MEGA_SED:-}${MEGA_APPLY:-} ]]; then
+  if [[ -n ${MEGA_APPLY:-} ]]; then
+    echo "== rebuilt with: git apply $MEGA_APPLY"
+    git apply $MEGA_APPLY
+  else
+    echo "== rebuilt with: sed '$MEGA_SED' src/backend/cuda/mega.cu"
+    sed -i "$MEGA_SED" src/backend/cuda/mega.cu
+  fi
   build
-  tests .sed
-  bench "${MEGA_SED_CONFIGS:-BATON_CUDA_MEGA=1}" " [sed]"
+  tests .edit
+  bench "${MEGA_SED_CONFIGS:-BATON_CUDA_MEGA=1}" " [edit]"
 fi
 rm -f "$OUT/run.log"
 echo "total: $(( $(date +%s) - T0 )) s"
