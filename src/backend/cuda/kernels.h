@@ -162,8 +162,9 @@ struct MegaArgs {
   unsigned* barrier;
   // The step's inputs (device; token 0 only, its block table the first row of tables).
   const int32_t *positions, *slots, *tables;
-  // BATON_CUDA_MEGA_TIMES (bench/gpu/mega_times.py): thread 0 of every CTA records %globaltimer
-  // at kMegaMarks points of each layer, [CTA][layer][kMegaMarks]; null: nothing recorded.
+  // BATON_CUDA_MEGA_TIMES (bench/gpu/mega_times.py): [CTA][layer][kMegaMarks]: thread 0 of every
+  // CTA records %globaltimer at 17 points of each layer, then its SM clock at the layer's start and
+  // the cycles threads 0 and 32 spent in the chunk loop's parts (mega.cu: ChunkClock); null: off.
   unsigned long long* times;
   // The plan (mega_prepare); max_stages caps the ring (0: as many as fit; A/B runs).
   int max_stages;
