@@ -58,7 +58,7 @@ constexpr int kMaxStages = 16;
 constexpr int kMaxG = 8;        // query heads per KV group
 constexpr int kMaxSplits = 32;  // attention splits per KV group
 constexpr int kStageMin = 32 << 10;
-constexpr int kPartsCap = 4096;  // floats of per-(row, segment) sums in shared memory
+constexpr int kPartsCap = 4096;  // floats of per-(warp, row, segment) sums in shared memory
 constexpr float kLog2e = 1.4426950408889634f;
 // Spins before a barrier or stage wait gives up and traps (seconds): a bug shows as an error, not
 // a hung GPU.
@@ -199,6 +199,24 @@ struct ChunkClock {
 // A GEMV phase of a layer: N output rows of K inputs, R weight rows per output (gate/up: 2, the
 // up rows N after the gate rows).
 enum Phase { kQkv = 0, kO = 1, kGateUp = 2, kDown = 3, kPhases = 4 };
+struct PhaseShape {
+  int N, K, R;
+};
+// The kernel's geometry and mega_prepare's shared-memory plan both start here.
+__host__ __device__ inline PhaseShape phase_shape(const MegaArgs& a, int phase) {
+  const int q_dim = a.NH * a.D;
+  switch (phase) {
+    case kQkv: return {q_dim + 2 * a.KVH * a.D, a.H, 1};
+    case kO: return {a.H, q_dim, 1};
+    case kGateUp: return {a.I, a.H, 2};
+    default: return {a.H, a.I, 1};
+  }
+}
+// Output rows per chunk (one ring stage; at least one: a stage holds a row of every phase).
+__host__ __device__ inline int rows_per_chunk(const MegaArgs& a, const PhaseShape& s) {
+  const int rc = a.stage_bytes / (s.R * s.K * 2);
+  return rc > 1 ? rc : 1;
+}
 struct Gemv {
   const bf16_t* w;
   int N, K, R;
@@ -221,16 +239,11 @@ __host__ __device__ constexpr int segments_of(int pieces) {
 // kernel into shared memory so that neither the producer nor the consumer divides per chunk.
 __device__ Gemv geometry(const MegaArgs& a, int phase) {
   Gemv g{};
-  const int q_dim = a.NH * a.D;
-  switch (phase) {
-    case kQkv: g.N = q_dim + 2 * a.KVH * a.D, g.K = a.H, g.R = 1; break;
-    case kO: g.N = a.H, g.K = q_dim, g.R = 1; break;
-    case kGateUp: g.N = a.I, g.K = a.H, g.R = 2; break;
-    default: g.N = a.H, g.K = a.I, g.R = 1; break;
-  }
+  const PhaseShape shape = phase_shape(a, phase);
+  g.N = shape.N, g.K = shape.K, g.R = shape.R;
   g.n0 = static_cast<int>(static_cast<int64_t>(g.N) * blockIdx.x / gridDim.x);
   g.n1 = static_cast<int>(static_cast<int64_t>(g.N) * (blockIdx.x + 1) / gridDim.x);
-  g.rc = max(1, a.stage_bytes / (g.R * g.K * 2));
+  g.rc = rows_per_chunk(a, shape);
   g.chunks = (g.n1 - g.n0 + g.rc - 1) / g.rc;
   g.S = segments_of(g.R * min(g.rc, g.n1 - g.n0));
   g.logS = __ffs(g.S) - 1;
@@ -766,7 +779,7 @@ std::string mega_prepare(MegaArgs& a) {
   if (a.D != 64 && a.D != 128) return "head_dim " + std::to_string(a.D) + " (64 or 128 only)";
   if (a.KVH <= 0 || a.NH % a.KVH != 0 || a.NH / a.KVH > kMaxG)
     return std::to_string(a.NH / std::max(a.KVH, 1)) + " query heads per KV head (at most 8)";
-  const int q_dim = a.NH * a.D, qkv_n = q_dim + 2 * a.KVH * a.D;
+  const int q_dim = a.NH * a.D;
   if (a.H % 8 || q_dim % 8 || a.I % 8 || a.H > kMaxHidden)
     return "hidden " + std::to_string(a.H) + " / intermediate " + std::to_string(a.I) + " (multiples of 8, hidden <= 8192)";
   int device = 0, sms = 0, optin = 0;
@@ -779,13 +792,13 @@ std::string mega_prepare(MegaArgs& a) {
   a.grid = sms;
   a.s_max = std::max(1, std::min(kMaxSplits, sms / a.KVH));
   a.stage_bytes = static_cast<int>(align128(std::max<size_t>({size_t(kStageMin), size_t(4) * a.H, size_t(2) * a.I, size_t(2) * q_dim})));
-  // Per-(row, segment) sums: the most any phase leaves (rows per CTA x R x segments).
+  // Per-(warp, row, segment) sums: the most any phase leaves (warps x rows per CTA x R x segments).
   size_t parts = 0;
-  const int Ns[kPhases] = {qkv_n, a.H, a.I, a.H}, Ks[kPhases] = {a.H, q_dim, a.H, a.I}, Rs[kPhases] = {1, 1, 2, 1};
   for (int p = 0; p < kPhases; ++p) {  // every CTA's row count: (N + grid - 1) / grid at most
-    const int most = (Ns[p] + sms - 1) / sms, rc = std::max(1, a.stage_bytes / (Rs[p] * Ks[p] * 2));
+    const PhaseShape shape = phase_shape(a, p);
+    const int most = (shape.N + sms - 1) / sms, rc = rows_per_chunk(a, shape);
     for (int rows = 1; rows <= most; ++rows)
-      parts = std::max(parts, size_t(kWarps) * rows * Rs[p] * segments_of(Rs[p] * std::min(rc, rows)));
+      parts = std::max(parts, size_t(kWarps) * rows * shape.R * segments_of(shape.R * std::min(rc, rows)));
   }
   if (parts > kPartsCap) return "too many output rows per SM";
   const size_t xs = align128(size_t(2) * std::max({a.H, q_dim, a.I}));
