@@ -434,9 +434,6 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
                                   : MegaMode::kOff;
   }
   if (const char* p = std::getenv("BATON_CUDA_MEGA_STAGES")) mega_.max_stages = std::atoi(p);  // A/B runs
-  // The weight ring's copies: bulk copies (default; streamed 3.69 TB/s alone against 2.70 for
-  // cp.async, session 25) or BATON_CUDA_MEGA_COPY=cp.
-  if (const char* p = std::getenv("BATON_CUDA_MEGA_COPY")) mega_.copy_cp = std::string(p) == "cp";
   if (const char* p = std::getenv("BATON_CUDA_MEGA_PROBE")) mega_.probe = std::atoi(p);
   if (const char* p = std::getenv("BATON_CUDA_MEGA_L2")) mega_.l2_lead = std::max(0, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_TOKENS")) attn_mma_tokens_ = std::max(0, std::atoi(p));

@@ -168,7 +168,6 @@ struct MegaArgs {
   unsigned long long* times;
   // The plan (mega_prepare); max_stages caps the ring (0: as many as fit; A/B runs).
   int max_stages;
-  int copy_cp;  // the weight ring's copies: 1 cp.async by every thread, 0 bulk copies (A/B runs)
   // BATON_CUDA_MEGA_PROBE (measurements only; the step's results are garbage): 1 streams the
   // weights through the ring and nothing else (no staging, sums or barriers), 2 also does the sums.
   int probe;

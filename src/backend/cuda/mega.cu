@@ -5,11 +5,11 @@
 // Why: at batch 1 a layer's five kernels each pay a fixed chain (the PDL wait after the previous
 // kernel's last CTA, staging the input, the last rows, the exit) in which the memory bus idles;
 // on the H200 that is two thirds of a Qwen2.5-0.5B step (bench/RESULTS.md, sessions 22 and 24).
-// Here the weights never wait for the activations: thread 0 of every CTA keeps a ring of shared-
-// memory stages filled with bulk copies (cp.async.bulk, completion counted on an mbarrier per
-// stage; or, BATON_CUDA_MEGA_COPY=cp, cp.async by every thread) of its next weight rows, whichever
-// phase or layer they belong to, so the bus streams while the CTAs meet at grid-wide barriers
-// between phases.
+// Here the weights never wait for the activations: a producer warp in every CTA keeps a ring of
+// shared-memory stages filled with bulk copies (cp.async.bulk; per stage a "full" mbarrier counting
+// the bytes and an "empty" one the consumer warps that have read it) of its next weight rows,
+// whichever phase or layer they belong to, so the bus streams while the 7 consumer warps meet at
+// grid-wide barriers between phases.
 //
 // A step: for each layer, five phases separated by grid barriers:
 //   QKV    stage rmsnorm(x) * attn_norm (bf16), qkv = W_qkv . it
@@ -23,23 +23,20 @@
 // A GEMV phase gives each CTA a contiguous range of output rows (balanced), so its weights are one
 // contiguous range (two for gate/up) cut into chunks of whole rows, one chunk per ring stage. The
 // sums of a chunk run on the tensor cores (mma_sum: every (row, segment) unit a diagonal element
-// of an m16n8k16 product; the 8 warps split the inputs) and leave per-(warp, row, segment) sums in
+// of an m16n8k16 product; the consumer warps split the inputs) and leave per-(warp, row, segment) sums in
 // shared memory, added in a fixed order: the result does not depend on timing.
 //
 // Ordering: data another CTA wrote in this kernel (x, qkv, act, ws) is read after a grid barrier
 // (a release-add, then a spin on ld.acquire, which also drops the SM's stale L1 lines), with
 // __ldcg where this file reads it itself.
 //
-// Status (H200, bench/RESULTS.md session 26; bench/gpu/mega_ab.sh, mega_times.py): the ring alone
+// Status (H200, bench/RESULTS.md session 27; bench/gpu/mega_ab.sh, mega_times.py): the ring alone
 // (BATON_CUDA_MEGA_PROBE=1) streams a Llama-3.2-1B step at 0.96 of the roofline (0.604 ms). The
-// whole step takes 1.06 ms against 0.90 for the kernels per layer (Qwen2.5-0.5B shape: 0.96
-// against 0.66). Where a 1B layer's 58 us go (BATON_CUDA_MEGA_TIMES): the chunk loop spends ~1 us
-// a 32 KB chunk (the ring needs 0.7), of which ~0.6 the sums and ~0.3-0.4 thread 0 issuing the
-// next copy while the other warps wait at the chunk's __syncthreads; and the chain from the QKV
-// rows to the O phase's input (two barriers, the attention, the merge) is 12 us in which the ring
-// fills after 5. Next: a producer warp of its own with per-stage "empty" mbarriers (no
-// __syncthreads a chunk; bench/gpu/experiments/mega_producer_warp.patch), then a shorter
-// attention chain.
+// whole step takes 1.01 ms against 0.90 for the kernels per layer (Qwen2.5-0.5B shape: 0.91
+// against 0.66). Where a 1B layer's 54 us go (BATON_CUDA_MEGA_TIMES): the sums, ~0.75 us a 32 KB
+// stage (the ring needs 0.7; two 8-byte shared loads a tensor-core instruction), and the chain
+// from the QKV rows to the O phase's input (two barriers, the attention, 6.6 us of every CTA
+// merging every head's splits) is 13 us in which the ring fills after ~6.
 #include <algorithm>
 #include <string>
 
@@ -49,11 +46,13 @@
 namespace baton::cuda {
 namespace {
 
-// 256 threads: 512 spilled 300 bytes a thread (128 registers) and measured 1.59 against 1.34 ms a
-// Llama-3.2-1B step (session 26, with CUDA-core sums).
-constexpr int kThreads = 256, kWarps = kThreads / 32;
+// 7 consumer warps and a producer warp: 256 threads (512 spilled 300 bytes a thread and measured
+// 1.59 against 1.34 ms a Llama-3.2-1B step, session 26; 288 would cap registers at 168: spills).
+constexpr int kThreads = 224, kWarps = kThreads / 32;  // the consumers
+constexpr int kBlock = kThreads + 32;                   // and the producer warp
 constexpr int kMaxHidden = 8192;
-constexpr int kAttnThreads = 256;  // the key loop's threads (the merge buffer grows with them)
+constexpr int kNormPer = (kMaxHidden + 4 * kThreads - 1) / (4 * kThreads);  // float4s a thread in stage_norm
+constexpr int kAttnThreads = kThreads;  // the key loop's threads (the merge buffer grows with them)
 constexpr int kMaxStages = 16;
 constexpr int kMaxG = 8;        // query heads per KV group
 constexpr int kMaxSplits = 32;  // attention splits per KV group
@@ -105,6 +104,13 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   long long spins = 0;
   while (!mbar_try_wait(bar, parity)) trap_if(++spins > kSpinLimit);
 }
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
+}
+// The consumer warps' barrier (named barrier 1; the producer warp never joins it).
+__device__ __forceinline__ void consumers_sync() {
+  asm volatile("bar.sync 1, %0;" ::"n"(kThreads) : "memory");
+}
 __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
   asm volatile(
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_u32(dst)),
@@ -123,38 +129,12 @@ __device__ __forceinline__ void cp_async_wait_all() {
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;" ::: "memory");
 }
-template <int N>
-__device__ __forceinline__ void cp_async_wait_group() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-// Until at most n of this thread's newest cp.async groups are pending (n > 15 waits as for 15).
-__device__ __forceinline__ void cp_async_wait_upto(int n) {
-  switch (n) {
-    case 0: cp_async_wait_group<0>(); break;
-    case 1: cp_async_wait_group<1>(); break;
-    case 2: cp_async_wait_group<2>(); break;
-    case 3: cp_async_wait_group<3>(); break;
-    case 4: cp_async_wait_group<4>(); break;
-    case 5: cp_async_wait_group<5>(); break;
-    case 6: cp_async_wait_group<6>(); break;
-    case 7: cp_async_wait_group<7>(); break;
-    case 8: cp_async_wait_group<8>(); break;
-    case 9: cp_async_wait_group<9>(); break;
-    case 10: cp_async_wait_group<10>(); break;
-    case 11: cp_async_wait_group<11>(); break;
-    case 12: cp_async_wait_group<12>(); break;
-    case 13: cp_async_wait_group<13>(); break;
-    case 14: cp_async_wait_group<14>(); break;
-    default: cp_async_wait_group<15>(); break;
-  }
-}
-
 // Every CTA of the grid arrives; returns when all have (the target grows by gridDim.x per call).
-// The CTA's writes reach thread 0 through the first __syncthreads and the other CTAs through its
+// The CTA's writes reach thread 0 through the first consumer barrier and the other CTAs through its
 // release-add; the acquire load (which also drops the SM's L1 lines: CCTL.IVALL in SASS) and the
-// second __syncthreads order what the CTA reads next after every CTA's writes.
+// second barrier order what the CTA reads next after every CTA's writes.
 __device__ __forceinline__ void grid_sync(unsigned* counter, unsigned target) {
-  __syncthreads();
+  consumers_sync();
   if (threadIdx.x == 0) {
     asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
     unsigned seen = 0;
@@ -165,7 +145,7 @@ __device__ __forceinline__ void grid_sync(unsigned* counter, unsigned target) {
       trap_if(++spins > kSpinLimit);
     }
   }
-  __syncthreads();
+  consumers_sync();
 }
 
 __device__ __forceinline__ void mark(const MegaArgs& a, int layer, int k) {
@@ -177,8 +157,8 @@ __device__ __forceinline__ void mark(const MegaArgs& a, int layer, int k) {
 }
 
 // Where a CTA's chunk loop spends its SM cycles in a layer (BATON_CUDA_MEGA_TIMES): waiting for a
-// stage, the sums, the __syncthreads after them, the producer's issue; thread 0 (the producer) and
-// thread 32 (a consumer only) each record theirs, with clock64 at the layer's start.
+// stage and the sums (sync and issue: 0 since the producer has a warp of its own); threads 0 and
+// 32 each record theirs, with clock64 at the layer's start.
 struct ChunkClock {
   long long t = 0, wait = 0, sums = 0, sync = 0, issue = 0;
   __device__ __forceinline__ void lap(bool on, long long& into) {
@@ -275,22 +255,22 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a
 // products are thrown away; the tensor cores have time to spare, the issue slots do not: the fp32
 // version, 3 instructions a weight in dependent chains, kept 2 warps a scheduler busy for 1.4 us a
 // 32 KB stage, Nsight Compute, session 26). A segment is T blocks of 16 inputs (block t at inputs
-// 16 (seg + S t)); warp w takes the blocks w ^ n + 8 i, so that the 8 units of a step read 8
-// different blocks (different banks) and a lane's loads step by a constant stride. Partial sums go
-// to parts[warp][piece][segment], P pieces a warp, piece = (row0 + row) * R + half.
+// 16 (seg + S t)); warp w takes the blocks (w + n) % W + W i (W warps), so that the units of a
+// step read different blocks (different banks) and a lane's loads step by a constant stride.
+// Partial sums go to parts[warp][piece][segment], P pieces a warp, piece = (row0 + row) * R + half.
 __device__ __forceinline__ void mma_sum(const Gemv& g, const unsigned char* wst, const unsigned char* xsb, int rows,
                                         int row0, int P, float* parts) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n = lane >> 2, q = lane & 3;
   const int nu = (g.R * rows) << g.logS;
-  const int start = warp ^ n, iters = (g.T + 7) >> 3;      // iters: the same for every lane
-  const size_t stride = static_cast<size_t>(g.S) * 8 * 32;  // bytes from one of a lane's blocks to the next
+  const int start = (warp + n) % kWarps, iters = (g.T + kWarps - 1) / kWarps;  // iters: the same for every lane
+  const size_t stride = static_cast<size_t>(g.S) * kWarps * 32;  // bytes from one of a lane's blocks to the next
   const int nbq = (g.K - 4 * q + 15) >> 4;                  // blocks that hold this lane's 4 inputs
   for (int u0 = 0; u0 < nu; u0 += 8) {
     const int u = u0 + n;
     const bool valid = u < nu;
     const int jj = valid ? u >> g.logS : 0, seg = u & (g.S - 1);  // jj: the piece in the stage
     const int lim = valid ? min(g.T, (nbq - seg + g.S - 1) >> g.logS) : 0;  // this lane's blocks t < lim
-    const int steps = lim > start ? (lim - start + 7) >> 3 : 0;
+    const int steps = lim > start ? (lim - start + kWarps - 1) / kWarps : 0;
     const size_t first = (static_cast<size_t>(seg) + static_cast<size_t>(g.S) * start) * 32 + q * 8;
     const unsigned char* wp = wst + static_cast<size_t>(jj) * g.K * 2 + first;
     const unsigned char* xp = xsb + first;
@@ -339,42 +319,35 @@ __device__ __forceinline__ const bf16_t* chunk_rows(const Gemv& g, int r, int ro
   return g.w + (static_cast<int64_t>(r) * g.N + row) * g.K;
 }
 
-// The ring's producer: the next chunk (in the order the CTA consumes them) into the next stage.
-// Bulk copies (a.copy_cp == 0): thread 0 alone, one cp.async.bulk per weight range completing on
-// the stage's mbarrier. cp.async (a.copy_cp): every thread its 16-byte pieces, one commit group per
-// chunk (an empty one past the last chunk, so that the groups count chunks).
-// With a.l2_lead > 0, thread 0 also keeps the chunks that far beyond the ring's newest on their way
-// into L2 (cp.async.bulk.prefetch.L2): the memory bus then keeps streaming for as many chunks more
-// while the CTAs meet at a barrier with the ring full, and the ring refills from L2 afterwards.
+// The ring's producer, lane 0 of the CTA's last warp (which takes no other part): the chunks in the
+// order the consumers take them, each into the next stage once the 7 consumer warps have arrived
+// on its "empty" mbarrier, with one cp.async.bulk per weight range completing on its "full" one.
+// With a.l2_lead > 0 it also keeps the chunks that far beyond the ring's newest on their way into
+// L2 (cp.async.bulk.prefetch.L2): the memory bus then keeps streaming for as many chunks more while
+// the consumers meet at a barrier with the ring full, and the ring refills from L2 afterwards.
 // Measured slower at 4, 8 and 12 (session 26, with the CUDA-core sums that held the ring back);
 // off by default, for A/B runs.
 struct Producer {
   Cursor ring, l2;
-  int slot = 0;
   unsigned issued = 0, prefetched = 0;  // chunks into the ring; chunks the L2 cursor has passed
-  __device__ void issue(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo, unsigned char* mem,
-                        uint64_t* full) {
+  __device__ void run(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo, unsigned char* mem,
+                      uint64_t* full, uint64_t* empty) {
+    int slot = 0;
+    uint32_t parity = 0;  // of the stage's current fill: its first wait (parity 1) passes at once
     Gemv g;
     int row, rows;
-    if (ring.next(a, layers, geo, g, row, rows)) {
+    while (ring.next(a, layers, geo, g, row, rows)) {
+      mbar_wait(empty + slot, parity ^ 1);
       const uint32_t bytes = static_cast<uint32_t>(rows) * g.K * 2;
       unsigned char* dst = mem + static_cast<size_t>(slot) * a.stage_bytes;
-      if (a.copy_cp) {
-        for (int r = 0; r < g.R; ++r) {
-          const char* src = reinterpret_cast<const char*>(chunk_rows(g, r, row));
-          for (uint32_t i = threadIdx.x * 16; i < bytes; i += kThreads * 16)
-            cp_async16(dst + static_cast<size_t>(r) * bytes + i, src + i);
-        }
-      } else {
-        mbar_expect_tx(full + slot, bytes * g.R);
-        for (int r = 0; r < g.R; ++r) bulk_load(dst + static_cast<size_t>(r) * bytes, chunk_rows(g, r, row), bytes, full + slot);
-      }
-      if (++slot == a.stages) slot = 0;
+      mbar_expect_tx(full + slot, bytes * g.R);
+      for (int r = 0; r < g.R; ++r) bulk_load(dst + static_cast<size_t>(r) * bytes, chunk_rows(g, r, row), bytes, full + slot);
+      if (++slot == a.stages) slot = 0, parity ^= 1;
       ++issued;
+      lead(a, layers, geo);
     }
-    if (a.copy_cp) cp_async_commit();
   }
-  // Thread 0: the L2 cursor up to a.l2_lead chunks past the ring's newest.
+  // The L2 cursor up to a.l2_lead chunks past the ring's newest.
   __device__ void lead(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo) {
     if (a.l2_lead == 0) return;
     Gemv g;
@@ -387,7 +360,7 @@ struct Producer {
 
 // xs = bf16(rmsnorm(x) * w) for H <= kMaxHidden (x read through L2: other CTAs wrote it).
 __device__ void stage_norm(const float* x, const float* w, int H, float eps, __nv_bfloat16* xs, float* red) {
-  constexpr int kPer = kMaxHidden / 4 / kThreads;
+  constexpr int kPer = kNormPer;
   const int n4 = H / 4;
   float4 v[kPer], g[kPer];
   float ss = 0.f;
@@ -399,7 +372,11 @@ __device__ void stage_norm(const float* x, const float* w, int H, float eps, __n
 #pragma unroll
   for (int j = 0; j < kPer; ++j)
     if (threadIdx.x + j * kThreads < n4) ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
-  ss = block_reduce<false>(ss, red);
+  ss = warp_sum(ss);
+  consumers_sync();  // red may still be read by a previous call
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+  consumers_sync();
+  ss = warp_sum((threadIdx.x & 31) < kWarps ? red[threadIdx.x & 31] : 0.f);
   const float inv = rsqrtf(ss / H + eps);
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
@@ -491,10 +468,9 @@ __device__ void stage_keys(const MegaArgs& a, const void* layer_kv, const int32_
 }
 
 // The attention phase of one CTA (every thread calls it).
-// kv_newer: cp.async groups this thread committed after the one holding the first keys.
 template <int D, class Kv>
 __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* layer_kv, const Split& p,
-                          unsigned char* kvs, float* scratch, int kv_newer, int li) {
+                          unsigned char* kvs, float* scratch, int li) {
   using T = typename Kv::T;
   constexpr int kG = kMaxG, kLanes = decode_lanes(kG, D), kE = D / kLanes, kGroups = kAttnThreads / kLanes;
   constexpr int kB = keys_per_batch<D>();
@@ -519,7 +495,7 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
     const int head = is_q ? h0 + r : a.NH + (is_k ? 0 : a.KVH) + p.g;
     qkv_row_warp<Kv, true, (D + 63) / 64>(q, 0, head, is_q ? qv + r * D : (is_k ? kn : vn), p.has_new);
   }
-  __syncthreads();
+  consumers_sync();
   mark(a, li, 15);  // q (k, v) ready
 
   const float qs = rsqrtf(static_cast<float>(D)) * (a.fp8 ? L.k_scale : 1.f) * kLog2e;
@@ -534,13 +510,13 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
   for (int b0 = p.begin; b0 < p.end; b0 += kB) {
     const int b1 = min(b0 + kB, p.end);
     if (b0 != p.begin) {  // later batches (long contexts): staged now
-      __syncthreads();
+      consumers_sync();
       stage_keys<D, Kv>(a, layer_kv, table, p.g, b0, b1, p.has_new ? p.last : -1, kvs);
       cp_async_wait_all();
     } else {
-      cp_async_wait_upto(kv_newer);
+      cp_async_wait_all();
     }
-    __syncthreads();
+    consumers_sync();
     if (tid < kAttnThreads) {
       const T* kt = reinterpret_cast<const T*>(kvs);
       for (int j0 = 0; j0 < b1 - b0; j0 += kGroups) {  // the same trip count for every group
@@ -572,7 +548,7 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
       for (int i = 0; i < kE; ++i) sm_acc[(hd * kGroups + gid) * D + sub * kE + i] = acc[hd][i];
     }
   }
-  __syncthreads();
+  consumers_sync();
   float weight = 0.f;  // thread hd * kGroups + i: group i's weight in head hd
   if (tid < kG * kGroups) {
     const int hd = tid / kGroups;
@@ -582,9 +558,9 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
     weight = M == -INFINITY ? 0.f : exp2f(sm_m[tid] - M);
     if (tid % kGroups == 0) sm_max[hd] = M;
   }
-  __syncthreads();
+  consumers_sync();
   if (tid < kG * kGroups) sm_m[tid] = weight;
-  __syncthreads();
+  consumers_sync();
   // This split's partial per head (sums A[D], max M, sum L; exp2 units): the O phase merges the
   // splits while it stages its input (one L2 round trip fewer than a last split merging them).
   for (int e = tid; e < nh * D; e += kThreads) {
@@ -600,49 +576,75 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
   }
 }
 
-// xs = the attention's output (bf16): a warp per head merges its splits' partials from ws (other
-// CTAs wrote them; row s: A[D], max, sum). Lane s reads split s's max and sum, every lane its D / 32
-// values of each split (float2 loads), the max, the sums and the first 8 splits' values in one
-// round trip; zeros when the step has no keys.
+// xs = the attention's output (bf16): each warp merges kHB heads' splits' partials from ws (other
+// CTAs wrote them; row s: A[D], max, sum) at once. Lane s reads split s's max and sum, every lane
+// its D / 32 values of each split (float2 loads); the maxima, the sums and the first 8 splits'
+// values of all kHB heads go out in one round trip (a round trip a head measured 5.3 us for the
+// 1B shape's 32 heads, session 26); zeros when the step has no keys.
 template <int D>
 __device__ void stage_attention(const MegaArgs& a, const MegaLayer& L, const Split& p, __nv_bfloat16* xs) {
-  constexpr int kE = D / 32, kBatch = 8;
+  constexpr int kE = D / 32, kBatch = 8, kHB = D == 64 ? 3 : 2;  // heads a warp merges at once (4 spilled at D = 64)
   const float vs = a.fp8 ? L.v_scale : 1.f;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = p.any ? p.S : 0;
-  for (int h = warp; h < a.NH; h += kWarps) {
-    const float* w0 = a.ws + static_cast<int64_t>(h) * a.s_max * (D + 2);
-    float2 v[kBatch][kE / 2];
+  for (int h0 = warp; h0 < a.NH; h0 += kHB * kWarps) {
+    const float* w0[kHB];
+    bool on[kHB];  // the same in every lane
+#pragma unroll
+    for (int hb = 0; hb < kHB; ++hb) {
+      const int h = h0 + hb * kWarps;
+      on[hb] = h < a.NH;
+      w0[hb] = a.ws + static_cast<int64_t>(on[hb] ? h : 0) * a.s_max * (D + 2);
+    }
+    float2 v[kHB][kBatch][kE / 2];
     auto load = [&](int s0) {
 #pragma unroll
-      for (int i = 0; i < kBatch; ++i)
+      for (int hb = 0; hb < kHB; ++hb)
 #pragma unroll
-        for (int j = 0; j < kE / 2; ++j)
-          v[i][j] = s0 + i < S ? __ldcg(reinterpret_cast<const float2*>(w0 + (s0 + i) * (D + 2) + lane * kE) + j)
-                               : make_float2(0.f, 0.f);
+        for (int i = 0; i < kBatch; ++i)
+#pragma unroll
+          for (int j = 0; j < kE / 2; ++j)
+            v[hb][i][j] = on[hb] && s0 + i < S
+                              ? __ldcg(reinterpret_cast<const float2*>(w0[hb] + (s0 + i) * (D + 2) + lane * kE) + j)
+                              : make_float2(0.f, 0.f);
     };
     load(0);
-    float m = -INFINITY, l = 0.f;
-    if (lane < S) m = __ldcg(w0 + lane * (D + 2) + D), l = __ldcg(w0 + lane * (D + 2) + D + 1);
-    const float M = warp_max(m);
-    const float sc = M == -INFINITY ? 0.f : exp2f(m - M);  // split `lane`'s weight
-    const float Lsum = warp_sum(l * sc);
-    float acc[kE] = {};
+    float m[kHB], l[kHB], sc[kHB], Lsum[kHB], acc[kHB][kE];
+#pragma unroll
+    for (int hb = 0; hb < kHB; ++hb) {
+      m[hb] = -INFINITY, l[hb] = 0.f;
+      if (on[hb] && lane < S) m[hb] = __ldcg(w0[hb] + lane * (D + 2) + D), l[hb] = __ldcg(w0[hb] + lane * (D + 2) + D + 1);
+    }
+#pragma unroll
+    for (int hb = 0; hb < kHB; ++hb) {
+      const float M = warp_max(m[hb]);
+      sc[hb] = M == -INFINITY ? 0.f : exp2f(m[hb] - M);  // split `lane`'s weight
+      Lsum[hb] = warp_sum(l[hb] * sc[hb]);
+#pragma unroll
+      for (int i = 0; i < kE; ++i) acc[hb][i] = 0.f;
+    }
     for (int s0 = 0; s0 < S; s0 += kBatch) {
       if (s0) load(s0);
 #pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-        const float c = __shfl_sync(0xffffffffu, sc, (s0 + i) & 31);
+      for (int hb = 0; hb < kHB; ++hb)
 #pragma unroll
-        for (int j = 0; j < kE / 2; ++j) acc[2 * j] += c * v[i][j].x, acc[2 * j + 1] += c * v[i][j].y;
-      }
+        for (int i = 0; i < kBatch; ++i) {
+          const float c = __shfl_sync(0xffffffffu, sc[hb], (s0 + i) & 31);
+#pragma unroll
+          for (int j = 0; j < kE / 2; ++j) acc[hb][2 * j] += c * v[hb][i][j].x, acc[hb][2 * j + 1] += c * v[hb][i][j].y;
+        }
     }
 #pragma unroll
-    for (int i = 0; i < kE; ++i) xs[h * D + lane * kE + i] = __float2bfloat16(Lsum > 0.f ? acc[i] / Lsum * vs : 0.f);
+    for (int hb = 0; hb < kHB; ++hb)
+      if (on[hb])
+#pragma unroll
+        for (int i = 0; i < kE; ++i)
+          xs[(h0 + hb * kWarps) * D + lane * kE + i] =
+              __float2bfloat16(Lsum[hb] > 0.f ? acc[hb][i] / Lsum[hb] * vs : 0.f);
   }
 }
 
 template <int D, class Kv>
-__global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
+__global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ float red[32];
   __shared__ Gemv geo[kPhases];
@@ -656,21 +658,20 @@ __global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
   // The layers' pointers in shared memory: the producer looks them up for every chunk, and a
   // global load there (an L2 round trip behind the weight stream) measured ~2 us per chunk.
   MegaLayer* layers = reinterpret_cast<MegaLayer*>(smem + a.layers_off);
-  for (int i = tid; i < a.n_layers; i += kThreads) layers[i] = a.layers[i];
+  uint64_t* empty = full + kMaxStages;  // a stage's consumer warps have read it
+  for (int i = tid; i < a.n_layers; i += kBlock) layers[i] = a.layers[i];
   if (tid < kPhases) geo[tid] = geometry(a, tid);
-  prefetch_l2_range(a.inv_freq, sizeof(float) * a.D / 2);
-
-  Producer prod;
   if (tid == 0) {
-    for (int i = 0; i < a.stages; ++i) mbar_init(full + i, 1);
+    for (int i = 0; i < a.stages; ++i) mbar_init(full + i, 1), mbar_init(empty + i, kWarps);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
-  __syncthreads();
+  __syncthreads();  // the only barrier the producer warp takes part in
+  if (tid >= kThreads) {
+    if (tid == kThreads) Producer().run(a, layers, geo, ring, full, empty);
+    return;
+  }
+  prefetch_l2_range(a.inv_freq, sizeof(float) * a.D / 2);
   prefetch_layer(a, layers[0]);
-  if (tid == 0 || a.copy_cp)
-    for (int i = 0; i < a.stages; ++i) prod.issue(a, layers, geo, ring, full);
-  if (tid == 0) prod.lead(a, layers, geo);
-  int kv_newer = 0;  // cp.async groups committed since the layer's keys
 
   const Split sp = split_of<D>(a);
   unsigned target = 0;
@@ -689,7 +690,6 @@ __global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
       stage_keys<D, Kv>(a, layer_kv, a.tables, sp.g, sp.begin, min(sp.begin + keys_per_batch<D>(), sp.end),
                         sp.has_new ? sp.last : -1, kvs);
     cp_async_commit();
-    kv_newer = 0;
     for (int phase = 0; phase < kPhases; ++phase) {
       const Gemv g = gemv_of(geo, L, phase);
       // The phase's input, in shared memory as bf16.
@@ -703,30 +703,23 @@ __global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
         stage_norm(a.x, L.mlp_norm, a.H, a.eps, xs, red);
       else
         stage_copy(a.act, a.I, xs);
-      __syncthreads();
+      consumers_sync();
       mark(a, li, 1 + 3 * phase + (phase > kQkv ? 2 : 0));  // staged: 1, 6, 9, 12
       const int P = (g.n1 - g.n0) * g.R;  // pieces of this CTA in the phase
       for (int c = 0; c < g.chunks; ++c) {
         if (timed) clk.t = clock64();
-        if (a.copy_cp) {
-          cp_async_wait_upto(a.stages - 1);
-          __syncthreads();
-        } else {
-          mbar_wait(full + slot, parity);
-        }
+        mbar_wait(full + slot, parity);
         clk.lap(timed, clk.wait);
         const int rows = min(g.rc, g.n1 - g.n0 - c * g.rc);
         if (a.probe != 1)
           mma_sum(g, ring + static_cast<size_t>(slot) * a.stage_bytes, reinterpret_cast<const unsigned char*>(xs), rows,
                   c * g.rc, P, parts);
+        __syncwarp();
+        if ((tid & 31) == 0) mbar_arrive(empty + slot);  // this warp is done with the stage
         clk.lap(timed, clk.sums);
-        __syncthreads();  // the stage is free again
-        clk.lap(timed, clk.sync);
-        if (tid == 0 || a.copy_cp) prod.issue(a, layers, geo, ring, full), ++kv_newer;
-        if (tid == 0) prod.lead(a, layers, geo);
-        clk.lap(timed, clk.issue);
         if (++slot == a.stages) slot = 0, parity ^= 1;
       }
+      consumers_sync();  // every warp's partial sums are in
       // This CTA's outputs, the warps' and segments' partial sums added in a fixed order.
       for (int i = tid; !a.probe && i < g.n1 - g.n0; i += kThreads) {
         float v0 = 0.f, v1 = 0.f;
@@ -750,7 +743,7 @@ __global__ void __launch_bounds__(kThreads, 1) mega_kernel(MegaArgs a) {
       grid_sync(a.barrier, target += gridDim.x);
       mark(a, li, m0 + 1);  // passed the barrier: 3, 8, 11, 14
       if (phase == kQkv) {
-        if (sp.active) attention<D, Kv>(a, L, layer_kv, sp, kvs, scratch, a.copy_cp ? kv_newer : 0, li);
+        if (sp.active) attention<D, Kv>(a, L, layer_kv, sp, kvs, scratch, li);
         mark(a, li, 4);  // attention done
         grid_sync(a.barrier, target += gridDim.x);
         mark(a, li, 5);
@@ -804,7 +797,7 @@ std::string mega_prepare(MegaArgs& a) {
   const size_t xs = align128(size_t(2) * std::max({a.H, q_dim, a.I}));
   const size_t attn = align128(a.D == 64 ? attn_scratch_bytes<64>() : attn_scratch_bytes<128>());
   const size_t kvs = align128(size_t(keys_per_batch<64>()) * 64 / a.D * 2 * a.D * (a.fp8 ? 1 : 2));
-  const size_t bars = 128, layers = align128(sizeof(MegaLayer) * a.n_layers);
+  const size_t bars = 2 * kMaxStages * sizeof(uint64_t), layers = align128(sizeof(MegaLayer) * a.n_layers);
   const size_t fixed = bars + std::max(xs, attn) + align128(parts * sizeof(float)) + kvs + layers;
   cudaFuncAttributes attr{};
   cudaFuncGetAttributes(&attr, pick(a));
@@ -821,9 +814,9 @@ std::string mega_prepare(MegaArgs& a) {
   if (cudaFuncSetAttribute(pick(a), cudaFuncAttributeMaxDynamicSharedMemorySize, a.smem_bytes) != cudaSuccess)
     return "cannot allow " + std::to_string(a.smem_bytes) + " bytes of shared memory";
   int per_sm = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<void (*)(MegaArgs)>(pick(a)), kThreads,
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<void (*)(MegaArgs)>(pick(a)), kBlock,
                                                 a.smem_bytes);
-  if (per_sm < 1) return "a CTA of " + std::to_string(kThreads) + " threads and " + std::to_string(a.smem_bytes) + " bytes does not fit on an SM";
+  if (per_sm < 1) return "a CTA of " + std::to_string(kBlock) + " threads and " + std::to_string(a.smem_bytes) + " bytes does not fit on an SM";
   return "";
 }
 
@@ -834,7 +827,7 @@ void decode_mega(const MegaArgs& a, cudaStream_t s) {
   attr[0].val.cooperative = 1;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(a.grid);
-  cfg.blockDim = dim3(kThreads);
+  cfg.blockDim = dim3(kBlock);
   cfg.dynamicSmemBytes = a.smem_bytes;
   cfg.stream = s;
   cfg.attrs = attr;
