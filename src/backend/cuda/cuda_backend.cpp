@@ -634,7 +634,8 @@ Status CudaBackend::init_mega() {
   BATON_CU(cudaMemcpy(layers, host.data(), sizeof(MegaLayer) * host.size(), cudaMemcpyHostToDevice));
   m.layers = layers;
   BATON_ASSIGN_OR_RETURN(m.ws, alloc<float>(size_t(m.NH) * m.s_max * (m.D + 2)));
-  BATON_ASSIGN_OR_RETURN(m.barrier, alloc<unsigned>(1));
+  BATON_ASSIGN_OR_RETURN(m.attn, alloc<bf16_t>(size_t(m.NH) * m.D));
+  BATON_ASSIGN_OR_RETURN(m.barrier, alloc<unsigned>(1 + size_t(m.KVH)));
   if (std::getenv("BATON_CUDA_MEGA_TIMES") && rank_.rank == 0) {
     BATON_ASSIGN_OR_RETURN(m.times, alloc<unsigned long long>(size_t(m.grid) * m.n_layers * kMegaMarks));
     BATON_CU(cudaMemset(m.times, 0, sizeof(unsigned long long) * m.grid * m.n_layers * kMegaMarks));

@@ -156,9 +156,10 @@ struct MegaArgs {
   void* kv_base;
   size_t kv_layer_bytes;
   // Buffers (device): x [H] in and out; qkv [(NH + 2 KVH) D]; act [I] bf16; ws [NH * s_max *
-  // (D + 2)] (the attention's partials); barrier: zeroed by decode_mega.
+  // (D + 2)] (the attention's partials); attn [NH D] bf16 (its output); barrier [1 + KVH] (the
+  // grid's arrivals, then each KV group's splits'): zeroed by decode_mega.
   float *x, *qkv, *ws;
-  bf16_t* act;
+  bf16_t *act, *attn;
   unsigned* barrier;
   // The step's inputs (device; token 0 only, its block table the first row of tables).
   const int32_t *positions, *slots, *tables;

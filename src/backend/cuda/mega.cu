@@ -16,8 +16,8 @@
 //   attn   a CTA per (KV group, split of the keys): bias, QK-norm, RoPE (qkv_row_warp, as the
 //          other kernels), the new K/V into the cache, online softmax over its keys (staged in
 //          shared memory by cp.async when the layer starts: they were written by earlier steps),
-//          partials to ws
-//   O      stage the splits' partials merged (a warp per head), x += W_o . it
+//          partials to ws; the group's last split to arrive merges them into attn
+//   O      stage attn, x += W_o . it
 //   gate/up stage rmsnorm(x) * mlp_norm, act = silu(W_g . it) * (W_u . it)
 //   down   x += W_down . act
 // A GEMV phase gives each CTA a contiguous range of output rows (balanced), so its weights are one
@@ -26,7 +26,7 @@
 // of an m16n8k16 product; the consumer warps split the inputs) and leave per-(warp, row, segment) sums in
 // shared memory, added in a fixed order: the result does not depend on timing.
 //
-// Ordering: data another CTA wrote in this kernel (x, qkv, act, ws) is read after a grid barrier
+// Ordering: data another CTA wrote in this kernel (x, qkv, act, attn) is read after a grid barrier
 // (a release-add, then a spin on ld.acquire, which also drops the SM's stale L1 lines), with
 // __ldcg where this file reads it itself.
 //
@@ -467,7 +467,11 @@ __device__ void stage_keys(const MegaArgs& a, const void* layer_kv, const int32_
   }
 }
 
-// The attention phase of one CTA (every thread calls it).
+template <int D>
+__device__ void merge_heads(const MegaArgs& a, float vs, int S, int h_begin, int h_end);
+
+// The attention phase of one CTA (every thread calls it): its split's partials; the group's last
+// split also merges them into a.attn.
 template <int D, class Kv>
 __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* layer_kv, const Split& p,
                           unsigned char* kvs, float* scratch, int li) {
@@ -561,8 +565,9 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
   consumers_sync();
   if (tid < kG * kGroups) sm_m[tid] = weight;
   consumers_sync();
-  // This split's partial per head (sums A[D], max M, sum L; exp2 units): the O phase merges the
-  // splits while it stages its input (one L2 round trip fewer than a last split merging them).
+  // This split's partial per head (sums A[D], max M, sum L; exp2 units) to ws; with one split, the
+  // output itself.
+  const float vs = a.fp8 ? L.v_scale : 1.f;
   for (int e = tid; e < nh * D; e += kThreads) {
     const int hd = e / D, d = e % D, h = h0 + hd;
     float Lsum = 0.f, A = 0.f;
@@ -570,29 +575,47 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
     for (int i = 0; i < kGroups; ++i) Lsum += sm_l[hd * kGroups + i] * sm_m[hd * kGroups + i];
 #pragma unroll 8
     for (int i = 0; i < kGroups; ++i) A += sm_acc[(hd * kGroups + i) * D + d] * sm_m[hd * kGroups + i];
+    if (p.S == 1) {
+      a.attn[h * D + d] = __float2bfloat16(Lsum > 0.f ? A / Lsum * vs : 0.f);
+      continue;
+    }
     float* w = a.ws + (static_cast<int64_t>(h) * a.s_max + p.s) * (D + 2);
     w[d] = A;
     if (d == 0) w[D] = sm_max[hd], w[D + 1] = Lsum;
   }
+  if (p.S == 1) return;
+  // The group's last split to arrive merges the group's heads (every split of a group is active:
+  // split_of's S splits of ceil(n / S) keys each start before the last key). Its arrival (an
+  // acq_rel add on the group's counter, which grows by S a layer) orders the other splits'
+  // partials before its reads, as grid_sync does. One CTA a group reading S partials a head costs
+  // one L2 round trip more here, against every CTA merging every head while it staged the O
+  // phase's input (6.6 us a 1B layer, session 27).
+  __shared__ int last;
+  consumers_sync();  // this CTA's partials are out
+  if (tid == 0) {
+    unsigned old;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(a.barrier + 1 + p.g) : "memory");
+    last = old + 1 == static_cast<unsigned>((li + 1) * p.S);
+  }
+  consumers_sync();
+  if (last) merge_heads<D>(a, vs, p.S, h0, h0 + nh);
 }
 
-// xs = the attention's output (bf16): each warp merges kHB heads' splits' partials from ws (other
-// CTAs wrote them; row s: A[D], max, sum) at once. Lane s reads split s's max and sum, every lane
-// its D / 32 values of each split (float2 loads); the maxima, the sums and the first 8 splits'
-// values of all kHB heads go out in one round trip (a round trip a head measured 5.3 us for the
-// 1B shape's 32 heads, session 26); zeros when the step has no keys.
+// a.attn[h * D ..] for heads [h_begin, h_end): their S splits' partials from ws merged (other
+// CTAs wrote them; row s: A[D], max, sum). Each warp merges kHB heads at once: lane s reads split
+// s's max and sum, every lane its D / 32 values of each split (float2 loads); the maxima, the sums
+// and the first 8 splits' values of all kHB heads go out in one round trip.
 template <int D>
-__device__ void stage_attention(const MegaArgs& a, const MegaLayer& L, const Split& p, __nv_bfloat16* xs) {
+__device__ void merge_heads(const MegaArgs& a, float vs, int S, int h_begin, int h_end) {
   constexpr int kE = D / 32, kBatch = 8, kHB = D == 64 ? 3 : 2;  // heads a warp merges at once (4 spilled at D = 64)
-  const float vs = a.fp8 ? L.v_scale : 1.f;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = p.any ? p.S : 0;
-  for (int h0 = warp; h0 < a.NH; h0 += kHB * kWarps) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int h0 = h_begin + warp; h0 < h_end; h0 += kHB * kWarps) {
     const float* w0[kHB];
     bool on[kHB];  // the same in every lane
 #pragma unroll
     for (int hb = 0; hb < kHB; ++hb) {
       const int h = h0 + hb * kWarps;
-      on[hb] = h < a.NH;
+      on[hb] = h < h_end;
       w0[hb] = a.ws + static_cast<int64_t>(on[hb] ? h : 0) * a.s_max * (D + 2);
     }
     float2 v[kHB][kBatch][kE / 2];
@@ -638,9 +661,16 @@ __device__ void stage_attention(const MegaArgs& a, const MegaLayer& L, const Spl
       if (on[hb])
 #pragma unroll
         for (int i = 0; i < kE; ++i)
-          xs[(h0 + hb * kWarps) * D + lane * kE + i] =
+          a.attn[(h0 + hb * kWarps) * D + lane * kE + i] =
               __float2bfloat16(Lsum[hb] > 0.f ? acc[hb][i] / Lsum[hb] * vs : 0.f);
   }
+}
+
+// xs = the attention's output (the groups' last splits merged it into a.attn); zeros when the step
+// has no keys.
+__device__ void stage_attention(const MegaArgs& a, const Split& p, __nv_bfloat16* xs) {
+  if (p.any) return stage_copy(a.attn, a.NH * a.D, xs);
+  for (int i = threadIdx.x; i < a.NH * a.D; i += kThreads) xs[i] = __float2bfloat16(0.f);
 }
 
 template <int D, class Kv>
@@ -698,7 +728,7 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
       else if (phase == kQkv)
         stage_norm(a.x, L.attn_norm, a.H, a.eps, xs, red);
       else if (phase == kO)
-        stage_attention<D>(a, L, sp, xs);
+        stage_attention(a, sp, xs);
       else if (phase == kGateUp)
         stage_norm(a.x, L.mlp_norm, a.H, a.eps, xs, red);
       else
@@ -821,7 +851,7 @@ std::string mega_prepare(MegaArgs& a) {
 }
 
 void decode_mega(const MegaArgs& a, cudaStream_t s) {
-  cudaMemsetAsync(a.barrier, 0, sizeof(unsigned), s);
+  cudaMemsetAsync(a.barrier, 0, sizeof(unsigned) * (1 + a.KVH), s);
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeCooperative;
   attr[0].val.cooperative = 1;
