@@ -576,7 +576,7 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
 #pragma unroll 8
     for (int i = 0; i < kGroups; ++i) A += sm_acc[(hd * kGroups + i) * D + d] * sm_m[hd * kGroups + i];
     if (p.S == 1) {
-      a.attn[h * D + d] = __float2bfloat16(Lsum > 0.f ? A / Lsum * vs : 0.f);
+      reinterpret_cast<__nv_bfloat16*>(a.attn)[h * D + d] = __float2bfloat16(Lsum > 0.f ? A / Lsum * vs : 0.f);
       continue;
     }
     float* w = a.ws + (static_cast<int64_t>(h) * a.s_max + p.s) * (D + 2);
@@ -661,7 +661,7 @@ __device__ void merge_heads(const MegaArgs& a, float vs, int S, int h_begin, int
       if (on[hb])
 #pragma unroll
         for (int i = 0; i < kE; ++i)
-          a.attn[(h0 + hb * kWarps) * D + lane * kE + i] =
+          reinterpret_cast<__nv_bfloat16*>(a.attn)[(h0 + hb * kWarps) * D + lane * kE + i] =
               __float2bfloat16(Lsum[hb] > 0.f ? acc[hb][i] / Lsum[hb] * vs : 0.f);
   }
 }
