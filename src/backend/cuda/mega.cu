@@ -204,7 +204,7 @@ struct Gemv {
   int rc;       // rows per chunk (per stage)
   int chunks;   // chunks of this CTA
   int S, logS;  // segments per weight row (a power of two)
-  int T;        // 16-input blocks per segment
+  int T;        // 32-input blocks per segment
 };
 
 // Segments per weight row for a chunk of `pieces` row pieces (rows x R): mma_sum takes 8 units
@@ -214,6 +214,12 @@ __host__ __device__ constexpr int segments_of(int pieces) {
   while (s < 8 && pieces * s * 2 <= 8) s *= 2;
   return s;
 }
+// 32-input blocks per segment of a K-input row cut into S segments; a lane of mma_sum takes every
+// kWarps-th of them, at most kXBlocks (its inputs stay in registers for the whole phase).
+__host__ __device__ constexpr int blocks_per_segment(int K, int S) {
+  return ((K + 31) / 32 + S - 1) / S;
+}
+constexpr int kXBlocks = 12;
 
 // A phase's geometry (everything but the weights: the same in every layer), computed once per
 // kernel into shared memory so that neither the producer nor the consumer divides per chunk.
@@ -227,7 +233,7 @@ __device__ Gemv geometry(const MegaArgs& a, int phase) {
   g.chunks = (g.n1 - g.n0 + g.rc - 1) / g.rc;
   g.S = segments_of(g.R * min(g.rc, g.n1 - g.n0));
   g.logS = __ffs(g.S) - 1;
-  g.T = ((g.K + 15) / 16 + g.S - 1) / g.S;
+  g.T = blocks_per_segment(g.K, g.S);
   return g;
 }
 
@@ -247,48 +253,80 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
+// The inputs a lane of mma_sum multiplies in a phase, loaded once from the staged input (the
+// same for every chunk of the phase): its 8 inputs (16 bytes) of each of its blocks, zeros past
+// the row's end. The fixed assignment (below) makes them a lane's own: the shared-memory loads of
+// a chunk are its weights' alone.
+struct LaneX {
+  uint4 v[kXBlocks];
+  int steps;  // this lane's blocks that hold inputs
+};
+
+// A lane's place in the phase's units: lanes 4n .. 4n + 3 take unit n of every 8 (segment n % S),
+// lane 4n + q the inputs 8q .. 8q + 7 of each 32-input block; warp w the blocks (w + n) % W + W i
+// of the unit's segment (W warps).
+struct LaneSlot {
+  int n, q, seg, start;
+  size_t first, stride;  // the lane's first block's byte offset in a row, and from one to the next
+  __device__ __forceinline__ explicit LaneSlot(const Gemv& g) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    n = lane >> 2, q = lane & 3, seg = n & (g.S - 1), start = (warp + n) % kWarps;
+    first = (static_cast<size_t>(seg) + static_cast<size_t>(g.S) * start) * 64 + q * 16;
+    stride = static_cast<size_t>(g.S) * kWarps * 64;
+  }
+};
+
+__device__ __forceinline__ void load_lane_x(const Gemv& g, const unsigned char* xsb, LaneX& x) {
+  const LaneSlot ls(g);
+  const int nbq = (g.K - 8 * ls.q + 31) >> 5;                       // blocks that hold the lane's 8 inputs
+  const int lim = min(g.T, (nbq - ls.seg + g.S - 1) >> g.logS);  // of them, its segment's blocks t < lim
+  x.steps = lim > ls.start ? (lim - ls.start + kWarps - 1) / kWarps : 0;
+#pragma unroll
+  for (int i = 0; i < kXBlocks; ++i)
+    x.v[i] = i < x.steps ? *reinterpret_cast<const uint4*>(xsb + ls.first + i * ls.stride) : make_uint4(0, 0, 0, 0);
+}
+
 // The sums of one ring stage: its R x rows row pieces (K bf16 each, in shared memory at wst)
-// against the staged input xs, each piece cut into g.S segments. The units (piece, segment) go 8 at
-// a time through the tensor cores, unit n as the diagonal element D[n][n] of an m16n8k16 product:
-// lanes 4n .. 4n + 3 put the same 16 inputs (4 each, one 8-byte load) into A's row n and B's column
+// against the phase's input (x, in registers), each piece cut into g.S segments. The units
+// (piece, segment) go 8 at a time through the tensor cores, unit n as the diagonal element D[n][n]
+// of m16n8k16 products: lanes 4n .. 4n + 3 put the same 16 inputs into A's row n and B's column
 // n, the input in A and the weights in B, so D[n][n] is unit n's dot product over them (the other
-// products are thrown away; the tensor cores have time to spare, the issue slots do not: the fp32
-// version, 3 instructions a weight in dependent chains, kept 2 warps a scheduler busy for 1.4 us a
-// 32 KB stage, Nsight Compute, session 26). A segment is T blocks of 16 inputs (block t at inputs
-// 16 (seg + S t)); warp w takes the blocks (w + n) % W + W i (W warps), so that the units of a
-// step read different blocks (different banks) and a lane's loads step by a constant stride.
-// Partial sums go to parts[warp][piece][segment], P pieces a warp, piece = (row0 + row) * R + half.
-__device__ __forceinline__ void mma_sum(const Gemv& g, const unsigned char* wst, const unsigned char* xsb, int rows,
-                                        int row0, int P, float* parts) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n = lane >> 2, q = lane & 3;
+// products are thrown away; the tensor cores have time to spare, the issue slots and the shared
+// memory do not: the fp32 version, 3 instructions a weight, kept 2 warps a scheduler busy, Nsight
+// Compute, session 26). A lane's one 16-byte load (8 weights) feeds two products. A segment is T
+// blocks of 32 inputs (block t at inputs 32 (seg + S t)); LaneSlot says which a lane takes: the
+// two units of a quarter warp read different halves of the banks, and a lane's loads step by a
+// constant stride. Partial sums go to parts[warp][piece][segment], P pieces a warp, piece =
+// (row0 + row) * R + half.
+__device__ __forceinline__ void mma_sum(const Gemv& g, const LaneX& x, const unsigned char* wst, int rows, int row0,
+                                        int P, float* parts) {
+  const LaneSlot ls(g);
+  const int warp = threadIdx.x >> 5, n = ls.n, q = ls.q;
   const int nu = (g.R * rows) << g.logS;
-  const int start = (warp + n) % kWarps, iters = (g.T + kWarps - 1) / kWarps;  // iters: the same for every lane
-  const size_t stride = static_cast<size_t>(g.S) * kWarps * 32;  // bytes from one of a lane's blocks to the next
-  const int nbq = (g.K - 4 * q + 15) >> 4;                  // blocks that hold this lane's 4 inputs
+  const int iters = (g.T + kWarps - 1) / kWarps;  // the same for every lane
   for (int u0 = 0; u0 < nu; u0 += 8) {
     const int u = u0 + n;
     const bool valid = u < nu;
-    const int jj = valid ? u >> g.logS : 0, seg = u & (g.S - 1);  // jj: the piece in the stage
-    const int lim = valid ? min(g.T, (nbq - seg + g.S - 1) >> g.logS) : 0;  // this lane's blocks t < lim
-    const int steps = lim > start ? (lim - start + kWarps - 1) / kWarps : 0;
-    const size_t first = (static_cast<size_t>(seg) + static_cast<size_t>(g.S) * start) * 32 + q * 8;
-    const unsigned char* wp = wst + static_cast<size_t>(jj) * g.K * 2 + first;
-    const unsigned char* xp = xsb + first;
+    const int jj = valid ? u >> g.logS : 0;  // the piece in the stage
+    const int steps = valid ? x.steps : 0;
+    const unsigned char* wp = wst + static_cast<size_t>(jj) * g.K * 2 + ls.first;
     float acc[4][4] = {};
-    for (int i = 0; i < iters; i += 4, wp += 4 * stride, xp += 4 * stride) {
-      uint2 w[4], x[4];
+#pragma unroll
+    for (int i = 0; i < kXBlocks; i += 4) {
+      if (i >= iters) break;
+      uint4 w[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        w[k] = i + k < steps ? *reinterpret_cast<const uint4*>(wp + (i + k) * ls.stride) : make_uint4(0, 0, 0, 0);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        const bool ok = i + k < steps;
-        w[k] = ok ? *reinterpret_cast<const uint2*>(wp + k * stride) : make_uint2(0, 0);
-        x[k] = ok ? *reinterpret_cast<const uint2*>(xp + k * stride) : make_uint2(0, 0);
+        mma_16816(acc[k], x.v[i + k].x, x.v[i + k].y, w[k].x, w[k].y);
+        mma_16816(acc[k], x.v[i + k].z, x.v[i + k].w, w[k].z, w[k].w);
       }
-#pragma unroll
-      for (int k = 0; k < 4; ++k) mma_16816(acc[k], x[k].x, x[k].y, w[k].x, w[k].y);
     }
     // D[n][n]: row n, column 2q (c0) or 2q + 1 (c1), in lane 4n + n / 2.
     if (valid && q == (n >> 1)) {
-      const int r = jj >= rows ? 1 : 0, o = jj - r * rows;
+      const int r = jj >= rows ? 1 : 0, o = jj - r * rows, seg = ls.seg;
       const float d0 = (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]);
       const float d1 = (acc[0][1] + acc[1][1]) + (acc[2][1] + acc[3][1]);
       parts[(warp * P + (row0 + o) * g.R + r) * g.S + seg] = n & 1 ? d1 : d0;
@@ -736,14 +774,15 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
       consumers_sync();
       mark(a, li, 1 + 3 * phase + (phase > kQkv ? 2 : 0));  // staged: 1, 6, 9, 12
       const int P = (g.n1 - g.n0) * g.R;  // pieces of this CTA in the phase
+      LaneX lx;
+      load_lane_x(g, reinterpret_cast<const unsigned char*>(xs), lx);
       for (int c = 0; c < g.chunks; ++c) {
         if (timed) clk.t = clock64();
         mbar_wait(full + slot, parity);
         clk.lap(timed, clk.wait);
         const int rows = min(g.rc, g.n1 - g.n0 - c * g.rc);
         if (a.probe != 1)
-          mma_sum(g, ring + static_cast<size_t>(slot) * a.stage_bytes, reinterpret_cast<const unsigned char*>(xs), rows,
-                  c * g.rc, P, parts);
+          mma_sum(g, lx, ring + static_cast<size_t>(slot) * a.stage_bytes, rows, c * g.rc, P, parts);
         __syncwarp();
         if ((tid & 31) == 0) mbar_arrive(empty + slot);  // this warp is done with the stage
         clk.lap(timed, clk.sums);
@@ -820,8 +859,12 @@ std::string mega_prepare(MegaArgs& a) {
   for (int p = 0; p < kPhases; ++p) {  // every CTA's row count: (N + grid - 1) / grid at most
     const PhaseShape shape = phase_shape(a, p);
     const int most = (shape.N + sms - 1) / sms, rc = rows_per_chunk(a, shape);
-    for (int rows = 1; rows <= most; ++rows)
-      parts = std::max(parts, size_t(kWarps) * rows * shape.R * segments_of(shape.R * std::min(rc, rows)));
+    for (int rows = 1; rows <= most; ++rows) {
+      const int S = segments_of(shape.R * std::min(rc, rows));
+      parts = std::max(parts, size_t(kWarps) * rows * shape.R * S);
+      if ((blocks_per_segment(shape.K, S) + kWarps - 1) / kWarps > kXBlocks)
+        return "weight rows of " + std::to_string(shape.K) + " inputs (too long for the inputs in registers)";
+    }
   }
   if (parts > kPartsCap) return "too many output rows per SM";
   const size_t xs = align128(size_t(2) * std::max({a.H, q_dim, a.I}));
