@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 
-NAMES = ["layer start", "QKV input staged", "QKV rows out", "QKV barrier passed", "attention done",
+NAMES = ["layer start", "QKV input staged", "QKV rows out", "QKV barrier passed", "attention done (+ merge)",
          "attention barrier passed", "O input staged", "O rows out", "O barrier passed", "gate/up input staged",
          "gate/up rows out", "gate/up barrier passed", "down input staged", "down rows out", "down barrier passed",
-         "  attention: q/k/v ready", "  attention: keys attended"]
+         "  attention: q/k/v, keys in", "  attention: keys attended"]
 ORDER = [0, 1, 2, 3, 15, 16] + list(range(4, 15))  # in the order a layer passes them
 # Marks only the attention's CTAs set (the others leave them 0): over those CTAs alone.
 PARTIAL = {15, 16}

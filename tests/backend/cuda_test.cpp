@@ -269,20 +269,25 @@ TEST_P(CudaVsCpuTest, PrefillAndDecodeLogitsMatchCpu) {
     // models whose groups the grouped kernel does not take do, or (BATON_CUDA_ATTN_MMA_TOKENS=1)
     // runs on tensor cores, as steps of many tokens do.
     // "one kernel": the decode step's layers in one kernel (mega.cu; required where it takes the
-    // shape, 10 query heads per KV head is not taken and falls back).
+    // shape, 10 query heads per KV head is not taken and falls back); "one kernel, 8-key splits":
+    // more splits than it may have (s_max), so that some would have no keys (split_of drops them:
+    // the group's last split merges the partials of every other).
     const HeadShape& h = GetParam();
-    for (const std::string mode : {"a head per CTA", "grouped", "tensor cores", "one kernel"}) {
+    for (const std::string mode :
+         {"a head per CTA", "grouped", "tensor cores", "one kernel", "one kernel, 8-key splits"}) {
       for (int max_batch_tokens : {2048, 64}) {  // 64: the prompt runs as several passes
         BackendOptions o = cuda_options(kv);
         o.max_batch_tokens = max_batch_tokens;
         if (mode == "a head per CTA") setenv("BATON_CUDA_ATTN_GROUP", "1", 1);
         if (mode == "tensor cores") setenv("BATON_CUDA_ATTN_MMA_TOKENS", "1", 1);
-        if (mode == "one kernel") setenv("BATON_CUDA_MEGA", h.heads / h.kv_heads <= 8 ? "require" : "1", 1);
+        if (mode.starts_with("one kernel")) setenv("BATON_CUDA_MEGA", h.heads / h.kv_heads <= 8 ? "require" : "1", 1);
         else setenv("BATON_CUDA_MEGA", "0", 1);
+        if (mode == "one kernel, 8-key splits") setenv("BATON_CUDA_MEGA_SPLIT_KEYS", "8", 1);
         auto gpu = make(dir_.path(), o);
         unsetenv("BATON_CUDA_ATTN_GROUP");
         unsetenv("BATON_CUDA_ATTN_MMA_TOKENS");
         unsetenv("BATON_CUDA_MEGA");
+        unsetenv("BATON_CUDA_MEGA_SPLIT_KEYS");
         ASSERT_TRUE(gpu && cpu_kv);
         for (int len : {1, 17, 300, 700}) {
           SCOPED_TRACE("prompt of " + std::to_string(len) + ", passes of " + std::to_string(max_batch_tokens) +

@@ -175,8 +175,11 @@ struct MegaArgs {
   // Chunks the producer keeps on their way into L2 beyond the ring's newest (BATON_CUDA_MEGA_L2;
   // 0: none).
   int l2_lead;
+  // Keys per attention split (BATON_CUDA_MEGA_SPLIT_KEYS, A/B runs; 0: 64 at head_dim 64, 32 at 128):
+  // more splits, each shorter, merged by the group's last.
+  int split_keys;
   int grid, stages, stage_bytes, s_max;
-  int ring_off, xs_off, parts_off, kvs_off, layers_off, smem_bytes;
+  int ring_off, xs_off, parts_off, kvs_off, layers_off, tbl_off, smem_bytes;
 };
 // Checks the shape and fills the plan fields for the current device: "" when the kernel takes
 // the model, else why not (one line).

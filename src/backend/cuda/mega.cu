@@ -58,6 +58,7 @@ constexpr int kMaxG = 8;        // query heads per KV group
 constexpr int kMaxSplits = 32;  // attention splits per KV group
 constexpr int kStageMin = 32 << 10;
 constexpr int kPartsCap = 4096;  // floats of per-(warp, row, segment) sums in shared memory
+constexpr int kTableCap = 1024;  // block table entries in shared memory (longer contexts: global)
 constexpr float kLog2e = 1.4426950408889634f;
 // Spins before a barrier or stage wait gives up and traps (seconds): a bug shows as an error, not
 // a hung GPU.
@@ -469,12 +470,16 @@ __device__ __forceinline__ Split split_of(const MegaArgs& a) {
   const KeyRange r = keys_of(pos, a.window);
   p.first = r.first, p.last = r.last;
   const int n_keys = r.last - r.first + 1;
-  constexpr int kB = keys_per_batch<D>();  // a split's keys in one batch where the splits allow
-  p.S = max(1, min(a.s_max, (n_keys + kB - 1) / kB));
+  // A split's keys in one batch where the splits allow (fewer with a.split_keys).
+  const int kB = a.split_keys > 0 ? min(a.split_keys, keys_per_batch<D>()) : keys_per_batch<D>();
+  const int want = max(1, min(a.s_max, (n_keys + kB - 1) / kB));
+  const int chunk = max(1, (n_keys + want - 1) / want);
+  // Splits of `chunk` keys, none empty (the group's last split merges S partials: every split must
+  // arrive; `want` capped by s_max can leave its last splits without keys, e.g. 513 keys in 32).
+  p.S = max(1, (n_keys + chunk - 1) / chunk);
   p.g = blockIdx.x / p.S, p.s = blockIdx.x % p.S;
   p.any = n_keys > 0;
   p.active = p.any && p.g < a.KVH;
-  const int chunk = (n_keys + p.S - 1) / p.S;
   p.begin = p.first + p.s * chunk;
   p.end = min(p.begin + chunk, p.last + 1);
   p.active = p.active && p.begin < p.end;
@@ -512,7 +517,7 @@ __device__ void merge_heads(const MegaArgs& a, float vs, int S, int h_begin, int
 // split also merges them into a.attn.
 template <int D, class Kv>
 __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* layer_kv, const Split& p,
-                          unsigned char* kvs, float* scratch, int li) {
+                          const int32_t* table, unsigned char* kvs, float* scratch, int li) {
   using T = typename Kv::T;
   constexpr int kG = kMaxG, kLanes = decode_lanes(kG, D), kE = D / kLanes, kGroups = kAttnThreads / kLanes;
   constexpr int kB = keys_per_batch<D>();
@@ -525,7 +530,6 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
   float* sm_max = sm_acc + kG * kGroups * D;
   const int per_kv = a.NH / a.KVH, h0 = p.g * per_kv, nh = per_kv;
   const int warp = threadIdx.x >> 5, tid = threadIdx.x;
-  const int32_t* table = a.tables;  // batch 1: sequence 0's row
 
   // q (and, for the split ending at the new token, its k and v, which also go to the cache).
   QkvArgs q{a.qkv,     L.b_qkv,    L.q_norm,    L.k_norm,   a.inv_freq,
@@ -537,8 +541,9 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
     const int head = is_q ? h0 + r : a.NH + (is_k ? 0 : a.KVH) + p.g;
     qkv_row_warp<Kv, true, (D + 63) / 64>(q, 0, head, is_q ? qv + r * D : (is_k ? kn : vn), p.has_new);
   }
+  cp_async_wait_all();  // the first batch of keys (staged when the layer started)
   consumers_sync();
-  mark(a, li, 15);  // q (k, v) ready
+  mark(a, li, 15);  // q (k, v) and the first keys ready
 
   const float qs = rsqrtf(static_cast<float>(D)) * (a.fp8 ? L.k_scale : 1.f) * kLog2e;
   const int gid = tid / kLanes, sub = tid % kLanes;
@@ -622,12 +627,11 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
     if (d == 0) w[D] = sm_max[hd], w[D + 1] = Lsum;
   }
   if (p.S == 1) return;
-  // The group's last split to arrive merges the group's heads (every split of a group is active:
-  // split_of's S splits of ceil(n / S) keys each start before the last key). Its arrival (an
-  // acq_rel add on the group's counter, which grows by S a layer) orders the other splits'
-  // partials before its reads, as grid_sync does. One CTA a group reading S partials a head costs
-  // one L2 round trip more here, against every CTA merging every head while it staged the O
-  // phase's input (6.6 us a 1B layer, session 27).
+  // The group's last split to arrive merges the group's heads (split_of leaves no split of a group
+  // without keys: all S arrive). Its arrival (an acq_rel add on the group's counter, which grows by
+  // S a layer) orders the other splits' partials before its reads, as grid_sync does. One CTA a
+  // group reading S partials a head costs one L2 round trip more here, against every CTA merging
+  // every head while it staged the O phase's input (6.6 us a 1B layer, session 27).
   __shared__ int last;
   consumers_sync();  // this CTA's partials are out
   if (tid == 0) {
@@ -722,6 +726,7 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
   float* scratch = reinterpret_cast<float*>(smem + a.xs_off);  // the attention's (xs is not in use then)
   float* parts = reinterpret_cast<float*>(smem + a.parts_off);
   unsigned char* kvs = smem + a.kvs_off;
+  int32_t* tbl = reinterpret_cast<int32_t*>(smem + a.tbl_off);
   const int tid = threadIdx.x;
   // The layers' pointers in shared memory: the producer looks them up for every chunk, and a
   // global load there (an L2 round trip behind the weight stream) measured ~2 us per chunk.
@@ -742,6 +747,15 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
   prefetch_layer(a, layers[0]);
 
   const Split sp = split_of<D>(a);
+  // The step's block table row (sequence 0) in shared memory: stage_keys looks up a block for each
+  // 16-byte piece it copies, and from global memory those dependent round trips before each
+  // cp.async held the CTAs that attend back ~1.5 us at every layer's start (session 27).
+  const int32_t* table = a.tables;
+  if (sp.last / a.block_size < kTableCap) {
+    for (int i = tid; i <= sp.last / a.block_size; i += kThreads) tbl[i] = a.tables[i];
+    table = tbl;
+  }
+  consumers_sync();
   unsigned target = 0;
   int slot = 0;
   uint32_t parity = 0;  // of the stage at slot: flips each time the ring wraps
@@ -755,7 +769,7 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
     if (li + 1 < a.n_layers) prefetch_layer(a, layers[li + 1]);
     // This layer's cached keys depend on nothing of this step: their loads go out now.
     if (sp.active && !a.probe)
-      stage_keys<D, Kv>(a, layer_kv, a.tables, sp.g, sp.begin, min(sp.begin + keys_per_batch<D>(), sp.end),
+      stage_keys<D, Kv>(a, layer_kv, table, sp.g, sp.begin, min(sp.begin + keys_per_batch<D>(), sp.end),
                         sp.has_new ? sp.last : -1, kvs);
     cp_async_commit();
     for (int phase = 0; phase < kPhases; ++phase) {
@@ -812,7 +826,7 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
       grid_sync(a.barrier, target += gridDim.x);
       mark(a, li, m0 + 1);  // passed the barrier: 3, 8, 11, 14
       if (phase == kQkv) {
-        if (sp.active) attention<D, Kv>(a, L, layer_kv, sp, kvs, scratch, li);
+        if (sp.active) attention<D, Kv>(a, L, layer_kv, sp, table, kvs, scratch, li);
         mark(a, li, 4);  // attention done
         grid_sync(a.barrier, target += gridDim.x);
         mark(a, li, 5);
@@ -871,7 +885,8 @@ std::string mega_prepare(MegaArgs& a) {
   const size_t attn = align128(a.D == 64 ? attn_scratch_bytes<64>() : attn_scratch_bytes<128>());
   const size_t kvs = align128(size_t(keys_per_batch<64>()) * 64 / a.D * 2 * a.D * (a.fp8 ? 1 : 2));
   const size_t bars = 2 * kMaxStages * sizeof(uint64_t), layers = align128(sizeof(MegaLayer) * a.n_layers);
-  const size_t fixed = bars + std::max(xs, attn) + align128(parts * sizeof(float)) + kvs + layers;
+  const size_t table = align128(sizeof(int32_t) * kTableCap);
+  const size_t fixed = bars + std::max(xs, attn) + align128(parts * sizeof(float)) + kvs + layers + table;
   cudaFuncAttributes attr{};
   cudaFuncGetAttributes(&attr, pick(a));
   const size_t budget = size_t(optin) - attr.sharedSizeBytes;
@@ -883,7 +898,8 @@ std::string mega_prepare(MegaArgs& a) {
   a.parts_off = a.xs_off + static_cast<int>(std::max(xs, attn));
   a.kvs_off = a.parts_off + static_cast<int>(align128(parts * sizeof(float)));
   a.layers_off = a.kvs_off + static_cast<int>(kvs);
-  a.smem_bytes = a.layers_off + static_cast<int>(layers);
+  a.tbl_off = a.layers_off + static_cast<int>(layers);
+  a.smem_bytes = a.tbl_off + static_cast<int>(table);
   if (cudaFuncSetAttribute(pick(a), cudaFuncAttributeMaxDynamicSharedMemorySize, a.smem_bytes) != cudaSuccess)
     return "cannot allow " + std::to_string(a.smem_bytes) + " bytes of shared memory";
   int per_sm = 0;
