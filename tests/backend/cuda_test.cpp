@@ -280,8 +280,8 @@ TEST_P(CudaVsCpuTest, PrefillAndDecodeLogitsMatchCpu) {
         o.max_batch_tokens = max_batch_tokens;
         if (mode == "a head per CTA") setenv("BATON_CUDA_ATTN_GROUP", "1", 1);
         if (mode == "tensor cores") setenv("BATON_CUDA_ATTN_MMA_TOKENS", "1", 1);
-        if (mode.starts_with("one kernel")) setenv("BATON_CUDA_MEGA", h.heads / h.kv_heads <= 8 ? "require" : "1", 1);
-        else setenv("BATON_CUDA_MEGA", "0", 1);
+        const bool one_kernel = mode.starts_with("one kernel");
+        setenv("BATON_CUDA_MEGA", !one_kernel ? "0" : h.heads / h.kv_heads <= 8 ? "require" : "1", 1);
         if (mode == "one kernel, 8-key splits") setenv("BATON_CUDA_MEGA_SPLIT_KEYS", "8", 1);
         auto gpu = make(dir_.path(), o);
         unsetenv("BATON_CUDA_ATTN_GROUP");
@@ -580,18 +580,23 @@ TEST_P(CudaSkinnyTest, MatchesCublas) {
 
 // A one-token decode step's layers in one kernel (BATON_CUDA_MEGA, mega.cu) against the same steps
 // on cuBLAS: 24 steps after a prompt of 40, each step's logits within summation-order noise, bf16
-// and fp8 caches; ragged hidden sizes (264, 288: a row is not a whole number of a warp's loads).
+// and fp8 caches; ragged hidden sizes (264, 288: a row is not a whole number of a warp's loads);
+// and with one weight stage's copies in flight at a time (BATON_CUDA_MEGA_INFLIGHT=1: the
+// producer's other wait).
 TEST_P(CudaSkinnyTest, OneKernelStepMatchesCublas) {
-  for (const std::string kv : {"bf16", "fp8"}) {
-    SCOPED_TRACE(kv);
+  using Case = std::pair<std::string, std::string>;  // KV cache dtype, weight stages in flight (0: any)
+  for (const auto& [kv, inflight] : {Case{"bf16", "0"}, Case{"fp8", "0"}, Case{"bf16", "1"}}) {
+    SCOPED_TRACE(kv + " cache, stages in flight " + inflight);
     BackendOptions o = cuda_options(kv);
     ::setenv("BATON_CUDA_GEMV", "0", 1);
     ::setenv("BATON_CUDA_MEGA", "0", 1);
     auto ref = make(dir_.path(), o);
     ::unsetenv("BATON_CUDA_GEMV");
     ::setenv("BATON_CUDA_MEGA", "require", 1);
+    ::setenv("BATON_CUDA_MEGA_INFLIGHT", inflight.c_str(), 1);
     auto gpu = make(dir_.path(), o);
     ::unsetenv("BATON_CUDA_MEGA");
+    ::unsetenv("BATON_CUDA_MEGA_INFLIGHT");
     ASSERT_TRUE(ref && gpu);
     const int V = gpu->config().vocab_size;
     std::vector<int32_t> table{3, 1, 4, 0, 2};  // 80 slots, out of order

@@ -437,6 +437,7 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   if (const char* p = std::getenv("BATON_CUDA_MEGA_PROBE")) mega_.probe = std::atoi(p);
   if (const char* p = std::getenv("BATON_CUDA_MEGA_L2")) mega_.l2_lead = std::max(0, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_MEGA_SPLIT_KEYS")) mega_.split_keys = std::max(0, std::atoi(p));
+  if (const char* p = std::getenv("BATON_CUDA_MEGA_INFLIGHT")) mega_.inflight = std::max(0, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_TOKENS")) attn_mma_tokens_ = std::max(0, std::atoi(p));
   if (!decode_mma_supported(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim)) attn_mma_tokens_ = 0;
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_SPLIT_KEYS"))

@@ -178,6 +178,9 @@ struct MegaArgs {
   // Keys per attention split (BATON_CUDA_MEGA_SPLIT_KEYS, A/B runs; 0: 64 at head_dim 64, 32 at 128):
   // more splits, each shorter, merged by the group's last.
   int split_keys;
+  // Weight stages whose copies may be in flight at once (BATON_CUDA_MEGA_INFLIGHT, A/B runs; 0: as
+  // many as the ring has free).
+  int inflight;
   int grid, stages, stage_bytes, s_max;
   int ring_off, xs_off, parts_off, kvs_off, layers_off, tbl_off, smem_bytes;
 };

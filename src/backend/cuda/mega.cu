@@ -30,13 +30,17 @@
 // (a release-add, then a spin on ld.acquire, which also drops the SM's stale L1 lines), with
 // __ldcg where this file reads it itself.
 //
-// Status (H200, bench/RESULTS.md session 27; bench/gpu/mega_ab.sh, mega_times.py): the ring alone
-// (BATON_CUDA_MEGA_PROBE=1) streams a Llama-3.2-1B step at 0.96 of the roofline (0.604 ms). The
-// whole step takes 1.01 ms against 0.90 for the kernels per layer (Qwen2.5-0.5B shape: 0.91
-// against 0.66). Where a 1B layer's 54 us go (BATON_CUDA_MEGA_TIMES): the sums, ~0.75 us a 32 KB
-// stage (the ring needs 0.7; two 8-byte shared loads a tensor-core instruction), and the chain
-// from the QKV rows to the O phase's input (two barriers, the attention, 6.6 us of every CTA
-// merging every head's splits) is 13 us in which the ring fills after ~6.
+// Status (H200, bench/RESULTS.md session 27; bench/gpu/mega_ab.sh, mega_times.py): the ring with
+// the sums and nothing else (BATON_CUDA_MEGA_PROBE=2) streams a Llama-3.2-1B step at 0.98 of the
+// roofline. The whole step takes 0.96 ms against 0.90 for the kernels per layer (Qwen2.5-0.5B
+// shape: 0.86 against 0.66): the sums keep up with the bus now, the rest of a layer does not. A 1B
+// layer (51 us): ~30 us of GEMV phases, bus-bound in gate/up and down, and ~21 us of staging,
+// barriers and attention in which the 5-stage ring (160 KB, ~5 us of an SM's share of the bus)
+// fills once and the bus idles: a grid barrier takes 1-1.5 us, staging a phase's input (an L2
+// round trip, and for the norms a reduction) 0.5-2.9 us, and the attention chain (QKV rows out to
+// the O phase's input) 11 us, of which the key loop 2-3.4 us for 64 keys and the partials with
+// the group's merge ~4 us. Suspected: those round trips wait behind the SM's queued weight bytes
+// (BATON_CUDA_MEGA_INFLIGHT caps them; not yet measured).
 #include <algorithm>
 #include <string>
 
@@ -366,16 +370,35 @@ __device__ __forceinline__ const bf16_t* chunk_rows(const Gemv& g, int r, int ro
 // the consumers meet at a barrier with the ring full, and the ring refills from L2 afterwards.
 // Measured slower at 4, 8 and 12 (session 26, with the CUDA-core sums that held the ring back);
 // off by default, for A/B runs.
+//
+// With a.inflight = F (0 < F < stages) at most F stages' copies are on their way at a time: the
+// producer waits for the oldest one's bytes before it issues another. The ring still fills during
+// the consumers' barriers, F stages at a time. Why try it: every load the consumers issue on the
+// critical path (a phase's input, a barrier's poll) returns behind this SM's queued weight bytes,
+// and 5 stages are 160 KB, ~5 us of one SM's share of the bus, where ~1 us of bytes in flight
+// (Little's law: 4.4 TB/s x ~1 us over 132 SMs: ~33 KB an SM) keeps the bus busy. Off (0) until
+// measured.
 struct Producer {
   Cursor ring, l2;
   unsigned issued = 0, prefetched = 0;  // chunks into the ring; chunks the L2 cursor has passed
+  unsigned landed = 0;                  // of the issued chunks, those seen complete (a.inflight)
+  int landed_slot = 0;
+  uint32_t landed_parity = 0;
   __device__ void run(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo, unsigned char* mem,
                       uint64_t* full, uint64_t* empty) {
     int slot = 0;
     uint32_t parity = 0;  // of the stage's current fill: its first wait (parity 1) passes at once
+    const unsigned cap = a.inflight > 0 && a.inflight < a.stages ? a.inflight : 0;
     Gemv g;
     int row, rows;
     while (ring.next(a, layers, geo, g, row, rows)) {
+      // The oldest copies in flight landed (their stages cannot have been refilled: only this
+      // thread arms a full barrier, and fewer than `stages` chunks are ahead of them).
+      while (cap && issued - landed >= cap) {
+        mbar_wait(full + landed_slot, landed_parity);
+        ++landed;
+        if (++landed_slot == a.stages) landed_slot = 0, landed_parity ^= 1;
+      }
       mbar_wait(empty + slot, parity ^ 1);
       const uint32_t bytes = static_cast<uint32_t>(rows) * g.K * 2;
       unsigned char* dst = mem + static_cast<size_t>(slot) * a.stage_bytes;
