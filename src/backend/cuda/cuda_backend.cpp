@@ -438,6 +438,7 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   if (const char* p = std::getenv("BATON_CUDA_MEGA_L2")) mega_.l2_lead = std::max(0, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_MEGA_SPLIT_KEYS")) mega_.split_keys = std::max(0, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_MEGA_INFLIGHT")) mega_.inflight = std::max(0, std::atoi(p));
+  if (const char* p = std::getenv("BATON_CUDA_MEGA_GROUP")) mega_.group_heads = std::atoi(p);
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_TOKENS")) attn_mma_tokens_ = std::max(0, std::atoi(p));
   if (!decode_mma_supported(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim)) attn_mma_tokens_ = 0;
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_SPLIT_KEYS"))
@@ -643,7 +644,8 @@ Status CudaBackend::init_mega() {
     BATON_CU(cudaMemset(m.times, 0, sizeof(unsigned long long) * m.grid * m.n_layers * kMegaMarks));
   }
   log::info("cuda backend: one-kernel decode step: ", m.grid, " CTAs, ", m.stages, " weight stages of ",
-            m.stage_bytes >> 10, " KiB, ", m.smem_bytes >> 10, " KiB of shared memory each",
+            m.stage_bytes >> 10, " KiB, ", m.smem_bytes >> 10, " KiB of shared memory each, attention for ",
+            m.group_heads, " query heads a group",
             m.l2_lead ? ", " + std::to_string(m.l2_lead) + " chunks ahead into L2" : std::string());
   return {};
 }

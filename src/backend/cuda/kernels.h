@@ -181,6 +181,9 @@ struct MegaArgs {
   // Weight stages whose copies may be in flight at once (BATON_CUDA_MEGA_INFLIGHT, A/B runs; 0: as
   // many as the ring has free).
   int inflight;
+  // Query heads per KV group the attention's code takes (mega_prepare: 4 where the model's groups
+  // have at most 4, else 8); BATON_CUDA_MEGA_GROUP=8 forces 8 (A/B runs).
+  int group_heads;
   int grid, stages, stage_bytes, s_max;
   int ring_off, xs_off, parts_off, kvs_off, layers_off, tbl_off, smem_bytes;
 };

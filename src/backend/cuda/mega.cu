@@ -39,8 +39,9 @@
 // fills once and the bus idles: a grid barrier takes 1-1.5 us, staging a phase's input (an L2
 // round trip, and for the norms a reduction) 0.5-2.9 us, and the attention chain (QKV rows out to
 // the O phase's input) 11 us, of which the key loop 2-3.4 us for 64 keys and the partials with
-// the group's merge ~4 us. Suspected: those round trips wait behind the SM's queued weight bytes
-// (BATON_CUDA_MEGA_INFLIGHT caps them; not yet measured).
+// the group's merge ~4 us (8 heads' worth of code for the 1B's 4: the attention now takes 4 where
+// the groups have at most 4). Suspected: those round trips wait behind the SM's queued weight
+// bytes (BATON_CUDA_MEGA_INFLIGHT caps them). Neither measured yet.
 #include <algorithm>
 #include <string>
 
@@ -74,11 +75,17 @@ constexpr int keys_per_batch() {
   // keys per split measured the O phase's merge of 16 splits per head at 6.4 us on Qwen2.5-0.5B.
   return 4096 / D;
 }
-template <int D>
+template <int D, int G>
 constexpr size_t attn_scratch_bytes() {
-  constexpr int kLanes = decode_lanes(kMaxG, D), kGroups = kAttnThreads / kLanes;
-  // qv[kMaxG][D], kn[D], vn[D], sm_m/sm_l[kMaxG][kGroups], sm_acc[kMaxG][kGroups][D], sm_max[kMaxG]
-  return sizeof(float) * (kMaxG * D + 2 * D + 2 * kMaxG * kGroups + kMaxG * kGroups * D + kMaxG);
+  constexpr int kLanes = decode_lanes(G, D), kGroups = kAttnThreads / kLanes;
+  // qv[G][D], kn[D], vn[D], sm_m/sm_l[G][kGroups], sm_acc[G][kGroups][D], sm_max[G]
+  return sizeof(float) * (G * D + 2 * D + 2 * G * kGroups + G * kGroups * D + G);
+}
+// The attention's query heads per KV group (a template parameter of the kernel: the key loop's
+// registers and shuffles scale with it): 4 where a group has at most 4 (Llama-3.2-1B/8B), else
+// kMaxG; a.group_heads = 8 forces kMaxG (A/B runs).
+inline int group_heads(const MegaArgs& a) {
+  return a.NH / a.KVH <= 4 && a.group_heads != kMaxG ? 4 : kMaxG;
 }
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -537,12 +544,13 @@ template <int D>
 __device__ void merge_heads(const MegaArgs& a, float vs, int S, int h_begin, int h_end);
 
 // The attention phase of one CTA (every thread calls it): its split's partials; the group's last
-// split also merges them into a.attn.
-template <int D, class Kv>
+// split also merges them into a.attn. G: query heads per group the code takes (at least a.NH /
+// a.KVH).
+template <int D, class Kv, int G>
 __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* layer_kv, const Split& p,
                           const int32_t* table, unsigned char* kvs, float* scratch, int li) {
   using T = typename Kv::T;
-  constexpr int kG = kMaxG, kLanes = decode_lanes(kG, D), kE = D / kLanes, kGroups = kAttnThreads / kLanes;
+  constexpr int kG = G, kLanes = decode_lanes(kG, D), kE = D / kLanes, kGroups = kAttnThreads / kLanes;
   constexpr int kB = keys_per_batch<D>();
   float* qv = scratch;
   float* kn = qv + kG * D;
@@ -738,7 +746,7 @@ __device__ void stage_attention(const MegaArgs& a, const Split& p, __nv_bfloat16
   for (int i = threadIdx.x; i < a.NH * a.D; i += kThreads) xs[i] = __float2bfloat16(0.f);
 }
 
-template <int D, class Kv>
+template <int D, class Kv, int G>
 __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ float red[32];
@@ -849,7 +857,7 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
       grid_sync(a.barrier, target += gridDim.x);
       mark(a, li, m0 + 1);  // passed the barrier: 3, 8, 11, 14
       if (phase == kQkv) {
-        if (sp.active) attention<D, Kv>(a, L, layer_kv, sp, table, kvs, scratch, li);
+        if (sp.active) attention<D, Kv, G>(a, L, layer_kv, sp, table, kvs, scratch, li);
         mark(a, li, 4);  // attention done
         grid_sync(a.barrier, target += gridDim.x);
         mark(a, li, 5);
@@ -859,13 +867,17 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
   }
 }
 
-template <int D, class Kv>
+template <int D, class Kv, int G>
 void* kernel_of() {
-  return reinterpret_cast<void*>(mega_kernel<D, Kv>);
+  return reinterpret_cast<void*>(mega_kernel<D, Kv, G>);
+}
+template <int G>
+void* pick_g(const MegaArgs& a) {
+  if (a.D == 64) return a.fp8 ? kernel_of<64, Fp8Kv, G>() : kernel_of<64, Bf16Kv, G>();
+  return a.fp8 ? kernel_of<128, Fp8Kv, G>() : kernel_of<128, Bf16Kv, G>();
 }
 void* pick(const MegaArgs& a) {
-  if (a.D == 64) return a.fp8 ? kernel_of<64, Fp8Kv>() : kernel_of<64, Bf16Kv>();
-  return a.fp8 ? kernel_of<128, Fp8Kv>() : kernel_of<128, Bf16Kv>();
+  return group_heads(a) == 4 ? pick_g<4>(a) : pick_g<kMaxG>(a);
 }
 
 size_t align128(size_t n) {
@@ -881,6 +893,7 @@ std::string mega_prepare(MegaArgs& a) {
   const int q_dim = a.NH * a.D;
   if (a.H % 8 || q_dim % 8 || a.I % 8 || a.H > kMaxHidden)
     return "hidden " + std::to_string(a.H) + " / intermediate " + std::to_string(a.I) + " (multiples of 8, hidden <= 8192)";
+  a.group_heads = group_heads(a);
   int device = 0, sms = 0, optin = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -905,7 +918,8 @@ std::string mega_prepare(MegaArgs& a) {
   }
   if (parts > kPartsCap) return "too many output rows per SM";
   const size_t xs = align128(size_t(2) * std::max({a.H, q_dim, a.I}));
-  const size_t attn = align128(a.D == 64 ? attn_scratch_bytes<64>() : attn_scratch_bytes<128>());
+  const size_t attn = align128(a.D == 64 ? std::max(attn_scratch_bytes<64, 4>(), attn_scratch_bytes<64, kMaxG>())
+                                         : std::max(attn_scratch_bytes<128, 4>(), attn_scratch_bytes<128, kMaxG>()));
   const size_t kvs = align128(size_t(keys_per_batch<64>()) * 64 / a.D * 2 * a.D * (a.fp8 ? 1 : 2));
   const size_t bars = 2 * kMaxStages * sizeof(uint64_t), layers = align128(sizeof(MegaLayer) * a.n_layers);
   const size_t table = align128(sizeof(int32_t) * kTableCap);
