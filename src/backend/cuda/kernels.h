@@ -185,7 +185,7 @@ struct MegaArgs {
   // have at most 4, else 8); BATON_CUDA_MEGA_GROUP=8 forces 8 (A/B runs).
   int group_heads;
   int grid, stages, stage_bytes, s_max;
-  int ring_off, xs_off, parts_off, kvs_off, layers_off, tbl_off, smem_bytes;
+  int ring_off, xs_off, parts_off, kvs_off, layers_off, tbl_off, own_off, smem_bytes;
 };
 // Checks the shape and fills the plan fields for the current device: "" when the kernel takes
 // the model, else why not (one line).

@@ -40,8 +40,9 @@
 // round trip, and for the norms a reduction) 0.5-2.9 us, and the attention chain (QKV rows out to
 // the O phase's input) 11 us, of which the key loop 2-3.4 us for 64 keys and the partials with
 // the group's merge ~4 us (8 heads' worth of code for the 1B's 4: the attention now takes 4 where
-// the groups have at most 4). Suspected: those round trips wait behind the SM's queued weight
-// bytes (BATON_CUDA_MEGA_INFLIGHT caps them). Neither measured yet.
+// the groups have at most 4; and O and down no longer read x back before their barriers).
+// Suspected: those round trips wait behind the SM's queued weight bytes (BATON_CUDA_MEGA_INFLIGHT
+// caps them). None of the three measured yet.
 #include <algorithm>
 #include <string>
 
@@ -758,6 +759,7 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
   float* parts = reinterpret_cast<float*>(smem + a.parts_off);
   unsigned char* kvs = smem + a.kvs_off;
   int32_t* tbl = reinterpret_cast<int32_t*>(smem + a.tbl_off);
+  float* own = reinterpret_cast<float*>(smem + a.own_off);
   const int tid = threadIdx.x;
   // The layers' pointers in shared memory: the producer looks them up for every chunk, and a
   // global load there (an L2 round trip behind the weight stream) measured ~2 us per chunk.
@@ -786,6 +788,10 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
     for (int i = tid; i <= sp.last / a.block_size; i += kThreads) tbl[i] = a.tables[i];
     table = tbl;
   }
+  // This CTA's rows of x: O and down both have H output rows, so the same CTA writes the same rows
+  // of x in both, and no other CTA writes them. It keeps them here and adds to them without
+  // reading x back (an L2 round trip before every O and down barrier).
+  for (int i = tid; i < geo[kO].n1 - geo[kO].n0; i += kThreads) own[i] = a.x[geo[kO].n0 + i];
   consumers_sync();
   unsigned target = 0;
   int slot = 0;
@@ -849,7 +855,7 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
         else if (phase == kGateUp)
           reinterpret_cast<__nv_bfloat16*>(a.act)[n] = __float2bfloat16(silu(v0) * v1);
         else
-          a.x[n] = __ldcg(a.x + n) + v0;
+          a.x[n] = own[i] += v0;  // O and down: this CTA's rows of x (own)
       }
       const int m0 = 2 + 3 * phase + (phase > kQkv ? 2 : 0);
       mark(a, li, m0);  // computed: 2, 7, 10, 13
@@ -923,7 +929,8 @@ std::string mega_prepare(MegaArgs& a) {
   const size_t kvs = align128(size_t(keys_per_batch<64>()) * 64 / a.D * 2 * a.D * (a.fp8 ? 1 : 2));
   const size_t bars = 2 * kMaxStages * sizeof(uint64_t), layers = align128(sizeof(MegaLayer) * a.n_layers);
   const size_t table = align128(sizeof(int32_t) * kTableCap);
-  const size_t fixed = bars + std::max(xs, attn) + align128(parts * sizeof(float)) + kvs + layers + table;
+  const size_t own = align128(sizeof(float) * ((a.H + sms - 1) / sms));  // a CTA's rows of x
+  const size_t fixed = bars + std::max(xs, attn) + align128(parts * sizeof(float)) + kvs + layers + table + own;
   cudaFuncAttributes attr{};
   cudaFuncGetAttributes(&attr, pick(a));
   const size_t budget = size_t(optin) - attr.sharedSizeBytes;
@@ -936,7 +943,8 @@ std::string mega_prepare(MegaArgs& a) {
   a.kvs_off = a.parts_off + static_cast<int>(align128(parts * sizeof(float)));
   a.layers_off = a.kvs_off + static_cast<int>(kvs);
   a.tbl_off = a.layers_off + static_cast<int>(layers);
-  a.smem_bytes = a.tbl_off + static_cast<int>(table);
+  a.own_off = a.tbl_off + static_cast<int>(table);
+  a.smem_bytes = a.own_off + static_cast<int>(own);
   if (cudaFuncSetAttribute(pick(a), cudaFuncAttributeMaxDynamicSharedMemorySize, a.smem_bytes) != cudaSuccess)
     return "cannot allow " + std::to_string(a.smem_bytes) + " bytes of shared memory";
   int per_sm = 0;
