@@ -46,7 +46,7 @@ bench() {  # $1: configs (';'-separated), $2: a label
         if [[ $cfg =~ BATON_CUDA_MEGA_TIMES=([^ ]+) ]]; then  # whole timeline in $OUT/timelines.txt
           echo "== $m $cfg$2 (round $round)" >> "$OUT/timelines.txt"
           python3 bench/gpu/mega_times.py "${BASH_REMATCH[1]}" 2>&1 | tee -a "$OUT/timelines.txt" |
-            grep -E "${MEGA_TIMES_SHOW:-layer takes|chunk loops|thread|rows out|attention}" || true
+            grep -E "${MEGA_TIMES_SHOW:-layer takes|a layer,|chunk loops|thread|rows out|attention}" || true
         fi
       done
     done

@@ -37,6 +37,19 @@ for k in ORDER:
     if k < rows.shape[1]:
         print(f"{NAMES[k]:26} {np.median(rows[:, k, 0]):11.2f} {np.median(rows[:, k, 1]):9.2f}")
 
+# Where a layer goes, from the median CTA's points (the attention from the QKV barrier to its last
+# CTA, which merges): the GEMV phases (input staged to rows out), the staging of their inputs, the
+# grid barriers (rows out to barrier passed), the attention.
+if rows.shape[1] >= 15:
+    m = np.median(rows[:, :, 0], axis=0)
+    last = np.median(rows[:, :, 1], axis=0)
+    gemv = (m[2] - m[1]) + (m[7] - m[6]) + (m[10] - m[9]) + (m[13] - m[12])
+    staging = (m[1] - m[0]) + (m[6] - m[5]) + (m[9] - m[8]) + (m[12] - m[11])
+    barriers = (m[3] - m[2]) + (m[5] - last[4]) + (m[8] - m[7]) + (m[11] - m[10]) + (m[14] - m[13])
+    attention = last[4] - m[3]
+    print(f"a layer, us (median CTA): GEMV phases {gemv:.2f}, their inputs staged {staging:.2f}, "
+          f"grid barriers {barriers:.2f}, attention to its last CTA {attention:.2f}")
+
 # The chunk loops' SM cycles per layer (marks 17-25): thread 0 (producer and consumer), thread 32.
 if marks >= 26:
     clk = t[:, :, 17].astype(np.float64)
@@ -45,7 +58,9 @@ if marks >= 26:
     print(f"chunk loops (SM clock {ghz:.2f} GHz), us a layer, median CTA / max CTA:")
     for who, k0 in (("thread 0", 18), ("thread 32", 22)):
         parts = []
-        for j, what in enumerate(("wait for a stage", "sums", "__syncthreads", "issue")):
+        # (the marks' last two slots, __syncthreads and copy issue, stay 0 since the producer
+        # has a warp of its own)
+        for j, what in enumerate(("wait for a stage", "sums")):
             v = t[:, 1:-1, k0 + j].astype(np.float64) / ghz / 1e3  # [CTA][layer] us
             per = np.median(v, axis=1)
             parts.append(f"{what} {np.median(per):.2f}/{per.max():.2f}")
