@@ -59,16 +59,22 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Sum (or max) over the whole block; every thread gets the result. `scratch` holds 32 floats.
-template <bool kMax>
-__device__ float block_reduce(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
+// Sum (or max) over the first n_warps warps of the block, which meet at sync() (a named barrier
+// where only they take part); each of their threads gets the result. `scratch` holds 32 floats.
+template <bool kMax, class Sync>
+__device__ float block_reduce(float v, float* scratch, int n_warps, Sync sync) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   v = kMax ? warp_max(v) : warp_sum(v);
-  __syncthreads();  // scratch may still be read by a previous call
+  sync();  // scratch may still be read by a previous call
   if (lane == 0) scratch[warp] = v;
-  __syncthreads();
+  sync();
   v = lane < n_warps ? scratch[lane] : (kMax ? -INFINITY : 0.f);
   return kMax ? warp_max(v) : warp_sum(v);
+}
+// The same over the whole block.
+template <bool kMax>
+__device__ float block_reduce(float v, float* scratch) {
+  return block_reduce<kMax>(v, scratch, (blockDim.x + 31) >> 5, [] { __syncthreads(); });
 }
 
 __device__ __forceinline__ float silu(float x) {

@@ -442,11 +442,7 @@ __device__ void stage_norm(const float* x, const float* w, int H, float eps, __n
 #pragma unroll
   for (int j = 0; j < kPer; ++j)
     if (threadIdx.x + j * kThreads < n4) ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
-  ss = warp_sum(ss);
-  consumers_sync();  // red may still be read by a previous call
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
-  consumers_sync();
-  ss = warp_sum((threadIdx.x & 31) < kWarps ? red[threadIdx.x & 31] : 0.f);
+  ss = block_reduce<false>(ss, red, kWarps, [] { consumers_sync(); });  // the consumer warps
   const float inv = rsqrtf(ss / H + eps);
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
