@@ -50,16 +50,15 @@ if rows.shape[1] >= 15:
     print(f"a layer, us (median CTA): GEMV phases {gemv:.2f}, their inputs staged {staging:.2f}, "
           f"grid barriers {barriers:.2f}, attention to its last CTA {attention:.2f}")
 
-# The chunk loops' SM cycles per layer (marks 17-25): thread 0 (producer and consumer), thread 32.
-if marks >= 26:
+# The chunk loops' SM cycles per layer (marks 17-21: thread 0's SM clock at the layer's start,
+# then threads 0 and 32, both consumers, their waits for a stage and their sums).
+if marks >= 22:
     clk = t[:, :, 17].astype(np.float64)
     ns = np.diff(t[:, :, 0].astype(np.float64), axis=1) / np.diff(clk, axis=1)  # ns per cycle, per CTA
     ghz = 1 / np.median(ns)
     print(f"chunk loops (SM clock {ghz:.2f} GHz), us a layer, median CTA / max CTA:")
-    for who, k0 in (("thread 0", 18), ("thread 32", 22)):
+    for who, k0 in (("thread 0", 18), ("thread 32", 20)):
         parts = []
-        # (the marks' last two slots, __syncthreads and copy issue, stay 0 since the producer
-        # has a warp of its own)
         for j, what in enumerate(("wait for a stage", "sums")):
             v = t[:, 1:-1, k0 + j].astype(np.float64) / ghz / 1e3  # [CTA][layer] us
             per = np.median(v, axis=1)

@@ -145,7 +145,7 @@ struct MegaLayer {
   const float *attn_norm, *mlp_norm, *b_qkv, *q_norm, *k_norm;  // b_qkv, q_norm, k_norm may be null
   float k_scale, v_scale;                                        // fp8 KV: dequantization scales
 };
-constexpr int kMegaMarks = 26;
+constexpr int kMegaMarks = 22;
 struct MegaArgs {
   // The model (set once).
   const MegaLayer* layers;  // device array [n_layers]
@@ -165,7 +165,8 @@ struct MegaArgs {
   const int32_t *positions, *slots, *tables;
   // BATON_CUDA_MEGA_TIMES (bench/gpu/mega_times.py): [CTA][layer][kMegaMarks]: thread 0 of every
   // CTA records %globaltimer at 17 points of each layer, then its SM clock at the layer's start and
-  // the cycles threads 0 and 32 spent in the chunk loop's parts (mega.cu: ChunkClock); null: off.
+  // the cycles threads 0 and 32 spent waiting for stages and in the sums (mega.cu: ChunkClock);
+  // null: off.
   unsigned long long* times;
   // The plan (mega_prepare); max_stages caps the ring (0: as many as fit; A/B runs).
   int max_stages;

@@ -170,10 +170,10 @@ __device__ __forceinline__ void mark(const MegaArgs& a, int layer, int k) {
 }
 
 // Where a CTA's chunk loop spends its SM cycles in a layer (BATON_CUDA_MEGA_TIMES): waiting for a
-// stage and the sums (sync and issue: 0 since the producer has a warp of its own); threads 0 and
-// 32 each record theirs, with clock64 at the layer's start.
+// stage and the sums; threads 0 and 32 each record theirs, thread 0 also clock64 at the layer's
+// start.
 struct ChunkClock {
-  long long t = 0, wait = 0, sums = 0, sync = 0, issue = 0;
+  long long t = 0, wait = 0, sums = 0;
   __device__ __forceinline__ void lap(bool on, long long& into) {
     if (!on) return;
     const long long now = clock64();
@@ -182,10 +182,10 @@ struct ChunkClock {
   __device__ void store(const MegaArgs& a, int layer, long long start) {
     if (!a.times || (threadIdx.x != 0 && threadIdx.x != 32)) return;
     unsigned long long* m = a.times + (static_cast<size_t>(blockIdx.x) * a.n_layers + layer) * kMegaMarks;
-    int k = threadIdx.x == 0 ? kMegaMarks - 9 : kMegaMarks - 4;  // 17..21 thread 0, 22..25 thread 32
+    int k = threadIdx.x == 0 ? kMegaMarks - 5 : kMegaMarks - 2;  // 17..19 thread 0, 20..21 thread 32
     if (threadIdx.x == 0) m[k++] = start;
-    m[k] = wait, m[k + 1] = sums, m[k + 2] = sync, m[k + 3] = issue;
-    wait = sums = sync = issue = 0;
+    m[k] = wait, m[k + 1] = sums;
+    wait = sums = 0;
   }
 };
 
@@ -540,6 +540,13 @@ __device__ void stage_keys(const MegaArgs& a, const void* layer_kv, const int32_
 template <int D>
 __device__ void merge_heads(const MegaArgs& a, float vs, int S, int h_begin, int h_end);
 
+// a.attn[i] = A / Lsum (v's fp8 scale vs applied; 0 where no key has weight). attn holds bf16
+// bits (bf16_t is uint16_t): assigned a __nv_bfloat16 directly it would take its value converted
+// to an integer.
+__device__ __forceinline__ void store_attn(const MegaArgs& a, int i, float A, float Lsum, float vs) {
+  reinterpret_cast<__nv_bfloat16*>(a.attn)[i] = __float2bfloat16(Lsum > 0.f ? A / Lsum * vs : 0.f);
+}
+
 // The attention phase of one CTA (every thread calls it): its split's partials; the group's last
 // split also merges them into a.attn. G: query heads per group the code takes (at least a.NH /
 // a.KVH).
@@ -584,14 +591,12 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
   }
   for (int b0 = p.begin; b0 < p.end; b0 += kB) {
     const int b1 = min(b0 + kB, p.end);
-    if (b0 != p.begin) {  // later batches (long contexts): staged now
+    if (b0 != p.begin) {  // later batches (long contexts): staged now (the first one is in: above)
       consumers_sync();
       stage_keys<D, Kv>(a, layer_kv, table, p.g, b0, b1, p.has_new ? p.last : -1, kvs);
       cp_async_wait_all();
-    } else {
-      cp_async_wait_all();
+      consumers_sync();
     }
-    consumers_sync();
     if (tid < kAttnThreads) {
       const T* kt = reinterpret_cast<const T*>(kvs);
       for (int j0 = 0; j0 < b1 - b0; j0 += kGroups) {  // the same trip count for every group
@@ -647,7 +652,7 @@ __device__ void attention(const MegaArgs& a, const MegaLayer& L, const void* lay
 #pragma unroll 8
     for (int i = 0; i < kGroups; ++i) A += sm_acc[(hd * kGroups + i) * D + d] * sm_m[hd * kGroups + i];
     if (p.S == 1) {
-      reinterpret_cast<__nv_bfloat16*>(a.attn)[h * D + d] = __float2bfloat16(Lsum > 0.f ? A / Lsum * vs : 0.f);
+      store_attn(a, h * D + d, A, Lsum, vs);
       continue;
     }
     float* w = a.ws + (static_cast<int64_t>(h) * a.s_max + p.s) * (D + 2);
@@ -731,8 +736,7 @@ __device__ void merge_heads(const MegaArgs& a, float vs, int S, int h_begin, int
       if (on[hb])
 #pragma unroll
         for (int i = 0; i < kE; ++i)
-          reinterpret_cast<__nv_bfloat16*>(a.attn)[(h0 + hb * kWarps) * D + lane * kE + i] =
-              __float2bfloat16(Lsum[hb] > 0.f ? acc[hb][i] / Lsum[hb] * vs : 0.f);
+          store_attn(a, (h0 + hb * kWarps) * D + lane * kE + i, acc[hb][i], Lsum[hb], vs);
   }
 }
 
