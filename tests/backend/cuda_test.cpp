@@ -581,22 +581,33 @@ TEST_P(CudaSkinnyTest, MatchesCublas) {
 // A one-token decode step's layers in one kernel (BATON_CUDA_MEGA, mega.cu) against the same steps
 // on cuBLAS: 24 steps after a prompt of 40, each step's logits within summation-order noise, bf16
 // and fp8 caches; ragged hidden sizes (264, 288: a row is not a whole number of a warp's loads);
-// and with one weight stage's copies in flight at a time (BATON_CUDA_MEGA_INFLIGHT=1: the
-// producer's other wait).
+// and with the producer's other waits and the A/B switches that move loads: one weight stage's
+// copies in flight at a time (BATON_CUDA_MEGA_INFLIGHT=1), chunks into L2 while the ring waits
+// with evict-first ring copies, the first keys loaded after the QKV input.
 TEST_P(CudaSkinnyTest, OneKernelStepMatchesCublas) {
-  using Case = std::pair<std::string, std::string>;  // KV cache dtype, weight stages in flight (0: any)
-  for (const auto& [kv, inflight] : {Case{"bf16", "0"}, Case{"fp8", "0"}, Case{"bf16", "1"}}) {
-    SCOPED_TRACE(kv + " cache, stages in flight " + inflight);
+  struct Case {
+    std::string kv;
+    std::vector<std::pair<const char*, const char*>> env;
+  };
+  const std::vector<Case> cases{{"bf16", {}},
+                                {"fp8", {}},
+                                {"bf16", {{"BATON_CUDA_MEGA_INFLIGHT", "1"}}},
+                                {"bf16", {{"BATON_CUDA_MEGA_L2_IDLE", "4"}, {"BATON_CUDA_MEGA_EVICT", "1"}}},
+                                {"fp8", {{"BATON_CUDA_MEGA_KEYS_LATE", "1"}}}};
+  for (const auto& [kv, env] : cases) {
+    std::string what = kv + " cache";
+    for (const auto& [k, v] : env) what += std::string(", ") + k + "=" + v;
+    SCOPED_TRACE(what);
     BackendOptions o = cuda_options(kv);
     ::setenv("BATON_CUDA_GEMV", "0", 1);
     ::setenv("BATON_CUDA_MEGA", "0", 1);
     auto ref = make(dir_.path(), o);
     ::unsetenv("BATON_CUDA_GEMV");
     ::setenv("BATON_CUDA_MEGA", "require", 1);
-    ::setenv("BATON_CUDA_MEGA_INFLIGHT", inflight.c_str(), 1);
+    for (const auto& [k, v] : env) ::setenv(k, v, 1);
     auto gpu = make(dir_.path(), o);
     ::unsetenv("BATON_CUDA_MEGA");
-    ::unsetenv("BATON_CUDA_MEGA_INFLIGHT");
+    for (const auto& [k, v] : env) ::unsetenv(k);
     ASSERT_TRUE(ref && gpu);
     const int V = gpu->config().vocab_size;
     std::vector<int32_t> table{3, 1, 4, 0, 2};  // 80 slots, out of order

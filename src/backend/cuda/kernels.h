@@ -176,6 +176,14 @@ struct MegaArgs {
   // Chunks the producer keeps on their way into L2 beyond the ring's newest (BATON_CUDA_MEGA_L2;
   // 0: none).
   int l2_lead;
+  // Chunks the producer sends into L2 past the ring while the ring is full and landed and the
+  // consumers hold it (BATON_CUDA_MEGA_L2_IDLE; 0: none), and the ring's copies marked evict-first
+  // in L2 (BATON_CUDA_MEGA_EVICT=1). A/B runs.
+  int l2_idle;
+  int evict_first;
+  // The attention's first cached keys loaded after the QKV phase's input is staged instead of
+  // before (BATON_CUDA_MEGA_KEYS_LATE=1, A/B runs).
+  int keys_late;
   // Keys per attention split (BATON_CUDA_MEGA_SPLIT_KEYS, A/B runs; 0: 64 at head_dim 64, 32 at 128):
   // more splits, each shorter, merged by the group's last.
   int split_keys;

@@ -113,6 +113,16 @@ __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
   return ok != 0;
 }
+// Whether the phase of that parity has completed, without waiting.
+__device__ __forceinline__ bool mbar_test(uint64_t* bar, uint32_t parity) {
+  uint32_t ok;
+  asm volatile(
+      "{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+      : "=r"(ok)
+      : "r"(smem_u32(bar)), "r"(parity)
+      : "memory");
+  return ok != 0;
+}
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   long long spins = 0;
   while (!mbar_try_wait(bar, parity)) trap_if(++spins > kSpinLimit);
@@ -129,6 +139,21 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_u32(dst)),
       "l"(src), "r"(bytes), "r"(smem_u32(bar))
       : "memory");
+}
+// The same copy with an L2 cache policy (createpolicy): the ring's weights are read once, and
+// marked evict-first they leave L2 to what is read again (the chunks prefetched ahead of them).
+__device__ __forceinline__ void bulk_load_hint(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
+                                               uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(
+          smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(policy)
+      : "memory");
+}
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t p;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+  return p;
 }
 __device__ __forceinline__ void prefetch_bulk_l2(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
@@ -376,8 +401,15 @@ __device__ __forceinline__ const bf16_t* chunk_rows(const Gemv& g, int r, int ro
 // With a.l2_lead > 0 it also keeps the chunks that far beyond the ring's newest on their way into
 // L2 (cp.async.bulk.prefetch.L2): the memory bus then keeps streaming for as many chunks more while
 // the consumers meet at a barrier with the ring full, and the ring refills from L2 afterwards.
-// Measured slower at 4, 8 and 12 (session 26, with the CUDA-core sums that held the ring back);
-// off by default, for A/B runs.
+// Measured slower at 4, 8 and 12 (session 26, with the CUDA-core sums that held the ring back),
+// and at 8 again with the sums keeping up (session 28: 1B shape 0.94 -> 1.20 ms); off by default,
+// for A/B runs.
+//
+// With a.l2_idle = N it sends chunks into L2 only while the bus would idle for this SM: the ring
+// is full, every copy in it has landed, and the consumers hold all its stages (at the grid
+// barriers, the attention and the inputs' staging, ~40 % of a layer). Up to N chunks past the
+// ring's newest, one at a time between checks of the stage it waits for. a.evict_first marks the
+// ring's copies evict-first in L2, so that streaming them does not push those chunks out.
 //
 // With a.inflight = F (0 < F < stages) at most F stages' copies are on their way at a time: the
 // producer waits for the oldest one's bytes before it issues another. The ring still fills during
@@ -397,6 +429,7 @@ struct Producer {
     int slot = 0;
     uint32_t parity = 0;  // of the stage's current fill: its first wait (parity 1) passes at once
     const unsigned cap = a.inflight > 0 && a.inflight < a.stages ? a.inflight : 0;
+    const uint64_t policy = a.evict_first ? evict_first_policy() : 0;
     Gemv g;
     int row, rows;
     while (ring.next(a, layers, geo, g, row, rows)) {
@@ -407,14 +440,44 @@ struct Producer {
         ++landed;
         if (++landed_slot == a.stages) landed_slot = 0, landed_parity ^= 1;
       }
+      if (a.l2_idle && issued) idle(a, layers, geo, full, empty + slot, parity, slot);
       mbar_wait(empty + slot, parity ^ 1);
       const uint32_t bytes = static_cast<uint32_t>(rows) * g.K * 2;
       unsigned char* dst = mem + static_cast<size_t>(slot) * a.stage_bytes;
       mbar_expect_tx(full + slot, bytes * g.R);
-      for (int r = 0; r < g.R; ++r) bulk_load(dst + static_cast<size_t>(r) * bytes, chunk_rows(g, r, row), bytes, full + slot);
+      for (int r = 0; r < g.R; ++r) {
+        unsigned char* d = dst + static_cast<size_t>(r) * bytes;
+        if (policy)
+          bulk_load_hint(d, chunk_rows(g, r, row), bytes, full + slot, policy);
+        else
+          bulk_load(d, chunk_rows(g, r, row), bytes, full + slot);
+      }
       if (++slot == a.stages) slot = 0, parity ^= 1;
       ++issued;
       lead(a, layers, geo);
+    }
+  }
+  // Before the wait for the stage at slot to be empty (parity: the fill it will get): chunks into
+  // L2 while that wait would block and the ring's newest copy (the slot before) has landed, up to
+  // a.l2_idle past the ring.
+  __device__ void idle(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo, uint64_t* full, uint64_t* empty_slot,
+                       uint32_t parity, int slot) {
+    const int newest = slot == 0 ? a.stages - 1 : slot - 1;
+    const uint32_t newest_parity = slot == 0 ? parity ^ 1 : parity;
+    Gemv g;
+    int row, rows;
+    long long spins = 0;
+    while (prefetched < issued + a.l2_idle && !mbar_test(empty_slot, parity ^ 1)) {
+      trap_if(++spins > kSpinLimit);
+      if (!mbar_test(full + newest, newest_parity)) {  // the ring's copies still land
+        __nanosleep(100);  // not a busy loop on a scheduler that a consumer warp shares
+        continue;
+      }
+      for (; prefetched < issued; ++prefetched)  // the L2 cursor catches up with the ring
+        if (!l2.next(a, layers, geo, g, row, rows)) return;
+      if (!l2.next(a, layers, geo, g, row, rows)) return;
+      ++prefetched;
+      for (int r = 0; r < g.R; ++r) prefetch_bulk_l2(chunk_rows(g, r, row), static_cast<uint32_t>(rows) * g.K * 2);
     }
   }
   // The L2 cursor up to a.l2_lead chunks past the ring's newest.
@@ -804,8 +867,9 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
     mark(a, li, 0);
     const long long layer_clock = timed ? clock64() : 0;
     if (li + 1 < a.n_layers) prefetch_layer(a, layers[li + 1]);
-    // This layer's cached keys depend on nothing of this step: their loads go out now.
-    if (sp.active && !a.probe)
+    // This layer's cached keys depend on nothing of this step: their loads go out now (or, with
+    // a.keys_late, once the QKV phase's input is staged: A/B of whether they hold its loads back).
+    if (sp.active && !a.probe && !a.keys_late)
       stage_keys<D, Kv>(a, layer_kv, table, sp.g, sp.begin, min(sp.begin + keys_per_batch<D>(), sp.end),
                         sp.has_new ? sp.last : -1, kvs);
     cp_async_commit();
@@ -822,6 +886,11 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
         stage_norm(a.x, L.mlp_norm, a.H, a.eps, xs, red);
       else
         stage_copy(a.act, a.I, xs);
+      if (phase == kQkv && a.keys_late && sp.active && !a.probe) {
+        stage_keys<D, Kv>(a, layer_kv, table, sp.g, sp.begin, min(sp.begin + keys_per_batch<D>(), sp.end),
+                          sp.has_new ? sp.last : -1, kvs);
+        cp_async_commit();
+      }
       consumers_sync();
       mark(a, li, 1 + 3 * phase + (phase > kQkv ? 2 : 0));  // staged: 1, 6, 9, 12
       const int P = (g.n1 - g.n0) * g.R;  // pieces of this CTA in the phase
