@@ -122,6 +122,26 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// L2 cache policies (createpolicy, sm_80+) for weights, which a decode step reads once: marked
+// evict-first they leave L2 to what is read again (the KV cache, activations). evict_first = false
+// gives the normal policy (A/B runs).
+__device__ __forceinline__ uint64_t weight_l2_policy(bool evict_first) {
+  uint64_t p;
+  if (evict_first)
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+  else
+    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(p));
+  return p;
+}
+// __ldg of 16 bytes under an L2 cache policy.
+__device__ __forceinline__ uint4 ldg_policy(const void* p, uint64_t policy) {
+  uint4 v;
+  asm("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "l"(policy));
+  return v;
+}
+
 // The keys a query at position pos attends to: [max(0, pos - window + 1), pos] (window 0: all),
 // none for a padding row (pos < 0).
 struct KeyRange {

@@ -10,8 +10,10 @@
 // the shared-memory reads of the inputs (one per row and chunk) outrun the weight stream, so 5 to 8
 // run on tensor cores (gemv_mma_kernel below).
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 
 #include "backend/cuda/common.cuh"
@@ -30,13 +32,14 @@ __device__ __forceinline__ void prefetch_l1(const void* p) {
 
 // Chunks c0, c0 + 32, ... (kUnroll of them) of weight row n (and, for R = 2, of row N + n).
 template <int R>
-__device__ __forceinline__ void load_batch(uint4 (&wv)[R][kUnroll], const uint4* w, int N, int chunks, int n, int c0) {
+__device__ __forceinline__ void load_batch(uint4 (&wv)[R][kUnroll], const uint4* w, int N, int chunks, int n, int c0,
+                                           uint64_t pol) {
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const int c = c0 + 32 * u;
 #pragma unroll
     for (int r = 0; r < R; ++r)
-      wv[r][u] = c < chunks ? __ldg(w + (static_cast<int64_t>(r) * N + n) * chunks + c) : make_uint4(0, 0, 0, 0);
+      wv[r][u] = c < chunks ? ldg_policy(w + (static_cast<int64_t>(r) * N + n) * chunks + c, pol) : make_uint4(0, 0, 0, 0);
   }
 }
 
@@ -125,13 +128,14 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
   const uint4* w = reinterpret_cast<const uint4*>(a.w);
   const int stride = gridDim.x * kWarps;
   int n = blockIdx.x * kWarps + warp;
+  const uint64_t pol = weight_l2_policy(a.evict_first);
   BATON_STAMP_BEGIN();
 
   // The weights depend on no earlier kernel: this warp's first loads go out before the wait (and
   // its second row is asked of L2), so they overlap the previous kernel's tail and the staging.
   pdl_trigger();
   uint4 wv[R][kUnroll];
-  if (n < a.N) load_batch<R>(wv, w, a.N, chunks, n, lane);
+  if (n < a.N) load_batch<R>(wv, w, a.N, chunks, n, lane, pol);
   if (n + stride < a.N)
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -172,10 +176,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
       }
       c0 += 32 * kUnroll;
       if (c0 < chunks) {
-        load_batch<R>(wv, w, a.N, chunks, n, c0);
+        load_batch<R>(wv, w, a.N, chunks, n, c0, pol);
       } else {
         // The next row's first loads go out before this row's sums are reduced and stored.
-        if (n + stride < a.N) load_batch<R>(wv, w, a.N, chunks, n + stride, lane);
+        if (n + stride < a.N) load_batch<R>(wv, w, a.N, chunks, n + stride, lane, pol);
         break;
       }
     }
@@ -220,6 +224,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
   __shared__ float4 sums[kWarps][R][32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int slices = a.K >> 5, stride = a.K + 8, tiles = (a.N + kMmaRows - 1) / kMmaRows;
+  const uint64_t pol = weight_l2_policy(a.evict_first);
   BATON_STAMP_BEGIN();
   // This lane's two weight rows (per R) of a tile, clamped into the matrix (rows past N compute
   // garbage that is never stored).
@@ -242,7 +247,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
 #pragma unroll
         for (int h = 0; h < 2; ++h)
           wv[r][h][u] =
-              sl < slices ? __ldg(reinterpret_cast<const uint4*>(wrow[r][h] + 32 * sl)) : make_uint4(0, 0, 0, 0);
+              sl < slices ? ldg_policy(wrow[r][h] + 32 * sl, pol) : make_uint4(0, 0, 0, 0);
     }
   };
 
@@ -414,8 +419,15 @@ bool gemv_supported(int M, int K) {
          smem_bytes(M, K, GemvKind::kNormStore) <= size_t(g_smem_optin);
 }
 
-void gemv(const GemvArgs& a, cudaStream_t s) {
-  if (a.M == 0 || a.N == 0) return;
+void gemv(const GemvArgs& args, cudaStream_t s) {
+  if (args.M == 0 || args.N == 0) return;
+  // The weights' loads evict-first in L2 (BATON_CUDA_EVICT=0: the normal policy, A/B runs).
+  static const bool evict_first = [] {
+    const char* p = std::getenv("BATON_CUDA_EVICT");
+    return !p || std::string(p) != "0";
+  }();
+  GemvArgs a = args;
+  a.evict_first = evict_first;
   switch (a.kind) {
     case GemvKind::kNormStore:
       launch_kind<GemvKind::kNormStore>(a, s);

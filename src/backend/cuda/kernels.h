@@ -124,6 +124,7 @@ struct GemvArgs {
   float beta;
   bf16_t* act;  // kNormSiluMul: [M, N] bf16
   int in_stride;  // kAccumulate: elements between rows of `in` (0: K)
+  bool evict_first = false;  // set by gemv(): the weights' L2 policy (BATON_CUDA_EVICT)
 };
 // Whether gemv() takes M rows of K inputs (K a multiple of 8, of 32 above kGemvDotRows rows; the
 // rows fit in shared memory).
@@ -178,13 +179,13 @@ struct MegaArgs {
   int l2_lead;
   // Chunks the producer sends into L2 past the ring while the ring is full and landed and the
   // consumers hold it (BATON_CUDA_MEGA_L2_IDLE; 0: none), and the ring's copies marked evict-first
-  // in L2 (BATON_CUDA_MEGA_EVICT=1). A/B runs.
+  // in L2 (on unless BATON_CUDA_EVICT=0, as the other kernels' weight loads). A/B runs.
   int l2_idle;
   int evict_first;
   // The attention's first cached keys loaded after the QKV phase's input is staged instead of
   // before (BATON_CUDA_MEGA_KEYS_LATE=1, A/B runs).
   int keys_late;
-  // Keys per attention split (BATON_CUDA_MEGA_SPLIT_KEYS, A/B runs; 0: 64 at head_dim 64, 32 at 128):
+  // Keys per attention split (BATON_CUDA_MEGA_SPLIT_KEYS, A/B runs; 0: 32):
   // more splits, each shorter, merged by the group's last.
   int split_keys;
   // Weight stages whose copies may be in flight at once (BATON_CUDA_MEGA_INFLIGHT, A/B runs; 0: as
