@@ -30,19 +30,17 @@
 // (a release-add, then a spin on ld.acquire, which also drops the SM's stale L1 lines), with
 // __ldcg where this file reads it itself.
 //
-// Status (H200, bench/RESULTS.md session 27; bench/gpu/mega_ab.sh, mega_times.py): the ring with
-// the sums and nothing else (BATON_CUDA_MEGA_PROBE=2) streams a Llama-3.2-1B step at 0.98 of the
-// roofline. The whole step takes 0.96 ms against 0.90 for the kernels per layer (Qwen2.5-0.5B
-// shape: 0.86 against 0.66): the sums keep up with the bus now, the rest of a layer does not. A 1B
-// layer (51 us): ~30 us of GEMV phases, bus-bound in gate/up and down, and ~21 us of staging,
-// barriers and attention in which the 5-stage ring (160 KB, ~5 us of an SM's share of the bus)
-// fills once and the bus idles: a grid barrier takes 1-1.5 us, staging a phase's input (an L2
-// round trip, and for the norms a reduction) 0.5-2.9 us, and the attention chain (QKV rows out to
-// the O phase's input) 11 us, of which the key loop 2-3.4 us for 64 keys and the partials with
-// the group's merge ~4 us (8 heads' worth of code for the 1B's 4: the attention now takes 4 where
-// the groups have at most 4; and O and down no longer read x back before their barriers).
-// Suspected: those round trips wait behind the SM's queued weight bytes (BATON_CUDA_MEGA_INFLIGHT
-// caps them). None of the three measured yet.
+// Status (H200, bench/RESULTS.md sessions 27-28; bench/gpu/mega_ab.sh, mega_times.py): the ring
+// with the sums and nothing else (BATON_CUDA_MEGA_PROBE=2) streams a Llama-3.2-1B step at 0.98 of
+// the roofline. The whole step takes 0.91 ms against 0.89 for the kernels per layer (Qwen2.5-0.5B
+// shape: 0.80 against 0.67). A 1B layer (50 us): ~27 us of GEMV phases, bus-bound in gate/up and
+// down, and ~23 us of input staging (5.7), grid barriers (9.8: each passes 1.2-2.2 us after the
+// last CTA arrives) and the attention chain (7.2), in which the 5-stage ring (160 KB, ~5 us of an
+// SM's share of the bus) fills once and the bus idles. Measured and not kept (session 28): fewer
+// copies in flight (BATON_CUDA_MEGA_INFLIGHT: the staging and barriers do not move, so their round
+// trips do not queue behind this SM's copies), L2 prefetch ahead of the ring (BATON_CUDA_MEGA_L2)
+// or only while the bus would idle (BATON_CUDA_MEGA_L2_IDLE: the GEMV phases shrink, the staging
+// grows as much), the first keys after the QKV input (BATON_CUDA_MEGA_KEYS_LATE).
 #include <algorithm>
 #include <string>
 
@@ -403,16 +401,19 @@ __device__ __forceinline__ const bf16_t* chunk_rows(const Gemv& g, int r, int ro
 // With a.l2_idle = N it sends chunks into L2 only while the bus would idle for this SM: the ring
 // is full, every copy in it has landed, and the consumers hold all its stages (at the grid
 // barriers, the attention and the inputs' staging, ~40 % of a layer). Up to N chunks past the
-// ring's newest, one at a time between checks of the stage it waits for. a.evict_first marks the
-// ring's copies evict-first in L2, so that streaming them does not push those chunks out.
+// ring's newest, one at a time between checks of the stage it waits for. Measured (session 28, 1B
+// shape): 0.930-1.021 ms at N = 4-16 against 0.920 without: the GEMV phases shrink and the
+// consumers' round trips (staging, barriers) grow as much; off by default, for A/B runs.
+// a.evict_first (on by default) marks the ring's copies evict-first in L2: read once, they leave
+// L2 to the KV cache and the activations (1B shape 0.940 -> 0.920 ms).
 //
 // With a.inflight = F (0 < F < stages) at most F stages' copies are on their way at a time: the
 // producer waits for the oldest one's bytes before it issues another. The ring still fills during
 // the consumers' barriers, F stages at a time. Why try it: every load the consumers issue on the
 // critical path (a phase's input, a barrier's poll) returns behind this SM's queued weight bytes,
 // and 5 stages are 160 KB, ~5 us of one SM's share of the bus, where ~1 us of bytes in flight
-// (Little's law: 4.4 TB/s x ~1 us over 132 SMs: ~33 KB an SM) keeps the bus busy. Off (0) until
-// measured.
+// (Little's law: 4.4 TB/s x ~1 us over 132 SMs: ~33 KB an SM) keeps the bus busy. Measured
+// (session 28): 1 and 2 stages leave the staging and barrier times as they were; off.
 struct Producer {
   Cursor ring, l2;
   unsigned issued = 0, prefetched = 0;  // chunks into the ring; chunks the L2 cursor has passed
