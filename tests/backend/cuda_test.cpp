@@ -581,9 +581,8 @@ TEST_P(CudaSkinnyTest, MatchesCublas) {
 // A one-token decode step's layers in one kernel (BATON_CUDA_MEGA, mega.cu) against the same steps
 // on cuBLAS: 24 steps after a prompt of 40, each step's logits within summation-order noise, bf16
 // and fp8 caches; ragged hidden sizes (264, 288: a row is not a whole number of a warp's loads);
-// and with the producer's other waits and the A/B switches that move loads: one weight stage's
-// copies in flight at a time (BATON_CUDA_MEGA_INFLIGHT=1), chunks into L2 while the ring waits
-// with the ring's copies under the normal L2 policy, the first keys loaded after the QKV input.
+// and with the ring's copies under the normal L2 policy (BATON_CUDA_EVICT=0) and 8-key splits
+// (several of the 40-64 keys' splits merged).
 TEST_P(CudaSkinnyTest, OneKernelStepMatchesCublas) {
   struct Case {
     std::string kv;
@@ -591,9 +590,8 @@ TEST_P(CudaSkinnyTest, OneKernelStepMatchesCublas) {
   };
   const std::vector<Case> cases{{"bf16", {}},
                                 {"fp8", {}},
-                                {"bf16", {{"BATON_CUDA_MEGA_INFLIGHT", "1"}}},
-                                {"bf16", {{"BATON_CUDA_MEGA_L2_IDLE", "4"}, {"BATON_CUDA_EVICT", "0"}}},
-                                {"fp8", {{"BATON_CUDA_MEGA_KEYS_LATE", "1"}}}};
+                                {"bf16", {{"BATON_CUDA_EVICT", "0"}}},
+                                {"fp8", {{"BATON_CUDA_MEGA_SPLIT_KEYS", "8"}}}};
   for (const auto& [kv, env] : cases) {
     std::string what = kv + " cache";
     for (const auto& [k, v] : env) what += std::string(", ") + k + "=" + v;

@@ -436,12 +436,8 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   mega_.evict_first = 1;  // the ring's weights evict-first in L2 (1B shape: 0.940 -> 0.920 ms, session 28)
   if (const char* p = std::getenv("BATON_CUDA_MEGA_STAGES")) mega_.max_stages = std::atoi(p);  // A/B runs
   if (const char* p = std::getenv("BATON_CUDA_MEGA_PROBE")) mega_.probe = std::atoi(p);
-  if (const char* p = std::getenv("BATON_CUDA_MEGA_L2")) mega_.l2_lead = std::max(0, std::atoi(p));
-  if (const char* p = std::getenv("BATON_CUDA_MEGA_L2_IDLE")) mega_.l2_idle = std::max(0, std::atoi(p));
-  if (const char* p = std::getenv("BATON_CUDA_MEGA_KEYS_LATE")) mega_.keys_late = std::string(p) != "0";
   if (const char* p = std::getenv("BATON_CUDA_EVICT")) mega_.evict_first = std::string(p) != "0";
   if (const char* p = std::getenv("BATON_CUDA_MEGA_SPLIT_KEYS")) mega_.split_keys = std::max(0, std::atoi(p));
-  if (const char* p = std::getenv("BATON_CUDA_MEGA_INFLIGHT")) mega_.inflight = std::max(0, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_MEGA_GROUP")) mega_.group_heads = std::atoi(p);
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_TOKENS")) attn_mma_tokens_ = std::max(0, std::atoi(p));
   if (!decode_mma_supported(cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim)) attn_mma_tokens_ = 0;
@@ -649,10 +645,7 @@ Status CudaBackend::init_mega() {
   }
   log::info("cuda backend: one-kernel decode step: ", m.grid, " CTAs, ", m.stages, " weight stages of ",
             m.stage_bytes >> 10, " KiB, ", m.smem_bytes >> 10, " KiB of shared memory each, attention for ",
-            m.group_heads, " query heads a group",
-            m.l2_lead ? ", " + std::to_string(m.l2_lead) + " chunks ahead into L2" : std::string(),
-            m.l2_idle ? ", up to " + std::to_string(m.l2_idle) + " chunks into L2 while the ring waits" : std::string(),
-            m.evict_first ? ", ring copies evict-first in L2" : std::string());
+            m.group_heads, " query heads a group", m.evict_first ? ", ring copies evict-first in L2" : "");
   return {};
 }
 

@@ -174,23 +174,12 @@ struct MegaArgs {
   // BATON_CUDA_MEGA_PROBE (measurements only; the step's results are garbage): 1 streams the
   // weights through the ring and nothing else (no staging, sums or barriers), 2 also does the sums.
   int probe;
-  // Chunks the producer keeps on their way into L2 beyond the ring's newest (BATON_CUDA_MEGA_L2;
-  // 0: none).
-  int l2_lead;
-  // Chunks the producer sends into L2 past the ring while the ring is full and landed and the
-  // consumers hold it (BATON_CUDA_MEGA_L2_IDLE; 0: none), and the ring's copies marked evict-first
-  // in L2 (on unless BATON_CUDA_EVICT=0, as the other kernels' weight loads). A/B runs.
-  int l2_idle;
+  // The ring's copies evict-first in L2 (on unless BATON_CUDA_EVICT=0, as the other kernels'
+  // weight loads).
   int evict_first;
-  // The attention's first cached keys loaded after the QKV phase's input is staged instead of
-  // before (BATON_CUDA_MEGA_KEYS_LATE=1, A/B runs).
-  int keys_late;
   // Keys per attention split (BATON_CUDA_MEGA_SPLIT_KEYS, A/B runs; 0: 32):
   // more splits, each shorter, merged by the group's last.
   int split_keys;
-  // Weight stages whose copies may be in flight at once (BATON_CUDA_MEGA_INFLIGHT, A/B runs; 0: as
-  // many as the ring has free).
-  int inflight;
   // Query heads per KV group the attention's code takes (mega_prepare: 4 where the model's groups
   // have at most 4, else 8); BATON_CUDA_MEGA_GROUP=8 forces 8 (A/B runs).
   int group_heads;

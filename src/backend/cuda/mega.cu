@@ -36,11 +36,8 @@
 // shape: 0.80 against 0.67). A 1B layer (50 us): ~27 us of GEMV phases, bus-bound in gate/up and
 // down, and ~23 us of input staging (5.7), grid barriers (9.8: each passes 1.2-2.2 us after the
 // last CTA arrives) and the attention chain (7.2), in which the 5-stage ring (160 KB, ~5 us of an
-// SM's share of the bus) fills once and the bus idles. Measured and not kept (session 28): fewer
-// copies in flight (BATON_CUDA_MEGA_INFLIGHT: the staging and barriers do not move, so their round
-// trips do not queue behind this SM's copies), L2 prefetch ahead of the ring (BATON_CUDA_MEGA_L2)
-// or only while the bus would idle (BATON_CUDA_MEGA_L2_IDLE: the GEMV phases shrink, the staging
-// grows as much), the first keys after the QKV input (BATON_CUDA_MEGA_KEYS_LATE).
+// SM's share of the bus) fills once and the bus idles. Ways to fill that idle time tried and
+// removed: see Producer.
 #include <algorithm>
 #include <string>
 
@@ -111,16 +108,6 @@ __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
   return ok != 0;
 }
-// Whether the phase of that parity has completed, without waiting.
-__device__ __forceinline__ bool mbar_test(uint64_t* bar, uint32_t parity) {
-  uint32_t ok;
-  asm volatile(
-      "{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
-      : "=r"(ok)
-      : "r"(smem_u32(bar)), "r"(parity)
-      : "memory");
-  return ok != 0;
-}
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   long long spins = 0;
   while (!mbar_try_wait(bar, parity)) trap_if(++spins > kSpinLimit);
@@ -147,9 +134,6 @@ __device__ __forceinline__ void bulk_load_hint(void* dst, const void* src, uint3
           smem_u32(dst)),
       "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(policy)
       : "memory");
-}
-__device__ __forceinline__ void prefetch_bulk_l2(const void* src, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
@@ -391,52 +375,24 @@ __device__ __forceinline__ const bf16_t* chunk_rows(const Gemv& g, int r, int ro
 // The ring's producer, lane 0 of the CTA's last warp (which takes no other part): the chunks in the
 // order the consumers take them, each into the next stage once the 7 consumer warps have arrived
 // on its "empty" mbarrier, with one cp.async.bulk per weight range completing on its "full" one.
-// With a.l2_lead > 0 it also keeps the chunks that far beyond the ring's newest on their way into
-// L2 (cp.async.bulk.prefetch.L2): the memory bus then keeps streaming for as many chunks more while
-// the consumers meet at a barrier with the ring full, and the ring refills from L2 afterwards.
-// Measured slower at 4, 8 and 12 (session 26, with the CUDA-core sums that held the ring back),
-// and at 8 again with the sums keeping up (session 28: 1B shape 0.94 -> 1.20 ms); off by default,
-// for A/B runs.
+// The copies are marked evict-first in L2 (a.evict_first, on unless BATON_CUDA_EVICT=0): read
+// once, they leave L2 to the KV cache and the activations (1B shape 0.940 -> 0.920 ms, session 28).
 //
-// With a.l2_idle = N it sends chunks into L2 only while the bus would idle for this SM: the ring
-// is full, every copy in it has landed, and the consumers hold all its stages (at the grid
-// barriers, the attention and the inputs' staging, ~40 % of a layer). Up to N chunks past the
-// ring's newest, one at a time between checks of the stage it waits for. Measured (session 28, 1B
-// shape): 0.930-1.021 ms at N = 4-16 against 0.920 without: the GEMV phases shrink and the
-// consumers' round trips (staging, barriers) grow as much; off by default, for A/B runs.
-// a.evict_first (on by default) marks the ring's copies evict-first in L2: read once, they leave
-// L2 to the KV cache and the activations (1B shape 0.940 -> 0.920 ms).
-//
-// With a.inflight = F (0 < F < stages) at most F stages' copies are on their way at a time: the
-// producer waits for the oldest one's bytes before it issues another. The ring still fills during
-// the consumers' barriers, F stages at a time. Why try it: every load the consumers issue on the
-// critical path (a phase's input, a barrier's poll) returns behind this SM's queued weight bytes,
-// and 5 stages are 160 KB, ~5 us of one SM's share of the bus, where ~1 us of bytes in flight
-// (Little's law: 4.4 TB/s x ~1 us over 132 SMs: ~33 KB an SM) keeps the bus busy. Measured
-// (session 28): 1 and 2 stages leave the staging and barrier times as they were; off.
+// Tried here and removed (bench/RESULTS.md sessions 26-28; the code is in 242ae0e): chunks kept on
+// their way into L2 ahead of the ring (cp.async.bulk.prefetch.L2; slower at every depth), or sent
+// there only while the ring is full and the consumers hold it (the GEMV phases shrink, the inputs'
+// staging grows as much), and a cap on the stages in flight (the staging and barrier times do not
+// move: their round trips do not wait behind this SM's queued copies).
 struct Producer {
-  Cursor ring, l2;
-  unsigned issued = 0, prefetched = 0;  // chunks into the ring; chunks the L2 cursor has passed
-  unsigned landed = 0;                  // of the issued chunks, those seen complete (a.inflight)
-  int landed_slot = 0;
-  uint32_t landed_parity = 0;
-  __device__ void run(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo, unsigned char* mem,
-                      uint64_t* full, uint64_t* empty) {
+  __device__ static void run(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo, unsigned char* mem,
+                             uint64_t* full, uint64_t* empty) {
+    Cursor ring;
     int slot = 0;
     uint32_t parity = 0;  // of the stage's current fill: its first wait (parity 1) passes at once
-    const unsigned cap = a.inflight > 0 && a.inflight < a.stages ? a.inflight : 0;
     const uint64_t policy = a.evict_first ? weight_l2_policy(true) : 0;
     Gemv g;
     int row, rows;
     while (ring.next(a, layers, geo, g, row, rows)) {
-      // The oldest copies in flight landed (their stages cannot have been refilled: only this
-      // thread arms a full barrier, and fewer than `stages` chunks are ahead of them).
-      while (cap && issued - landed >= cap) {
-        mbar_wait(full + landed_slot, landed_parity);
-        ++landed;
-        if (++landed_slot == a.stages) landed_slot = 0, landed_parity ^= 1;
-      }
-      if (a.l2_idle && issued) idle(a, layers, geo, full, empty + slot, parity, slot);
       mbar_wait(empty + slot, parity ^ 1);
       const uint32_t bytes = static_cast<uint32_t>(rows) * g.K * 2;
       unsigned char* dst = mem + static_cast<size_t>(slot) * a.stage_bytes;
@@ -449,41 +405,7 @@ struct Producer {
           bulk_load(d, chunk_rows(g, r, row), bytes, full + slot);
       }
       if (++slot == a.stages) slot = 0, parity ^= 1;
-      ++issued;
-      lead(a, layers, geo);
     }
-  }
-  // Before the wait for the stage at slot to be empty (parity: the fill it will get): chunks into
-  // L2 while that wait would block and the ring's newest copy (the slot before) has landed, up to
-  // a.l2_idle past the ring.
-  __device__ void idle(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo, uint64_t* full, uint64_t* empty_slot,
-                       uint32_t parity, int slot) {
-    const int newest = slot == 0 ? a.stages - 1 : slot - 1;
-    const uint32_t newest_parity = slot == 0 ? parity ^ 1 : parity;
-    Gemv g;
-    int row, rows;
-    long long spins = 0;
-    while (prefetched < issued + a.l2_idle && !mbar_test(empty_slot, parity ^ 1)) {
-      trap_if(++spins > kSpinLimit);
-      if (!mbar_test(full + newest, newest_parity)) {  // the ring's copies still land
-        __nanosleep(100);  // not a busy loop on a scheduler that a consumer warp shares
-        continue;
-      }
-      for (; prefetched < issued; ++prefetched)  // the L2 cursor catches up with the ring
-        if (!l2.next(a, layers, geo, g, row, rows)) return;
-      if (!l2.next(a, layers, geo, g, row, rows)) return;
-      ++prefetched;
-      for (int r = 0; r < g.R; ++r) prefetch_bulk_l2(chunk_rows(g, r, row), static_cast<uint32_t>(rows) * g.K * 2);
-    }
-  }
-  // The L2 cursor up to a.l2_lead chunks past the ring's newest.
-  __device__ void lead(const MegaArgs& a, const MegaLayer* layers, const Gemv* geo) {
-    if (a.l2_lead == 0) return;
-    Gemv g;
-    int row, rows;
-    while (prefetched < issued + a.l2_lead && l2.next(a, layers, geo, g, row, rows))
-      if (prefetched++ >= issued)
-        for (int r = 0; r < g.R; ++r) prefetch_bulk_l2(chunk_rows(g, r, row), static_cast<uint32_t>(rows) * g.K * 2);
   }
 };
 
@@ -834,7 +756,7 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
   }
   __syncthreads();  // the only barrier the producer warp takes part in
   if (tid >= kThreads) {
-    if (tid == kThreads) Producer().run(a, layers, geo, ring, full, empty);
+    if (tid == kThreads) Producer::run(a, layers, geo, ring, full, empty);
     return;
   }
   prefetch_l2_range(a.inv_freq, sizeof(float) * a.D / 2);
@@ -865,9 +787,9 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
     mark(a, li, 0);
     const long long layer_clock = timed ? clock64() : 0;
     if (li + 1 < a.n_layers) prefetch_layer(a, layers[li + 1]);
-    // This layer's cached keys depend on nothing of this step: their loads go out now (or, with
-    // a.keys_late, once the QKV phase's input is staged: A/B of whether they hold its loads back).
-    if (sp.active && !a.probe && !a.keys_late)
+    // This layer's cached keys depend on nothing of this step: their loads go out now (issued
+    // after the QKV phase's input instead, they measured the same: session 28).
+    if (sp.active && !a.probe)
       stage_keys<D, Kv>(a, layer_kv, table, sp.g, sp.begin, min(sp.begin + keys_per_batch<D>(), sp.end),
                         sp.has_new ? sp.last : -1, kvs);
     cp_async_commit();
@@ -884,11 +806,6 @@ __global__ void __launch_bounds__(kBlock, 1) mega_kernel(MegaArgs a) {
         stage_norm(a.x, L.mlp_norm, a.H, a.eps, xs, red);
       else
         stage_copy(a.act, a.I, xs);
-      if (phase == kQkv && a.keys_late && sp.active && !a.probe) {
-        stage_keys<D, Kv>(a, layer_kv, table, sp.g, sp.begin, min(sp.begin + keys_per_batch<D>(), sp.end),
-                          sp.has_new ? sp.last : -1, kvs);
-        cp_async_commit();
-      }
       consumers_sync();
       mark(a, li, 1 + 3 * phase + (phase > kQkv ? 2 : 0));  // staged: 1, 6, 9, 12
       const int P = (g.n1 - g.n0) * g.R;  // pieces of this CTA in the phase
