@@ -13,10 +13,11 @@ case "$MODE" in
         # UBSan's null and alignment checks, which instrument every memory access, make g++ take
         # half as long again over the whole build (src/server/http.cpp: 72 s with them, 49-51
         # without, 48 for ASan alone). A null dereference still stops the run here (ASan reports
-        # the SEGV with its stack); both checks stay on in the fuzz targets' full UBSan (clang).
+        # the SEGV with its stack); both checks stay on in scripts/fuzz.sh's full UBSan (clang).
         SKIP="null,alignment"
-        # Fuzz targets are sanitized already; the Python reference diffs test the tokenizer, which
-        # the unit tests cover under ASan too.
+        # The fuzz corpora replay here (corpus_*); libFuzzer runs (fuzz_*, -DBATON_CTEST_LIBFUZZER)
+        # are sanitized already; the Python reference diffs test the tokenizer, which the unit
+        # tests cover under ASan too.
         # The soak runs in the main build (ASan would make the chaos restarts slow, not find more).
         TESTS=(-E '^(fuzz_|tokenizer_differential|chat_template_differential|e2e_soak)')
         TARGETS=(all)
