@@ -67,8 +67,8 @@ constexpr long long kSpinLimit = 1ll << 24;
 
 template <int D>
 constexpr int keys_per_batch() {
-  // Keys staged per split at a time (64 for D = 64, 32 for D = 128), and so the split count: 32
-  // keys per split measured the O phase's merge of 16 splits per head at 6.4 us on Qwen2.5-0.5B.
+  // Keys staged per split at a time (64 for D = 64, 32 for D = 128): the most keys a split takes
+  // in one batch (split_of gives each 32 by default).
   return 4096 / D;
 }
 template <int D, int G>
@@ -125,8 +125,7 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
       "l"(src), "r"(bytes), "r"(smem_u32(bar))
       : "memory");
 }
-// The same copy with an L2 cache policy (createpolicy): the ring's weights are read once, and
-// marked evict-first they leave L2 to what is read again (the chunks prefetched ahead of them).
+// The same copy under an L2 cache policy (weight_l2_policy).
 __device__ __forceinline__ void bulk_load_hint(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
                                                uint64_t policy) {
   asm volatile(
@@ -478,9 +477,9 @@ __device__ __forceinline__ Split split_of(const MegaArgs& a) {
   const KeyRange r = keys_of(pos, a.window);
   p.first = r.first, p.last = r.last;
   const int n_keys = r.last - r.first + 1;
-  // A split's keys in one batch where the splits allow: 32 (64 at head_dim 64 measured 2.5 %
-  // slower a Qwen2.5-0.5B step, the same for Llama-3.2-1B: the merge costs less than the longer
-  // key loop; session 28), or a.split_keys.
+  // A split's keys in one batch where the splits allow: 32, or a.split_keys (64 at head_dim 64
+  // made a Qwen2.5-0.5B-shape step 2.5 % slower and a Llama-3.2-1B one no faster, session 28:
+  // the longer key loop costs more than merging more splits).
   const int kB = min(a.split_keys > 0 ? a.split_keys : 32, keys_per_batch<D>());
   const int want = max(1, min(a.s_max, (n_keys + kB - 1) / kB));
   const int chunk = max(1, (n_keys + want - 1) / want);
