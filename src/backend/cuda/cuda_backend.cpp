@@ -259,6 +259,10 @@ class CudaBackend : public Backend {
   // streaming on wide ones (bench/RESULTS.md).
   bool tune_graphs_ = true;
   bool pdl_ = true;   // programmatic dependent launch in those steps
+  // Weights evict-first in L2, in the GEMV kernels and the one-kernel step's ring (read once a
+  // step, they leave L2 to the KV cache and activations: 1B shape batch 1 0.927 -> 0.912 ms,
+  // batch 8 1.121 -> 1.092, session 28); BATON_CUDA_EVICT=0: the normal policy (A/B).
+  bool evict_first_ = true;
   int slices_ = 0;    // --tp-invariant: this rank's GEMM slices (0: off)
   float *parts_ = nullptr, *gather_ = nullptr;  // [slices_][cap_tokens_ * H]; [tp][cap_tokens_ * H]
 
@@ -433,10 +437,10 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
                  : v == "require" ? MegaMode::kRequire
                                   : MegaMode::kOff;
   }
-  mega_.evict_first = 1;  // the ring's weights evict-first in L2 (1B shape: 0.940 -> 0.920 ms, session 28)
   if (const char* p = std::getenv("BATON_CUDA_MEGA_STAGES")) mega_.max_stages = std::atoi(p);  // A/B runs
   if (const char* p = std::getenv("BATON_CUDA_MEGA_PROBE")) mega_.probe = std::atoi(p);
-  if (const char* p = std::getenv("BATON_CUDA_EVICT")) mega_.evict_first = std::string(p) != "0";
+  if (const char* p = std::getenv("BATON_CUDA_EVICT")) evict_first_ = std::string(p) != "0";
+  mega_.evict_first = evict_first_;
   if (const char* p = std::getenv("BATON_CUDA_MEGA_SPLIT_KEYS")) mega_.split_keys = std::max(0, std::atoi(p));
   if (const char* p = std::getenv("BATON_CUDA_MEGA_GROUP")) mega_.group_heads = std::atoi(p);
   if (const char* p = std::getenv("BATON_CUDA_ATTN_MMA_TOKENS")) attn_mma_tokens_ = std::max(0, std::atoi(p));
@@ -759,6 +763,7 @@ Status CudaBackend::enqueue(int T, int n_rows, bool identity_rows, bool decode, 
   // Only there does it pay: its kernels are a few microseconds each and the skinny GEMMs start
   // their weight loads before the wait. Beside cuBLAS at batch 64 it measured slower.
   set_pdl(pdl_ && skinny);
+  set_weights_evict_first(evict_first_);
   embed(dev<int32_t>(L.tokens), embed_, x_, T, H, stream_);
   mark("embed");
   const bool mega = one_kernel && T == 1 && decode && mega_why_.empty();

@@ -10,10 +10,8 @@
 // the shared-memory reads of the inputs (one per row and chunk) outrun the weight stream, so 5 to 8
 // run on tensor cores (gemv_mma_kernel below).
 #include <algorithm>
-#include <cstdlib>
 #include <map>
 #include <mutex>
-#include <string>
 #include <tuple>
 
 #include "backend/cuda/common.cuh"
@@ -421,13 +419,8 @@ bool gemv_supported(int M, int K) {
 
 void gemv(const GemvArgs& args, cudaStream_t s) {
   if (args.M == 0 || args.N == 0) return;
-  // The weights' loads evict-first in L2 (BATON_CUDA_EVICT=0: the normal policy, A/B runs).
-  static const bool evict_first = [] {
-    const char* p = std::getenv("BATON_CUDA_EVICT");
-    return !p || std::string(p) != "0";
-  }();
   GemvArgs a = args;
-  a.evict_first = evict_first;
+  a.evict_first = weights_evict_first();
   switch (a.kind) {
     case GemvKind::kNormStore:
       launch_kind<GemvKind::kNormStore>(a, s);

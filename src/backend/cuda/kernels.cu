@@ -82,6 +82,7 @@ __global__ void tree_sum_kernel(const float* parts, int n, size_t stride, float*
 }
 
 thread_local bool t_pdl = false;
+thread_local bool t_evict_first = true;
 
 }  // namespace
 
@@ -96,6 +97,12 @@ bool pdl_enabled() {
 }
 void set_pdl(bool on) {
   t_pdl = on;
+}
+bool weights_evict_first() {
+  return t_evict_first;
+}
+void set_weights_evict_first(bool on) {
+  t_evict_first = on;
 }
 
 void embed(const int32_t* tokens, const bf16_t* table, float* x, int T, int hidden, cudaStream_t s) {

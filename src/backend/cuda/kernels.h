@@ -124,7 +124,7 @@ struct GemvArgs {
   float beta;
   bf16_t* act;  // kNormSiluMul: [M, N] bf16
   int in_stride;  // kAccumulate: elements between rows of `in` (0: K)
-  bool evict_first = false;  // set by gemv(): the weights' L2 policy (BATON_CUDA_EVICT)
+  bool evict_first = false;  // set by gemv(): the weights' L2 policy (set_weights_evict_first)
 };
 // Whether gemv() takes M rows of K inputs (K a multiple of 8, of 32 above kGemvDotRows rows; the
 // rows fit in shared memory).
@@ -174,9 +174,9 @@ struct MegaArgs {
   // BATON_CUDA_MEGA_PROBE (measurements only; the step's results are garbage): 1 streams the
   // weights through the ring and nothing else (no staging, sums or barriers), 2 also does the sums.
   int probe;
-  // The ring's copies evict-first in L2 (on unless BATON_CUDA_EVICT=0, as the other kernels'
-  // weight loads).
-  int evict_first;
+  // The ring's copies evict-first in L2, else under the normal policy (BATON_CUDA_EVICT=0, as the
+  // GEMV kernels' weight loads).
+  bool evict_first;
   // Keys per attention split (BATON_CUDA_MEGA_SPLIT_KEYS, A/B runs; 0: 32):
   // more splits, each shorter, merged by the group's last.
   int split_keys;
@@ -210,6 +210,10 @@ void stamps_attach_attention(StampRec* ring, uint32_t* count);
 // Whether our kernels launched from this thread use programmatic dependent launch (common.cuh);
 // off until set.
 void set_pdl(bool on);
+// Whether the GEMV kernels launched from this thread load their weights evict-first in L2
+// (common.cuh: weight_l2_policy; else the normal policy); on until set.
+void set_weights_evict_first(bool on);
+bool weights_evict_first();
 
 // out[i] = (add ? out[i] : 0) + the pairwise tree sum ((p0 + p1) + (p2 + p3)) + ... of
 // parts[p * stride + i], p < n (n a power of two <= 8): --tp-invariant's sum of GEMM slices.

@@ -119,15 +119,9 @@ __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
 __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;" ::"n"(kThreads) : "memory");
 }
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_u32(dst)),
-      "l"(src), "r"(bytes), "r"(smem_u32(bar))
-      : "memory");
-}
-// The same copy under an L2 cache policy (weight_l2_policy).
-__device__ __forceinline__ void bulk_load_hint(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
-                                               uint64_t policy) {
+// A bulk copy under an L2 cache policy (weight_l2_policy), completing on bar.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
+                                          uint64_t policy) {
   asm volatile(
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(
           smem_u32(dst)),
@@ -374,8 +368,9 @@ __device__ __forceinline__ const bf16_t* chunk_rows(const Gemv& g, int r, int ro
 // The ring's producer, lane 0 of the CTA's last warp (which takes no other part): the chunks in the
 // order the consumers take them, each into the next stage once the 7 consumer warps have arrived
 // on its "empty" mbarrier, with one cp.async.bulk per weight range completing on its "full" one.
-// The copies are marked evict-first in L2 (a.evict_first, on unless BATON_CUDA_EVICT=0): read
-// once, they leave L2 to the KV cache and the activations (1B shape 0.940 -> 0.920 ms, session 28).
+// The copies are marked evict-first in L2 (a.evict_first, on unless BATON_CUDA_EVICT=0; then the
+// normal policy): read once, they leave L2 to the KV cache and the activations (1B shape 0.940 ->
+// 0.920 ms, session 28).
 //
 // Tried here and removed (bench/RESULTS.md sessions 26-28; the code is in 242ae0e): chunks kept on
 // their way into L2 ahead of the ring (cp.async.bulk.prefetch.L2; slower at every depth), or sent
@@ -388,7 +383,7 @@ struct Producer {
     Cursor ring;
     int slot = 0;
     uint32_t parity = 0;  // of the stage's current fill: its first wait (parity 1) passes at once
-    const uint64_t policy = a.evict_first ? weight_l2_policy(true) : 0;
+    const uint64_t policy = weight_l2_policy(a.evict_first);
     Gemv g;
     int row, rows;
     while (ring.next(a, layers, geo, g, row, rows)) {
@@ -396,13 +391,8 @@ struct Producer {
       const uint32_t bytes = static_cast<uint32_t>(rows) * g.K * 2;
       unsigned char* dst = mem + static_cast<size_t>(slot) * a.stage_bytes;
       mbar_expect_tx(full + slot, bytes * g.R);
-      for (int r = 0; r < g.R; ++r) {
-        unsigned char* d = dst + static_cast<size_t>(r) * bytes;
-        if (policy)
-          bulk_load_hint(d, chunk_rows(g, r, row), bytes, full + slot, policy);
-        else
-          bulk_load(d, chunk_rows(g, r, row), bytes, full + slot);
-      }
+      for (int r = 0; r < g.R; ++r)
+        bulk_load(dst + static_cast<size_t>(r) * bytes, chunk_rows(g, r, row), bytes, full + slot, policy);
       if (++slot == a.stages) slot = 0, parity ^= 1;
     }
   }
