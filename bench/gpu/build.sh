@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (carry .device from bench/gpu/prepare_deps.sh): configures and builds
 # baton into build-gpu/, the servers from the carried Boost headers and ZeroMQ. Logs go to $OUT.
-# BUILD_DIR, CMAKE_EXTRA (more -D options) and BUILD_TARGET (one target) build something else, e.g.
+# BUILD_DIR, CMAKE_EXTRA (more -D options) and BUILD_TARGET (targets, space-separated) build something else, e.g.
 # cuda.sh stamps' instrumented baton-bench.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
