@@ -578,6 +578,49 @@ TEST_P(CudaSkinnyTest, MatchesCublas) {
   EXPECT_LT(max_rel_diff(b, a), 5e-3) << "mixed step";
 }
 
+// Decode graphs of 9+ rows on cuBLASLt algorithms chosen per GEMM shape by timing
+// (BATON_CUDA_GEMM_TUNE, gemm_tune.h; require: the fastest cuBLASLt candidate of every shape, even
+// where cublasGemmEx was faster, so the tuned path runs whatever the timings say) against the same
+// steps on cublasGemmEx: decode steps of 9, 16, 17 and 24 sequences (graphs of 16 and 24 rows,
+// padded), then the 16-row graph again (replayed, not captured), each within summation-order noise.
+TEST_P(CudaSkinnyTest, TunedGemmsMatchCublas) {
+  BackendOptions o = cuda_options("bf16");
+  o.max_graph_batch = 24;
+  auto ref = make(dir_.path(), o);
+  ::setenv("BATON_CUDA_GEMM_TUNE", "require", 1);
+  auto gpu = make(dir_.path(), o);
+  ::unsetenv("BATON_CUDA_GEMM_TUNE");
+  ASSERT_TRUE(ref && gpu);
+  const int V = gpu->config().vocab_size;
+  const int n_seqs = 24, per_seq = 8;  // blocks of 16 per sequence, disjoint
+  std::vector<std::vector<int32_t>> tables(n_seqs);
+  std::vector<int> past(n_seqs);
+  for (int i = 0; i < n_seqs; ++i) {
+    std::vector<int> prompt = some_prompt(10 + 2 * i, i);
+    for (int j = 0; j < per_seq; ++j) tables[i].push_back(i * per_seq + j);
+    std::vector<int32_t> toks(prompt.begin(), prompt.end());
+    SeqBatch s{int(toks.size()), 0, tables[i], true};
+    std::vector<float> a(V), b(V);
+    ASSERT_TRUE(ref->forward({toks, std::span<const SeqBatch>(&s, 1)}, a).ok());
+    ASSERT_TRUE(gpu->forward({toks, std::span<const SeqBatch>(&s, 1)}, b).ok());
+    past[i] = int(toks.size());
+  }
+  for (int n : {9, 16, 17, 24, 16}) {
+    SCOPED_TRACE("decode step of " + std::to_string(n));
+    std::vector<int32_t> toks;
+    std::vector<SeqBatch> seqs;
+    for (int i = 0; i < n; ++i) {
+      toks.push_back((n * 31 + i * 7) % 400);
+      seqs.push_back({1, past[i], tables[i], true});
+    }
+    std::vector<float> a(size_t(n) * V), b(size_t(n) * V);
+    ASSERT_TRUE(ref->forward({toks, seqs}, a).ok());
+    ASSERT_TRUE(gpu->forward({toks, seqs}, b).ok());
+    EXPECT_LT(max_rel_diff(b, a), 5e-3);
+    for (int i = 0; i < n; ++i) ++past[i];
+  }
+}
+
 // A one-token decode step's layers in one kernel (BATON_CUDA_MEGA, mega.cu) against the same steps
 // on cuBLAS: 24 steps after a prompt of 40, each step's logits within summation-order noise, bf16
 // and fp8 caches; ragged hidden sizes (264, 288: a row is not a whole number of a warp's loads);

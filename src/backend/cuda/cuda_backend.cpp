@@ -26,7 +26,8 @@
 // launch. Up to kGemvDotRows tokens that path is always faster; for more (the tensor-core kernel)
 // it depends on the model's width, so those decode graphs are captured both ways, timed, and the
 // faster one is kept. In decode steps (one new token per sequence) the attention kernel also does
-// the bias, QK-norm, RoPE and cache write.
+// the bias, QK-norm, RoPE and cache write. BATON_CUDA_GEMM_TUNE=1 (an experiment, gemm_tune.h)
+// captures the cuBLAS decode graphs a second time on cuBLASLt algorithms timed per GEMM shape.
 //
 // A step's inputs (tokens, positions, cache slots, block tables) go up in one copy from pinned
 // memory into device buffers at fixed addresses; a decode step of a batch size seen before is
@@ -43,6 +44,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cuda/gemm_tune.h"
 #include "backend/cuda/kernels.h"
 #include "backend/tp_backend.h"
 #include "backend/weight_prep.h"
@@ -226,6 +228,9 @@ class CudaBackend : public Backend {
                                 int col0, int T, int k);
   // Whether a step of T tokens runs its GEMMs as skinny GEMMs (gemv.cu).
   bool use_skinny(int T) const;
+  // BATON_CUDA_GEMM_TUNE: of a decode graph captured on cublasGemmEx (`plain`), the tuned GEMMs'
+  // capture of the same step if it replays faster (or always, with require).
+  Result<cudaGraphExec_t> with_tuned_gemms(int rows, cudaGraphExec_t plain);
   // The decode graph for `rows` rows: captured, or captured both ways and the faster kept.
   Result<cudaGraphExec_t> decode_graph(int rows);
   Result<cudaGraphExec_t> capture(int rows, bool one_kernel = false);
@@ -258,6 +263,17 @@ class CudaBackend : public Backend {
   // cuBLAS, and the faster kept: the skinny path's fused kernels win on narrow models, cuBLAS's
   // streaming on wide ones (bench/RESULTS.md).
   bool tune_graphs_ = true;
+  // BATON_CUDA_GEMM_TUNE=1: decode graphs whose GEMMs are cuBLAS's (9+ rows) are captured a second
+  // time on cuBLASLt algorithms chosen by timing each shape (gemm_tune.h), and the faster graph is
+  // kept; require (tests): the tuned graph whenever it captures, on each shape's fastest cuBLASLt
+  // algorithm even where cublasGemmEx was faster. Off by default until measured on
+  // a GPU; tp = 1 only (a rank whose tuning failed would replay fewer all-reduces than the others).
+  enum class GemmTune { kOff, kOn, kRequire } gemm_tune_ = GemmTune::kOff;
+  TunedGemms tuned_;
+  bool gemm_note_ = false, gemm_tuned_ = false;  // gemm(): note shapes for tuned_; run its choices
+  int gemm_tuned_runs_ = 0;  // GEMMs gemm() ran on cuBLASLt since set to 0
+  void* cublas_ws_ = nullptr;
+  size_t cublas_ws_bytes_ = 0;
   bool pdl_ = true;   // programmatic dependent launch in those steps
   // Weights evict-first in L2, in the GEMV kernels and the one-kernel step's ring (read once a
   // step, they leave L2 to the KV cache and activations: 1B shape batch 1 0.927 -> 0.912 ms,
@@ -420,6 +436,10 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   // every step they support, without timing them against cuBLAS.
   if (const char* p = std::getenv("BATON_CUDA_GEMV_ROWS")) gemv_rows_ = std::clamp(std::atoi(p), 1, kGemvMaxRows);
   if (const char* p = std::getenv("BATON_CUDA_TUNE")) tune_graphs_ = std::string(p) != "0";
+  if (const char* p = std::getenv("BATON_CUDA_GEMM_TUNE")) {
+    const std::string v = p;
+    gemm_tune_ = v == "1" ? GemmTune::kOn : v == "require" ? GemmTune::kRequire : GemmTune::kOff;
+  }
   // BATON_CUDA_SAMPLE_SPLITS=1: one CTA per greedy row (A/B runs).
   if (const char* p = std::getenv("BATON_CUDA_SAMPLE_SPLITS")) sample_ws_.splits = std::atoi(p);
   if (const char* p = std::getenv("BATON_CUDA_PDL")) pdl_ = std::string(p) != "0";
@@ -452,7 +472,9 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
     slices_ = tp_invariant_slices(full_.num_heads, full_.num_kv_heads, full_.intermediate_size) / rank_.size;
     if (slices_ < 1) return make_error("--tp-invariant: -tp ", rank_.size, " does not divide the model's slice count");
     tune_graphs_ = false;  // the kernels of a step must not depend on timings
+    gemm_tune_ = GemmTune::kOff;
   }
+  if (rank_.size > 1) gemm_tune_ = GemmTune::kOff;
   BATON_CU(cudaSetDevice(rank_.device));
   gemv_init();
 #ifdef BATON_STAMPS
@@ -472,6 +494,7 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   const size_t ws_bytes = size_t{32} << 20;  // cuBLAS workspace: set once, so graph capture never allocates
   BATON_ASSIGN_OR_RETURN(std::byte * ws, alloc<std::byte>(ws_bytes));
   BATON_CUBLAS(cublasSetWorkspace(cublas_, ws, ws_bytes));
+  cublas_ws_ = ws, cublas_ws_bytes_ = ws_bytes;
 
   // Weights: this rank's share, bf16 (norms, biases and scales fp32).
   const int64_t q0 = int64_t(rank_.rank) * c.num_heads, i0 = int64_t(rank_.rank) * c.intermediate_size;
@@ -550,6 +573,11 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   BATON_CU(cudaMemsetAsync(attn_arrivals_, 0, sizeof(int) * attn_ws_rows_,
                            stream_));  // waited for below
   BATON_CU(cudaMallocHost(&host_sampled_, sizeof(int32_t) * cap_rows_));
+  if (gemm_tune_ != GemmTune::kOff) {  // the adding GEMMs (x += ...) are timed into a scratch
+    BATON_ASSIGN_OR_RETURN(float* scratch, alloc<float>(size_t(cap_rows_) * H));
+    BATON_RETURN_IF_ERROR(tuned_.init(stream_, cublas_ws_, cublas_ws_bytes_, scratch, size_t(cap_rows_) * H,
+                                      gemm_tune_ == GemmTune::kRequire));
+  }
   if (slices_) {
     BATON_ASSIGN_OR_RETURN(parts_, alloc<float>(size_t(slices_) * cap_tokens_ * H));
     if (rank_.size > 1) {
@@ -654,6 +682,14 @@ Status CudaBackend::init_mega() {
 }
 
 Status CudaBackend::gemm(const bf16_t* a, const bf16_t* w, float* c, int m, int n, int k, float beta) {
+  if (gemm_note_) tuned_.note(a, w, c, m, n, k, beta);
+  if (gemm_tuned_) {
+    BATON_ASSIGN_OR_RETURN(const bool ran, tuned_.run(a, w, c, m, n, k, beta));
+    if (ran) {
+      ++gemm_tuned_runs_;
+      return {};
+    }
+  }
   // Row-major C[m, n] = A[m, k] W[n, k]^T is column-major C^T = W A^T: W is the transposed operand.
   const float alpha = 1.f;
   BATON_CUBLAS(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, a, CUDA_R_16BF, k,
@@ -1045,13 +1081,52 @@ Result<cudaGraphExec_t> CudaBackend::decode_graph(int rows) {
     }
   }
   const bool both = tune_graphs_ && rows > kGemvDotRows && use_skinny(rows);
-  BATON_ASSIGN_OR_RETURN(cudaGraphExec_t skinny, capture(rows));
+  const bool tuned = gemm_tune_ != GemmTune::kOff && !use_skinny(rows);  // a step on cuBLAS
+  gemm_note_ = tuned;  // its GEMMs' shapes, for tuned_
+  Result<cudaGraphExec_t> first = capture(rows);
+  gemm_note_ = false;
+  BATON_ASSIGN_OR_RETURN(cudaGraphExec_t skinny, std::move(first));
+  if (tuned) return with_tuned_gemms(rows, skinny);
   if (!both) return skinny;
   const int saved = gemv_rows_;
   gemv_rows_ = kGemvDotRows;  // the same step on cuBLAS
   Result<cudaGraphExec_t> cublas = capture(rows);
   gemv_rows_ = saved;
   return keep_faster(std::to_string(rows) + " rows", skinny, "skinny GEMMs", std::move(cublas), "cuBLAS");
+}
+
+Result<cudaGraphExec_t> CudaBackend::with_tuned_gemms(int rows, cudaGraphExec_t plain) {
+  const std::string what = std::to_string(rows) + " rows";
+  // Not capturing here: tuned_ times the shapes gemm() noted during the plain capture.
+  Status st = tuned_.tune([this](const bf16_t* a, const bf16_t* w, float* c, int m, int n, int k, float beta) {
+    return gemm(a, w, c, m, n, k, beta);  // cublasGemmEx: gemm_note_ and gemm_tuned_ are off
+  });
+  Result<cudaGraphExec_t> tuned = Error{st.message()};
+  if (st.ok()) {
+    gemm_tuned_ = true, gemm_tuned_runs_ = 0;
+    tuned = capture(rows);
+    gemm_tuned_ = false;
+  }
+  if (tuned.ok() && gemm_tune_ == GemmTune::kRequire && gemm_tuned_runs_ == 0) {
+    cudaGraphExecDestroy(*tuned);
+    tuned = make_error("no GEMM has a cuBLASLt algorithm");
+  }
+  if (!tuned.ok() && gemm_tune_ == GemmTune::kRequire) {
+    cudaGraphExecDestroy(plain);
+    return make_error("BATON_CUDA_GEMM_TUNE=require: decode graph for ", what, ": ", tuned.error());
+  }
+  if (!tuned.ok()) {
+    log::warn("cuda backend: decode graph for ", what, " on tuned cuBLASLt GEMMs: ", tuned.error(),
+              "; keeping cublasGemmEx");
+    cudaGetLastError();
+    return plain;
+  }
+  log::info("cuda backend: decode graph for ", what, ": ", gemm_tuned_runs_, " GEMMs on tuned cuBLASLt algorithms");
+  if (gemm_tune_ == GemmTune::kRequire) {
+    cudaGraphExecDestroy(plain);
+    return *tuned;
+  }
+  return keep_faster(what, plain, "cublasGemmEx", std::move(tuned), "tuned cuBLASLt GEMMs");
 }
 
 Status CudaBackend::run_piece(const Batch& b, Output out) {
