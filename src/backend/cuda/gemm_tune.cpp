@@ -12,6 +12,7 @@ constexpr int kCandidates = 8;  // of the heuristic's list, best first
 // A candidate replaces cublasGemmEx only when this much faster: closer is within the timing noise
 // of a few dozen calls.
 constexpr float kMargin = 0.97f;
+constexpr int kMinCalls = 8;  // timed calls per candidate
 
 }  // namespace
 
@@ -52,9 +53,12 @@ Result<float> TunedGemms::time_us(const Seen& s, const std::function<Status(cons
   Status st;
   for (const bf16_t* w : s.weights)  // warm-up: every weight once
     if (st.ok()) st = call(w);
+  // At least kMinCalls timed calls (a shape with one weight, the LM head, repeats it).
+  const int n = int(s.weights.size()), rounds = (kMinCalls + n - 1) / n;
   cudaError_t e = cudaEventRecord(ev[0], stream_);
-  for (const bf16_t* w : s.weights)
-    if (st.ok()) st = call(w);
+  for (int r = 0; r < rounds; ++r)
+    for (const bf16_t* w : s.weights)
+      if (st.ok()) st = call(w);
   if (e == cudaSuccess) e = cudaEventRecord(ev[1], stream_);
   if (e == cudaSuccess) e = cudaEventSynchronize(ev[1]);
   float ms = 0.f;
@@ -63,11 +67,13 @@ Result<float> TunedGemms::time_us(const Seen& s, const std::function<Status(cons
   cudaEventDestroy(ev[1]);
   if (!st.ok()) return Error{st.message()};
   if (e != cudaSuccess) return make_error("CUDA: ", cudaGetErrorString(e), " (timing a GEMM)");
-  return ms * 1e3f / float(s.weights.size());
+  return ms * 1e3f / float(rounds * n);
 }
 
 Status TunedGemms::tune(const Gemm& gemm_ex) {
-  for (const auto& [key, s] : seen_) {
+  const std::map<Key, Seen> seen = std::move(seen_);  // noted since the last call, tuned once
+  seen_.clear();
+  for (const auto& [key, s] : seen) {
     const auto [m, n, k, acc] = key;
     const float alpha = 1.f, beta = acc ? 1.f : 0.f;
     Choice& ch = chosen_[key];
@@ -126,7 +132,6 @@ Status TunedGemms::tune(const Gemm& gemm_ex) {
       log::info("cuda backend: GEMM ", m, "x", n, "x", k, acc ? " (adding)" : "", ": cublasGemmEx ", ex_us,
                 " us, none of ", n_found, " cuBLASLt candidates faster");
   }
-  seen_.clear();
   return {};
 }
 

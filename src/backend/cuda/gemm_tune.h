@@ -65,7 +65,7 @@ class TunedGemms {
     cublasLtMatmulAlgo_t algo{};
     bool use = false;  // false: cublasGemmEx
   };
-  // Mean us of `call(weight)` over the noted weights, after one warm-up per weight.
+  // Mean us of `call(weight)` over the noted weights (at least 8 calls), after one warm-up each.
   Result<float> time_us(const Seen& s, const std::function<Status(const bf16_t*)>& call);
 
   cudaStream_t stream_ = nullptr;
