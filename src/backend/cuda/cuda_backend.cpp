@@ -46,6 +46,7 @@
 #include "backend/backend.h"
 #include "backend/cuda/gemm_tune.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/timing.h"
 #include "backend/tp_backend.h"
 #include "backend/weight_prep.h"
 #include "common/float16.h"
@@ -999,22 +1000,11 @@ Result<cudaGraphExec_t> CudaBackend::capture(int rows, bool one_kernel) {
 // every TP rank replays the same number of times, so their all-reduces pair up.
 Result<float> CudaBackend::time_graph(cudaGraphExec_t g) {
   constexpr int kReplays = 5;
-  cudaEvent_t ev[2] = {};
-  BATON_CU(cudaEventCreate(&ev[0]));
-  if (cudaEventCreate(&ev[1]) != cudaSuccess) {
-    cudaEventDestroy(ev[0]);
-    return make_error("cudaEventCreate failed");
-  }
-  cudaError_t e = cudaGraphLaunch(g, stream_);
-  if (e == cudaSuccess) e = cudaEventRecord(ev[0], stream_);
-  for (int i = 0; i < kReplays && e == cudaSuccess; ++i) e = cudaGraphLaunch(g, stream_);
-  if (e == cudaSuccess) e = cudaEventRecord(ev[1], stream_);
-  if (e == cudaSuccess) e = cudaEventSynchronize(ev[1]);
-  float ms = 0.f;
-  if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, ev[0], ev[1]);
-  cudaEventDestroy(ev[0]);
-  cudaEventDestroy(ev[1]);
-  BATON_CU(e);
+  BATON_CU(cudaGraphLaunch(g, stream_));
+  BATON_ASSIGN_OR_RETURN(const float ms, time_ms(stream_, [&]() -> Status {
+                           for (int i = 0; i < kReplays; ++i) BATON_CU(cudaGraphLaunch(g, stream_));
+                           return {};
+                         }));
   return ms / kReplays;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "backend/cuda/timing.h"
 #include "common/log.h"
 
 namespace baton::cuda {
@@ -44,29 +45,14 @@ void TunedGemms::note(const bf16_t* a, const bf16_t* w, float* c, int m, int n, 
 }
 
 Result<float> TunedGemms::time_us(const Seen& s, const std::function<Status(const bf16_t*)>& call) {
-  cudaEvent_t ev[2] = {};
-  if (cudaEventCreate(&ev[0]) != cudaSuccess) return make_error("cudaEventCreate failed");
-  if (cudaEventCreate(&ev[1]) != cudaSuccess) {
-    cudaEventDestroy(ev[0]);
-    return make_error("cudaEventCreate failed");
-  }
-  Status st;
-  for (const bf16_t* w : s.weights)  // warm-up: every weight once
-    if (st.ok()) st = call(w);
+  for (const bf16_t* w : s.weights) BATON_RETURN_IF_ERROR(call(w));  // warm-up: every weight once
   // At least kMinCalls timed calls (a shape with one weight, the LM head, repeats it).
   const int n = int(s.weights.size()), rounds = (kMinCalls + n - 1) / n;
-  cudaError_t e = cudaEventRecord(ev[0], stream_);
-  for (int r = 0; r < rounds; ++r)
-    for (const bf16_t* w : s.weights)
-      if (st.ok()) st = call(w);
-  if (e == cudaSuccess) e = cudaEventRecord(ev[1], stream_);
-  if (e == cudaSuccess) e = cudaEventSynchronize(ev[1]);
-  float ms = 0.f;
-  if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, ev[0], ev[1]);
-  cudaEventDestroy(ev[0]);
-  cudaEventDestroy(ev[1]);
-  if (!st.ok()) return Error{st.message()};
-  if (e != cudaSuccess) return make_error("CUDA: ", cudaGetErrorString(e), " (timing a GEMM)");
+  BATON_ASSIGN_OR_RETURN(const float ms, time_ms(stream_, [&]() -> Status {
+                           for (int r = 0; r < rounds; ++r)
+                             for (const bf16_t* w : s.weights) BATON_RETURN_IF_ERROR(call(w));
+                           return {};
+                         }));
   return ms * 1e3f / float(rounds * n);
 }
 
