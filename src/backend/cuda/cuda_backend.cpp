@@ -26,8 +26,8 @@
 // launch. Up to kGemvDotRows tokens that path is always faster; for more (the tensor-core kernel)
 // it depends on the model's width, so those decode graphs are captured both ways, timed, and the
 // faster one is kept. In decode steps (one new token per sequence) the attention kernel also does
-// the bias, QK-norm, RoPE and cache write. BATON_CUDA_GEMM_TUNE=1 (an experiment, gemm_tune.h)
-// captures the cuBLAS decode graphs a second time on cuBLASLt algorithms timed per GEMM shape.
+// the bias, QK-norm, RoPE and cache write. The cuBLAS decode graphs (9+ rows) are captured a
+// second time on cuBLASLt algorithms timed per GEMM shape (gemm_tune.h), and the faster kept.
 //
 // A step's inputs (tokens, positions, cache slots, block tables) go up in one copy from pinned
 // memory into device buffers at fixed addresses; a decode step of a batch size seen before is
@@ -264,12 +264,13 @@ class CudaBackend : public Backend {
   // cuBLAS, and the faster kept: the skinny path's fused kernels win on narrow models, cuBLAS's
   // streaming on wide ones (bench/RESULTS.md).
   bool tune_graphs_ = true;
-  // BATON_CUDA_GEMM_TUNE=1: decode graphs whose GEMMs are cuBLAS's (9+ rows) are captured a second
-  // time on cuBLASLt algorithms chosen by timing each shape (gemm_tune.h), and the faster graph is
-  // kept; require (tests): the tuned graph whenever it captures, on each shape's fastest cuBLASLt
-  // algorithm even where cublasGemmEx was faster. Off by default until measured on
-  // a GPU; tp = 1 only (a rank whose tuning failed would replay fewer all-reduces than the others).
-  enum class GemmTune { kOff, kOn, kRequire } gemm_tune_ = GemmTune::kOff;
+  // Decode graphs whose GEMMs are cuBLAS's (9+ rows) are captured a second time on cuBLASLt
+  // algorithms chosen by timing each shape (gemm_tune.h), and the faster graph is kept (1B shape
+  // batch 64 1.597 -> 1.581 ms, batch 128 2.077 -> 2.018; bench/RESULTS.md, session 30).
+  // BATON_CUDA_GEMM_TUNE=0: off (A/B runs); require (tests): the tuned graph whenever it captures,
+  // on each shape's fastest cuBLASLt algorithm even where cublasGemmEx was faster. tp = 1 only (a
+  // rank whose tuning failed would replay fewer all-reduces than the others).
+  enum class GemmTune { kOff, kOn, kRequire } gemm_tune_ = GemmTune::kOn;
   TunedGemms tuned_;
   bool gemm_note_ = false, gemm_tuned_ = false;  // gemm(): note shapes for tuned_; run its choices
   int gemm_tuned_runs_ = 0;  // GEMMs gemm() ran on cuBLASLt since set to 0
@@ -439,9 +440,9 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   if (const char* p = std::getenv("BATON_CUDA_TUNE")) tune_graphs_ = std::string(p) != "0";
   if (const char* p = std::getenv("BATON_CUDA_GEMM_TUNE")) {
     const std::string v = p;
-    gemm_tune_ = v == "1" ? GemmTune::kOn : v == "require" ? GemmTune::kRequire : GemmTune::kOff;
+    gemm_tune_ = v == "0" ? GemmTune::kOff : v == "require" ? GemmTune::kRequire : GemmTune::kOn;
   }
-  // BATON_CUDA_SAMPLE_SPLITS=1: one CTA per greedy row (A/B runs).
+  // BATON_CUDA_SAMPLE_SPLITS=N: N CTAs per greedy row, whatever the batch (A/B runs).
   if (const char* p = std::getenv("BATON_CUDA_SAMPLE_SPLITS")) sample_ws_.splits = std::atoi(p);
   if (const char* p = std::getenv("BATON_CUDA_PDL")) pdl_ = std::string(p) != "0";
   // For A/B runs: decode attention CTAs take up to BATON_CUDA_ATTN_GROUP query heads of a KV group
@@ -487,6 +488,7 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
 #endif
   BATON_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   BATON_CU(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, rank_.device));
+  sample_ws_.sms = num_sms_;
   attn_resident_[0] = num_sms_ * decode_ctas_per_sm(D, kv_dtype == KvDtype::kFP8, 1);
   attn_resident_[1] = num_sms_ * decode_ctas_per_sm(D, kv_dtype == KvDtype::kFP8, attn_heads_per_cta_);
   attn_resident_[2] = num_sms_ * decode_mma_ctas_per_sm(D, kv_dtype == KvDtype::kFP8);

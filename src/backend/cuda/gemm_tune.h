@@ -1,5 +1,5 @@
-// Decode graphs' cuBLAS GEMMs on cuBLASLt algorithms chosen by timing (BATON_CUDA_GEMM_TUNE; off by
-// default until measured, bench/RESULTS.md session 29).
+// Decode graphs' cuBLAS GEMMs on cuBLASLt algorithms chosen by timing (on by default at tp = 1,
+// BATON_CUDA_GEMM_TUNE=0 turns it off; measured in bench/RESULTS.md, session 30).
 //
 // Why: cublasGemmEx picks one kernel per shape by heuristic. In the Llama-3.2-1B shape's batch-64
 // decode step on the H200 the small GEMMs ran at 0.25-0.5 of the copy rate (QKV 7.8 us for 12.6 MB,

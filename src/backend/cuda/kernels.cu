@@ -1,6 +1,8 @@
 // Element-wise and per-row kernels: embedding, RMSNorm, QKV post-processing (bias, QK-norm,
 // RoPE, KV cache write), SiLU-and-mul.
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
@@ -30,6 +32,42 @@ __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, const float*
   const float inv = rsqrtf(ss / hidden + eps);
   __nv_bfloat16* dst = out + static_cast<int64_t>(r) * hidden;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = __float2bfloat16(src[i] * inv * w[i]);
+}
+
+// The same for hidden % 4 == 0, in one pass: each thread holds its kVec float4s of the row (and
+// of w) in registers from one burst of loads, so the row is read once and the norm's reduction
+// waits on a single round trip; bf16 out in 8-byte stores. A decode step of the 1B shape spends
+// two of these a layer (bench/RESULTS.md, session 30).
+template <int kVec>
+__global__ void rmsnorm_vec_kernel(const float* x, const int32_t* rows, const float* w, __nv_bfloat16* out, int hidden,
+                                   float eps) {
+  __shared__ float scratch[32];
+  pdl_trigger();
+  pdl_wait();
+  const int r = blockIdx.x, n4 = hidden >> 2;
+  const float4* src = reinterpret_cast<const float4*>(x + static_cast<int64_t>(rows ? rows[r] : r) * hidden);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  float4 v[kVec], g[kVec];
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    v[j] = i < n4 ? src[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+    g[j] = i < n4 ? w4[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+  ss = block_reduce<false>(ss, scratch);
+  const float inv = rsqrtf(ss / hidden + eps);
+  uint2* dst = reinterpret_cast<uint2*>(out + static_cast<int64_t>(r) * hidden);
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    if (i >= n4) break;
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v[j].x * inv * g[j].x, v[j].y * inv * g[j].y);
+    const __nv_bfloat162 hi = __floats2bfloat162_rn(v[j].z * inv * g[j].z, v[j].w * inv * g[j].w);
+    dst[i] = make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+  }
 }
 
 // One warp per (token, head): qkv_row_warp in place.
@@ -81,6 +119,15 @@ __global__ void tree_sum_kernel(const float* parts, int n, size_t stride, float*
   }
 }
 
+// BATON_CUDA_RMSNORM_VEC=0: the two-pass rmsnorm_kernel everywhere (an A/B switch).
+bool rmsnorm_vec_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("BATON_CUDA_RMSNORM_VEC");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
 thread_local bool t_pdl = false;
 thread_local bool t_evict_first = true;
 
@@ -114,8 +161,22 @@ void embed(const int32_t* tokens, const bf16_t* table, float* x, int T, int hidd
 void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* out, int n_rows, int hidden, float eps,
              cudaStream_t s) {
   if (n_rows == 0) return;
-  launch(rmsnorm_kernel, n_rows, hidden >= 1024 ? 512 : 256, 0, s, x, rows, w, reinterpret_cast<__nv_bfloat16*>(out),
-         hidden, eps);
+  __nv_bfloat16* o = reinterpret_cast<__nv_bfloat16*>(out);
+  const int n4 = hidden / 4;
+  // 128 threads with up to 8 float4s each, more threads past 4096 (up to 1024 x 8 float4s).
+  auto warps32 = [](int n) { return (n + 31) / 32 * 32; };
+  const int threads = n4 <= 128 ? warps32(n4) : std::clamp(warps32((n4 + 7) / 8), 128, 1024);
+  const int vec = (n4 + threads - 1) / threads;
+  if (hidden % 4 != 0 || n4 == 0 || vec > 8 || !rmsnorm_vec_on())
+    launch(rmsnorm_kernel, n_rows, hidden >= 1024 ? 512 : 256, 0, s, x, rows, w, o, hidden, eps);
+  else if (vec == 1)
+    launch(rmsnorm_vec_kernel<1>, n_rows, threads, 0, s, x, rows, w, o, hidden, eps);
+  else if (vec == 2)
+    launch(rmsnorm_vec_kernel<2>, n_rows, threads, 0, s, x, rows, w, o, hidden, eps);
+  else if (vec <= 4)
+    launch(rmsnorm_vec_kernel<4>, n_rows, threads, 0, s, x, rows, w, o, hidden, eps);
+  else
+    launch(rmsnorm_vec_kernel<8>, n_rows, threads, 0, s, x, rows, w, o, hidden, eps);
 }
 
 void qkv_rope_cache(const QkvArgs& a, cudaStream_t s) {

@@ -239,7 +239,8 @@ constexpr int kGreedySplits = 16;
 struct SampleScratch {
   float2* best;
   int* arrivals;
-  int splits = kGreedySplits;  // CTAs per greedy row, 1..kGreedySplits
+  int splits = 0;  // CTAs per greedy row, 1..kGreedySplits; 0: from the rows and `sms`
+  int sms = 0;     // the device's multiprocessors
 };
 void sample(const float* logits, const SampleParams* params, int32_t* out, int rows, int V, SampleScratch ws,
             cudaStream_t s);
