@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, c
     const int lo = split * per, hi = min(V, lo + per);
     float best = -INFINITY;
     int best_i = V;
-    if (V % 4 == 0 && per % 4 == 0) {
+    if (V % 4 == 0) {  // then every slice starts and ends on a float4 (per is a multiple of 4)
       // float4s, kBurst of them in flight per thread (a slice of 128256 / 4 logits in one round);
       // a thread's elements come in index order, so strict > keeps the first maximum.
       constexpr int kBurst = 8;
