@@ -38,6 +38,7 @@ struct Options {
   int http_threads = 2;
   size_t max_body_bytes = size_t{32} << 20;
   bool no_prefix_caching = false;
+  bool no_warmup = false;
 };
 
 volatile std::sig_atomic_t g_stop = 0;
@@ -61,6 +62,8 @@ baton::Status run(int argc, char** argv) {
   args.add({"--http-threads"}, &o.http_threads, "threads serving HTTP connections");
   args.add({"--max-body-bytes"}, &o.max_body_bytes, "largest request body accepted (413 above)");
   args.add_flag({"--no-enable-prefix-caching"}, &o.no_prefix_caching, "turn prefix caching off");
+  args.add_flag({"--no-warmup"}, &o.no_warmup,
+                "CUDA: prepare each decode graph when its batch size first runs, not before serving");
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
   if (args.help_requested()) return {};
   BATON_ASSIGN_OR_RETURN(log::Level level, log::parse_level(o.log_level));
@@ -132,6 +135,13 @@ baton::Status run(int argc, char** argv) {
   BATON_ASSIGN_OR_RETURN(auto engine, Engine::create(std::move(backend), tokenizer, ec));
   log::info("model loaded in ", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
             " s; max model length ", engine->max_model_len());
+  if (!o.no_warmup) {
+    const auto w0 = std::chrono::steady_clock::now();
+    BATON_ASSIGN_OR_RETURN(const int warmed, engine->warm_up());
+    if (warmed > 0)
+      log::info("decode graphs for ", warmed, " batch sizes prepared in ",
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count(), " s");
+  }
 
   ApiServerConfig api;
   std::string base = std::filesystem::path(o.model).lexically_normal().filename().string();

@@ -109,6 +109,11 @@ class Backend {
   // logits (params: one per such row), so logits never cross to the host.
   virtual bool samples_on_device() const { return false; }
   virtual Status forward_sample(const Batch& batch, std::span<const DeviceSampling> params, std::span<int32_t> tokens);
+  // Decode batch sizes the backend prepares the first time a step of that size runs, ascending;
+  // a decode step of S sequences runs on the first size >= S. CUDA: a graph captured, timed
+  // against its alternatives and its GEMMs tuned, tens of milliseconds each (Engine::warm_up
+  // does this before serving). Empty: nothing to prepare.
+  virtual std::vector<int> decode_graph_batches() const { return {}; }
 };
 
 class ArgParser;

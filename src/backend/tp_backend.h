@@ -28,6 +28,7 @@ class TpBackend : public Backend {
   Status forward(const Batch& batch, std::span<float> logits) override;
   bool samples_on_device() const override { return ranks_[0]->samples_on_device(); }
   Status forward_sample(const Batch& batch, std::span<const DeviceSampling> params, std::span<int32_t> tokens) override;
+  std::vector<int> decode_graph_batches() const override { return ranks_[0]->decode_graph_batches(); }
 
  private:
   explicit TpBackend(std::vector<std::unique_ptr<Backend>> ranks);

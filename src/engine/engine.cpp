@@ -43,6 +43,44 @@ Engine::Engine(std::unique_ptr<Backend> backend, std::shared_ptr<const Tokenizer
 
 Engine::~Engine() { stop(); }
 
+Result<int> Engine::warm_up() {
+  if (loop_.joinable()) return make_error("warm_up() runs before start()");
+  const std::vector<int> sizes = backend_->decode_graph_batches();
+  if (sizes.empty()) return 0;
+  std::vector<int32_t> table;
+  if (!blocks_.ensure_capacity(table, 1)) return make_error("warm-up: no free KV block");
+  // Every sequence of a warm-up step is the same one-token prompt in the same block slot.
+  const int V = backend_->config().vocab_size;
+  std::vector<int32_t> tokens, out;
+  std::vector<SeqBatch> seqs;
+  std::vector<DeviceSampling> params;
+  std::vector<float> logits;
+  Status st;
+  int steps = 0;
+  for (int size : sizes) {
+    const int n = std::min(size, config_.max_num_seqs);
+    tokens.assign(n, 0);
+    seqs.assign(n, SeqBatch{1, 0, table, true});
+    if (backend_->samples_on_device()) {
+      params.assign(n, DeviceSampling{});
+      out.resize(n);
+      st = backend_->forward_sample({tokens, seqs}, params, out);
+    } else {
+      logits.resize(static_cast<size_t>(n) * V);
+      st = backend_->forward({tokens, seqs}, logits);
+    }
+    if (!st.ok()) break;
+    ++steps;
+    if (size >= config_.max_num_seqs) break;  // no step of more sequences is ever scheduled
+  }
+  blocks_.release(table);
+  publish_stats();
+  if (!st.ok())
+    return make_error("warm-up decode step of ", std::min(sizes[steps], config_.max_num_seqs),
+                      " sequences: ", st.message());
+  return steps;
+}
+
 Result<uint64_t> Engine::add_request(Request r, OutputCallback on_output) {
   BATON_RETURN_IF_ERROR(r.params.validate());
   const ModelConfig& mc = backend_->config();

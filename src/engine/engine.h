@@ -73,6 +73,11 @@ class Engine {
   bool step();
   // Steps until no request is left (for tests and batch tools).
   void run_until_idle();
+  // Before start(): runs one greedy decode step of each batch size the backend prepares at first
+  // use (Backend::decode_graph_batches) up to max_num_seqs, so that no request later waits while
+  // its batch size is prepared. The steps write their throwaway K/V into one block borrowed from
+  // the pool and given back. Returns how many steps ran.
+  Result<int> warm_up();
 
   EngineStats stats() const;
   const ModelConfig& model_config() const { return backend_->config(); }

@@ -309,7 +309,8 @@ TEST_P(CudaVsCpuTest, PrefillAndDecodeLogitsMatchCpu) {
 
 // Mixed steps (a prompt chunk beside decode tokens) and many sequences through the engine on the
 // GPU: every token it emits is the CPU backend's argmax (fp32 compute, teacher-forced), up to
-// near-ties within bf16 noise.
+// near-ties within bf16 noise. The engine warms up first (Engine::warm_up: a decode step of each
+// graph size up to 24 sequences, into a borrowed block), so the steps replay those graphs.
 TEST_P(CudaVsCpuTest, EngineGreedyIsCpuArgmax) {
   BackendOptions cpu_o;
   cpu_o.kv_dtype = "bf16";
@@ -318,8 +319,13 @@ TEST_P(CudaVsCpuTest, EngineGreedyIsCpuArgmax) {
   ASSERT_TRUE(cpu);
   EngineConfig ec;
   ec.max_num_batched_tokens = 256;  // long prompts are chunked and share steps with decodes
+  ec.max_num_seqs = 24;
   auto h = testing::EngineHarness::make(dir_.path(), ec, cuda_options("bf16"));
   ASSERT_TRUE(h);
+  auto warmed = h->engine->warm_up();
+  ASSERT_TRUE(warmed.ok()) << warmed.error();
+  EXPECT_EQ(*warmed, 6);  // 1, 2, 4, 8, 16, 24
+  EXPECT_EQ(h->engine->stats().blocks_free, h->engine->stats().blocks_total);
   std::map<int, uint64_t> ids;
   for (int i = 0; i < 24; ++i) ids[i] = h->add(some_prompt(5 + i * 29, i), testing::greedy(12));
   h->engine->run_until_idle();

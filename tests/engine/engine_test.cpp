@@ -344,6 +344,76 @@ TEST(EngineTest, RemoteKvFailureFallsBackToLocalRecompute) {
   EXPECT_EQ(h->engine->stats().blocks_free, h->engine->stats().blocks_total);
 }
 
+// A CPU backend that says it prepares decode steps of some batch sizes (as the CUDA backend's
+// graphs) and records the size of every decode step it runs.
+class GraphSizesBackend : public Backend {
+ public:
+  GraphSizesBackend(std::unique_ptr<Backend> inner, std::vector<int> sizes)
+      : inner_(std::move(inner)), sizes_(std::move(sizes)) {}
+  const ModelConfig& config() const override { return inner_->config(); }
+  const KvCacheSpec& kv_spec() const override { return inner_->kv_spec(); }
+  KvMemory kv_memory(int rank) override { return inner_->kv_memory(rank); }
+  Status forward(const Batch& batch, std::span<float> logits) override {
+    if (std::all_of(batch.seqs.begin(), batch.seqs.end(), [](const SeqBatch& s) { return s.n_tokens == 1; }))
+      decode_steps->push_back(static_cast<int>(batch.seqs.size()));
+    return inner_->forward(batch, logits);
+  }
+  std::vector<int> decode_graph_batches() const override { return sizes_; }
+  std::shared_ptr<std::vector<int>> decode_steps = std::make_shared<std::vector<int>>();
+
+ private:
+  std::unique_ptr<Backend> inner_;
+  std::vector<int> sizes_;
+};
+
+// Engine::warm_up runs a decode step of each prepared size up to max_num_seqs (the first size
+// past it with max_num_seqs sequences), gives its borrowed block back, leaves no trace in later
+// outputs, and refuses to run beside the loop; a backend with nothing to prepare runs no step.
+TEST(EngineTest, WarmUpRunsEachPreparedDecodeSizeOnce) {
+  BATON_REQUIRE_MODELS();
+  const std::string dir = testing::models_dir() + "/tiny-qwen3";
+  BackendOptions bo;
+  bo.kv_cache_bytes = 16 << 20;
+  auto inner = create_backend(dir, bo);
+  ASSERT_TRUE(inner.ok()) << inner.error();
+  auto backend = std::make_unique<GraphSizesBackend>(std::move(*inner), std::vector<int>{1, 2, 4, 8, 16, 24, 32});
+  std::shared_ptr<std::vector<int>> steps = backend->decode_steps;
+  auto engine = Engine::create(std::move(backend), nullptr, EngineConfig{.max_num_seqs = 20});
+  ASSERT_TRUE(engine.ok()) << engine.error();
+  auto warmed = (*engine)->warm_up();
+  ASSERT_TRUE(warmed.ok()) << warmed.error();
+  EXPECT_EQ(*warmed, 6);
+  EXPECT_EQ(*steps, (std::vector<int>{1, 2, 4, 8, 16, 20}));
+  EngineStats st = (*engine)->stats();
+  EXPECT_EQ(st.blocks_free, st.blocks_total);
+
+  // A request afterwards decodes as on an engine that never warmed up.
+  std::vector<int> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back((i * 53 + 7) % 2000);
+  auto want = run_alone("tiny-qwen3", {{prompt, 16}});
+  std::vector<int> got;
+  Request r;
+  r.prompt = prompt;
+  r.params = greedy(16);
+  auto on_output = [&](RequestOutput&& o) { got.insert(got.end(), o.token_ids.begin(), o.token_ids.end()); };
+  ASSERT_TRUE((*engine)->add_request(std::move(r), on_output).ok());
+  (*engine)->run_until_idle();
+  EXPECT_EQ(got, want[0]);
+  st = (*engine)->stats();
+  EXPECT_EQ(st.blocks_free, st.blocks_total);
+
+  (*engine)->start();
+  auto late = (*engine)->warm_up();
+  EXPECT_FALSE(late.ok());
+  (*engine)->stop();
+
+  auto plain = EngineHarness::make("tiny-qwen3");
+  ASSERT_TRUE(plain);
+  auto none = plain->engine->warm_up();
+  ASSERT_TRUE(none.ok()) << none.error();
+  EXPECT_EQ(*none, 0);
+}
+
 TEST(EngineTest, BackgroundLoopServesConcurrentCallers) {
   BATON_REQUIRE_MODELS();
   auto h = EngineHarness::make("tiny-qwen3");

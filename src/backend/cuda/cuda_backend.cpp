@@ -187,6 +187,8 @@ class CudaBackend : public Backend {
   Status forward(const Batch& batch, std::span<float> logits) override;
   bool samples_on_device() const override { return true; }
   Status forward_sample(const Batch& batch, std::span<const DeviceSampling> params, std::span<int32_t> tokens) override;
+  // The decode graphs' sizes (none while profiling: those steps run eagerly).
+  std::vector<int> decode_graph_batches() const override { return prof_ ? std::vector<int>{} : graph_sizes_; }
 
  private:
   struct Layer {
