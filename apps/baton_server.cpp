@@ -137,9 +137,12 @@ baton::Status run(int argc, char** argv) {
             " s; max model length ", engine->max_model_len());
   if (!o.no_warmup) {
     const auto w0 = std::chrono::steady_clock::now();
-    BATON_ASSIGN_OR_RETURN(const int warmed, engine->warm_up());
-    if (warmed > 0)
-      log::info("decode graphs for ", warmed, " batch sizes prepared in ",
+    // A failed warm-up costs only its head start: each size is prepared at first use as before.
+    const Result<int> warmed = engine->warm_up();
+    if (!warmed.ok())
+      log::warn("decode graph warm-up failed (", warmed.error(), "); batch sizes are prepared at first use");
+    else if (*warmed > 0)
+      log::info("decode graphs for ", *warmed, " batch sizes prepared in ",
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count(), " s");
   }
 
