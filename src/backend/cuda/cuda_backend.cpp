@@ -276,8 +276,6 @@ class CudaBackend : public Backend {
   TunedGemms tuned_;
   bool gemm_note_ = false, gemm_tuned_ = false;  // gemm(): note shapes for tuned_; run its choices
   int gemm_tuned_runs_ = 0;  // GEMMs gemm() ran on cuBLASLt since set to 0
-  void* cublas_ws_ = nullptr;
-  size_t cublas_ws_bytes_ = 0;
   bool pdl_ = true;   // programmatic dependent launch in those steps
   // Weights evict-first in L2, in the GEMV kernels and the one-kernel step's ring (read once a
   // step, they leave L2 to the KV cache and activations: 1B shape batch 1 0.927 -> 0.912 ms,
@@ -499,7 +497,6 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   const size_t ws_bytes = size_t{32} << 20;  // cuBLAS workspace: set once, so graph capture never allocates
   BATON_ASSIGN_OR_RETURN(std::byte * ws, alloc<std::byte>(ws_bytes));
   BATON_CUBLAS(cublasSetWorkspace(cublas_, ws, ws_bytes));
-  cublas_ws_ = ws, cublas_ws_bytes_ = ws_bytes;
 
   // Weights: this rank's share, bf16 (norms, biases and scales fp32).
   const int64_t q0 = int64_t(rank_.rank) * c.num_heads, i0 = int64_t(rank_.rank) * c.intermediate_size;
@@ -580,8 +577,8 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
   BATON_CU(cudaMallocHost(&host_sampled_, sizeof(int32_t) * cap_rows_));
   if (gemm_tune_ != GemmTune::kOff) {  // the adding GEMMs (x += ...) are timed into a scratch
     BATON_ASSIGN_OR_RETURN(float* scratch, alloc<float>(size_t(cap_rows_) * H));
-    BATON_RETURN_IF_ERROR(tuned_.init(stream_, cublas_ws_, cublas_ws_bytes_, scratch, size_t(cap_rows_) * H,
-                                      gemm_tune_ == GemmTune::kRequire));
+    BATON_RETURN_IF_ERROR(
+        tuned_.init(stream_, ws, ws_bytes, scratch, size_t(cap_rows_) * H, gemm_tune_ == GemmTune::kRequire));
   }
   if (slices_) {
     BATON_ASSIGN_OR_RETURN(parts_, alloc<float>(size_t(slices_) * cap_tokens_ * H));

@@ -39,7 +39,6 @@ class TunedGemms {
   // into it, not into the residual they add to). always: the fastest cuBLASLt candidate even where
   // cublasGemmEx was faster (tests: the tuned path runs whatever the timings say).
   Status init(cudaStream_t stream, void* ws, size_t ws_bytes, float* scratch, size_t scratch_floats, bool always);
-  bool ready() const { return lt_ != nullptr; }
 
   // Row-major C[m, n] (fp32) = beta C + A[m, k] W[n, k]^T (bf16, contiguous rows), as
   // CudaBackend::gemm calls cublasGemmEx.
