@@ -45,6 +45,9 @@ void add_backend_flags(ArgParser& args, BackendOptions& o) {
   args.add_flag({"--tp-invariant"}, &o.tp_invariant,
                 "numerics independent of -tp: outputs identical at every -tp dividing the model's slice "
                 "count (power of two <= 8 dividing heads, KV heads, MLP width); slower");
+  args.add_flag({"--rope-bf16-frequencies"}, &o.rope_bf16_frequencies,
+                "bf16 checkpoints: RoPE frequencies rounded to bf16, as transformers had them for the "
+                "test goldens (default: fp32, as transformers computes them and vLLM uses them)");
 }
 
 Result<DeviceSpec> parse_device(const std::string& device) {

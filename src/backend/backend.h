@@ -81,6 +81,12 @@ struct BackendOptions {
   // Arithmetic that does not depend on tp_size (common/tp_split.h: tp_invariant_slices): the same
   // logits, bit for bit, at every tp that divides the model's slice count. Slower.
   bool tp_invariant = false;
+  // For a bf16 checkpoint, RoPE's inverse frequencies rounded to bf16, as transformers had them
+  // when it computed ../shared/models/goldens.json (its inv_freq buffer cast to bf16 with the
+  // weights). Off: fp32 frequencies, as transformers computes them when it loads a model with an
+  // explicit dtype and as vLLM uses them. Rounded frequencies are off by up to 2^-9 relative: a
+  // rotation error of position x frequency x 2^-9 radians, 1.3 rad at 1000 tokens for frequency 0.66.
+  bool rope_bf16_frequencies = false;
 };
 
 // Sampling on the device for one row: greedy when temperature is 0, else top-k (0: off) then

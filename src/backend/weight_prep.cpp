@@ -37,7 +37,7 @@ std::vector<float> slices_major(const std::vector<float>& w, int64_t rows, int64
   return out;
 }
 
-std::vector<float> rope_inv_freq(const ModelConfig& c) {
+std::vector<float> rope_inv_freq(const ModelConfig& c, bool bf16_frequencies) {
   const int half = c.head_dim / 2;
   std::vector<float> inv(half);
   for (int i = 0; i < half; ++i)
@@ -58,9 +58,7 @@ std::vector<float> rope_inv_freq(const ModelConfig& c) {
       }
     }
   }
-  // transformers keeps inv_freq in the checkpoint's dtype when it loads a bf16 model, and its
-  // reference outputs (and the model's training) used those rounded frequencies; so do we.
-  if (c.dtype == "bfloat16")
+  if (bf16_frequencies && c.dtype == "bfloat16")
     for (float& f : inv) f = bf16_to_f32(f32_to_bf16(f));
   return inv;
 }

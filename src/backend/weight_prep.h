@@ -18,8 +18,9 @@ std::vector<float> slice_cols(const TensorView* t, int64_t col0, int64_t n);
 // A [rows, cols] matrix as `slices` matrices [rows, cols / slices] one after the other (slice j:
 // columns [j * cols / slices, (j + 1) * cols / slices)), for --tp-invariant's sliced GEMMs.
 std::vector<float> slices_major(const std::vector<float>& w, int64_t rows, int64_t cols, int slices);
-// [head_dim / 2] inverse frequencies with the config's rope scaling (default, linear, llama3),
-// rounded to bf16 for bf16 checkpoints as transformers keeps them.
-std::vector<float> rope_inv_freq(const ModelConfig& c);
+// [head_dim / 2] inverse frequencies with the config's rope scaling (default, linear, llama3), in
+// fp32; for a bf16 checkpoint with bf16_frequencies, rounded to bf16
+// (BackendOptions::rope_bf16_frequencies).
+std::vector<float> rope_inv_freq(const ModelConfig& c, bool bf16_frequencies);
 
 }  // namespace baton

@@ -9,6 +9,14 @@
 
 namespace baton::testing {
 
+// Options for a backend checked against ../shared/models/goldens.json: a bf16 checkpoint's RoPE
+// frequencies rounded to bf16, as transformers had them when it computed the goldens
+// (BackendOptions::rope_bf16_frequencies).
+inline BackendOptions goldens_options(BackendOptions o = {}) {
+  o.rope_bf16_frequencies = true;
+  return o;
+}
+
 // Logits after the prompt's last token, from one forward pass over blocks 0..n.
 inline std::vector<float> prompt_logits(Backend& b, const std::vector<int>& prompt) {
   std::vector<int32_t> table;

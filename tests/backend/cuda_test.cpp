@@ -116,9 +116,9 @@ TEST_P(CudaGoldensTest, LastLogitsMatchReference) {
   const std::string model = GetParam().model, dir = testing::models_dir() + "/" + model;
   const bool fp8 = GetParam().kv_dtype == "fp8";
   Json goldens = testing::load_goldens();
-  auto b = make(dir, cuda_options(GetParam().kv_dtype));
+  auto b = make(dir, testing::goldens_options(cuda_options(GetParam().kv_dtype)));
   ASSERT_TRUE(b);
-  BackendOptions cpu_o;
+  BackendOptions cpu_o = testing::goldens_options();
   auto cpu32 = fp8 ? make(dir, cpu_o) : nullptr;
   cpu_o.kv_dtype = "fp8";
   auto cpu8 = fp8 ? make(dir, cpu_o) : nullptr;
@@ -159,7 +159,7 @@ TEST_P(CudaGoldensTest, GreedyDecisionsMatchTransformers) {
   if (fp8_meaningless(GetParam())) GTEST_SKIP() << "fp8 KV without scales on an fp32 checkpoint";
   const std::string model = GetParam().model;
   Json goldens = testing::load_goldens();
-  auto b = make(testing::models_dir() + "/" + model, cuda_options(GetParam().kv_dtype));
+  auto b = make(testing::models_dir() + "/" + model, testing::goldens_options(cuda_options(GetParam().kv_dtype)));
   ASSERT_TRUE(b);
   const double tol = bf16_tolerance(*b) * (GetParam().kv_dtype == "fp8" ? 5 : 1);  // fp8: up to 8% (see above)
   int exact = 0, total = 0, case_no = 0;

@@ -77,9 +77,7 @@ std::vector<float> reference_logits(const std::string& dir, const std::vector<in
         f = (1 - s) * f / r.factor + s * f;
       }
     }
-    float ff = static_cast<float>(f);
-    if (c.dtype == "bfloat16") ff = bf16_to_f32(f32_to_bf16(ff));
-    inv[i] = ff;
+    inv[i] = static_cast<float>(f);
   }
   auto rope = [&](float* v, int pos) {
     for (int i = 0; i < D / 2; ++i) {

@@ -28,7 +28,7 @@ TEST_P(GoldensTest, LastLogitsMatchTransformers) {
   const std::string model = GetParam().model;
   Json goldens = testing::load_goldens();
   ASSERT_TRUE(goldens.contains(model));
-  BackendOptions opts;
+  BackendOptions opts = testing::goldens_options();
   opts.kv_cache_bytes = 32 << 20;
   opts.tp_size = GetParam().tp;
   auto backend = create_cpu_backend(testing::models_dir() + "/" + model, opts);
@@ -54,7 +54,7 @@ TEST_P(GoldensTest, GreedyIdsMatchTransformers) {
   BATON_REQUIRE_MODELS();
   const std::string model = GetParam().model;
   Json goldens = testing::load_goldens();
-  BackendOptions opts;
+  BackendOptions opts = testing::goldens_options();
   opts.tp_size = GetParam().tp;
   for (bool batched : {true, false}) {
     auto h = testing::EngineHarness::make(model, EngineConfig{}, opts);
@@ -96,7 +96,7 @@ TEST_P(TpInvariantTest, LogitsAreBitForBitThoseOfOneRank) {
   const std::string model = GetParam().model;
   Json goldens = testing::load_goldens();
   auto make = [&](int tp) {
-    BackendOptions o;
+    BackendOptions o = testing::goldens_options();
     o.kv_cache_bytes = 32 << 20;
     o.tp_size = tp;
     o.tp_invariant = true;
@@ -127,7 +127,7 @@ TEST_P(TpInvariantTest, GreedyContinuationsEqualOneRanks) {
   Json goldens = testing::load_goldens();
   std::vector<std::vector<int>> outputs[2];
   for (int which = 0; which < 2; ++which) {
-    BackendOptions opts;
+    BackendOptions opts = testing::goldens_options();
     opts.tp_size = which == 0 ? 1 : GetParam().tp;
     opts.tp_invariant = true;
     auto h = testing::EngineHarness::make(model, EngineConfig{}, opts);

@@ -56,11 +56,12 @@ def main():
         check(r.stdout.rstrip("\n") == out["text"], f"streamed text {r.stdout!r} != json text {out['text']!r}")
         check("tok/s" in r.stderr, "no timing line on stderr")
 
-        # A real reference model through the CLI equals the golden continuation.
+        # A real reference model through the CLI equals the golden continuation (RoPE frequencies
+        # as transformers had them for the goldens: BackendOptions::rope_bf16_frequencies).
         golden = json.load(open(os.path.join(a.models, "goldens.json")))["tiny-qwen3"][1]
         r = run([gen, "--model", os.path.join(a.models, "tiny-qwen3"), "--prompt-ids",
                  ",".join(map(str, golden["prompt_ids"])), "--max-tokens", "24", "--temperature", "0", "--ignore-eos",
-                 "--output", "json"])
+                 "--output", "json", "--rope-bf16-frequencies"])
         check(r.returncode == 0 and json.loads(r.stdout)["token_ids"] == golden["greedy_ids"],
               f"CLI greedy ids differ from goldens: {r.stdout} {r.stderr}")
 
@@ -71,7 +72,7 @@ def main():
             for g in goldens:
                 f.write(json.dumps(g["prompt_ids"]) + "\n")
         r = run([gen, "--model", os.path.join(a.models, "tiny-qwen3"), "--prompts-file", batch_file, "--max-tokens",
-                 "24", "--temperature", "0", "--ignore-eos"])
+                 "24", "--temperature", "0", "--ignore-eos", "--rope-bf16-frequencies"])
         check(r.returncode == 0, f"--prompts-file failed: {r.stderr}")
         lines = [json.loads(x) for x in r.stdout.splitlines()]
         check([x["token_ids"] for x in lines] == [g["greedy_ids"] for g in goldens],

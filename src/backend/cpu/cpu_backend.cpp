@@ -186,7 +186,7 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::create(const ModelConfig& full, 
     }
     b->layers_.push_back(std::move(l));
   }
-  b->inv_freq_ = rope_inv_freq(c);
+  b->inv_freq_ = rope_inv_freq(c, options.rope_bf16_frequencies);
 
   KvCacheSpec& kv = b->kv_spec_;
   kv.block_size = options.block_size;

@@ -507,7 +507,7 @@ Status CudaBackend::init(const ModelTensors& t, const BackendOptions& options) {
     BATON_ASSIGN_OR_RETURN(lm_head_, upload_bf16(to_f32(t.lm_head)));
   }
   BATON_ASSIGN_OR_RETURN(final_norm_, upload(to_f32(t.final_norm)));
-  BATON_ASSIGN_OR_RETURN(inv_freq_, upload(rope_inv_freq(c)));
+  BATON_ASSIGN_OR_RETURN(inv_freq_, upload(rope_inv_freq(c, options.rope_bf16_frequencies)));
   for (const LayerTensors& lt : t.layers) {
     Layer l;
     BATON_ASSIGN_OR_RETURN(l.attn_norm, upload(to_f32(lt.attn_norm)));
