@@ -6,6 +6,8 @@
 #                                  Qwen2.5-0.5B and Llama-3.2-1B: greedy output against
 #                                  transformers, baton-bench model, transformers' generate()
 #   bash bench/gpu/cuda.sh all     both
+#   bash bench/gpu/cuda.sh greedy  bench's greedy checks alone: free-running and teacher-forced
+#                                  against transformers fp32 (hf_reference.py compare --forced)
 #   bash bench/gpu/cuda.sh profile where a step's time goes, kernel by kernel (BATON_CUDA_PROFILE=1);
 #                                  PROFILE_MODELS="qwen2.5-0.5b llama3.2-1b", PROFILE_ARGS="ARGS|ARGS"
 #   bash bench/gpu/cuda.sh trace   the decode step inside its CUDA graph, kernel by kernel, from an
@@ -35,6 +37,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 T0=$(date +%s)
 # stamps builds its own tree; bench only the two programs it runs (a full build takes ~190 s there).
 [[ $MODE != bench ]] || export BUILD_TARGET=${BUILD_TARGET:-baton-bench baton-generate}
+[[ $MODE != greedy ]] || export BUILD_TARGET=${BUILD_TARGET:-baton-generate}
 [[ $MODE == stamps ]] || bash bench/gpu/build.sh
 echo "build: $(( $(date +%s) - T0 )) s"
 
@@ -46,7 +49,7 @@ if [[ $MODE == test || $MODE == all ]]; then
   python3 bench/gpu/hf_reference.py bf16-error "$BATON_MODELS_DIR" --json "$OUT/hf_bf16_error.json" 2>&1 | grep -v Warn
 fi
 
-if [[ $MODE == bench || $MODE == all ]]; then
+if [[ $MODE == bench || $MODE == all || $MODE == greedy ]]; then
   MODELS=/tmp/baton-models
   python3 bench/gpu/hf_reference.py make "$MODELS" 2>&1 | { grep -v Warning || true; } | tail -3
   for m in qwen2.5-0.5b llama3.2-1b; do
@@ -55,7 +58,13 @@ if [[ $MODE == bench || $MODE == all ]]; then
       --max-tokens 32 --ignore-eos --temperature 0 > "$OUT/$m.baton.jsonl" 2> "$OUT/$m.baton.log" ||
       { tail -5 "$OUT/$m.baton.log"; exit 1; }
     tail -1 "$OUT/$m.baton.log"
-    python3 bench/gpu/hf_reference.py compare "$OUT/$m" "$OUT/$m.baton.jsonl"
+    # Teacher forcing: every prompt + the first k of transformers' tokens, one token each.
+    ./build-gpu/apps/baton-generate --model "$MODELS/$m" --device cuda --prompts-file "$OUT/$m.forced.jsonl" \
+      --max-tokens 1 --ignore-eos --temperature 0 > "$OUT/$m.baton.forced.jsonl" 2>> "$OUT/$m.baton.log" ||
+      { tail -5 "$OUT/$m.baton.log"; exit 1; }
+    python3 bench/gpu/hf_reference.py compare "$OUT/$m" "$OUT/$m.baton.jsonl" --forced "$OUT/$m.baton.forced.jsonl" |
+      python3 -c 'import json, sys; s = json.load(sys.stdin); f = s.pop("forced"); m = f.pop("baton_misses"); print(json.dumps(s)); print("teacher-forced:", json.dumps(f)); print("misses:", json.dumps(m))'
+    [[ $MODE == greedy ]] && continue
     for kv in bf16 fp8; do
       ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda --kv-cache-dtype $kv \
         --json "$OUT/$m.$kv.bench.json" 2>&1 | tee "$OUT/$m.$kv.bench.txt"

@@ -5,16 +5,22 @@
                                 Llama-3.2-1B (from config, no download), bf16 safetensors
   greedy MODEL OUT_PREFIX       8 prompts -> OUT_PREFIX.prompts.jsonl (token ids, baton-generate's
                                 --prompts-file) and OUT_PREFIX.hf.json: 32 greedy tokens per prompt
-                                from transformers in fp32, with the top-1/top-2 logit margin per step
-  compare OUT_PREFIX OURS.jsonl exact matches; where a continuation diverges, transformers' margin
-                                at that step (a near-tie is where bf16 and fp32 may disagree)
+                                from transformers in fp32, with the top-1/top-2 logit margin per step;
+                                OUT_PREFIX.forced.jsonl: every prompt + the first k of its fp32 greedy
+                                tokens (k = 0..31), to be run for one token each (teacher forcing)
+  compare OUT_PREFIX OURS.jsonl [--forced OURS_FORCED.jsonl]
+                                exact matches; where a continuation diverges, transformers' margin
+                                at that step (a near-tie is where bf16 and fp32 may disagree); with
+                                --forced, every teacher-forced step: equal to transformers fp32's
+                                token, or else fp32's margin there and whether ours is its second
   generate MODEL --batches 1,8,64 --prompt 128 --new 128 --json OUT
                                 transformers' generate() output tokens/s (bf16, static cache)
   same A.jsonl B.jsonl [--ref OUT_PREFIX.hf.json] [--json OUT]
                                 two baton runs of the same prompts (tp=1 vs tp=2, colocated vs P/D):
                                 equal outputs, and transformers' margin where one diverges
   bf16-error MODELS_DIR         how far transformers itself lands from its fp32 goldens
-                                (goldens.json) when it runs the test models in bf16
+                                (goldens.json) when it runs the test models in bf16 (RoPE
+                                frequencies rounded as the goldens had them)
 """
 import argparse
 import json
@@ -81,10 +87,23 @@ def greedy(args):
                                      output_scores=True, return_dict_in_generate=True, pad_token_id=0)
                 row[key] = out.sequences[0, len(p):].tolist()
                 if dtype == torch.float32:
-                    row["margins"] = [float(t[0] - t[1]) for t in (torch.topk(s[0].float(), 2).values for s in out.scores)]
+                    top2 = [torch.topk(s[0].float(), 2) for s in out.scores]
+                    row["margins"] = [float(t.values[0] - t.values[1]) for t in top2]
+                    row["second_ids"] = [int(t.indices[1]) for t in top2]
+                else:
+                    # bf16 teacher-forced on fp32's tokens: one forward pass, the argmax at each step
+                    # (EOS masked as generate's min_new_tokens masks it).
+                    seq = torch.tensor([p + row["greedy_ids"][:-1]], device="cuda")
+                    logits = model(seq).logits[0, len(p) - 1:].float()
+                    logits[:, cfg["eos_token_id"]] = -float("inf")
+                    row["bf16_forced_ids"] = logits.argmax(-1).tolist()
         del model
         torch.cuda.empty_cache()
     json.dump(rows, open(args.out_prefix + ".hf.json", "w"))
+    with open(args.out_prefix + ".forced.jsonl", "w") as f:
+        for row, p in zip(rows, prompts):
+            for k in range(NEW_TOKENS):
+                f.write(json.dumps(p + row["greedy_ids"][:k]) + "\n")
     print(f"{args.model}: {len(rows)} greedy references")
 
 
@@ -113,6 +132,25 @@ def compare(args):
                "baton_mean_agreeing_tokens": sum(agree(o, r["greedy_ids"]) for r, o in zip(ref, ours)) / len(ref),
                "hf_bf16_mean_agreeing_tokens": sum(agree(r["bf16_greedy_ids"], r["greedy_ids"]) for r in ref) / len(ref),
                "divergences": report}
+    if args.forced:
+        forced = [json.loads(line)["token_ids"] for line in open(args.forced) if line.strip()]
+        steps = [(i, k) for i in range(len(ref)) for k in range(len(ref[i]["greedy_ids"]))]
+        if len(forced) != len(steps) or any(len(f) != 1 for f in forced):
+            sys.exit(f"--forced: {len(forced)} outputs for {len(steps)} steps, one token each expected")
+        misses = []
+        for (i, k), f in zip(steps, forced):
+            r = ref[i]
+            if f[0] != r["greedy_ids"][k]:
+                misses.append({"prompt": i, "step": k, "hf_fp32_margin": r["margins"][k],
+                               "ours_is_hf_second": f[0] == r["second_ids"][k]})
+        bf16_misses = [r["margins"][k] for i, r in enumerate(ref) for k, t in enumerate(r["bf16_forced_ids"])
+                       if t != r["greedy_ids"][k]]
+        summary["forced"] = {
+            "steps": len(steps), "baton_equal": len(steps) - len(misses),
+            "baton_misses_all_hf_second": all(m["ours_is_hf_second"] for m in misses),
+            "baton_max_margin_missed": max((m["hf_fp32_margin"] for m in misses), default=None),
+            "hf_bf16_equal": len(steps) - len(bf16_misses), "hf_bf16_max_margin_missed": max(bf16_misses, default=None),
+            "baton_misses": misses}
     print(json.dumps(summary))
     json.dump(summary, open(args.out_prefix + ".compare.json", "w"))
 
@@ -168,6 +206,12 @@ def bf16_error(args):
         if not os.path.exists(os.path.join(args.models, name, "config.json")):
             continue
         model = load(os.path.join(args.models, name), torch.bfloat16)
+        # The goldens were computed with a bf16 checkpoint's RoPE frequencies rounded to bf16 (what
+        # baton's --rope-bf16-frequencies reproduces); transformers now keeps them in fp32. Round
+        # them here too, so that this measures bf16 compute alone.
+        if json.load(open(os.path.join(args.models, name, "config.json"))).get("dtype") == "bfloat16":
+            rotary = model.model.rotary_emb
+            rotary.inv_freq.copy_(rotary.inv_freq.bfloat16().float())
         worst = 0.0
         with torch.no_grad():
             for c in cases:
@@ -186,7 +230,8 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("make"); p.add_argument("dir"); p.set_defaults(fn=make)
     p = sub.add_parser("greedy"); p.add_argument("model"); p.add_argument("out_prefix"); p.set_defaults(fn=greedy)
-    p = sub.add_parser("compare"); p.add_argument("out_prefix"); p.add_argument("ours"); p.set_defaults(fn=compare)
+    p = sub.add_parser("compare"); p.add_argument("out_prefix"); p.add_argument("ours")
+    p.add_argument("--forced", default=""); p.set_defaults(fn=compare)
     p = sub.add_parser("generate"); p.add_argument("model"); p.add_argument("--batches", default="1,8,64")
     p.add_argument("--prompt", type=int, default=128); p.add_argument("--new", type=int, default=128)
     p.add_argument("--json", required=True); p.set_defaults(fn=generate)
