@@ -17,7 +17,7 @@ cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a /usr/lib/x86_64-linux-gnu/libicuuc.a /
 # compiler, plus the whole of asio/beast/config/system/mp11), packed (~1 MB), and ZeroMQ's shared
 # library with the libraries it needs (Debian's; found through the build's rpath there).
 for f in $(grep -rlE "boost/|server/|proxy/|zmq.h|disagg/" src apps tests --include=*.cpp); do
-  g++ -std=c++20 -M -Isrc -I. $f 2>/dev/null
+  g++ -std=c++20 -M -DBOOST_ASIO_SEPARATE_COMPILATION -DBOOST_BEAST_SEPARATE_COMPILATION -Isrc -I. $f 2>/dev/null
 done | tr ' \\' '\n\n' | grep -E "^/usr/include/boost/" | sed 's#^/usr/include/##' > .device/boost.list
 (cd /usr/include && find boost/asio boost/beast boost/config boost/system boost/mp11 -type f) >> .device/boost.list
 sort -u -o .device/boost.list .device/boost.list
