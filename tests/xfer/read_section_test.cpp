@@ -98,20 +98,32 @@ TEST(ReadSectionTest, ReplacedObjectsAreNeverSeenAfterTheWait) {
       }
     });
   while (reads < 1000) std::this_thread::yield();  // both readers are running
+  // Replacements go on until the readers have completed enough sections while they ran. How
+  // many replacements that takes depends on the scheduler (with other processes on the cores
+  // the readers may get no time slice for many milliseconds), so the loop is bounded by a
+  // deadline, not a count; a writer that finds the readers stalled yields its core to them.
+  constexpr uint64_t kSectionsDuring = 2000;
   const uint64_t before = reads;
-  // At least 2000 replacements, and on until the readers have read 2000 times meanwhile.
-  for (int i = 0; i < 2000 || (reads - before < 2000 && i < 200000); ++i) {
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  uint64_t replaced = 0, seen = before;
+  while ((replaced < 2000 || reads - before < kSectionsDuring) && std::chrono::steady_clock::now() < deadline) {
     Node* old = published.exchange(new Node, std::memory_order_seq_cst);
     wait_for_readers();
     old->state = kDead;
     delete old;
+    if (++replaced % 64 == 0) {
+      if (reads == seen) std::this_thread::yield();
+      seen = reads;
+    }
   }
   const uint64_t during = reads - before;
   stop = true;
   for (auto& t : readers) t.join();
   delete published.load();
   EXPECT_EQ(bad.load(), 0u);
-  EXPECT_GE(during, 2000u) << "the readers hardly ran while objects were replaced: nothing was checked";
+  EXPECT_GE(replaced, 2000u);
+  EXPECT_GE(during, kSectionsDuring)
+      << "the readers completed too few sections in 60 s of replacements: nothing was checked";
 }
 
 // Threads come and go: each takes a slot on its first section; their slots are reused and a
