@@ -102,6 +102,9 @@ Status xfer_bench(int argc, char** argv) {
   const auto transports =
       transport == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "cuda_ipc", "tcp"};
 
+  // The two processes are one deployment: a token of their own admits the reader to every
+  // region, as in a fleet with a deployment token.
+  const std::string token = xfer::new_capability();
   int pipefd[2];
   if (pipe(pipefd) != 0) return make_error("pipe failed");
   pid_t child = fork();
@@ -109,6 +112,7 @@ Status xfer_bench(int argc, char** argv) {
     close(pipefd[0]);
     xfer::Agent::Config c;
     c.name = "bench-owner";
+    c.token = token;
     c.transports = transports;
     auto agent = xfer::Agent::create(c);
     HostRegion mem;
@@ -162,6 +166,7 @@ Status xfer_bench(int argc, char** argv) {
 
   xfer::Agent::Config c;
   c.name = "bench-reader";
+  c.token = token;
   c.transports = transports;
   BATON_ASSIGN_OR_RETURN(auto agent, xfer::Agent::create(c));
   HostRegion local;

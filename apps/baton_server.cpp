@@ -93,6 +93,7 @@ baton::Status run(int argc, char** argv) {
       ac.host = advertise;
       ac.port = kv.handshake_port == 0 ? 0 : kv.handshake_port + r;
       ac.token = kv.token;
+      ac.remote_writes = false;  // peers read KV pools; nobody writes into them
       if (kv.transport == "tcp") ac.transports = {"tcp"};
       if (kv.transport == "ucx") ac.transports = {"ucx", "cuda_ipc"};  // never falls back to TCP
       BATON_ASSIGN_OR_RETURN(auto agent, xfer::Agent::create(ac));
@@ -186,6 +187,27 @@ baton::Status run(int argc, char** argv) {
                 [c] { return double(c->stats().released_by_reader); }, true);
     m.add_gauge("baton:kv_released_by_timeout_total", "Held prefills freed by kv_timeout_s.",
                 [c] { return double(c->stats().released_by_timeout); }, true);
+    // The transfer plane's door: peers refused at the handshake (no live capability or token,
+    // bad hello), silent ones closed, and accepts that failed (out of file descriptors).
+    auto admission = [&agents](uint64_t xfer::Agent::AdmissionStats::*field) {
+      return [&agents, field] {
+        uint64_t n = 0;
+        for (const auto& a : agents) n += a->admission_stats().*field;
+        return double(n);
+      };
+    };
+    m.add_gauge("baton:kv_peers_admitted_total", "Transfer-plane peers admitted (capability or token).",
+                admission(&xfer::Agent::AdmissionStats::admitted), true);
+    m.add_gauge("baton:kv_peers_refused_total", "Transfer-plane hellos refused (no live capability or token).",
+                admission(&xfer::Agent::AdmissionStats::refused), true);
+    m.add_gauge("baton:kv_peers_dropped_total", "Transfer-plane connections closed before a hello.",
+                [&agents] {
+                  uint64_t n = 0;
+                  for (const auto& a : agents) n += a->admission_stats().timed_out + a->admission_stats().overflowed;
+                  return double(n);
+                }, true);
+    m.add_gauge("baton:kv_accept_errors_total", "Transfer-plane accepts that failed (out of file descriptors).",
+                admission(&xfer::Agent::AdmissionStats::accept_errors), true);
   }
 
   http::ServerConfig hc;

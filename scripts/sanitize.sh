@@ -26,7 +26,7 @@ case "$MODE" in
         export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ;;
   tsan) SAN="thread"
         SKIP=""
-        TESTS=(-R '^(EngineTest|BlockManagerTest|ThreadPoolTest|Transports/XferTest|XferCoalesceTest|ReadSectionTest|Cases/KvHandoffTest|e2e_openai_server|e2e_pd)')
+        TESTS=(-R '^(EngineTest|BlockManagerTest|ThreadPoolTest|Transports/XferTest|XferCoalesceTest|ReadSectionTest|CapabilityTest|AdmissionTest|Cases/KvHandoffTest|e2e_openai_server|e2e_pd)')
         # Over TCP only: UCX is not built with TSan, and its internal synchronisation (progress
         # thread callbacks, spinlocks) shows up as false races.
         # The 1 GiB copy test is a bandwidth test; TSan only makes it slow.

@@ -47,4 +47,17 @@ void write(Level l, std::string_view line) {
                static_cast<int>(line.size()), line.data());
 }
 
+bool RateLimited::due(uint64_t* dropped) {
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(mutex_);
+  if (now < next_) {
+    ++dropped_;
+    return false;
+  }
+  next_ = now + interval_;
+  *dropped = dropped_;
+  dropped_ = 0;
+  return true;
+}
+
 }  // namespace baton::log

@@ -59,6 +59,7 @@ struct KvConnector::Remote {
   std::vector<Rank> ranks;
   std::vector<int32_t> block_ids;
   std::string transfer_id;
+  std::string capability;  // empty from a prefill that hands out none (then the token must admit us)
   int first_token = -1;
 
   static Result<Remote> parse(const Json& p) {
@@ -71,6 +72,7 @@ struct KvConnector::Remote {
     BATON_ASSIGN_OR_RETURN(r.block_ids, json_get<std::vector<int32_t>>(p, "remote_block_ids", what));
     BATON_ASSIGN_OR_RETURN(r.transfer_id, json_get<std::string>(p, "transfer_id", what));
     BATON_ASSIGN_OR_RETURN(r.first_token, json_get<int>(p, "first_token", what));
+    BATON_ASSIGN_OR_RETURN(r.capability, json_get_or<std::string>(p, "remote_capability", "", what));
     auto ranks = p.find("remote_ranks");
     if (ranks == p.end() || !ranks->is_array() || static_cast<int>(ranks->size()) != r.layout.tp_size)
       return make_error(what, ": remote_ranks must list one entry per prefill rank (", r.layout.tp_size, ")");
@@ -130,13 +132,26 @@ ConnectorStats KvConnector::stats() const {
 // ---- producer ----
 
 Json KvConnector::on_prefill_finished(const RequestOutput& out, int num_prompt_tokens, uint64_t prompt_digest) {
+  // The capability covers this transfer's blocks in every layer of each rank's pool, and
+  // nothing else: a decode handed these params can read these blocks alone (README: one-sided
+  // transports reach the whole region).
+  const std::string capability = xfer::new_capability();
+  std::vector<xfer::GrantRange> ranges;
+  for (const RankKv& rank : ranks_) {
+    ranges.clear();
+    for (int l = 0; l < layout_.num_layers; ++l)
+      for (int32_t b : out.kv_block_ids)
+        ranges.push_back({rank.region.region, l * rank.memory.layer_bytes + uint64_t(b) * rank.memory.block_bytes,
+                          rank.memory.block_bytes});
+    rank.agent->grant(capability, ranges);
+  }
   std::string transfer_id;
   {
     std::lock_guard lock(mutex_);
     transfer_id = engine_id_ + "-" + std::to_string(next_transfer_++);
-    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                             std::chrono::duration<double>(kv_timeout_s_));
-    held_[transfer_id] = Held{out.seq_id, deadline};
+    const auto deadline =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(kv_timeout_s_));
+    held_[transfer_id] = Held{out.seq_id, deadline, capability};
   }
   cv_.notify_all();
   Json ranks = Json::array();
@@ -155,6 +170,7 @@ Json KvConnector::on_prefill_finished(const RequestOutput& out, int num_prompt_t
           {"remote_block_ids", out.kv_block_ids},
           {"remote_tp_size", layout_.tp_size},
           {"transfer_id", transfer_id},
+          {"remote_capability", capability},
           {"first_token", out.token_ids.empty() ? -1 : out.token_ids.back()},
           {"prompt_tokens", num_prompt_tokens},
           {"prompt_digest", xfer::to_hex(&prompt_digest, sizeof prompt_digest)},
@@ -163,26 +179,39 @@ Json KvConnector::on_prefill_finished(const RequestOutput& out, int num_prompt_t
 }
 
 void KvConnector::on_notification(const std::string& message) {
+  static log::RateLimited malformed, forged;
   Json j = Json::parse(message, nullptr, false);
   if (!j.is_object() || !j.contains("transfer_id") || !j["transfer_id"].is_string()) {
-    log::warn("KV connector: ignoring a malformed notification");
+    malformed.warn("KV connector: ignoring a malformed notification");
     return;
   }
-  release_transfer(j["transfer_id"].get<std::string>());
+  const std::string capability =
+      j.contains("capability") && j["capability"].is_string() ? j["capability"].get<std::string>() : "";
+  std::lock_guard lock(mutex_);
+  auto it = held_.find(j["transfer_id"].get<std::string>());
+  if (it == held_.end()) return;  // already released (read, timeout) or unknown
+  // Only whoever was handed the transfer may let it go: transfer ids are not secret.
+  if (capability != it->second.capability) {
+    forged.warn("KV connector: ignoring a release of transfer ", it->first, " without its capability");
+    return;
+  }
+  ++stats_.released_by_reader;
+  release_locked(it);
 }
 
 bool KvConnector::release_transfer(const std::string& transfer_id) {
-  uint64_t seq = 0;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = held_.find(transfer_id);
-    if (it == held_.end()) return false;  // already released (read, timeout) or unknown
-    seq = it->second.seq_id;
-    held_.erase(it);
-    ++stats_.released_by_reader;
-  }
-  engine_.release_held(seq);
+  std::lock_guard lock(mutex_);
+  auto it = held_.find(transfer_id);
+  if (it == held_.end()) return false;  // already released (read, timeout) or unknown
+  ++stats_.released_by_reader;
+  release_locked(it);
   return true;
+}
+
+void KvConnector::release_locked(std::map<std::string, Held>::iterator it) {
+  for (RankKv& r : ranks_) r.agent->revoke(it->second.capability);
+  engine_.release_held(it->second.seq_id);
+  held_.erase(it);
 }
 
 void KvConnector::reaper_loop() {
@@ -191,10 +220,10 @@ void KvConnector::reaper_loop() {
     auto next = Clock::now() + std::chrono::seconds(1);
     for (auto it = held_.begin(); it != held_.end();) {
       if (it->second.deadline <= Clock::now()) {
-        log::warn("KV connector: transfer ", it->first, " was not read within ", kv_timeout_s_, " s; freeing its blocks");
-        engine_.release_held(it->second.seq_id);
+        log::warn("KV connector: transfer ", it->first, " was not read within ", kv_timeout_s_,
+                  " s; freeing its blocks");
         ++stats_.released_by_timeout;
-        it = held_.erase(it);
+        release_locked(it++);
       } else {
         next = std::min(next, it->second.deadline);
         ++it;
@@ -310,10 +339,16 @@ bool KvConnector::read_kv(const ReadJob& job, std::string* error) {
                s.bytes});
         }
     for (auto& [s, ops] : by_src) {
-      auto session = dst.agent->connect(remote->ranks[s].agent);
+      auto session = dst.agent->connect(remote->ranks[s].agent, remote->capability);
       if (!session.ok()) {
         *error = session.error();
         break;
+      }
+      if (!remote->capability.empty()) {
+        if (Status st = (*session)->authorize(remote->capability, remote->ranks[s].region); !st.ok()) {
+          *error = st.message();
+          break;
+        }
       }
       auto id = (*session)->read(xfer::coalesce(ops));
       if (!id.ok()) {
@@ -332,13 +367,13 @@ bool KvConnector::read_kv(const ReadJob& job, std::string* error) {
 }
 
 void KvConnector::tell_prefill(const Remote& remote, bool ok) {
-  auto session = ranks_[0].agent->connect(remote.ranks[0].agent);
+  auto session = ranks_[0].agent->connect(remote.ranks[0].agent, remote.capability);
   if (!session.ok()) {
     log::warn("KV connector: cannot reach prefill ", remote.ranks[0].agent.name, " to release transfer ",
               remote.transfer_id, " (", session.error(), "); it frees the blocks by timeout");
     return;
   }
-  const Json msg = {{"transfer_id", remote.transfer_id}, {"ok", ok}};
+  const Json msg = {{"transfer_id", remote.transfer_id}, {"capability", remote.capability}, {"ok", ok}};
   if (Status s = (*session)->notify(msg.dump()); !s.ok())
     log::warn("KV connector: notifying prefill failed: ", s.message());
 }

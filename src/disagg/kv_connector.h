@@ -4,8 +4,10 @@
 // Producer: a request with kv_transfer_params {do_remote_decode: true} runs with hold_kv; when
 // it finishes, its blocks stay pinned under a transfer id, and the response carries the
 // kv_transfer_params the decode side needs (engine id, per-rank agents and KV regions, block
-// ids, layout, first token). The blocks are freed when the decode side notifies that it has read
-// them (or gave up), or after kv_timeout_s.
+// ids, layout, first token, and remote_capability: the secret that lets the decode's agents
+// read exactly these blocks, granted on every rank's agent). The blocks are freed, and the
+// capability revoked, when the decode side notifies that it has read them (or gave up; the
+// notification must carry the capability), or after kv_timeout_s.
 //
 // Consumer: a request with {do_remote_prefill: true, ...those params} waits in the engine's
 // remote-KV state; once its destination blocks are allocated, every local TP rank reads its own
@@ -90,7 +92,10 @@ class KvConnector {
   struct Held {
     uint64_t seq_id;
     std::chrono::steady_clock::time_point deadline;
+    std::string capability;  // granted on every rank's agent for this transfer's blocks
   };
+  // Producer: frees a held transfer's blocks and revokes its capability (under mutex_).
+  void release_locked(std::map<std::string, Held>::iterator it);
   struct Remote;  // a prefill's kv_transfer_params, parsed once per request
   struct ReadJob {
     uint64_t seq_id;

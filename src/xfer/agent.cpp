@@ -1,10 +1,15 @@
 #include "xfer/agent.h"
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 
 #include "common/log.h"
 #include "xfer/read_section.h"
@@ -32,7 +37,12 @@ Result<std::vector<WireOp>> unpack_ops(const std::string& payload) {
   return ops;
 }
 
-constexpr int kProtocolVersion = 1;
+// 2: hellos carry a capability; kAuthorize; the welcome says whether the agent takes writes.
+constexpr int kProtocolVersion = 2;
+// A hello is a small JSON object; a larger one is not a peer of ours.
+constexpr uint64_t kMaxHelloPayload = 4096;
+
+log::RateLimited g_refusal_log, g_accept_log;
 
 // Publishes `next` for copies in place and frees the table it replaces once none can use it.
 void republish(std::atomic<const RangeTable*>& table, const RangeTable* next) {
@@ -142,8 +152,11 @@ Result<std::unique_ptr<Agent>> Agent::create(Config config) {
                       ", and TCP is not allowed)");
   std::unique_ptr<Agent> a(new Agent(std::move(config)));
   BATON_ASSIGN_OR_RETURN(a->listener_, Socket::listen(a->config_.host, a->config_.port, &a->port_));
+  BATON_RETURN_IF_ERROR(a->listener_.set_nonblocking(true));
+  a->wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (a->wake_fd_ < 0) return make_error("transfer agent ", a->config_.name, ": eventfd: ", std::strerror(errno));
   if (ucx_allowed) {
-    auto ucx = create_ucx_transport();
+    auto ucx = create_ucx_transport(a->config_.remote_writes);
     if (ucx.ok()) {
       a->rma_ = std::move(*ucx);
     } else if (!a->config_.tcp_allowed()) {
@@ -167,8 +180,12 @@ Agent::~Agent() {
     std::lock_guard lock(serve_mutex_);
     stopping_ = true;
   }
-  listener_.shutdown();
+  if (wake_fd_ >= 0) {
+    const uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof one);
+  }
   if (accept_thread_.joinable()) accept_thread_.join();
+  if (wake_fd_ >= 0) ::close(wake_fd_);
   {
     std::lock_guard lock(sessions_mutex_);
     sessions_.clear();
@@ -292,9 +309,9 @@ Status Agent::deregister_memory(uint64_t region) {
     }
   }
   // Tell connected peers, so that they refuse RMA to it without asking.
-  const std::string payload = regions_json().dump();
   std::lock_guard lock(serve_mutex_);
   for (auto& conn : served_) {
+    const std::string payload = regions_json(*conn).dump();
     std::lock_guard send_lock(conn->send_mutex);
     (void)send_frame(conn->socket, MsgType::kRegions, 0, payload);
   }
@@ -324,6 +341,85 @@ Json Agent::regions_json() const {
   Json arr = Json::array();
   for (const MemoryDesc& d : regions()) arr.push_back(d.to_json());
   return arr;
+}
+
+Json Agent::regions_json(const Served& conn) const {
+  if (conn.trusted) return regions_json();
+  std::vector<std::string> caps;
+  {
+    std::lock_guard lock(const_cast<std::mutex&>(conn.send_mutex));
+    caps = conn.capabilities;
+  }
+  std::set<uint64_t> visible;
+  {
+    std::lock_guard lock(grants_mutex_);
+    for (const std::string& c : caps)
+      if (auto g = grants_.find(c); g != grants_.end())
+        for (const auto& [region, ranges] : g->second) visible.insert(region);
+  }
+  Json arr = Json::array();
+  for (const MemoryDesc& d : regions())
+    if (visible.count(d.region)) arr.push_back(d.to_json());
+  return arr;
+}
+
+// Called by conn's own serving thread, which alone changes conn.capabilities.
+bool Agent::granted(const Served& conn, uint64_t region, uint64_t offset, uint64_t len) const {
+  if (conn.trusted) return true;
+  std::lock_guard lock(grants_mutex_);
+  for (auto c = conn.capabilities.rbegin(); c != conn.capabilities.rend(); ++c) {  // newest first
+    auto g = grants_.find(*c);
+    if (g == grants_.end()) continue;
+    auto r = g->second.find(region);
+    if (r == g->second.end()) continue;
+    auto it = r->second.upper_bound(offset);  // the first range starting after offset
+    if (it == r->second.begin()) continue;
+    --it;
+    if (offset >= it->first && len <= it->second - offset) return true;
+  }
+  return false;
+}
+
+void Agent::grant(const std::string& capability, const std::vector<GrantRange>& ranges) {
+  std::lock_guard lock(grants_mutex_);
+  Grant& g = grants_[capability];
+  for (const GrantRange& r : ranges) {
+    if (r.length == 0) continue;
+    std::map<uint64_t, uint64_t>& m = g[r.region];
+    uint64_t start = r.offset, end = r.offset + r.length;
+    // Merge with every range it touches, so that a coalesced read of adjacent blocks lies
+    // inside one range.
+    auto it = m.upper_bound(start);
+    if (it != m.begin() && std::prev(it)->second >= start) --it;
+    while (it != m.end() && it->first <= end) {
+      start = std::min(start, it->first);
+      end = std::max(end, it->second);
+      it = m.erase(it);
+    }
+    m.emplace(start, end);
+  }
+}
+
+void Agent::revoke(const std::string& capability) {
+  std::lock_guard lock(grants_mutex_);
+  grants_.erase(capability);
+}
+
+size_t Agent::grants() const {
+  std::lock_guard lock(grants_mutex_);
+  return grants_.size();
+}
+
+Agent::AdmissionStats Agent::admission_stats() const {
+  std::lock_guard lock(stats_mutex_);
+  return admission_;
+}
+
+size_t Agent::served_connections() const {
+  std::lock_guard lock(serve_mutex_);
+  size_t n = 0;
+  for (const auto& conn : served_) n += conn->socket.valid();
+  return n;
 }
 
 Result<std::byte*> Agent::locate(uint64_t region, uint64_t offset, uint64_t len, MemoryKind* kind) const {
@@ -363,27 +459,170 @@ std::optional<std::pair<std::string, std::string>> Agent::next_notification(std:
   return n;
 }
 
+// A connection that has not yet sent its hello: taken by the accept thread alone, so that
+// connections that never authenticate cost a file descriptor each, not a thread.
+struct Agent::Hello {
+  Socket socket;
+  Clock::time_point deadline;
+  std::string bytes;  // the frame so far: header, then payload
+
+  // 1: the hello is complete (payload()); 0: more to come; -1: not a hello, or the peer left.
+  int receive() {
+    for (;;) {
+      size_t want = sizeof(FrameHeader);
+      if (bytes.size() >= want) {
+        FrameHeader h;
+        std::memcpy(&h, bytes.data(), sizeof h);
+        if (h.type != MsgType::kHello || h.length > kMaxHelloPayload) return -1;
+        want += h.length;
+      }
+      if (bytes.size() == want) return 1;
+      char buf[kMaxHelloPayload + sizeof(FrameHeader)];
+      const ssize_t n = ::recv(socket.fd(), buf, want - bytes.size(), 0);
+      if (n > 0) {
+        bytes.append(buf, static_cast<size_t>(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+      return -1;
+    }
+  }
+  std::string payload() const { return bytes.substr(sizeof(FrameHeader)); }
+};
+
 void Agent::accept_loop() {
+  using std::chrono::milliseconds;
+  std::vector<Hello> waiting;
+  std::vector<pollfd> fds;
+  // Out of file descriptors: no accept before accept_again. The wait doubles while errors keep
+  // coming (a descriptor freed now and then lets one accept through, which ends nothing).
+  Clock::time_point accept_again{}, last_error{};
+  milliseconds backoff(10);
+  auto count = [this](uint64_t AdmissionStats::*field) {
+    std::lock_guard lock(stats_mutex_);
+    ++(admission_.*field);
+  };
   for (;;) {
-    Socket s = listener_.accept();
-    if (!s.valid()) return;
-    std::lock_guard lock(serve_mutex_);
-    if (stopping_) return;
-    // Finished connections are reaped here, so a long-lived agent does not accumulate them.
-    for (auto it = served_.begin(); it != served_.end();) {
-      if (!(*it)->socket.valid()) {
-        (*it)->thread.join();
-        it = served_.erase(it);
-      } else {
+    auto now = Clock::now();
+    for (auto it = waiting.begin(); it != waiting.end();) {
+      if (it->deadline > now) {
         ++it;
+        continue;
+      }
+      count(&AdmissionStats::timed_out);
+      it = waiting.erase(it);
+    }
+    const bool accepting = now >= accept_again;
+    Clock::time_point wake = now + std::chrono::seconds(1);
+    if (!accepting) wake = std::min(wake, accept_again);
+    fds.clear();
+    fds.push_back({wake_fd_, POLLIN, 0});
+    fds.push_back({accepting ? listener_.fd() : -1, POLLIN, 0});
+    for (const Hello& h : waiting) {
+      fds.push_back({h.socket.fd(), POLLIN, 0});
+      wake = std::min(wake, h.deadline);
+    }
+    const auto wait_ms = std::chrono::ceil<milliseconds>(wake - now).count();
+    if (::poll(fds.data(), fds.size(), static_cast<int>(std::max<int64_t>(wait_ms, 1))) < 0 && errno != EINTR) {
+      log::error("transfer agent ", config_.name, ": poll: ", std::strerror(errno));
+      std::this_thread::sleep_for(milliseconds(100));
+      continue;
+    }
+    if (fds[0].revents) return;  // the agent is being destroyed
+    for (size_t i = waiting.size(); i-- > 0;) {
+      if (!fds[i + 2].revents) continue;
+      const int got = waiting[i].receive();
+      if (got == 0) continue;
+      Hello h = std::move(waiting[i]);
+      waiting.erase(waiting.begin() + static_cast<std::ptrdiff_t>(i));
+      if (got > 0) {
+        admit(std::move(h.socket), h.payload());
+      } else {
+        count(&AdmissionStats::refused);
       }
     }
-    auto conn = std::make_unique<Served>();
-    conn->socket = std::move(s);
-    Served* raw = conn.get();
-    conn->thread = std::thread([this, raw] { serve(*raw); });
-    served_.push_back(std::move(conn));
+    if (!(fds[1].revents & POLLIN)) continue;
+    for (;;) {
+      auto s = listener_.accept_nonblocking();
+      if (!s.ok()) {
+        // EMFILE and the like: the connection stays queued, and accepting again at once would
+        // spin. Back off while it lasts, logging at most once a second.
+        count(&AdmissionStats::accept_errors);
+        const auto at = Clock::now();
+        backoff =
+            at - last_error < std::chrono::seconds(1) ? std::min(backoff * 2, milliseconds(1000)) : milliseconds(10);
+        last_error = at;
+        g_accept_log.warn("transfer agent ", config_.name, ": ", s.error(), "; accepting again in ", backoff.count(),
+                          " ms");
+        accept_again = at + backoff;
+        break;
+      }
+      if (!s->valid()) break;  // none waiting
+      if (waiting.size() >= kMaxUnauthenticated) {
+        // The oldest goes: a peer of ours sends its hello as soon as it connects, so the one
+        // that has waited longest is the likeliest to be idle on purpose.
+        count(&AdmissionStats::overflowed);
+        g_refusal_log.warn("transfer agent ", config_.name, ": ", kMaxUnauthenticated,
+                           " connections are waiting for their hello; closing the oldest");
+        waiting.erase(waiting.begin());
+      }
+      waiting.push_back(Hello{std::move(*s), Clock::now() + config_.hello_timeout, {}});
+    }
   }
+}
+
+void Agent::admit(Socket socket, const std::string& payload) {
+  std::string peer = "?";
+  auto refuse = [&](const std::string& why) {
+    {
+      std::lock_guard lock(stats_mutex_);
+      ++admission_.refused;
+    }
+    g_refusal_log.warn("transfer agent ", config_.name, ": refusing peer ", peer, ": ", why);
+    (void)send_frame(socket, MsgType::kRefused, 0, why);  // non-blocking: a small frame, best effort
+  };
+  auto hj = parse_json(payload, "hello");
+  if (!hj.ok() || !hj->is_object()) return refuse("malformed hello");
+  // Typed reads: a peer's mistyped field is a refusal, not an exception on this thread.
+  auto agent = json_get_or<std::string>(*hj, "agent", "?", "hello");
+  auto version = json_get_or<int64_t>(*hj, "version", 0, "hello");
+  auto token = json_get_or<std::string>(*hj, "token", "", "hello");
+  auto capability = json_get_or<std::string>(*hj, "capability", "", "hello");
+  if (!agent.ok() || !version.ok() || !token.ok() || !capability.ok()) return refuse("malformed hello");
+  peer = agent->substr(0, 128);
+  if (*version != kProtocolVersion)
+    return refuse("protocol version mismatch (" + std::to_string(*version) + "; this agent speaks " +
+                  std::to_string(kProtocolVersion) + ")");
+  const bool trusted = !config_.token.empty() && *token == config_.token;
+  if (!config_.token.empty() && !trusted) return refuse("wrong or missing deployment token");
+  if (!trusted) {
+    std::lock_guard lock(grants_mutex_);
+    if (capability->empty() || !grants_.count(*capability))
+      return refuse("no live capability (a transfer's capability or the deployment token is required)");
+  }
+  if (!socket.set_nonblocking(false).ok()) return;
+  std::lock_guard lock(serve_mutex_);
+  if (stopping_) return;
+  // Finished connections are reaped here, so a long-lived agent does not accumulate them.
+  for (auto it = served_.begin(); it != served_.end();) {
+    if (!(*it)->socket.valid()) {
+      (*it)->thread.join();
+      it = served_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  auto conn = std::make_unique<Served>();
+  conn->socket = std::move(socket);
+  conn->peer = peer;
+  conn->trusted = trusted;
+  if (!trusted) conn->capabilities.push_back(*capability);
+  Served* raw = conn.get();
+  conn->thread = std::thread([this, raw] { serve(*raw); });
+  served_.push_back(std::move(conn));
+  std::lock_guard stats(stats_mutex_);
+  ++admission_.admitted;
 }
 
 // One peer's control connection, served in order: requests on it complete in the order sent.
@@ -402,27 +641,11 @@ void Agent::serve(Served& conn) {
       c.socket = Socket();
     }
   } done{conn, serve_mutex_};
-  std::string peer = "?";
-  auto refuse = [&](const std::string& why) {
-    log::warn("transfer agent ", config_.name, ": refusing peer ", peer, ": ", why);
-    (void)send_locked(MsgType::kRefused, 0, why);
-  };
-  (void)socket.set_recv_timeout(config_.timeout);
-  auto hello = recv_header(socket);
-  if (!hello.ok() || hello->type != MsgType::kHello) return;
-  auto hello_payload = recv_payload(socket, *hello);
-  if (!hello_payload.ok()) return;
-  auto hj = parse_json(*hello_payload, "hello");
-  if (!hj.ok() || !hj->is_object()) return refuse("malformed hello");
-  // Typed reads: a peer's mistyped field is a refusal, not an exception on this thread.
-  auto agent = json_get_or<std::string>(*hj, "agent", "?", "hello");
-  auto version = json_get_or<int64_t>(*hj, "version", 0, "hello");
-  auto token = json_get_or<std::string>(*hj, "token", "", "hello");
-  if (!agent.ok() || !version.ok() || !token.ok()) return refuse("malformed hello");
-  peer = *agent;
-  if (*version != kProtocolVersion) return refuse("protocol version mismatch");
-  if (!config_.token.empty() && *token != config_.token) return refuse("wrong or missing deployment token");
-  Json welcome = {{"agent", config_.name}, {"regions", regions_json()}, {"version", kProtocolVersion}};
+  const std::string& peer = conn.peer;
+  Json welcome = {{"agent", config_.name},
+                  {"regions", regions_json(conn)},
+                  {"version", kProtocolVersion},
+                  {"writable", config_.remote_writes && conn.trusted}};
   if (rma_) welcome[rma_->name()] = rma_->address();
   if (gpu_) welcome[gpu_->name()] = gpu_->address();
   if (!send_locked(MsgType::kWelcome, 0, welcome.dump()).ok()) return;
@@ -441,17 +664,26 @@ void Agent::serve(Served& conn) {
       std::shared_lock lock(regions_mutex_);
       std::vector<LocalRange> where;
       std::string error;
+      const bool is_read = h->type == MsgType::kReadRequest;
+      if (!is_read && !config_.remote_writes) error = "agent " + config_.name + " takes no writes";
+      if (!is_read && !conn.trusted) error = "writes need the deployment token";
       for (const WireOp& op : *ops) {
+        if (!error.empty()) break;
         MemoryKind kind = MemoryKind::kHost;
         auto p = locate(op.region, op.offset, op.length, &kind);
         if (!p.ok()) {
           error = p.error();
           break;
         }
+        if (!granted(conn, op.region, op.offset, op.length)) {
+          error = "range [" + std::to_string(op.offset) + ", " + std::to_string(op.offset + op.length) +
+                  ") of region " + std::to_string(op.region) + " is not granted to this peer";
+          break;
+        }
         where.push_back({*p, op.length, kind == MemoryKind::kCuda});  // GPU ranges are staged
       }
       Status st;
-      if (h->type == MsgType::kReadRequest) {
+      if (is_read) {
         if (!error.empty()) {
           st = send_locked(MsgType::kTransferError, h->id, error);
         } else {
@@ -478,22 +710,61 @@ void Agent::serve(Served& conn) {
       deliver(peer, std::move(*payload));
     } else if (h->type == MsgType::kRegionsRequest) {
       if (!recv_payload(socket, *h).ok()) break;
-      if (!send_locked(MsgType::kRegions, h->id, regions_json().dump()).ok()) break;
+      if (!send_locked(MsgType::kRegions, h->id, regions_json(conn).dump()).ok()) break;
+    } else if (h->type == MsgType::kAuthorize) {
+      if (h->length > kMaxHelloPayload) break;
+      auto capability = recv_payload(socket, *h);
+      if (!capability.ok()) break;
+      if (!conn.trusted) {
+        bool live = false;
+        {
+          std::lock_guard lock(grants_mutex_);
+          live = grants_.count(*capability) > 0;
+        }
+        std::lock_guard lock(conn.send_mutex);
+        std::erase_if(conn.capabilities, [&](const std::string& c) {
+          std::lock_guard g(grants_mutex_);
+          return !grants_.count(c);  // revoked since: forgotten
+        });
+        if (live &&
+            std::find(conn.capabilities.begin(), conn.capabilities.end(), *capability) == conn.capabilities.end())
+          conn.capabilities.push_back(std::move(*capability));
+        if (!live)
+          g_refusal_log.warn("transfer agent ", config_.name, ": peer ", peer, " presented no live capability");
+      }
+      if (!send_locked(MsgType::kRegions, 0, regions_json(conn).dump()).ok()) break;
     } else {
       break;  // protocol violation: drop the peer
     }
   }
 }
 
-Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer) {
+Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer, const std::string& capability) {
+  auto cached = [&]() -> std::shared_ptr<Session> {  // under sessions_mutex_
+    auto it = sessions_.find(peer.name);
+    if (it == sessions_.end()) return nullptr;
+    if (!it->second->broken()) return it->second;
+    sessions_.erase(it);
+    return nullptr;
+  };
+  // One handshake at a time per peer: callers that come meanwhile take the session it makes,
+  // rather than each making one and caching it over the others' (still in use, then closed).
+  std::shared_ptr<std::mutex> gate;
   {
     std::lock_guard lock(sessions_mutex_);
-    auto it = sessions_.find(peer.name);
-    if (it != sessions_.end() && !it->second->broken()) return it->second;
-    if (it != sessions_.end()) sessions_.erase(it);
+    if (auto s = cached()) return s;
+    std::shared_ptr<std::mutex>& g = connect_gates_[peer.name];
+    if (!g) g = std::make_shared<std::mutex>();
+    gate = g;
+  }
+  std::lock_guard connecting(*gate);
+  {
+    std::lock_guard lock(sessions_mutex_);
+    if (auto s = cached()) return s;
   }
   BATON_ASSIGN_OR_RETURN(Socket s, Socket::connect(peer.host, peer.port, config_.timeout));
   Json hello = {{"agent", config_.name}, {"token", config_.token}, {"version", kProtocolVersion}};
+  if (!capability.empty()) hello["capability"] = capability;
   BATON_RETURN_IF_ERROR(send_frame(s, MsgType::kHello, 0, hello.dump()));
   BATON_RETURN_IF_ERROR(s.set_recv_timeout(config_.timeout));
   auto h = recv_header(s);
@@ -508,7 +779,11 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer) {
   const std::string name = welcome.contains("agent") && welcome["agent"].is_string() ? welcome["agent"].get<std::string>()
                                                                                       : peer.name;
   std::shared_ptr<Session> session(new Session(*this, name, std::move(s)));
-  if (rma_ && rma_degraded_) log::warn("session to ", peer.name, ": UCX degraded by an earlier peer failure; using TCP");
+  if (!capability.empty()) session->presented_.push_back(capability);
+  session->peer_writable_ =
+      welcome.contains("writable") && welcome["writable"].is_boolean() && welcome["writable"].get<bool>();
+  if (rma_ && rma_degraded_)
+    log::warn("session to ", peer.name, ": UCX degraded by an earlier peer failure; using TCP");
   if (rma_ && !rma_degraded_ && welcome.contains(rma_->name()) && welcome[rma_->name()].is_string()) {
     auto ep = rma_->connect(welcome[rma_->name()].get<std::string>());
     if (ep.ok()) {
@@ -547,6 +822,15 @@ Session::Session(Agent& agent, std::string peer, Socket socket)
     : agent_(agent), peer_(std::move(peer)), socket_(std::move(socket)) {}
 
 Session::~Session() {
+  // What was sent must reach the peer: closing a socket with bytes still unread resets the
+  // connection, and the peer then drops frames it had not read yet (a release notification, say).
+  // So half-close, and let the reader take what the peer still sends until it closes its end.
+  if (!broken_ && reader_.joinable()) {
+    socket_.shutdown_write();
+    std::unique_lock lock(mutex_);
+    cv_.wait_for(lock, std::min<std::chrono::milliseconds>(agent_.config_.timeout, std::chrono::seconds(2)),
+                 [&] { return broken_.load(); });
+  }
   broken_ = true;
   socket_.shutdown();
   if (reader_.joinable()) reader_.join();
@@ -570,6 +854,7 @@ void Session::set_regions(const Json& regions) {
       if (RmaEndpoint* ep = ep_for(d)) (void)ep->add_region(d);
   regions_ = std::move(next);
   publish_mapped(true);
+  cv_.notify_all();  // authorize() may wait for a region
 }
 
 void Session::publish_mapped(bool any) {
@@ -612,8 +897,34 @@ Status Session::refresh_regions() {
   return {};
 }
 
-Result<TransferId> Session::read(const std::vector<TransferOp>& ops) { return start(ops, true); }
-Result<TransferId> Session::write(const std::vector<TransferOp>& ops) { return start(ops, false); }
+Status Session::authorize(const std::string& capability, uint64_t region) {
+  if (broken_) return make_error("session to ", peer_, " is broken");
+  std::unique_lock lock(mutex_);
+  const bool presented = std::find(presented_.begin(), presented_.end(), capability) != presented_.end();
+  if (!presented) {
+    presented_.push_back(capability);
+    lock.unlock();
+    {
+      std::lock_guard send_lock(send_mutex_);
+      BATON_RETURN_IF_ERROR(send_frame(socket_, MsgType::kAuthorize, 0, capability));
+    }
+    lock.lock();
+  }
+  // The peer answers with the regions the session may now see (reader_loop applies them).
+  if (!cv_.wait_for(lock, agent_.config_.timeout, [&] { return regions_.count(region) || broken_.load(); }))
+    return make_error("peer ", peer_, " grants no access to its region ", region,
+                      " (the transfer's capability expired or is unknown)");
+  if (broken_) return make_error("session to ", peer_, " broke");
+  return {};
+}
+
+Result<TransferId> Session::read(const std::vector<TransferOp>& ops) {
+  return start(ops, true);
+}
+Result<TransferId> Session::write(const std::vector<TransferOp>& ops) {
+  if (!peer_writable_) return make_error("peer ", peer_, " takes no writes from this agent");
+  return start(ops, false);
+}
 
 bool Session::copy_in_place(const std::vector<TransferOp>& ops, bool is_read) {
   if (ops.empty()) return false;

@@ -16,8 +16,19 @@
 // way over TCP when its destination is deregistered fails; its bytes are dropped). Batches whose
 // ranges all lie in shared regions (allocate_memory) of two agents on one host are plain copies
 // made inside read()/write() without a lock (read_section.h): deregistering or revoking a region
-// unpublishes it and then waits for the copies that may be using it. With a deployment token set, a
-// peer without it is refused at the handshake. Bytes move over UCX when both sides have it
+// unpublishes it and then waits for the copies that may be using it.
+//
+// Who may connect: with a deployment token set, only peers that present it (trusted: they see
+// every region). Without one, only peers that present a capability: an unguessable secret the
+// owner made with grant() for the ranges of one transfer and handed out of band (a prefill puts
+// it in kv_transfer_params). Such a peer sees only the regions its capabilities name, and the
+// owner serves it (TCP path) only ranges inside a live grant; revoke() ends a grant. A peer with
+// neither is refused before anything is revealed. Hellos are taken by the accept thread with a
+// short deadline, at most kMaxUnauthenticated at a time (a new one closes the oldest), and a connection gets its own
+// thread only once admitted. Where bytes move one-sided (UCX rkeys, cuda_ipc handles), the owner's CPU sees no request:
+// a peer holding a region's key can reach the whole region, so a capability limits one-sided transfers to the regions
+// it names, not to its ranges (README, "Reliability and access control"). With remote_writes off, the agent refuses
+// every write and registers its memory with UCX for remote reads only. Bytes move over UCX when both sides have it
 // (shared memory on one host, RDMA where present), else over the control connection (TCP).
 // GPU memory moves by cuda_ipc between agents on one host; otherwise over TCP, staged through
 // pinned host buffers on each side (GPU memory of an agent on another host).
@@ -100,6 +111,9 @@ class Session {
   Status wait(TransferId id, std::chrono::milliseconds timeout);
   Status wait(TransferId id);  // the agent's default timeout
   Status notify(const std::string& message);
+  // Presents a capability the peer granted (once per capability and session). If the session
+  // does not know `region` yet, waits for the peer's answer that lists what it may now see.
+  Status authorize(const std::string& capability, uint64_t region);
 
   // True once the connection failed; the agent builds a new session on the next connect().
   bool broken() const { return broken_.load(); }
@@ -165,6 +179,8 @@ class Session {
   // from there, so a long answer that keeps coming is not a stall.
   std::atomic<Clock::rep> last_progress_{0};
   std::optional<std::string> regions_reply_;
+  std::vector<std::string> presented_;  // capabilities this session has shown the peer (under mutex_)
+  bool peer_writable_ = true;           // false: the peer refuses writes (remote_writes off)
   std::atomic<bool> broken_{false};
   std::thread reader_;
 };
@@ -186,6 +202,10 @@ class Agent {
     }
     bool tcp_allowed() const { return allows("tcp"); }
     std::chrono::milliseconds timeout{10000};  // transfers and handshakes
+    // A connection that has not sent a complete hello by then is closed.
+    std::chrono::milliseconds hello_timeout{2000};
+    // False: peers may only read this agent's memory (KV pools): writes are refused.
+    bool remote_writes = true;
     // Makes the transport for GPU memory; unset: cuda_ipc where the build and machine have CUDA.
     // (Tests stand in a host-memory double to run the staged TCP path without a GPU.)
     std::function<Result<std::unique_ptr<RmaTransport>>()> gpu_transport;
@@ -204,7 +224,28 @@ class Agent {
   std::vector<MemoryDesc> regions() const;
 
   AgentDesc describe() const;
-  Result<std::shared_ptr<Session>> connect(const AgentDesc& peer);
+  // `capability`: one the peer granted, presented in the hello of a new session (on a session
+  // already open, Session::authorize presents it).
+  Result<std::shared_ptr<Session>> connect(const AgentDesc& peer, const std::string& capability = "");
+
+  // Lets peers that present `capability` (new_capability()) open a session and read `ranges`
+  // of this agent's regions, until revoke(). Granting the same capability again adds ranges.
+  void grant(const std::string& capability, const std::vector<GrantRange>& ranges);
+  void revoke(const std::string& capability);
+  size_t grants() const;
+
+  // Connections waiting for their hello at most; a new one closes the oldest.
+  static constexpr size_t kMaxUnauthenticated = 64;
+  struct AdmissionStats {
+    uint64_t admitted = 0;
+    uint64_t refused = 0;        // a bad hello: wrong token, no live capability, bad version
+    uint64_t timed_out = 0;      // no complete hello within hello_timeout
+    uint64_t overflowed = 0;     // closed unheard: kMaxUnauthenticated newer ones were waiting
+    uint64_t accept_errors = 0;  // accept() failed (out of file descriptors)
+  };
+  AdmissionStats admission_stats() const;
+  // Threads serving admitted peers now (one each).
+  size_t served_connections() const;
 
   // Messages peers sent with Session::notify. The handler runs on a connection thread.
   void set_notification_handler(std::function<void(const std::string& peer, const std::string& message)> handler);
@@ -222,17 +263,27 @@ class Agent {
     std::shared_ptr<void> owned;  // memory the agent allocated (fallback path)
   };
   explicit Agent(Config config) : config_(std::move(config)) {}
-  // One accepted peer connection. Its thread serves requests; deregister_memory() also sends
+  // One admitted peer connection. Its thread serves requests; deregister_memory() also sends
   // on it, so sends take send_mutex.
   struct Served {
     Socket socket;
+    std::string peer;
+    bool trusted = false;  // presented the deployment token
     std::mutex send_mutex;
+    std::vector<std::string> capabilities;  // presented (under send_mutex: deregister reads them)
     std::thread thread;
     StagingBuffer stage;  // the serving thread's buffer for staging GPU ranges
   };
+  struct Hello;  // a connection waiting for its hello (accept thread)
   void accept_loop();
+  // A complete hello: admits the peer (a serving thread) or refuses it; closes what it refuses.
+  void admit(Socket socket, const std::string& payload);
   void serve(Served& conn);
   Json regions_json() const;
+  // The regions `conn` may see (all when trusted; else those its live capabilities name).
+  Json regions_json(const Served& conn) const;
+  // Whether `conn` may read [offset, offset+len) of region.
+  bool granted(const Served& conn, uint64_t region, uint64_t offset, uint64_t len) const;
   // Validates [offset, offset+len) of a region; returns its memory (and, if asked, its kind) or
   // an error.
   Result<std::byte*> locate(uint64_t region, uint64_t offset, uint64_t len, MemoryKind* kind = nullptr) const;
@@ -258,10 +309,19 @@ class Agent {
 
   std::mutex sessions_mutex_;
   std::map<std::string, std::shared_ptr<Session>> sessions_;
+  std::map<std::string, std::shared_ptr<std::mutex>> connect_gates_;  // held while a handshake runs
 
-  std::mutex serve_mutex_;
+  // capability -> region -> merged ranges [start, end)
+  using Grant = std::map<uint64_t, std::map<uint64_t, uint64_t>>;
+  mutable std::mutex grants_mutex_;
+  std::map<std::string, Grant> grants_;
+
+  mutable std::mutex serve_mutex_;
   std::vector<std::unique_ptr<Served>> served_;
   bool stopping_ = false;
+  int wake_fd_ = -1;  // eventfd: wakes the accept thread to stop
+  mutable std::mutex stats_mutex_;
+  AdmissionStats admission_;
 
   std::mutex notify_mutex_;
   std::condition_variable notify_cv_;

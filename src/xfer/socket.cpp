@@ -34,6 +34,10 @@ void Socket::shutdown() {
   if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
 }
 
+void Socket::shutdown_write() {
+  if (fd_ >= 0) ::shutdown(fd_, SHUT_WR);
+}
+
 namespace {
 Result<sockaddr_in> resolve(const std::string& host, int port) {
   sockaddr_in addr{};
@@ -109,6 +113,26 @@ Socket Socket::accept() {
   }
 }
 
+Result<Socket> Socket::accept_nonblocking() {
+  for (;;) {
+    const int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd >= 0) {
+      tune(fd);
+      return Socket(fd);
+    }
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Socket();
+    return make_error("accept: ", std::strerror(errno));
+  }
+}
+
+Status Socket::set_nonblocking(bool on) {
+  const int flags = fcntl(fd_, F_GETFL, 0);
+  if (flags < 0 || fcntl(fd_, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) != 0)
+    return make_error("fcntl: ", std::strerror(errno));
+  return {};
+}
+
 namespace {
 // Moves parts[0, n) past k bytes; returns the index of the first part with bytes left.
 size_t advance(iovec* parts, size_t n, size_t i, size_t k) {
@@ -177,7 +201,7 @@ Status send_frame(Socket& s, MsgType type, uint64_t id, const std::string& paylo
 Result<FrameHeader> recv_header(Socket& s) {
   FrameHeader h{};
   BATON_RETURN_IF_ERROR(s.recv_all(&h, sizeof h));
-  if (static_cast<uint32_t>(h.type) < 1 || static_cast<uint32_t>(h.type) > static_cast<uint32_t>(MsgType::kTransferError))
+  if (static_cast<uint32_t>(h.type) < 1 || static_cast<uint32_t>(h.type) > static_cast<uint32_t>(MsgType::kAuthorize))
     return make_error("bad frame type ", static_cast<uint32_t>(h.type), " from peer");
   return h;
 }

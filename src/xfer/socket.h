@@ -29,11 +29,16 @@ class Socket {
   int fd() const { return fd_; }
   bool valid() const { return fd_ >= 0; }
   void shutdown();  // wakes a thread blocked in recv on it
+  void shutdown_write();  // sends what is queued, then end of stream; receiving goes on
 
   static Result<Socket> listen(const std::string& host, int port, int* bound_port);
   static Result<Socket> connect(const std::string& host, int port, std::chrono::milliseconds timeout);
   // Accepts one connection; an invalid Socket when the listener was shut down.
   Socket accept();
+  // On a non-blocking listener: a waiting connection (itself non-blocking), an invalid Socket
+  // when none waits, or the error (EMFILE, ENFILE, ...; the connection stays queued).
+  Result<Socket> accept_nonblocking();
+  Status set_nonblocking(bool on);
 
   // Whole buffers; an error names the peer problem ("peer closed the connection").
   Status send_all(const void* data, size_t n);
@@ -61,6 +66,7 @@ enum class MsgType : uint32_t {
   kRegionsRequest,
   kRegions,
   kTransferError,
+  kAuthorize,  // a capability for the session; answered by kRegions (id 0): what it may now see
 };
 
 struct FrameHeader {

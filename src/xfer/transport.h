@@ -85,7 +85,9 @@ class RmaTransport {
 };
 
 // UCX (UCP RMA): shared memory on one host, RDMA verbs where present, TCP otherwise.
-Result<std::unique_ptr<RmaTransport>> create_ucx_transport();
+// remote_writes = false registers memory for remote reads only (UCP_MEM_MAP_PROT_REMOTE_READ):
+// transports that enforce memory protection (RDMA verbs) then refuse peers' puts.
+Result<std::unique_ptr<RmaTransport>> create_ucx_transport(bool remote_writes = true);
 // CUDA IPC: GPU memory of another process on this host (cudaIpc handles, async copies).
 Result<std::unique_ptr<RmaTransport>> create_cuda_ipc_transport();
 

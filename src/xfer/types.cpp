@@ -1,5 +1,11 @@
 #include "xfer/types.h"
 
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
 namespace baton::xfer {
 
 Json MemoryDesc::to_json() const {
@@ -85,6 +91,19 @@ Result<std::string> from_hex(const std::string& hex) {
     out[i] = static_cast<char>(hi * 16 + lo);
   }
   return out;
+}
+
+std::string new_capability() {
+  unsigned char bytes[16];
+  for (size_t got = 0; got < sizeof bytes;) {
+    const ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    // No entropy from the OS is a broken machine, not an input error: a guessable capability
+    // must never be handed out.
+    if (n < 0) throw std::runtime_error(std::string("getrandom: ") + std::strerror(errno));
+    got += static_cast<size_t>(n);
+  }
+  return to_hex(bytes, sizeof bytes);
 }
 
 }  // namespace baton::xfer

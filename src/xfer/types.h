@@ -49,6 +49,16 @@ struct TransferOp {
   uint64_t length = 0;
 };
 
+// Bytes [offset, +length) of one of an agent's regions, granted to holders of a capability.
+struct GrantRange {
+  uint64_t region = 0;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
+// A new unguessable capability (128 random bits from the OS, hex).
+std::string new_capability();
+
 using TransferId = uint64_t;
 
 enum class TransferState { kPending, kDone, kFailed };

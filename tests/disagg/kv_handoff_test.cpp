@@ -26,6 +26,7 @@ Instance make_instance(const std::string& name, const std::string& model, const 
   Instance in;
   xfer::Agent::Config c;
   c.name = name;
+  c.token = "handoff-test";  // the agents trust each other (the connector's capabilities are tested elsewhere)
   c.transports =
       transport == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "cuda_ipc", "tcp"};
   auto agent = xfer::Agent::create(c);

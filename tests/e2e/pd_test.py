@@ -12,7 +12,6 @@
 
 usage: pd_test.py --bin-dir build/apps --models ../shared/models
 """
-import argparse
 import asyncio
 import http.client
 import json
@@ -21,12 +20,11 @@ import signal
 import socket
 import sys
 import time
-import traceback
 
 import openai
 
 sys.path.insert(0, os.path.dirname(__file__))
-from server_util import Proc, metric, start_server, wait_until  # noqa: E402
+from server_util import Proc, metric, run_tests, start_server, wait_until  # noqa: E402
 
 TESTS = []
 # The equality test's cases: (prefill tp, decode tp, model, KV dtype).
@@ -77,17 +75,19 @@ def instances(proxy):
 
 class Fleet:
     def __init__(self, bin_dir, model, p_tps=(1,), d_tps=(1,), kv_dtype="auto", kv_timeout_s=60, proxy_args=(),
-                 p_dtype=None):
+                 p_dtype=None, token=None):
         self.bin_dir, self.model = bin_dir, model
+        if token is not None:
+            proxy_args = (*proxy_args, "--token", token)
         self.proxy = start_proxy(bin_dir, 0, 0, *proxy_args)
         self.prefills, self.decodes = [], []
         try:
             for tp in p_tps:
                 self.prefills.append(start_instance(bin_dir, model, "kv_producer", self.proxy.ping_port, tp,
-                                                    p_dtype or kv_dtype, kv_timeout_s))
+                                                    p_dtype or kv_dtype, kv_timeout_s, token=token))
             for tp in d_tps:
                 self.decodes.append(start_instance(bin_dir, model, "kv_consumer", self.proxy.ping_port, tp, kv_dtype,
-                                                   kv_timeout_s))
+                                                   kv_timeout_s, token=token))
             want = len(p_tps) + len(d_tps)
             wait_until(lambda: len(instances(self.proxy)) == want, what="instances registered")
         except Exception:
@@ -438,29 +438,5 @@ def api_key_token_and_limits(ctx):
             p.stop()
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin-dir", required=True)
-    ap.add_argument("--models", required=True)
-    ap.add_argument("--only", default="")
-    a = ap.parse_args()
-    ctx = {"bin": a.bin_dir, "models": a.models}
-    passed = failed = 0
-    for t in TESTS:
-        if a.only and a.only not in t.__name__:
-            continue
-        t0 = time.time()
-        try:
-            t(ctx)
-            passed += 1
-            print(f"PASS {t.__name__} ({time.time() - t0:.1f} s)", flush=True)
-        except Exception:
-            failed += 1
-            print(f"FAIL {t.__name__}", flush=True)
-            traceback.print_exc()
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tests(TESTS))

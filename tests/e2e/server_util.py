@@ -1,10 +1,12 @@
 """Starts baton binaries on 127.0.0.1 with OS-picked ports for e2e tests, and stops them."""
+import argparse
 import os
 import re
 import signal
 import subprocess
 import threading
 import time
+import traceback
 import urllib.request
 
 
@@ -85,3 +87,30 @@ def wait_until(cond, timeout=30, what="condition"):
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_tests(tests):
+    """The main() of a test file whose tests each take ctx {"bin", "models"}: runs them in order
+    (--only NAME picks those whose name contains NAME), prints PASS/FAIL lines and the closing
+    'N passed, N failed' line, and returns the exit status."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin-dir", required=True)
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--only", default="")
+    a = ap.parse_args()
+    ctx = {"bin": a.bin_dir, "models": a.models}
+    passed = failed = 0
+    for t in tests:
+        if a.only and a.only not in t.__name__:
+            continue
+        t0 = time.time()
+        try:
+            t(ctx)
+            passed += 1
+            print(f"PASS {t.__name__} ({time.time() - t0:.1f} s)", flush=True)
+        except Exception:
+            failed += 1
+            print(f"FAIL {t.__name__}", flush=True)
+            traceback.print_exc()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0

@@ -2,7 +2,8 @@
 // input is sent as raw bytes on a fresh TCP connection to a live Agent (handshake frames, read
 // and write requests with arbitrary regions, offsets and lengths, notifications, garbage); the
 // agent must answer or drop the connection, never crash, and never touch memory outside its one
-// registered region (ASan watches the guard bytes around it).
+// registered region (ASan watches the guard bytes around it). The region was granted in part to
+// a capability the corpus's hellos present; without a token, no other hello gets in.
 #include <cassert>
 #include <cstdint>
 #include <cstring>
@@ -34,6 +35,9 @@ Target& target() {
     t.agent = std::move(*a);
     auto r = t.agent->register_memory(t.region.data() + 64, 4096);
     assert(r.ok() && r->region == 1);
+    // The corpus's hellos present this capability: reads of the first half are served, the
+    // rest are refused as not granted.
+    t.agent->grant("fuzz-capability", {{1, 0, 2048}});
     return t;
   }();
   return t;

@@ -32,8 +32,12 @@ std::vector<std::string> transports_for(const std::string& t) {
   return t == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "cuda_ipc", "tcp"};
 }
 
-std::unique_ptr<Agent> make_agent(const std::string& name, const std::string& transport, const std::string& token = "",
-                                  std::chrono::milliseconds timeout = 10s) {
+// Agents here share a deployment token (trusted peers) unless a test says otherwise: sessions
+// without it need a capability (CapabilityTest).
+constexpr const char* kTestToken = "test-deployment-token";
+
+std::unique_ptr<Agent> make_agent(const std::string& name, const std::string& transport,
+                                  const std::string& token = kTestToken, std::chrono::milliseconds timeout = 10s) {
   Agent::Config c;
   c.name = name;
   c.transports = transports_for(transport);
@@ -161,7 +165,7 @@ TEST_P(XferTest, WrongTokenIsRefusedAtHandshake) {
   auto owner = make_agent("owner", transport, "deploy-secret");
   auto good = make_agent("good", transport, "deploy-secret");
   auto bad = make_agent("bad", transport, "guess");
-  auto none = make_agent("none", transport);
+  auto none = make_agent("none", transport, "");
   EXPECT_TRUE(good->connect(owner->describe()).ok());
   auto refused = bad->connect(owner->describe());
   ASSERT_FALSE(refused.ok());
@@ -398,6 +402,7 @@ TEST(XferDeregisterTest, DeregisteringADestinationWaitsForReadsIntoIt) {
 TEST(XferTransportTest, UcxOnlyNeverFallsBackToTcp) {
   Agent::Config c;
   c.name = "strict";
+  c.token = kTestToken;
   c.transports = {"ucx", "cuda_ipc"};
   auto strict = Agent::create(c);
   if (!strict.ok() && strict.error().find("UCX unavailable") != std::string::npos) GTEST_SKIP() << strict.error();
@@ -509,6 +514,7 @@ std::unique_ptr<Agent> make_staging_agent(const std::string& name, const std::st
                                           StagingDouble::Counters* c) {
   Agent::Config cfg;
   cfg.name = name;
+  cfg.token = kTestToken;
   cfg.transports = transports_for(transport);
   if (c->same_host) cfg.transports.insert(cfg.transports.begin(), "cuda_ipc");  // (tcp alone leaves it out)
   cfg.gpu_transport = [c]() -> Result<std::unique_ptr<RmaTransport>> {
@@ -681,6 +687,7 @@ struct PeerProcess {
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     posix_spawn_file_actions_addclose(&fa, out[0]);
     std::string bin = std::string(BATON_BINARY_DIR) + "/tests/xfer_peer";
+    if (std::find(args.begin(), args.end(), "--token") == args.end()) args.insert(args.end(), {"--token", kTestToken});
     args.insert(args.begin(), bin);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -765,7 +772,7 @@ TEST_P(XferTest, PeerKilledMidBatchFailsWithinTheTimeout) {
   const size_t n = size_t{512} << 20;
   auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--transports", transport});
   ASSERT_TRUE(peer);
-  auto reader = make_agent("reader", transport, "", 3s);
+  auto reader = make_agent("reader", transport, kTestToken, 3s);
   std::vector<uint8_t> dst(n);
   auto rd = reader->register_memory(dst.data(), n);
   auto s = reader->connect(peer->agent);
@@ -799,7 +806,7 @@ TEST(XferCmaTest, PeerKilledIsAnErrorThroughCma) {
   const size_t n = size_t{64} << 20;
   auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--transports", "ucx"});
   ASSERT_TRUE(peer);
-  auto reader = make_agent("reader", "ucx", "", 3s);
+  auto reader = make_agent("reader", "ucx", kTestToken, 3s);
   std::vector<uint8_t> dst(n);
   auto rd = reader->register_memory(dst.data(), n);
   auto s = reader->connect(peer->agent);
@@ -878,7 +885,7 @@ TEST_P(XferTest, StalledPeerTimesOut) {
   const size_t n = size_t{256} << 20;
   auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--transports", transport});
   ASSERT_TRUE(peer);
-  auto reader = make_agent("reader", transport, "", 2s);
+  auto reader = make_agent("reader", transport, kTestToken, 2s);
   // With UCX a timed-out get may still land after the owner resumes (see agent.h): the
   // destination outlives the test, as a KV pool outlives its transfers.
   static std::vector<uint8_t> dst;
@@ -912,7 +919,7 @@ TEST(XferDeregisterTest, StalledReadIntoADeregisteredDestinationFailsItsSession)
   auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--transports", "ucx"});
   ASSERT_TRUE(peer);
   std::vector<uint8_t> dst(n);  // outlives the agent, as deregister_memory's error asks
-  auto reader = make_agent("reader", "ucx", "", 1s);
+  auto reader = make_agent("reader", "ucx", kTestToken, 1s);
   auto rd = reader->register_memory(dst.data(), n);
   ASSERT_TRUE(rd.ok());
   ::setenv("BATON_XFER_NO_CMA", "1", 1);

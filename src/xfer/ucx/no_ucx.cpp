@@ -3,7 +3,7 @@
 
 namespace baton::xfer {
 
-Result<std::unique_ptr<RmaTransport>> create_ucx_transport() {
+Result<std::unique_ptr<RmaTransport>> create_ucx_transport(bool) {
   return make_error("this build has no UCX (install libucx-dev and rebuild)");
 }
 

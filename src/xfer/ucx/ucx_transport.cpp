@@ -272,6 +272,7 @@ class UcxEndpoint : public RmaEndpoint {
 
 class UcxTransport : public RmaTransport {
  public:
+  explicit UcxTransport(bool remote_writes) : remote_writes_(remote_writes) {}
   ~UcxTransport() override {
     stop_ = true;
     if (progress_.joinable()) progress_.join();
@@ -355,7 +356,8 @@ class UcxTransport : public RmaTransport {
   Result<std::string> register_region(uint64_t region, void* addr, size_t len, MemoryKind kind) override {
     if (kind != MemoryKind::kHost) return make_error("this UCX build registers host memory only");
     ucp_mem_map_params_t mp{};
-    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_PROT;
+    mp.prot = prot();
     mp.address = addr;
     mp.length = len;
     ucp_mem_h memh;
@@ -367,7 +369,9 @@ class UcxTransport : public RmaTransport {
 
   Result<std::pair<void*, std::string>> allocate_region(uint64_t region, size_t n) override {
     ucp_mem_map_params_t mp{};
-    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS |
+                    UCP_MEM_MAP_PARAM_FIELD_PROT;
+    mp.prot = prot();
     mp.address = nullptr;
     mp.length = n;
     mp.flags = UCP_MEM_MAP_ALLOCATE;
@@ -427,6 +431,12 @@ class UcxTransport : public RmaTransport {
   }
 
  private:
+  unsigned prot() const {
+    return UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_LOCAL_WRITE | UCP_MEM_MAP_PROT_REMOTE_READ |
+           (remote_writes_ ? unsigned{UCP_MEM_MAP_PROT_REMOTE_WRITE} : 0u);
+  }
+
+  const bool remote_writes_;
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   std::string address_;
@@ -440,8 +450,8 @@ class UcxTransport : public RmaTransport {
 
 }  // namespace
 
-Result<std::unique_ptr<RmaTransport>> create_ucx_transport() {
-  auto t = std::make_unique<UcxTransport>();
+Result<std::unique_ptr<RmaTransport>> create_ucx_transport(bool remote_writes) {
+  auto t = std::make_unique<UcxTransport>(remote_writes);
   BATON_RETURN_IF_ERROR(t->init());
   return std::unique_ptr<RmaTransport>(std::move(t));
 }
