@@ -36,14 +36,20 @@ std::unique_ptr<Agent> make_agent(const std::string& name, const std::string& to
 }
 
 // The owner's memory: `n` bytes whose value is their offset's low byte, and a local
-// destination of the same size for reads.
+// destination of the same size for reads. Deregistered before it is freed (deregistration waits
+// for reads being served from it).
 struct Pool {
+  Agent &owner, &reader;
   std::vector<uint8_t> src, dst;
   MemoryDesc remote, local;
-  Pool(Agent& owner, Agent& reader, size_t n) : src(n), dst(n, 0) {
+  Pool(Agent& o, Agent& r, size_t n) : owner(o), reader(r), src(n), dst(n, 0) {
     std::iota(src.begin(), src.end(), uint8_t{0});
     remote = *owner.register_memory(src.data(), n);
     local = *reader.register_memory(dst.data(), n);
+  }
+  ~Pool() {
+    EXPECT_TRUE(owner.deregister_memory(remote.region).ok());
+    EXPECT_TRUE(reader.deregister_memory(local.region).ok());
   }
   Status read(Session& s, uint64_t offset, uint64_t len) {
     auto id = s.read({{local.region, offset, remote.region, offset, len}});
