@@ -118,7 +118,7 @@ Status ProxyServer::start() {
     co_await res.send(ok ? http::Status::ok : http::Status::service_unavailable, "application/json", std::move(body));
   });
   http_.route("GET", "/metrics", [this](const http::Request&, http::Responder& res) -> awaitable<void> {
-    std::string body = metrics_.render();
+    std::string body = metrics_.render(true);  // no per-prompt counters here
     co_await res.send(http::Status::ok, "text/plain; version=0.0.4", std::move(body));
   });
   http_.route("GET", "/instances", [this](const http::Request&, http::Responder& res) -> awaitable<void> {

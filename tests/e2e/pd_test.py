@@ -431,8 +431,9 @@ def api_key_token_and_limits(ctx):
         assert heads.count(b"HTTP/1.1 429 Too Many Requests") >= 1, heads
         assert b"HTTP/1.1 200 OK" in heads, heads
         for inst in procs[1:3]:  # refused decodes let the prefill go at once; aborts free the rest
-            wait_until(lambda: metric(inst.url, "baton:kv_blocks_used") == 0 and
-                       metric(inst.url, "baton:kv_held_transfers") == 0, timeout=20, what="no leaked blocks")
+            wait_until(lambda: metric(inst.url, "baton:kv_blocks_used", key="k3y") == 0 and
+                       metric(inst.url, "baton:kv_held_transfers", key="k3y") == 0, timeout=20,
+                       what="no leaked blocks")
     finally:
         for p in procs:
             p.stop()

@@ -70,8 +70,10 @@ def start_server(bin_dir, model, *extra):
                  "--kv-cache-memory", str(64 << 20), "--log-level", "warning", *extra], "baton-server")
 
 
-def metric(url, name):
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+def metric(url, name, key=None):
+    """The value of metric `name` on url's /metrics; `key`: sent as 'Authorization: Bearer KEY'."""
+    req = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {key}"} if key else {})
+    text = urllib.request.urlopen(req, timeout=10).read().decode()
     for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
