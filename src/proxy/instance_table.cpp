@@ -75,12 +75,15 @@ Result<Update> InstanceTable::update(const Json& m, const std::string& peer, boo
   }
   Instance& in = it->second;
   const bool back = !in.reachable;
+  // Only a trusted message gets here from another connection: a restarted token holder.
+  const bool rebound = !fresh && in.peer != peer;
+  if (rebound) log::info("proxy: ", addr, " registered again from a new connection");
   in.reachable = true;
-  in.peer = peer;  // unchanged unless trusted: a token holder's new connection takes it over
+  in.peer = peer;
   in.info = m;
   in.info.erase("token");  // /instances shows the info: never the secret
   in.last_seen = now;
-  return fresh || back ? Update::kAdmitted : Update::kRefreshed;
+  return fresh || back || rebound ? Update::kAdmitted : Update::kRefreshed;
 }
 
 std::vector<std::string> InstanceTable::evict(Clock::time_point now, Clock::duration max_age) {

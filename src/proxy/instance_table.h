@@ -45,7 +45,7 @@ struct Instance {
 
 // What a registration message did to the table.
 enum class Update {
-  kAdmitted,      // the address is routable now and was not before (new, back, or a new role)
+  kAdmitted,      // routable now and was not before (new, back, a new role), or a new connection took it over
   kRefreshed,     // a heartbeat of a routable instance
   kUnregistered,  // removed at its owner's request
   kUnknown,       // an unregister for an address not in the table: nothing to do

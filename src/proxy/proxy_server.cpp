@@ -43,6 +43,15 @@ awaitable<void> send_error(http::Responder& res, int status, std::string message
   co_await res.send(static_cast<http::Status>(status), "application/json", std::move(body));
 }
 
+// A sender's text for a log line: at most 120 bytes, control bytes as '?', so that a forged
+// registration can neither flood the log nor write lines of its own.
+std::string loggable(std::string_view text) {
+  std::string out(text.substr(0, 120));
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return text.size() > 120 ? out + "..." : out;
+}
+
 }  // namespace
 
 ProxyServer::ProxyServer(ProxyConfig config)
@@ -105,6 +114,12 @@ Status ProxyServer::start() {
   // ZMQ before it is held in memory.
   const int64_t max_message_bytes = 64 << 10;
   zmq_setsockopt(zmq_socket_, ZMQ_MAXMSGSIZE, &max_message_bytes, sizeof max_message_bytes);
+  // ZMTP pings: a connection that went dead without a FIN is closed within seconds. The ROUTER
+  // ignores a connection whose routing id is in use, so a registrar reconnecting with its id
+  // (disagg/registration.cpp) must not find a stale one holding it.
+  const int ping_ms = 2000, ping_timeout_ms = 6000;
+  zmq_setsockopt(zmq_socket_, ZMQ_HEARTBEAT_IVL, &ping_ms, sizeof ping_ms);
+  zmq_setsockopt(zmq_socket_, ZMQ_HEARTBEAT_TIMEOUT, &ping_timeout_ms, sizeof ping_timeout_ms);
   const std::string host = config_.host == "0.0.0.0" ? "*" : config_.host;
   const std::string endpoint =
       "tcp://" + host + ":" + (config_.ping_port == 0 ? std::string("*") : std::to_string(config_.ping_port));
@@ -203,7 +218,7 @@ void ProxyServer::handle_registration(const std::string& peer, const std::string
   auto m = parse_msgpack(payload, "registration");
   if (!m.ok()) {
     ++counters_->registrations_rejected;
-    r.malformed.warn("proxy: ignoring a registration message: ", m.error());
+    r.malformed.warn("proxy: ignoring a registration message: ", loggable(m.error()));
     return;
   }
   // Fields read here may be missing or of any type: a wrong type counts as missing.
@@ -214,13 +229,14 @@ void ProxyServer::handle_registration(const std::string& peer, const std::string
   const bool trusted = !config_.token.empty();
   if (trusted && !http::secrets_equal(text("token"), config_.token)) {
     ++counters_->registrations_rejected;
-    r.token.warn("proxy: ignoring a registration for '", text("http_address"), "': missing or wrong deployment token");
+    r.token.warn("proxy: ignoring a registration for '", loggable(text("http_address")),
+                 "': missing or wrong deployment token");
     return;
   }
   auto u = table_.update(*m, peer, trusted, now);
   if (!u.ok()) {
     ++counters_->registrations_rejected;
-    r.malformed.warn("proxy: ", u.error());
+    r.malformed.warn("proxy: ", loggable(u.error()));
     return;
   }
   switch (*u) {
@@ -229,14 +245,14 @@ void ProxyServer::handle_registration(const std::string& peer, const std::string
       break;
     case Update::kNotOwner:
       ++counters_->registrations_rejected;
-      r.not_owner.warn("proxy: ignoring a message for ", text("http_address"),
+      r.not_owner.warn("proxy: ignoring a message for ", loggable(text("http_address")),
                        " from a connection other than the one that registered it (it is accepted once that "
                        "instance has been silent for --evict-after-s, or with --token)");
       break;
     case Update::kTableFull:
       ++counters_->registrations_rejected;
-      r.table_full.warn("proxy: ignoring the registration of ", text("http_address"), ": ", config_.max_instances,
-                        " instances are registered (--max-instances)");
+      r.table_full.warn("proxy: ignoring the registration of ", loggable(text("http_address")), ": ",
+                        config_.max_instances, " instances are registered (--max-instances)");
       break;
     case Update::kRefreshed:
     case Update::kUnregistered:

@@ -52,6 +52,7 @@ TEST(InstanceTableTest, TheTokenIsTrustedFromAnyConnectionAndMovesTheBinding) {
   const auto now = Clock::now();
   ASSERT_EQ(*t.update(registration("10.0.0.1:8000"), "old", true, now), Update::kAdmitted);
   // A restarted instance holding the token is admitted at once, and its connection owns it now.
+  EXPECT_EQ(*t.update(registration("10.0.0.1:8000"), "new", true, now), Update::kAdmitted);
   EXPECT_EQ(*t.update(registration("10.0.0.1:8000"), "new", true, now), Update::kRefreshed);
   EXPECT_EQ(*t.update(goodbye("10.0.0.1:8000"), "old", false, now), Update::kNotOwner);
   EXPECT_EQ(*t.update(goodbye("10.0.0.1:8000"), "new", false, now), Update::kUnregistered);
