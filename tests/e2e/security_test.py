@@ -14,6 +14,8 @@ check fails if the attack succeeds.
 - 50,000 bad-token registrations with distinct addresses: the proxy's RSS (+94 MB for 300,000
   before) and log stay bounded;
   without a token, a flood of distinct addresses stops at --max-instances
+- the rule that stops forgers still admits a decode restarted on its address (kill -9): once its
+  old entry is evicted without a token, at once with one
 - out of file descriptors, the server logs a handful of lines (not millions) and serves again
   once connections close
 - /metrics and /instances need --api-key; --metrics-key opens /metrics alone, without the
@@ -26,6 +28,7 @@ import http.client
 import json
 import os
 import resource
+import signal
 import socket
 import sys
 import threading
@@ -36,7 +39,7 @@ import msgpack
 import zmq
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pd_test import instances, start_instance, start_proxy  # noqa: E402
+from pd_test import free_port, instances, start_instance, start_proxy  # noqa: E402
 from server_util import metric, start_server, wait_until  # noqa: E402
 
 TESTS = []
@@ -221,6 +224,36 @@ def fleet_default_configuration(ctx):
 @test
 def fleet_with_token(ctx):
     check_fleet(ctx, token=True)
+
+
+@test
+def restart_on_the_same_address_is_readmitted(ctx):
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    for token in (None, TOKEN):
+        proxy = start_proxy(ctx["bin"], 0, 0, "--evict-after-s", "1.5", *(("--token", TOKEN) if token else ()))
+        port = free_port()
+        cfg = {"kv_role": "kv_consumer", "proxy_ip": "127.0.0.1", "proxy_ping_port": proxy.ping_port,
+               "heartbeat_s": 0.5, "http_port": port, **({"token": token} if token else {})}
+
+        def decode():
+            return start_server(ctx["bin"], model, "--threads", "1", "--kv-transfer-config", json.dumps(cfg))
+        procs = [proxy, start_instance(ctx["bin"], model, "kv_producer", proxy.ping_port, token=token), decode()]
+        try:
+            wait_until(lambda: len(instances(proxy)) == 2, what="registered")
+            complete(proxy.port)
+            procs[2].stop(signal.SIGKILL)
+            procs[2] = decode()  # a new process: a new connection, the same address
+            wait_until(lambda: metric(proxy.url, "baton_proxy:registrations_total") == 3, timeout=20,
+                       what="the restarted decode re-admitted")
+            complete(proxy.port)
+            evicted = metric(proxy.url, "baton_proxy:evictions_total")
+            if token:  # the token moved the binding to the new connection: no wait for eviction
+                assert evicted == 0, evicted
+            else:  # refused until the dead one's entry was evicted
+                assert evicted == 1 and rejected(proxy) >= 1, (evicted, rejected(proxy))
+        finally:
+            for p in procs:
+                p.stop()
 
 
 @test
