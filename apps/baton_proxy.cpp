@@ -26,9 +26,13 @@ baton::Status run(int argc, char** argv) {
   args.add({"--prefill-timeout-s"}, &c.prefill_timeout_s, "a prefill's whole answer");
   args.add({"--token-timeout-s"}, &c.token_timeout_s, "longest gap between two pieces of a decode answer");
   args.add({"--http-threads"}, &c.http_threads, "threads serving HTTP connections");
-  args.add({"--api-key"}, &c.api_key, "require 'Authorization: Bearer KEY' (passed on to the instances)");
+  args.add({"--api-key"}, &c.api_key,
+           "require 'Authorization: Bearer KEY' for the API, /instances and /metrics (passed on to the instances)");
+  args.add({"--metrics-key"}, &c.metrics_key, "also open /metrics to 'Authorization: Bearer KEY'");
   args.add({"--token"}, &c.token, "deployment token: ignore registrations that do not carry it");
   args.add({"--max-concurrent-requests"}, &c.max_concurrent_requests, "requests in flight at most; more get 429");
+  args.add({"--max-body-bytes"}, &c.max_body_bytes, "largest request body accepted (413 above)");
+  args.add({"--max-instances"}, &c.max_instances, "registered instances at most; further addresses are refused");
   args.add({"--log-level"}, &log_level, "debug, info, warning, error");
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
   if (args.help_requested()) return {};
@@ -38,6 +42,13 @@ baton::Status run(int argc, char** argv) {
   if (c.ping_port < 0 || c.ping_port > 65535) return make_error("--ping-port must be in 0..65535");
   if (!(c.evict_after_s > 0)) return make_error("--evict-after-s must be positive");
   if (c.max_concurrent_requests < 1) return make_error("--max-concurrent-requests must be at least 1");
+  if (c.max_instances < 1) return make_error("--max-instances must be at least 1");
+  if (c.token.empty())
+    log::warn(
+        "no --token: any process that reaches the ping port can register as a prefill or decode and be "
+        "sent user requests (an address's heartbeats and unregister are honoured only from the connection "
+        "that registered it). Set the same --token here and \"token\" in every instance's "
+        "--kv-transfer-config, or keep the ping port on a network only the fleet reaches");
 
   proxy::ProxyServer server(c);
   BATON_RETURN_IF_ERROR(server.start());

@@ -32,6 +32,7 @@ struct Options {
   int max_num_batched_tokens = 2048;
   std::string served_model_name;
   std::string api_key;
+  std::string metrics_key;
   int max_concurrent_requests = 4096;
   std::string kv_transfer_config;
   std::string log_level = "info";
@@ -42,6 +43,25 @@ struct Options {
 };
 
 volatile std::sig_atomic_t g_stop = 0;
+
+bool is_loopback(const std::string& host) {
+  return host.rfind("127.", 0) == 0 || host == "::1" || host == "localhost";
+}
+
+// One line per open door at start, with how to close it.
+void warn_about_exposure(const Options& o, const baton::KvTransferConfig& kv) {
+  using namespace baton;
+  if (kv.role != KvRole::kColocated && kv.token.empty())
+    log::warn(
+        "no \"token\" in --kv-transfer-config: the proxy accepts this instance's registration from anyone "
+        "on the network, and the KV transfer plane relies on per-transfer capabilities alone (a peer reads "
+        "only blocks it was handed). Set the same token on the proxy (--token) and every instance, and keep "
+        "the transfer ports on an isolated network");
+  if (o.api_key.empty() && !is_loopback(o.host))
+    log::warn("no --api-key while listening on ", o.host,
+              ": anyone who reaches this server may send requests and read /metrics; set --api-key (and "
+              "--metrics-key for a scraper)");
+}
 
 baton::Status run(int argc, char** argv) {
   using namespace baton;
@@ -55,7 +75,10 @@ baton::Status run(int argc, char** argv) {
   args.add({"--max-model-len"}, &o.max_model_len, "context length (0: the model's)");
   args.add({"--max-num-batched-tokens"}, &o.max_num_batched_tokens, "token budget of one step (chunked prefill)");
   args.add({"--served-model-name"}, &o.served_model_name, "model name in the API (default: the directory's name)");
-  args.add({"--api-key"}, &o.api_key, "require 'Authorization: Bearer KEY'");
+  args.add({"--api-key"}, &o.api_key, "require 'Authorization: Bearer KEY' for the API and /metrics");
+  args.add(
+      {"--metrics-key"}, &o.metrics_key,
+      "also open /metrics to 'Authorization: Bearer KEY', without the counters that reveal which prompts were sent");
   args.add({"--max-concurrent-requests"}, &o.max_concurrent_requests, "requests in flight at most; more get 429");
   args.add({"--kv-transfer-config"}, &o.kv_transfer_config, "P/D role as JSON (kv_role, proxy_ip, proxy_ping_port, http_port)");
   args.add({"--log-level"}, &o.log_level, "debug, info, warning, error");
@@ -74,6 +97,7 @@ baton::Status run(int argc, char** argv) {
   BATON_ASSIGN_OR_RETURN(KvTransferConfig kv, KvTransferConfig::parse(o.kv_transfer_config));
   if (kv.http_port) o.port = *kv.http_port;
   const bool pd = kv.role != KvRole::kColocated;
+  warn_about_exposure(o, kv);
   // The address peers use to reach us: ours if we listen on one, else our route to the proxy.
   const std::string advertise = pd && (o.host == "0.0.0.0" || o.host.empty()) ? local_address_towards(kv.proxy_ip) : o.host;
 
@@ -153,6 +177,7 @@ baton::Status run(int argc, char** argv) {
   api.served_model_names = {o.served_model_name.empty() ? base : o.served_model_name};
   if (o.served_model_name.empty() && o.model != base) api.served_model_names.push_back(o.model);
   api.api_key = o.api_key;
+  api.metrics_key = o.metrics_key;
   if (o.max_concurrent_requests < 1) return make_error("--max-concurrent-requests must be at least 1");
   api.max_concurrent_requests = o.max_concurrent_requests;
   OpenAiServer openai_server(*engine, tokenizer, std::move(chat_template), api);

@@ -22,10 +22,11 @@ case "$TARGET" in
   tokenizer) SRCS="src/model/tokenizer.cpp src/model/bpe.cpp src/model/tokenizer_stages.cpp src/model/regex.cpp"
              LIBS="-lpcre2-8 -licuuc" ;;
   pd_messages) SRCS="src/proxy/instance_table.cpp src/disagg/kv_layout.cpp src/disagg/kv_transfer_config.cpp src/xfer/types.cpp" ;;
+  proxy_request) SRCS="src/proxy/relay_plan.cpp" ;;
   http_server) SRCS="src/server/http.cpp src/server/openai_protocol.cpp src/xfer/socket.cpp"
                LIBS="-DBOOST_ASIO_NO_DEPRECATED" ;;
   xfer_control) SRCS="src/xfer/agent.cpp src/xfer/read_section.cpp src/xfer/socket.cpp src/xfer/types.cpp src/xfer/ucx/no_ucx.cpp src/xfer/cuda_ipc/no_cuda_ipc.cpp" ;;
-  *) echo "fuzz.sh: unknown target '$TARGET' (request_parser, chat_template, safetensors, tokenizer, pd_messages, xfer_control, http_server)" >&2
+  *) echo "fuzz.sh: unknown target '$TARGET' (request_parser, chat_template, safetensors, tokenizer, pd_messages, proxy_request, xfer_control, http_server)" >&2
      exit 2 ;;
 esac
 COMMON="src/common/json.cpp src/common/utf8.cpp src/common/mapped_file.cpp src/common/log.cpp"

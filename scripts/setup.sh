@@ -13,7 +13,7 @@ APT_PACKAGES=(
   nlohmann-json3-dev libpcre2-dev libicu-dev libboost1.81-dev libucx-dev ucx-utils libzmq3-dev
   python3 python3-venv python3-pip clang curl gnuplot-nox
 )
-PY_PACKAGES=(tokenizers transformers jinja2 openai)
+PY_PACKAGES=(tokenizers transformers jinja2 openai pyzmq msgpack)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
@@ -34,7 +34,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import tokenizers, transformers, jinja2, openai" 2>/dev/null; then
+if ! .venv/bin/python -c "import tokenizers, transformers, jinja2, openai, zmq, msgpack" 2>/dev/null; then
   echo "setup: installing ${PY_PACKAGES[*]} into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "${PY_PACKAGES[@]}"

@@ -18,8 +18,16 @@ namespace baton {
 // Ordered: keys keep their order (chat tools, API responses), as Python dicts do.
 using Json = nlohmann::ordered_json;
 
+// Documents nested deeper than this are refused while they are parsed. nlohmann's parser keeps
+// its own stack, but copying, comparing and dumping a value recurse once per level, so a body of
+// 100,000 '[' would overflow the stack later, wherever it is next touched. 128 levels is far more
+// than any API request, model file or registration needs (tool schemas run to a dozen).
+constexpr int kMaxJsonDepth = 128;
+
 // Parses text; the error says where ("config.json: parse error at byte 12: ...").
-Result<Json> parse_json(std::string_view text, const std::string& what);
+Result<Json> parse_json(std::string_view text, const std::string& what, int max_depth = kMaxJsonDepth);
+// The same for MessagePack (the proxy's registrations): one whole document, depth-limited.
+Result<Json> parse_msgpack(std::string_view bytes, const std::string& what, int max_depth = kMaxJsonDepth);
 
 namespace json_detail {
 

@@ -47,17 +47,20 @@ void write(Level l, std::string_view line) {
                static_cast<int>(line.size()), line.data());
 }
 
-bool RateLimited::due(uint64_t* dropped) {
-  const auto now = std::chrono::steady_clock::now();
+std::optional<uint64_t> Throttle::admit(std::chrono::steady_clock::time_point now) {
   std::lock_guard lock(mutex_);
-  if (now < next_) {
-    ++dropped_;
-    return false;
+  if (last_ && now - *last_ < interval_) {
+    ++held_;
+    return std::nullopt;
   }
-  next_ = now + interval_;
-  *dropped = dropped_;
-  dropped_ = 0;
-  return true;
+  last_ = now;
+  const uint64_t held = held_;
+  held_ = 0;
+  return held;
+}
+
+std::string Throttle::held_back_note(uint64_t n) {
+  return n == 0 ? std::string() : concat(" (and ", n, " more like it since the last such line)");
 }
 
 }  // namespace baton::log

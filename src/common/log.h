@@ -3,7 +3,9 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -36,30 +38,30 @@ void error(const Args&... args) {
   if (level() <= Level::kError) write(Level::kError, concat(args...));
 }
 
-// A recurring event logged at most once per interval (a flood of refused peers or failing
-// accepts must not flood the log); the next line says how many were left out. Thread-safe.
-class RateLimited {
+// At most one line per interval for an event that may recur without bound (a flood of forged
+// registrations, a descriptor limit that stays reached): the line written says how many were
+// held back since the previous one. It keeps one counter, nothing per source, so a flood costs no
+// memory and at most one line a second of log. Thread-safe.
+class Throttle {
  public:
-  explicit RateLimited(std::chrono::milliseconds interval = std::chrono::seconds(1)) : interval_(interval) {}
+  explicit Throttle(std::chrono::milliseconds interval = std::chrono::seconds(1)) : interval_(interval) {}
+
+  // nullopt: hold this line back. Otherwise write it: the value is how many were held back.
+  std::optional<uint64_t> admit(std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
+
   template <class... Args>
   void warn(const Args&... args) {
     if (level() > Level::kWarn) return;
-    uint64_t dropped = 0;
-    if (!due(&dropped)) return;
-    if (dropped)
-      write(Level::kWarn, concat(args..., " (and ", dropped, " more like it in the last ", interval_.count(), " ms)"));
-    else
-      write(Level::kWarn, concat(args...));
+    if (auto held = admit()) write(Level::kWarn, concat(args..., held_back_note(*held)));
   }
 
  private:
-  // True when a line may be written now; *dropped: the lines left out since the last one.
-  bool due(uint64_t* dropped);
+  static std::string held_back_note(uint64_t n);
 
   const std::chrono::milliseconds interval_;
   std::mutex mutex_;
-  std::chrono::steady_clock::time_point next_{};
-  uint64_t dropped_ = 0;
+  std::optional<std::chrono::steady_clock::time_point> last_;
+  uint64_t held_ = 0;
 };
 
 }  // namespace baton::log

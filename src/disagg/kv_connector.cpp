@@ -179,7 +179,7 @@ Json KvConnector::on_prefill_finished(const RequestOutput& out, int num_prompt_t
 }
 
 void KvConnector::on_notification(const std::string& message) {
-  static log::RateLimited malformed, forged;
+  static log::Throttle malformed, forged;
   Json j = Json::parse(message, nullptr, false);
   if (!j.is_object() || !j.contains("transfer_id") || !j["transfer_id"].is_string()) {
     malformed.warn("KV connector: ignoring a malformed notification");

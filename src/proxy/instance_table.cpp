@@ -16,7 +16,25 @@ std::optional<char> parse_role(const std::string& s) {
 
 }  // namespace
 
-Result<bool> InstanceTable::update(const Json& m, Clock::time_point now) {
+const char* update_name(Update u) {
+  switch (u) {
+    case Update::kAdmitted:
+      return "admitted";
+    case Update::kRefreshed:
+      return "refreshed";
+    case Update::kUnregistered:
+      return "unregistered";
+    case Update::kUnknown:
+      return "unknown";
+    case Update::kNotOwner:
+      return "not the owner";
+    case Update::kTableFull:
+      return "table full";
+  }
+  return "?";
+}
+
+Result<Update> InstanceTable::update(const Json& m, const std::string& peer, bool trusted, Clock::time_point now) {
   if (!m.is_object()) return make_error("registration: the message is not a map");
   const std::string what = "registration";
   BATON_ASSIGN_OR_RETURN(std::string addr, json_get<std::string>(m, "http_address", what));
@@ -30,29 +48,42 @@ Result<bool> InstanceTable::update(const Json& m, Clock::time_point now) {
   if (port <= 0 || port > 65535) return make_error(what, ": http_address '", addr, "' has no valid port");
   // A type that is not a string is no type (value() would throw on it).
   const std::string type = m.contains("type") && m["type"].is_string() ? m["type"].get<std::string>() : "";
-  std::lock_guard lock(mutex_);
-  if (type == "unregister") {
-    if (instances_.erase(addr)) log::info("proxy: ", addr, " unregistered");
-    return false;
-  }
   std::optional<char> role = parse_role(type);
   if (!role && m.contains("role") && m["role"].is_string()) role = parse_role(m["role"].get<std::string>());
-  if (!role) return make_error(what, ": no role (type or role must be P or D)");
+  if (type != "unregister" && !role) return make_error(what, ": no role (type or role must be P or D)");
+
+  std::lock_guard lock(mutex_);
   auto it = instances_.find(addr);
+  if (it != instances_.end() && !trusted && it->second.peer != peer) return Update::kNotOwner;
+  if (type == "unregister") {
+    if (it == instances_.end()) return Update::kUnknown;
+    instances_.erase(it);
+    log::info("proxy: ", addr, " unregistered");
+    return Update::kUnregistered;
+  }
   const bool fresh = it == instances_.end() || it->second.role != *role;
+  if (it == instances_.end() && instances_.size() >= max_instances_) return Update::kTableFull;
   if (fresh) {
     Instance in;
     in.id = addr;
     in.role = *role;
     in.host = addr.substr(0, colon);
     in.port = port;
+    in.admitted = ++admissions_;
     it = instances_.insert_or_assign(addr, std::move(in)).first;
     log::info("proxy: ", *role == 'P' ? "prefill " : "decode ", addr, " registered");
   }
-  it->second.info = m;
-  it->second.info.erase("token");  // /instances shows the info: never the secret
-  it->second.last_seen = now;
-  return fresh;
+  Instance& in = it->second;
+  const bool back = !in.reachable;
+  // Only a trusted message gets here from another connection: a restarted token holder.
+  const bool rebound = !fresh && in.peer != peer;
+  if (rebound) log::info("proxy: ", addr, " registered again from a new connection");
+  in.reachable = true;
+  in.peer = peer;
+  in.info = m;
+  in.info.erase("token");  // /instances shows the info: never the secret
+  in.last_seen = now;
+  return fresh || back || rebound ? Update::kAdmitted : Update::kRefreshed;
 }
 
 std::vector<std::string> InstanceTable::evict(Clock::time_point now, Clock::duration max_age) {
@@ -74,10 +105,11 @@ std::optional<Instance> InstanceTable::acquire(char role, const std::set<std::st
   std::lock_guard lock(mutex_);
   Instance* best = nullptr;
   for (auto& [id, in] : instances_) {
-    if (in.role != role || exclude.count(id)) continue;
-    // Ties go to the instance routed to least, so that idle instances share the load.
+    if (in.role != role || !in.reachable || exclude.count(id)) continue;
+    // Ties go to the instance admitted first: one that just registered (perhaps a rogue one on
+    // a network without a token) takes no traffic from idle instances that have been serving.
     if (!best || in.outstanding_tokens < best->outstanding_tokens ||
-        (in.outstanding_tokens == best->outstanding_tokens && in.routed < best->routed))
+        (in.outstanding_tokens == best->outstanding_tokens && in.admitted < best->admitted))
       best = &in;
   }
   if (!best) return std::nullopt;
@@ -99,7 +131,10 @@ void InstanceTable::release(const std::string& id, int64_t cost, bool failed) {
 
 void InstanceTable::drop(const std::string& id) {
   std::lock_guard lock(mutex_);
-  if (instances_.erase(id)) log::warn("proxy: ", id, " is unreachable; dropped until it heartbeats again");
+  auto it = instances_.find(id);
+  if (it == instances_.end() || !it->second.reachable) return;
+  it->second.reachable = false;
+  log::warn("proxy: ", id, " is unreachable; not routed to until it heartbeats again");
 }
 
 std::vector<Instance> InstanceTable::snapshot() const {
@@ -112,7 +147,7 @@ std::vector<Instance> InstanceTable::snapshot() const {
 int InstanceTable::count(char role) const {
   std::lock_guard lock(mutex_);
   int n = 0;
-  for (const auto& [id, in] : instances_) n += in.role == role;
+  for (const auto& [id, in] : instances_) n += in.role == role && in.reachable;
   return n;
 }
 

@@ -3,6 +3,7 @@
 #include <zmq.h>
 
 #include "common/log.h"
+#include "proxy/relay_plan.h"
 #include "server/http_client.h"
 #include "server/openai_protocol.h"
 
@@ -13,8 +14,15 @@ using asio::awaitable;
 using std::chrono::milliseconds;
 
 struct ProxyServer::Counters {
-  std::atomic<uint64_t> requests{0}, completed{0}, failed{0}, client_aborts{0}, prefill_retries{0},
-      decode_retries{0}, registrations{0}, evictions{0};
+  std::atomic<uint64_t> requests{0}, completed{0}, failed{0}, client_aborts{0}, prefill_retries{0}, decode_retries{0},
+      registrations{0}, evictions{0}, registrations_rejected{0};
+};
+
+// Refused registration messages: a counter and, per reason, at most one log line a second.
+// Nothing is kept per sender, so a flood of them (forged, or from a misconfigured fleet) costs
+// neither memory nor more than a few lines of log.
+struct ProxyServer::Rejections {
+  log::Throttle malformed, token, not_owner, table_full;
 };
 
 namespace {
@@ -35,15 +43,20 @@ awaitable<void> send_error(http::Responder& res, int status, std::string message
   co_await res.send(static_cast<http::Status>(status), "application/json", std::move(body));
 }
 
-int64_t json_int_or(const Json& j, const char* key, int64_t fallback) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_number_integer() ? it->get<int64_t>() : fallback;
+// A sender's text for a log line: at most 120 bytes, control bytes as '?', so that a forged
+// registration can neither flood the log nor write lines of its own.
+std::string loggable(std::string_view text) {
+  std::string out(text.substr(0, 120));
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return text.size() > 120 ? out + "..." : out;
 }
 
 }  // namespace
 
 ProxyServer::ProxyServer(ProxyConfig config)
     : config_(std::move(config)),
+      table_(config_.max_instances),
       http_([&] {
         http::ServerConfig hc;
         hc.host = config_.host;
@@ -52,7 +65,9 @@ ProxyServer::ProxyServer(ProxyConfig config)
         hc.max_body_bytes = config_.max_body_bytes;
         return hc;
       }()),
-      counters_(std::make_unique<Counters>()) {
+      keys_{config_.api_key, config_.metrics_key},
+      counters_(std::make_unique<Counters>()),
+      rejections_(std::make_unique<Rejections>()) {
   Counters* c = counters_.get();
   InstanceTable* t = &table_;
   metrics_.add_gauge("baton_proxy:requests_total", "Requests received.", [c] { return double(c->requests); }, true);
@@ -63,16 +78,20 @@ ProxyServer::ProxyServer(ProxyConfig config)
   metrics_.add_gauge("baton_proxy:decode_retries_total", "Decodes retried on another instance.", [c] { return double(c->decode_retries); }, true);
   metrics_.add_gauge("baton_proxy:registrations_total", "Instances that (re)joined.", [c] { return double(c->registrations); }, true);
   metrics_.add_gauge("baton_proxy:evictions_total", "Instances dropped after missed heartbeats.", [c] { return double(c->evictions); }, true);
+  metrics_.add_gauge(
+      "baton_proxy:registrations_rejected_total",
+      "Registration messages refused (malformed, wrong token, another connection's address, table full).",
+      [c] { return double(c->registrations_rejected); }, true);
   metrics_.add_gauge("baton_proxy:prefill_instances", "Registered prefill instances.", [t] { return t->count('P'); });
   metrics_.add_gauge("baton_proxy:decode_instances", "Registered decode instances.", [t] { return t->count('D'); });
 }
 
 ProxyServer::~ProxyServer() { stop(); }
 
-bool ProxyServer::authorized(const http::Request& req) const {
-  if (config_.api_key.empty()) return true;
-  auto it = req.find(http::beast::http::field::authorization);
-  return it != req.end() && it->value() == "Bearer " + config_.api_key;
+awaitable<bool> ProxyServer::admit_api(const http::Request& req, http::Responder& res) {
+  if (http::api_access(req, keys_) == http::Access::kApi) co_return true;
+  co_await send_error(res, 401, "invalid or missing API key", "authentication_error");
+  co_return false;
 }
 
 namespace {
@@ -91,6 +110,16 @@ Status ProxyServer::start() {
   if (!zmq_socket_) return make_error("cannot create the registration socket: ", zmq_strerror(zmq_errno()));
   const int linger = 0;
   zmq_setsockopt(zmq_socket_, ZMQ_LINGER, &linger, sizeof linger);
+  // A registration is a few hundred bytes: a peer that sends a larger message is disconnected by
+  // ZMQ before it is held in memory.
+  const int64_t max_message_bytes = 64 << 10;
+  zmq_setsockopt(zmq_socket_, ZMQ_MAXMSGSIZE, &max_message_bytes, sizeof max_message_bytes);
+  // ZMTP pings: a connection that went dead without a FIN is closed within seconds. The ROUTER
+  // ignores a connection whose routing id is in use, so a registrar reconnecting with its id
+  // (disagg/registration.cpp) must not find a stale one holding it.
+  const int ping_ms = 2000, ping_timeout_ms = 6000;
+  zmq_setsockopt(zmq_socket_, ZMQ_HEARTBEAT_IVL, &ping_ms, sizeof ping_ms);
+  zmq_setsockopt(zmq_socket_, ZMQ_HEARTBEAT_TIMEOUT, &ping_timeout_ms, sizeof ping_timeout_ms);
   const std::string host = config_.host == "0.0.0.0" ? "*" : config_.host;
   const std::string endpoint =
       "tcp://" + host + ":" + (config_.ping_port == 0 ? std::string("*") : std::to_string(config_.ping_port));
@@ -117,15 +146,28 @@ Status ProxyServer::start() {
     std::string body = Json({{"status", ok ? "ok" : "unavailable"}, {"prefill_instances", p}, {"decode_instances", d}}).dump();
     co_await res.send(ok ? http::Status::ok : http::Status::service_unavailable, "application/json", std::move(body));
   });
-  http_.route("GET", "/metrics", [this](const http::Request&, http::Responder& res) -> awaitable<void> {
-    std::string body = metrics_.render();
+  http_.route("GET", "/metrics", [this](const http::Request& req, http::Responder& res) -> awaitable<void> {
+    const http::Access access = http::metrics_access(req, keys_);
+    if (access == http::Access::kNone) {
+      co_await send_error(res, 401, "invalid or missing API key", "authentication_error");
+      co_return;
+    }
+    std::string body = metrics_.render(access == http::Access::kApi);
     co_await res.send(http::Status::ok, "text/plain; version=0.0.4", std::move(body));
   });
-  http_.route("GET", "/instances", [this](const http::Request&, http::Responder& res) -> awaitable<void> {
+  // The fleet's addresses and registrations: for API users only.
+  http_.route("GET", "/instances", [this](const http::Request& req, http::Responder& res) -> awaitable<void> {
+    if (!co_await admit_api(req, res)) co_return;
     Json list = Json::array();
     for (const Instance& in : table_.snapshot())
-      list.push_back({{"id", in.id}, {"role", std::string(1, in.role)}, {"outstanding_tokens", in.outstanding_tokens},
-                      {"in_flight", in.in_flight}, {"routed", in.routed}, {"failures", in.failures}, {"info", in.info}});
+      list.push_back({{"id", in.id},
+                      {"role", std::string(1, in.role)},
+                      {"reachable", in.reachable},
+                      {"outstanding_tokens", in.outstanding_tokens},
+                      {"in_flight", in.in_flight},
+                      {"routed", in.routed},
+                      {"failures", in.failures},
+                      {"info", in.info}});
     std::string body = list.dump();
     co_await res.send(http::Status::ok, "application/json", std::move(body));
   });
@@ -149,10 +191,10 @@ void ProxyServer::registration_loop() {
     const int rc = zmq_poll(&item, 1, 200);
     const auto now = Clock::now();
     while (rc > 0) {
-      // [sender identity, payload]: the last frame is the msgpack map.
-      std::string payload;
-      int more = 0;
-      bool got = false;
+      // [routing id, payload]: the ROUTER puts the connection's id first; the last frame is the
+      // msgpack map.
+      std::string peer, payload;
+      int more = 0, frames = 0;
       do {
         zmq_msg_t msg;
         zmq_msg_init(&msg);
@@ -160,41 +202,68 @@ void ProxyServer::registration_loop() {
           zmq_msg_close(&msg);
           break;
         }
-        got = true;
-        payload.assign(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
+        (frames++ == 0 ? peer : payload).assign(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
         more = zmq_msg_more(&msg);
         zmq_msg_close(&msg);
       } while (more);
-      if (!got) break;
-      Json m = Json::from_msgpack(payload, true, false);
-      if (m.is_discarded()) {
-        log::warn("proxy: ignoring a registration that is not msgpack");
-        continue;
-      }
-      // Fields read here may be missing or of any type: a wrong type counts as missing.
-      auto text = [&m](const char* key, const char* fallback) {
-        return m.is_object() && m.contains(key) && m[key].is_string() ? m[key].get<std::string>() : std::string(fallback);
-      };
-      if (!config_.token.empty() && text("token", "") != config_.token) {
-        const std::string who = text("http_address", "?");
-        if (rejected_.insert(who).second)
-          log::warn("proxy: ignoring registrations from ", who, ": missing or wrong deployment token");
-        continue;
-      }
-      auto fresh = table_.update(m, now);
-      if (!fresh.ok()) log::warn("proxy: ", fresh.error());
-      else if (*fresh) ++counters_->registrations;
+      if (frames == 0) break;
+      handle_registration(peer, payload, now);
     }
     counters_->evictions += table_.evict(now, ms(config_.evict_after_s)).size();
   }
 }
 
+void ProxyServer::handle_registration(const std::string& peer, const std::string& payload, Clock::time_point now) {
+  Rejections& r = *rejections_;
+  auto m = parse_msgpack(payload, "registration");
+  if (!m.ok()) {
+    ++counters_->registrations_rejected;
+    r.malformed.warn("proxy: ignoring a registration message: ", loggable(m.error()));
+    return;
+  }
+  // Fields read here may be missing or of any type: a wrong type counts as missing.
+  auto text = [&m](const char* key) {
+    return m->is_object() && m->contains(key) && (*m)[key].is_string() ? (*m)[key].get<std::string>() : std::string();
+  };
+  // With a token, every message that gets past this check carries it, and is trusted.
+  const bool trusted = !config_.token.empty();
+  if (trusted && !http::secrets_equal(text("token"), config_.token)) {
+    ++counters_->registrations_rejected;
+    r.token.warn("proxy: ignoring a registration for '", loggable(text("http_address")),
+                 "': missing or wrong deployment token");
+    return;
+  }
+  auto u = table_.update(*m, peer, trusted, now);
+  if (!u.ok()) {
+    ++counters_->registrations_rejected;
+    r.malformed.warn("proxy: ", loggable(u.error()));
+    return;
+  }
+  switch (*u) {
+    case Update::kAdmitted:
+      ++counters_->registrations;
+      break;
+    case Update::kNotOwner:
+      ++counters_->registrations_rejected;
+      r.not_owner.warn("proxy: ignoring a message for ", loggable(text("http_address")),
+                       " from a connection other than the one that registered it (it is accepted once that "
+                       "instance has been silent for --evict-after-s, or with --token)");
+      break;
+    case Update::kTableFull:
+      ++counters_->registrations_rejected;
+      r.table_full.warn("proxy: ignoring the registration of ", loggable(text("http_address")), ": ",
+                        config_.max_instances, " instances are registered (--max-instances)");
+      break;
+    case Update::kRefreshed:
+    case Update::kUnregistered:
+    case Update::kUnknown:
+      break;
+  }
+}
+
 awaitable<void> ProxyServer::relay_get(const http::Request& req, http::Responder& res, std::string target) {
   auto executor = co_await asio::this_coro::executor;
-  if (!authorized(req)) {
-    co_await send_error(res, 401, "invalid or missing API key", "authentication_error");
-    co_return;
-  }
+  if (!co_await admit_api(req, res)) co_return;
   std::string auth = authorization_of(req);
   std::optional<Instance> in = table_.acquire('D', {}, 0);
   if (!in) in = table_.acquire('P', {}, 0);
@@ -232,32 +301,22 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
     co_await send_error(res, 429, std::move(msg), "rate_limit_error");
     co_return;
   }
-  if (!authorized(req)) {
+  if (!co_await admit_api(req, res)) {
     ++counters_->failed;
-    co_await send_error(res, 401, "invalid or missing API key", "authentication_error");
     co_return;
   }
   const std::string auth = authorization_of(req);
   const std::string target = chat ? "/v1/chat/completions" : "/v1/completions";
-  Json body = Json::parse(req.body(), nullptr, false);
-  if (body.is_discarded() || !body.is_object()) {
+  Result<RelayPlan> plan = plan_relay(req.body(), chat);
+  if (!plan.ok()) {
     ++counters_->failed;
-    co_await send_error(res, 400, "the request body is not a JSON object", "invalid_request_error");
+    co_await send_error(res, 400, plan.error(), "invalid_request_error");
     co_return;
   }
-  // Work estimates for routing: prompt tokens ~ bytes / 4, plus the tokens asked for.
-  const int64_t prompt_cost = static_cast<int64_t>(req.body().size() / 4) + 1;
-  const int64_t decode_cost =
-      prompt_cost + json_int_or(body, chat ? "max_completion_tokens" : "max_tokens", json_int_or(body, "max_tokens", 256));
+  const int64_t prompt_cost = plan->prompt_cost, decode_cost = plan->decode_cost;
+  const std::string& prefill_body = plan->prefill_body;
 
   // 1. Prefill: one token, the KV kept for the decode side.
-  Json pbody = body;
-  pbody["max_tokens"] = 1;
-  if (chat && pbody.contains("max_completion_tokens")) pbody["max_completion_tokens"] = 1;
-  pbody["stream"] = false;
-  pbody.erase("stream_options");
-  pbody["kv_transfer_params"] = {{"do_remote_decode", true}, {"do_remote_prefill", false}};
-  const std::string prefill_body = pbody.dump();
   Json kv_params;
   std::string prefill_host;
   int prefill_port = 0;
@@ -291,13 +350,13 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
       co_await res.send(static_cast<http::Status>(call.status()), std::move(ct), std::move(*answer));
       co_return;
     }
-    Json pj = Json::parse(*answer, nullptr, false);
-    if (pj.is_object() && pj.contains("kv_transfer_params") && pj["kv_transfer_params"].is_object()) {
-      kv_params = pj["kv_transfer_params"];
+    Result<Json> params = kv_params_of(*answer);
+    if (params.ok()) {
+      kv_params = std::move(*params);
       prefill_host = p->host;
       prefill_port = p->port;
     } else {
-      last_error = "prefill " + p->id + " answered without kv_transfer_params (is it a kv_producer?)";
+      last_error = "prefill " + p->id + ": " + params.error();
       log::warn("proxy: ", last_error);
     }
   }
@@ -311,9 +370,7 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
   }
 
   // 2. Decode: the original request with the prefill's params; its answer is relayed as is.
-  Json dbody = body;
-  dbody["kv_transfer_params"] = kv_params;
-  const std::string decode_body = dbody.dump();
+  const std::string decode_request = decode_body(*plan, kv_params);
   std::optional<Instance> d;
   std::unique_ptr<http::ClientCall> call;
   last_error = "no decode instance is registered with the proxy";
@@ -325,9 +382,8 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
     tried.insert(d->id);
     call = std::make_unique<http::ClientCall>(executor);
     std::string method = "POST";
-    baton::Status st =
-        co_await call->start(d->host, d->port, method, target, decode_body, ms(config_.connect_timeout_s),
-                             ms(config_.token_timeout_s), auth);
+    baton::Status st = co_await call->start(d->host, d->port, method, target, decode_request,
+                                            ms(config_.connect_timeout_s), ms(config_.token_timeout_s), auth);
     if (st.ok() && call->status() < 500) break;
     // A decode that received the request may have read (and released) the prefill's KV before
     // failing: another decode reading the same blocks could see them reused. Retry only when

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "proxy/instance_table.h"
+#include "server/access.h"
 #include "server/http.h"
 #include "server/metrics.h"
 
@@ -32,9 +33,11 @@ struct ProxyConfig {
   double token_timeout_s = 600;      // the longest gap between two pieces of a decode answer
   int http_threads = 2;
   std::string api_key;                  // clients must send 'Authorization: Bearer KEY' (forwarded)
+  std::string metrics_key;              // also opens /metrics (server/access.h)
   std::string token;                    // deployment token: registrations without it are ignored
   int max_concurrent_requests = 8192;   // more at once get 429
-  size_t max_body_bytes = size_t{32} << 20;
+  size_t max_body_bytes = size_t{32} << 20;  // as baton-server's --max-body-bytes
+  size_t max_instances = 1024;               // registrations of further addresses are refused
 };
 
 class ProxyServer {
@@ -49,18 +52,23 @@ class ProxyServer {
 
  private:
   struct Counters;
+  struct Rejections;
   void registration_loop();
+  // One message from the ping port: `peer` is the ZMQ routing id of the connection it came on.
+  void handle_registration(const std::string& peer, const std::string& payload, Clock::time_point now);
   http::asio::awaitable<void> relay(const http::Request& req, http::Responder& res, bool chat);
   http::asio::awaitable<void> relay_get(const http::Request& req, http::Responder& res, std::string target);
-  bool authorized(const http::Request& req) const;
+  // Answers 401 and returns false when the request may not use the API.
+  http::asio::awaitable<bool> admit_api(const http::Request& req, http::Responder& res);
 
   ProxyConfig config_;
   InstanceTable table_;
   http::Server http_;
   Metrics metrics_;
+  http::AccessKeys keys_;
   std::unique_ptr<Counters> counters_;
+  std::unique_ptr<Rejections> rejections_;  // registration thread only
   std::atomic<int> in_flight_{0};
-  std::set<std::string> rejected_;  // registration thread only: addresses warned about
   void* zmq_context_ = nullptr;
   void* zmq_socket_ = nullptr;
   int ping_port_ = 0;

@@ -85,13 +85,28 @@ void Server::stop() {
 }
 
 awaitable<void> Server::accept_loop() {
+  // A failed accept leaves the connection queued and the socket readable, so retrying at once
+  // spins (out of descriptors: millions of failures a second). Waits from 10 ms, doubling to 1 s
+  // while accepts keep failing; a client that gave up (ECONNABORTED) is no reason to wait.
+  constexpr auto kFirstPause = std::chrono::milliseconds(10), kLongestPause = std::chrono::milliseconds(1000);
+  auto pause = kFirstPause;
+  log::Throttle failures;
+  asio::steady_timer timer(ioc_);
   for (;;) {
     auto [ec, socket] = co_await acceptor_.async_accept(asio::make_strand(ioc_), kNoThrow);
     if (ec) {
       if (ec == asio::error::operation_aborted) co_return;
-      log::warn("accept failed: ", ec.message());
+      const bool out_of_descriptors = ec == asio::error::no_descriptors || ec.value() == ENFILE;
+      failures.warn("accept failed: ", ec.message(),
+                    out_of_descriptors ? " (raise the open-files limit, ulimit -n)" : "");
+      if (ec == asio::error::connection_aborted) continue;
+      timer.expires_after(pause);
+      auto [tec] = co_await timer.async_wait(kNoThrow);
+      if (tec == asio::error::operation_aborted) co_return;
+      pause = std::min(pause * 2, kLongestPause);
       continue;
     }
+    pause = kFirstPause;
     auto exec = socket.get_executor();
     asio::co_spawn(exec, serve(std::move(socket)), asio::detached);
   }

@@ -39,14 +39,16 @@ Metrics::Metrics()
       tpot_s({0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5}),
       e2e_s({0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240}) {}
 
-void Metrics::add_gauge(std::string name, std::string help, std::function<double()> read, bool counter) {
-  gauges_.push_back({std::move(name), std::move(help), std::move(read), counter});
+void Metrics::add_gauge(std::string name, std::string help, std::function<double()> read, bool counter,
+                        bool reveals_prompts) {
+  gauges_.push_back({std::move(name), std::move(help), std::move(read), counter, reveals_prompts});
 }
 
-std::string Metrics::render() const {
+std::string Metrics::render(bool for_api_user) const {
   std::string out;
   char buf[64];
   for (const auto& g : gauges_) {
+    if (g.reveals_prompts && !for_api_user) continue;
     std::snprintf(buf, sizeof buf, "%.17g", g.read());
     out += "# HELP " + g.name + " " + g.help + "\n# TYPE " + g.name + (g.counter ? " counter\n" : " gauge\n") + g.name + " " +
            buf + "\n";

@@ -32,15 +32,21 @@ class Metrics {
   std::atomic<uint64_t> requests_ok{0}, requests_length{0}, requests_aborted{0}, requests_error{0},
       requests_rejected{0};
 
-  // Gauges and counters owned elsewhere are read when /metrics is scraped.
-  void add_gauge(std::string name, std::string help, std::function<double()> read, bool counter = false);
-  std::string render() const;
+  // Gauges and counters owned elsewhere are read when /metrics is scraped. `reveals_prompts`:
+  // the value moves with the prefix-cache hits of a given prompt (hit blocks, prompt tokens
+  // computed), so reading it around a request of one's own tells whether anyone sent that prompt
+  // before. Such values are rendered only to API users (see server/access.h).
+  void add_gauge(std::string name, std::string help, std::function<double()> read, bool counter = false,
+                 bool reveals_prompts = false);
+  // `for_api_user`: false leaves out the values that reveal prompts.
+  std::string render(bool for_api_user) const;
 
  private:
   struct Gauge {
     std::string name, help;
     std::function<double()> read;
     bool counter;
+    bool reveals_prompts;
   };
   std::vector<Gauge> gauges_;
 };

@@ -142,12 +142,9 @@ std::string error_body(const ApiError& e) {
 
 std::variant<ApiRequest, ApiError> parse_request(std::string_view body, Endpoint endpoint) {
   if (!utf8::is_valid(body)) return bad("", "the request body is not valid UTF-8");
-  Json j;
-  try {
-    j = Json::parse(body.begin(), body.end());
-  } catch (const Json::exception& e) {
-    return bad("", std::string("the request body is not valid JSON: ") + e.what());
-  }
+  auto parsed = parse_json(body, "the request body");
+  if (!parsed.ok()) return bad("", parsed.error());
+  Json j = std::move(*parsed);
   if (!j.is_object()) return bad("", "the request body must be a JSON object");
   ApiRequest r;
   r.endpoint = endpoint;

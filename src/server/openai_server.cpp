@@ -53,6 +53,7 @@ OpenAiServer::OpenAiServer(Engine& engine, std::shared_ptr<const Tokenizer> toke
       tokenizer_(std::move(tokenizer)),
       chat_template_(std::move(chat_template)),
       config_(std::move(config)),
+      keys_{config_.api_key, config_.metrics_key},
       started_at_(unix_now()) {
   Engine* e = &engine_;
   metrics_.add_gauge("baton:num_requests_running", "Requests in the running batch.", [e] { return e->stats().running; });
@@ -63,25 +64,29 @@ OpenAiServer::OpenAiServer(Engine& engine, std::shared_ptr<const Tokenizer> toke
     auto s = e->stats();
     return s.blocks_total - s.blocks_free;
   });
-  metrics_.add_gauge("baton:prompt_tokens_total", "Prompt tokens computed.", [e] { return double(e->stats().prompt_tokens); }, true);
+  // Prompt tokens computed and prefix-cache hits move with whether a prompt was seen before: only
+  // API users read them (Metrics::add_gauge).
+  metrics_.add_gauge(
+      "baton:prompt_tokens_total", "Prompt tokens computed.", [e] { return double(e->stats().prompt_tokens); }, true,
+      /*reveals_prompts=*/true);
   metrics_.add_gauge("baton:generation_tokens_total", "Tokens generated.", [e] { return double(e->stats().generation_tokens); }, true);
-  metrics_.add_gauge("baton:prefix_cache_hit_blocks_total", "KV blocks served from the prefix cache.",
-                     [e] { return double(e->stats().prefix_hit_blocks); }, true);
+  metrics_.add_gauge(
+      "baton:prefix_cache_hit_blocks_total", "KV blocks served from the prefix cache.",
+      [e] { return double(e->stats().prefix_hit_blocks); }, true, /*reveals_prompts=*/true);
   metrics_.add_gauge("baton:num_preemptions_total", "Requests preempted for lack of KV blocks.",
                      [e] { return double(e->stats().preemptions); }, true);
 }
 
 void OpenAiServer::release_refused(const http::Request& req) {
   if (!connector_ || connector_->role() != KvRole::kConsumer) return;
-  Json j = Json::parse(req.body(), nullptr, false);
-  if (j.is_object() && j.contains("kv_transfer_params") && KvConnector::wants_remote_prefill(j["kv_transfer_params"]))
-    connector_->release_remote(j["kv_transfer_params"]);
+  auto j = parse_json(req.body(), "request body");
+  if (j.ok() && j->is_object() && j->contains("kv_transfer_params") &&
+      KvConnector::wants_remote_prefill((*j)["kv_transfer_params"]))
+    connector_->release_remote((*j)["kv_transfer_params"]);
 }
 
 bool OpenAiServer::authorized(const http::Request& req) const {
-  if (config_.api_key.empty()) return true;
-  auto it = req.find(http::beast::http::field::authorization);
-  return it != req.end() && it->value() == "Bearer " + config_.api_key;
+  return http::api_access(req, keys_) == http::Access::kApi;
 }
 
 awaitable<void> OpenAiServer::send_error(http::Responder& res, const ApiError& e) {
@@ -391,11 +396,11 @@ void OpenAiServer::install(http::Server& server) {
     } else if (!connector_ || connector_->role() != KvRole::kProducer) {
       err = api_error(400, "this server is not a kv_producer");
     } else {
-      Json j = Json::parse(req.body(), nullptr, false);
-      if (!j.is_object() || !j.contains("transfer_id") || !j["transfer_id"].is_string()) {
+      auto j = parse_json(req.body(), "request body");
+      if (!j.ok() || !j->is_object() || !j->contains("transfer_id") || !(*j)["transfer_id"].is_string()) {
         err = api_error(400, "expected {\"transfer_id\": \"...\"}", "transfer_id");
       } else {
-        const bool released = connector_->release_transfer(j["transfer_id"].get<std::string>());
+        const bool released = connector_->release_transfer((*j)["transfer_id"].get<std::string>());
         body = Json({{"released", released}}).dump();
       }
     }
@@ -409,8 +414,14 @@ void OpenAiServer::install(http::Server& server) {
     std::string body = R"({"status":"ok"})";
     co_await res.send(http::Status::ok, "application/json", std::move(body));
   });
-  server.route("GET", "/metrics", [this](const http::Request&, http::Responder& res) -> awaitable<void> {
-    std::string body = metrics_.render();
+  server.route("GET", "/metrics", [this](const http::Request& req, http::Responder& res) -> awaitable<void> {
+    const http::Access access = http::metrics_access(req, keys_);
+    if (access == http::Access::kNone) {
+      ApiError err = api_error(401, "invalid or missing API key", "", "authentication_error");
+      co_await send_error(res, err);
+      co_return;
+    }
+    std::string body = metrics_.render(access == http::Access::kApi);
     co_await res.send(http::Status::ok, "text/plain; version=0.0.4", std::move(body));
   });
 }

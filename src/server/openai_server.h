@@ -6,15 +6,16 @@
 
 #include <boost/asio/experimental/concurrent_channel.hpp>
 #include <memory>
-#include <variant>
 #include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "disagg/kv_connector.h"
 #include "engine/engine.h"
 #include "model/chat_template.h"
 #include "model/tokenizer.h"
+#include "server/access.h"
 #include "server/http.h"
 #include "server/metrics.h"
 #include "server/openai_protocol.h"
@@ -24,6 +25,7 @@ namespace baton {
 struct ApiServerConfig {
   std::vector<std::string> served_model_names;  // the first is reported by /v1/models
   std::string api_key;                          // empty: no authentication
+  std::string metrics_key;                      // also opens /metrics (server/access.h)
   int max_concurrent_requests = 4096;           // more at once get 429 (a bounded queue)
 };
 
@@ -60,6 +62,7 @@ class OpenAiServer {
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::optional<ChatTemplate> chat_template_;
   ApiServerConfig config_;
+  http::AccessKeys keys_;
   Metrics metrics_;
   KvConnector* connector_ = nullptr;
   std::atomic<int> in_flight_{0};

@@ -42,7 +42,7 @@ constexpr int kProtocolVersion = 2;
 // A hello is a small JSON object; a larger one is not a peer of ours.
 constexpr uint64_t kMaxHelloPayload = 4096;
 
-log::RateLimited g_refusal_log, g_accept_log;
+log::Throttle g_refusal_log, g_accept_log;
 
 // Publishes `next` for copies in place and frees the table it replaces once none can use it.
 void republish(std::atomic<const RangeTable*>& table, const RangeTable* next) {

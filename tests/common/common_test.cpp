@@ -5,6 +5,7 @@
 
 #include "common/cli.h"
 #include "common/json.h"
+#include "common/log.h"
 #include "common/thread_pool.h"
 #include "common/utf8.h"
 
@@ -99,6 +100,60 @@ TEST(JsonGetTest, IntegersAreExactAndInRange) {
   EXPECT_FALSE(json_get<int>(j, "i", "doc").ok());
   EXPECT_FALSE(json_get<int>(j, "k", "doc").ok());
   EXPECT_EQ(json_get<int64_t>(j, "k", "doc").value(), 2147483648);
+}
+
+TEST(ParseJsonTest, DepthIsLimitedWhileParsing) {
+  auto nested = [](int levels) { return std::string(levels, '[') + std::string(levels, ']'); };
+  EXPECT_TRUE(parse_json(nested(kMaxJsonDepth), "doc").ok());
+  auto deep = parse_json(nested(kMaxJsonDepth + 1), "doc");
+  ASSERT_FALSE(deep.ok());
+  EXPECT_EQ(deep.error(), "doc: JSON nested deeper than 128 levels");
+  // The issue's body: refused at level 129, long before the end; objects count as levels too.
+  EXPECT_FALSE(parse_json(R"({"prompt":)" + nested(100000) + "}", "doc").ok());
+  EXPECT_FALSE(parse_json(nested(3), "doc", 2).ok());
+  std::string objects;
+  for (int i = 0; i < 200; ++i) objects += R"({"a":)";
+  objects += '1';
+  objects.append(200, '}');
+  EXPECT_FALSE(parse_json(objects, "doc").ok());
+  // Brackets inside strings are text, not levels.
+  EXPECT_TRUE(parse_json(R"({"s":")" + std::string(1000, '[') + R"("})", "doc").ok());
+}
+
+TEST(ParseJsonTest, ErrorsSayWhere) {
+  auto bad = parse_json(R"({"a": tru})", "config.json");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().rfind("config.json: invalid JSON at byte ", 0), 0u) << bad.error();
+  EXPECT_FALSE(parse_json("{} trailing", "doc").ok());
+  EXPECT_FALSE(parse_json("", "doc").ok());
+  const Json j = parse_json(R"({"b": [1, {"c": null}], "a": "x"})", "doc").value();
+  EXPECT_EQ(j.dump(), R"({"b":[1,{"c":null}],"a":"x"})");  // keys keep their order
+}
+
+TEST(ParseMsgpackTest, RoundTripAndDepthLimit) {
+  const Json m = {{"type", "register"}, {"role", "D"}, {"tp_size", 2}, {"layout", {{"heads", {1, 2}}}}};
+  const std::vector<uint8_t> bytes = Json::to_msgpack(m);
+  const std::string packed(bytes.begin(), bytes.end());
+  EXPECT_EQ(parse_msgpack(packed, "msg").value(), m);
+  EXPECT_FALSE(parse_msgpack(packed + "x", "msg").ok());  // one whole document
+  EXPECT_FALSE(parse_msgpack(packed.substr(0, packed.size() - 1), "msg").ok());
+  // 0x91: an array of one element. The MessagePack reader recurses per level: 100,000 levels are
+  // refused at level 129 instead of overflowing the stack.
+  std::string deep(100000, '\x91');
+  deep += '\xc0';
+  auto r = parse_msgpack(deep, "msg");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error(), "msg: MessagePack nested deeper than 128 levels");
+}
+
+TEST(ThrottleTest, OneLinePerIntervalWithTheCountHeldBack) {
+  log::Throttle t(std::chrono::milliseconds(1000));
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(t.admit(t0), 0u);
+  for (int i = 1; i <= 5000; ++i) EXPECT_FALSE(t.admit(t0 + std::chrono::microseconds(i * 100)));
+  EXPECT_EQ(t.admit(t0 + std::chrono::milliseconds(1000)), 5000u);
+  EXPECT_FALSE(t.admit(t0 + std::chrono::milliseconds(1500)));
+  EXPECT_EQ(t.admit(t0 + std::chrono::milliseconds(2500)), 1u);
 }
 
 }  // namespace

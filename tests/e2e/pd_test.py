@@ -65,9 +65,9 @@ def start_instance(bin_dir, model, role, ping_port, tp=1, kv_dtype="auto", kv_ti
                         "--threads", "1", "--kv-transfer-config", json.dumps(cfg), *extra)
 
 
-def instances(proxy):
+def instances(proxy, key=None):
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    conn.request("GET", "/instances")
+    conn.request("GET", "/instances", headers={"Authorization": f"Bearer {key}"} if key else {})
     data = json.loads(conn.getresponse().read())
     conn.close()
     return data
@@ -402,9 +402,9 @@ def api_key_token_and_limits(ctx):
                                         extra=("--api-key", "k3y", "--max-concurrent-requests", "1")))
         intruder = start_instance(ctx["bin"], model, "kv_consumer", proxy.ping_port, token="wrong")
         procs.append(intruder)
-        wait_until(lambda: len(instances(proxy)) == 2, what="registration")
+        wait_until(lambda: len(instances(proxy, key="k3y")) == 2, what="registration")
         time.sleep(1.5)  # the intruder has heartbeated meanwhile: still not admitted
-        listed = instances(proxy)
+        listed = instances(proxy, key="k3y")
         assert len(listed) == 2 and all(str(intruder.port) not in i["id"] for i in listed), listed
         assert all("token" not in i["info"] for i in listed), listed
         body = json.dumps({"prompt": "a", "max_tokens": 3, "ignore_eos": True})
@@ -431,8 +431,9 @@ def api_key_token_and_limits(ctx):
         assert heads.count(b"HTTP/1.1 429 Too Many Requests") >= 1, heads
         assert b"HTTP/1.1 200 OK" in heads, heads
         for inst in procs[1:3]:  # refused decodes let the prefill go at once; aborts free the rest
-            wait_until(lambda: metric(inst.url, "baton:kv_blocks_used") == 0 and
-                       metric(inst.url, "baton:kv_held_transfers") == 0, timeout=20, what="no leaked blocks")
+            wait_until(lambda: metric(inst.url, "baton:kv_blocks_used", key="k3y") == 0 and
+                       metric(inst.url, "baton:kv_held_transfers", key="k3y") == 0, timeout=20,
+                       what="no leaked blocks")
     finally:
         for p in procs:
             p.stop()

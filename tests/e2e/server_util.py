@@ -13,9 +13,10 @@ import urllib.request
 class Proc:
     """A child process whose stdout is scanned for 'listening on HOST:PORT'."""
 
-    def __init__(self, args, name, env=None):
+    def __init__(self, args, name, env=None, preexec_fn=None):
         self.name = name
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                     preexec_fn=preexec_fn)
         self.port = None
         self.ping_port = None  # baton-proxy: where instances register
         self.stderr_lines = []
@@ -67,13 +68,16 @@ class Proc:
         return self.proc.returncode
 
 
-def start_server(bin_dir, model, *extra):
+def start_server(bin_dir, model, *extra, preexec_fn=None):
     return Proc([os.path.join(bin_dir, "baton-server"), "--model", model, "--host", "127.0.0.1", "--port", "0",
-                 "--kv-cache-memory", str(64 << 20), "--log-level", "warning", *extra], "baton-server")
+                 "--kv-cache-memory", str(64 << 20), "--log-level", "warning", *extra], "baton-server",
+                preexec_fn=preexec_fn)
 
 
-def metric(url, name):
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+def metric(url, name, key=None):
+    """The value of metric `name` on url's /metrics; `key`: sent as 'Authorization: Bearer KEY'."""
+    req = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {key}"} if key else {})
+    text = urllib.request.urlopen(req, timeout=10).read().decode()
     for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])

@@ -19,10 +19,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   switch (kind) {
     case 0: {
       static proxy::InstanceTable table;
-      Json m = Json::from_msgpack(rest, true, false);
-      if (m.is_discarded()) return 0;
+      auto m = parse_msgpack(rest, "registration");
+      if (!m.ok()) return 0;
       auto now = proxy::Clock::now();
-      (void)table.update(m, now);
+      (void)table.update(*m, "peer", false, now);
+      (void)table.update(*m, "other peer", false, now);  // refused or a no-op, never a second entry
       auto got = table.acquire('P', {}, 5);
       if (got) table.release(got->id, 5, false);
       (void)table.evict(now + std::chrono::hours(1), std::chrono::seconds(10));

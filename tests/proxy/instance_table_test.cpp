@@ -1,0 +1,129 @@
+#include "proxy/instance_table.h"
+
+#include <gtest/gtest.h>
+
+namespace baton::proxy {
+namespace {
+
+using std::chrono::seconds;
+
+Json registration(const std::string& addr, const std::string& role = "D") {
+  return {{"type", "register"}, {"role", role}, {"http_address", addr}};
+}
+Json goodbye(const std::string& addr) {
+  return {{"type", "unregister"}, {"http_address", addr}};
+}
+
+TEST(InstanceTableTest, AddressBelongsToTheConnectionThatRegisteredIt) {
+  InstanceTable t;
+  const auto now = Clock::now();
+  ASSERT_EQ(*t.update(registration("10.0.0.1:8000"), "real", false, now), Update::kAdmitted);
+  EXPECT_EQ(*t.update(registration("10.0.0.1:8000"), "real", false, now), Update::kRefreshed);
+  // Another connection can neither refresh it, change its role, nor unregister it.
+  EXPECT_EQ(*t.update(registration("10.0.0.1:8000"), "rogue", false, now + seconds(5)), Update::kNotOwner);
+  EXPECT_EQ(*t.update(registration("10.0.0.1:8000", "P"), "rogue", false, now), Update::kNotOwner);
+  EXPECT_EQ(*t.update(goodbye("10.0.0.1:8000"), "rogue", false, now), Update::kNotOwner);
+  ASSERT_EQ(t.count('D'), 1);
+  EXPECT_EQ(t.count('P'), 0);
+  // The forged heartbeat at +5 s did not keep the entry alive: it was last seen at `now`.
+  EXPECT_EQ(t.evict(now + seconds(11), seconds(10)), std::vector<std::string>{"10.0.0.1:8000"});
+  // The owner's own goodbye is honoured.
+  ASSERT_EQ(*t.update(registration("10.0.0.2:8000"), "real", false, now), Update::kAdmitted);
+  EXPECT_EQ(*t.update(goodbye("10.0.0.2:8000"), "real", false, now), Update::kUnregistered);
+  EXPECT_EQ(*t.update(goodbye("10.0.0.2:8000"), "real", false, now), Update::kUnknown);
+  EXPECT_TRUE(t.snapshot().empty());
+}
+
+TEST(InstanceTableTest, RestartOnTheSameAddressIsAdmittedOnceTheOldEntryIsEvicted) {
+  InstanceTable t;
+  const auto t0 = Clock::now();
+  ASSERT_EQ(*t.update(registration("10.0.0.1:8000"), "before-restart", false, t0), Update::kAdmitted);
+  // Killed: its connection is gone and it sends nothing. The restarted process connects anew.
+  EXPECT_EQ(*t.update(registration("10.0.0.1:8000"), "after-restart", false, t0 + seconds(3)), Update::kNotOwner);
+  EXPECT_EQ(t.evict(t0 + seconds(9), seconds(10)).size(), 0u);
+  EXPECT_EQ(t.evict(t0 + seconds(11), seconds(10)).size(), 1u);
+  EXPECT_EQ(*t.update(registration("10.0.0.1:8000"), "after-restart", false, t0 + seconds(11)), Update::kAdmitted);
+  // Now bound to the new connection.
+  EXPECT_EQ(*t.update(goodbye("10.0.0.1:8000"), "before-restart", false, t0 + seconds(11)), Update::kNotOwner);
+}
+
+TEST(InstanceTableTest, TheTokenIsTrustedFromAnyConnectionAndMovesTheBinding) {
+  InstanceTable t;
+  const auto now = Clock::now();
+  ASSERT_EQ(*t.update(registration("10.0.0.1:8000"), "old", true, now), Update::kAdmitted);
+  // A restarted instance holding the token is admitted at once, and its connection owns it now.
+  EXPECT_EQ(*t.update(registration("10.0.0.1:8000"), "new", true, now), Update::kAdmitted);
+  EXPECT_EQ(*t.update(registration("10.0.0.1:8000"), "new", true, now), Update::kRefreshed);
+  EXPECT_EQ(*t.update(goodbye("10.0.0.1:8000"), "old", false, now), Update::kNotOwner);
+  EXPECT_EQ(*t.update(goodbye("10.0.0.1:8000"), "new", false, now), Update::kUnregistered);
+}
+
+TEST(InstanceTableTest, TiesGoToTheInstanceAdmittedFirst) {
+  InstanceTable t;
+  const auto now = Clock::now();
+  // Address order is the reverse of admission order, so the map's order cannot decide.
+  ASSERT_TRUE(t.update(registration("10.0.0.9:8000"), "a", false, now).ok());
+  ASSERT_TRUE(t.update(registration("10.0.0.1:8000"), "b", false, now).ok());
+  for (int i = 0; i < 5; ++i) {  // idle: every request goes to the oldest
+    auto got = t.acquire('D', {}, 10);
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->id, "10.0.0.9:8000");
+    t.release(got->id, 10, false);
+  }
+  // Busy: least outstanding work wins, whatever the age.
+  auto first = t.acquire('D', {}, 10);
+  auto second = t.acquire('D', {}, 10);
+  ASSERT_TRUE(first && second);
+  EXPECT_EQ(first->id, "10.0.0.9:8000");
+  EXPECT_EQ(second->id, "10.0.0.1:8000");
+}
+
+TEST(InstanceTableTest, DroppedInstanceKeepsItsAddressUntilItsOwnerHeartbeats) {
+  InstanceTable t;
+  const auto now = Clock::now();
+  ASSERT_TRUE(t.update(registration("10.0.0.1:8000"), "real", false, now).ok());
+  t.drop("10.0.0.1:8000");
+  EXPECT_EQ(t.count('D'), 0);
+  EXPECT_FALSE(t.acquire('D', {}, 1));
+  EXPECT_EQ(*t.update(registration("10.0.0.1:8000"), "rogue", false, now), Update::kNotOwner);
+  EXPECT_EQ(*t.update(registration("10.0.0.1:8000"), "real", false, now), Update::kAdmitted);
+  EXPECT_EQ(t.count('D'), 1);
+}
+
+TEST(InstanceTableTest, RefusalsKeepNoStateAndTheTableIsBounded) {
+  InstanceTable t(/*max_instances=*/3);
+  const auto now = Clock::now();
+  ASSERT_TRUE(t.update(registration("10.0.0.1:8000"), "real", false, now).ok());
+  for (int i = 0; i < 10000; ++i) {
+    const std::string addr = "10.1." + std::to_string(i / 250) + "." + std::to_string(i % 250) + ":9000";
+    const Update u = *t.update(registration(addr), "flood-" + std::to_string(i), false, now);
+    EXPECT_EQ(u, i < 2 ? Update::kAdmitted : Update::kTableFull) << i;
+    (void)t.update(goodbye("10.0.0.1:8000"), "flood-" + std::to_string(i), false, now);
+  }
+  EXPECT_EQ(t.snapshot().size(), 3u);
+  EXPECT_EQ(t.count('D'), 3);  // the real one is still there
+  // A known address still refreshes when the table is full.
+  EXPECT_EQ(*t.update(registration("10.0.0.1:8000"), "real", false, now), Update::kRefreshed);
+}
+
+TEST(InstanceTableTest, MalformedMessagesAreErrors) {
+  InstanceTable t;
+  const auto now = Clock::now();
+  EXPECT_FALSE(t.update(Json::array(), "p", false, now).ok());
+  EXPECT_FALSE(t.update({{"type", "register"}, {"role", "D"}}, "p", false, now).ok());
+  EXPECT_FALSE(t.update(registration("nohost"), "p", false, now).ok());
+  EXPECT_FALSE(t.update(registration("h:99999"), "p", false, now).ok());
+  EXPECT_FALSE(t.update(registration("h:80", "X"), "p", false, now).ok());
+  EXPECT_TRUE(t.snapshot().empty());
+}
+
+TEST(InstanceTableTest, InfoNeverShowsTheToken) {
+  InstanceTable t;
+  Json m = registration("10.0.0.1:8000");
+  m["token"] = "secret";
+  ASSERT_TRUE(t.update(m, "p", true, Clock::now()).ok());
+  EXPECT_FALSE(t.snapshot()[0].info.contains("token"));
+}
+
+}  // namespace
+}  // namespace baton::proxy
