@@ -54,8 +54,8 @@ void warn_about_exposure(const Options& o, const baton::KvTransferConfig& kv) {
   if (kv.role != KvRole::kColocated && kv.token.empty())
     log::warn(
         "no \"token\" in --kv-transfer-config: the proxy accepts this instance's registration from anyone "
-        "on the network, and the KV transfer plane relies on per-transfer capabilities alone (a peer reads "
-        "only blocks it was handed). Set the same token on the proxy (--token) and every instance, and keep "
+        "on the network, and the KV transfer plane relies on per-transfer capabilities alone (over TCP a peer "
+        "reads only blocks it was handed; over UCX or cuda_ipc, the KV region they are in). Set the same token on the proxy (--token) and every instance, and keep "
         "the transfer ports on an isolated network");
   if (o.api_key.empty() && !is_loopback(o.host))
     log::warn("no --api-key while listening on ", o.host,

@@ -180,7 +180,8 @@ Json KvConnector::on_prefill_finished(const RequestOutput& out, int num_prompt_t
 
 void KvConnector::on_notification(const std::string& message) {
   static log::Throttle malformed, forged;
-  Json j = Json::parse(message, nullptr, false);
+  auto parsed = parse_json(message, "notification");  // (with the depth limit: peers are not trusted)
+  const Json j = parsed.ok() ? std::move(*parsed) : Json();
   if (!j.is_object() || !j.contains("transfer_id") || !j["transfer_id"].is_string()) {
     malformed.warn("KV connector: ignoring a malformed notification");
     return;

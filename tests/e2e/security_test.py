@@ -23,7 +23,6 @@ check fails if the attack succeeds.
 
 usage: security_test.py --bin-dir build/apps --models ../shared/models
 """
-import argparse
 import http.client
 import json
 import os
@@ -33,14 +32,13 @@ import socket
 import sys
 import threading
 import time
-import traceback
 
 import msgpack
 import zmq
 
 sys.path.insert(0, os.path.dirname(__file__))
 from pd_test import free_port, instances, start_instance, start_proxy  # noqa: E402
-from server_util import metric, start_server, wait_until  # noqa: E402
+from server_util import metric, run_tests, start_server, wait_until  # noqa: E402
 
 TESTS = []
 TOKEN = "t0ken"
@@ -368,29 +366,5 @@ def metrics_and_instances_need_a_key(ctx):
         assert metric(srv.url, "baton:prefix_cache_hit_blocks_total") == 0
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin-dir", required=True)
-    ap.add_argument("--models", required=True)
-    ap.add_argument("--only", default="")
-    a = ap.parse_args()
-    ctx = {"bin": a.bin_dir, "models": a.models}
-    passed = failed = 0
-    for t in TESTS:
-        if a.only and a.only not in t.__name__:
-            continue
-        t0 = time.time()
-        try:
-            t(ctx)
-            passed += 1
-            print(f"PASS {t.__name__} ({time.time() - t0:.1f} s)", flush=True)
-        except Exception:
-            failed += 1
-            print(f"FAIL {t.__name__}", flush=True)
-            traceback.print_exc()
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tests(TESTS))

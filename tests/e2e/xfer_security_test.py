@@ -27,6 +27,7 @@ from pd_test import Fleet, post  # noqa: E402
 from server_util import metric, run_tests, wait_until  # noqa: E402
 
 TESTS = []
+SANITIZED = bool(os.environ.get("BATON_SANITIZER_RUN"))
 HEADER = struct.Struct("<IIQQ")  # type, status, id, payload length (src/xfer/socket.h)
 HELLO, WELCOME, REFUSED, READ, READ_DATA, WRITE, WRITE_DONE, NOTIFY, REGIONS_REQ, REGIONS, ERROR, AUTHORIZE = range(1, 13)
 VERSION = 2
@@ -235,7 +236,8 @@ def test_connections_that_never_say_hello_are_bounded(ctx):
                 s.close()
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         assert max_threads <= threads0 + 4, (threads0, max_threads)
-        assert max_rss - rss0 < 32 * 1024, f"RSS grew by {max_rss - rss0} kB"
+        if not SANITIZED:  # (ASan's quarantine keeps freed memory: RSS says nothing there)
+            assert max_rss - rss0 < 32 * 1024, f"RSS grew by {max_rss - rss0} kB"
         lines = prefill.stderr_lines[log0:]
         assert len(lines) < 40, "".join(lines[-10:])
         # The fleet serves P/D as before.
