@@ -1,6 +1,7 @@
 #include "disagg/kv_connector.h"
 
 #include "common/log.h"
+#include "common/secret.h"
 
 namespace baton {
 
@@ -179,7 +180,7 @@ Json KvConnector::on_prefill_finished(const RequestOutput& out, int num_prompt_t
 }
 
 void KvConnector::on_notification(const std::string& message) {
-  static log::Throttle malformed, forged;
+  static log::Throttle malformed;
   auto parsed = parse_json(message, "notification");  // (with the depth limit: peers are not trusted)
   const Json j = parsed.ok() ? std::move(*parsed) : Json();
   if (!j.is_object() || !j.contains("transfer_id") || !j["transfer_id"].is_string()) {
@@ -188,22 +189,19 @@ void KvConnector::on_notification(const std::string& message) {
   }
   const std::string capability =
       j.contains("capability") && j["capability"].is_string() ? j["capability"].get<std::string>() : "";
-  std::lock_guard lock(mutex_);
-  auto it = held_.find(j["transfer_id"].get<std::string>());
-  if (it == held_.end()) return;  // already released (read, timeout) or unknown
-  // Only whoever was handed the transfer may let it go: transfer ids are not secret.
-  if (capability != it->second.capability) {
-    forged.warn("KV connector: ignoring a release of transfer ", it->first, " without its capability");
-    return;
-  }
-  ++stats_.released_by_reader;
-  release_locked(it);
+  release_transfer(j["transfer_id"].get<std::string>(), capability);
 }
 
-bool KvConnector::release_transfer(const std::string& transfer_id) {
+bool KvConnector::release_transfer(const std::string& transfer_id, const std::string& capability) {
+  static log::Throttle forged;
   std::lock_guard lock(mutex_);
   auto it = held_.find(transfer_id);
   if (it == held_.end()) return false;  // already released (read, timeout) or unknown
+  // Only whoever was handed the transfer may let it go: transfer ids are not secret.
+  if (!secrets_equal(capability, it->second.capability)) {
+    forged.warn("KV connector: ignoring a release of transfer ", it->first, " without its capability");
+    return false;
+  }
   ++stats_.released_by_reader;
   release_locked(it);
   return true;

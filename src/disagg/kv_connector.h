@@ -71,9 +71,10 @@ class KvConnector {
   // Producer, from the request's output callback (engine loop): pins the finished request's
   // blocks under a new transfer id and returns the params for the decode side.
   Json on_prefill_finished(const RequestOutput& final_output, int num_prompt_tokens, uint64_t prompt_digest);
-  // Producer: frees a pinned transfer now (its decode side will not read it: the proxy found no
-  // decode). False if it was released already or is unknown.
-  bool release_transfer(const std::string& transfer_id);
+  // Producer: frees a pinned transfer now (its decode side has read it, or will not: the proxy
+  // found no decode). `capability` must be the transfer's (remote_capability). False if it was
+  // released already, is unknown, or the capability is not its own.
+  bool release_transfer(const std::string& transfer_id, const std::string& capability);
   // A digest of the prompt's token ids: the decode side checks that it computes the same prompt.
   static uint64_t prompt_digest(const std::vector<int>& prompt);
 

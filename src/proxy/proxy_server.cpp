@@ -227,7 +227,7 @@ void ProxyServer::handle_registration(const std::string& peer, const std::string
   };
   // With a token, every message that gets past this check carries it, and is trusted.
   const bool trusted = !config_.token.empty();
-  if (trusted && !http::secrets_equal(text("token"), config_.token)) {
+  if (trusted && !secrets_equal(text("token"), config_.token)) {
     ++counters_->registrations_rejected;
     r.token.warn("proxy: ignoring a registration for '", loggable(text("http_address")),
                  "': missing or wrong deployment token");
@@ -408,7 +408,9 @@ awaitable<void> ProxyServer::relay(const http::Request& req, http::Responder& re
     if (kv_params.contains("transfer_id") && kv_params["transfer_id"].is_string()) {
       http::ClientCall release(executor);
       std::string method = "POST", path = "/v1/kv/release";
-      std::string rbody = Json({{"transfer_id", kv_params["transfer_id"]}}).dump();
+      std::string rbody = Json({{"transfer_id", kv_params["transfer_id"]},
+                                {"capability", kv_params.value("remote_capability", Json(""))}})
+                              .dump();
       baton::Status rs = co_await release.start(prefill_host, prefill_port, method, path, rbody,
                                                 ms(config_.connect_timeout_s), ms(config_.connect_timeout_s), auth);
       if (!rs.ok()) log::warn("proxy: could not release transfer at prefill: ", rs.message());

@@ -27,11 +27,4 @@ Access metrics_access(const Request& req, const AccessKeys& keys) {
   return Access::kNone;
 }
 
-bool secrets_equal(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
-
 }  // namespace baton::http

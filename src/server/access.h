@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/secret.h"
 #include "server/http.h"
 
 namespace baton::http {
@@ -30,7 +31,5 @@ Access api_access(const Request& req, const AccessKeys& keys);
 // /metrics: kApi, kMetrics or kNone.
 Access metrics_access(const Request& req, const AccessKeys& keys);
 
-// a == b in time that depends only on the lengths (a key is not guessed byte by byte).
-bool secrets_equal(std::string_view a, std::string_view b);
 
 }  // namespace baton::http

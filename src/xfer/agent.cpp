@@ -10,8 +10,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <set>
+#include <system_error>
 
 #include "common/log.h"
+#include "common/secret.h"
 #include "xfer/read_section.h"
 
 namespace baton::xfer {
@@ -41,6 +43,9 @@ Result<std::vector<WireOp>> unpack_ops(const std::string& payload) {
 constexpr int kProtocolVersion = 2;
 // A hello is a small JSON object; a larger one is not a peer of ours.
 constexpr uint64_t kMaxHelloPayload = 4096;
+// A peer without the token sends read requests (24 bytes an op; a KV transfer's are coalesced
+// per block run) and notifications: a larger control frame is not one of ours.
+constexpr uint64_t kMaxUntrustedPayload = 4 << 20;
 
 log::Throttle g_refusal_log, g_accept_log;
 
@@ -375,7 +380,7 @@ bool Agent::granted(const Served& conn, uint64_t region, uint64_t offset, uint64
     auto it = r->second.upper_bound(offset);  // the first range starting after offset
     if (it == r->second.begin()) continue;
     --it;
-    if (offset >= it->first && len <= it->second - offset) return true;
+    if (offset < it->second && len <= it->second - offset) return true;  // (it->first <= offset)
   }
   return false;
 }
@@ -559,15 +564,30 @@ void Agent::accept_loop() {
         break;
       }
       if (!s->valid()) break;  // none waiting
-      if (waiting.size() >= kMaxUnauthenticated) {
-        // The oldest goes: a peer of ours sends its hello as soon as it connects, so the one
-        // that has waited longest is the likeliest to be idle on purpose.
-        count(&AdmissionStats::overflowed);
-        g_refusal_log.warn("transfer agent ", config_.name, ": ", kMaxUnauthenticated,
-                           " connections are waiting for their hello; closing the oldest");
-        waiting.erase(waiting.begin());
+      // A peer of ours sends its hello as soon as it connects: it is often here already.
+      Hello fresh{std::move(*s), Clock::now() + config_.hello_timeout, {}};
+      if (const int got = fresh.receive(); got != 0) {
+        if (got > 0) {
+          admit(std::move(fresh.socket), fresh.payload());
+        } else {
+          count(&AdmissionStats::refused);
+        }
+        continue;
       }
-      waiting.push_back(Hello{std::move(*s), Clock::now() + config_.hello_timeout, {}});
+      if (waiting.size() >= kMaxUnauthenticated) {
+        // The oldest goes (a peer of ours sends its hello at once, so the one that has waited
+        // longest is the likeliest to be idle on purpose), unless its hello came meanwhile.
+        Hello oldest = std::move(waiting.front());
+        waiting.erase(waiting.begin());
+        if (oldest.receive() > 0) {
+          admit(std::move(oldest.socket), oldest.payload());
+        } else {
+          count(&AdmissionStats::overflowed);
+          g_refusal_log.warn("transfer agent ", config_.name, ": ", kMaxUnauthenticated,
+                             " connections are waiting for their hello; closing the oldest");
+        }
+      }
+      waiting.push_back(std::move(fresh));
     }
   }
 }
@@ -594,7 +614,7 @@ void Agent::admit(Socket socket, const std::string& payload) {
   if (*version != kProtocolVersion)
     return refuse("protocol version mismatch (" + std::to_string(*version) + "; this agent speaks " +
                   std::to_string(kProtocolVersion) + ")");
-  const bool trusted = !config_.token.empty() && *token == config_.token;
+  const bool trusted = !config_.token.empty() && secrets_equal(*token, config_.token);
   if (!config_.token.empty() && !trusted) return refuse("wrong or missing deployment token");
   if (!trusted) {
     std::lock_guard lock(grants_mutex_);
@@ -613,13 +633,24 @@ void Agent::admit(Socket socket, const std::string& payload) {
       ++it;
     }
   }
+  if (!trusted) {
+    size_t untrusted = 0;
+    for (const auto& c : served_) untrusted += !c->trusted;
+    if (untrusted >= kMaxCapabilitySessions)
+      return refuse("too many sessions without the deployment token (" + std::to_string(untrusted) + ")");
+  }
   auto conn = std::make_unique<Served>();
   conn->socket = std::move(socket);
   conn->peer = peer;
   conn->trusted = trusted;
   if (!trusted) conn->capabilities.push_back(*capability);
   Served* raw = conn.get();
-  conn->thread = std::thread([this, raw] { serve(*raw); });
+  try {
+    conn->thread = std::thread([this, raw] { serve(*raw); });
+  } catch (const std::system_error& e) {  // out of threads: this peer is refused, the agent goes on
+    socket = std::move(conn->socket);
+    return refuse(std::string("cannot serve another session: ") + e.what());
+  }
   served_.push_back(std::move(conn));
   std::lock_guard stats(stats_mutex_);
   ++admission_.admitted;
@@ -652,8 +683,22 @@ void Agent::serve(Served& conn) {
   (void)socket.set_recv_timeout(std::chrono::milliseconds(0));  // idle sessions may wait long
 
   for (;;) {
+    if (!conn.trusted) {
+      // Admission was for the capabilities presented, not for good: once none is live, a session
+      // that idles is closed (the peer connects again with its next transfer's capability).
+      pollfd p{socket.fd(), POLLIN, 0};
+      const int ready = ::poll(&p, 1, static_cast<int>(config_.capability_session_idle.count()));
+      if (ready == 0) {
+        bool live = false;
+        std::lock_guard lock(grants_mutex_);
+        for (const std::string& c : conn.capabilities) live = live || grants_.count(c);
+        if (!live) break;
+        continue;
+      }
+    }
     auto h = recv_header(socket);
     if (!h.ok()) break;
+    if (!conn.trusted && h->length > kMaxUntrustedPayload) break;  // (data follows writes: refused anyway)
     if (h->type == MsgType::kReadRequest || h->type == MsgType::kWriteRequest) {
       auto payload = recv_payload(socket, *h);
       if (!payload.ok()) break;

@@ -204,6 +204,8 @@ class Agent {
     std::chrono::milliseconds timeout{10000};  // transfers and handshakes
     // A connection that has not sent a complete hello by then is closed.
     std::chrono::milliseconds hello_timeout{2000};
+    // A session admitted by capabilities that have all been revoked is closed after this long idle.
+    std::chrono::milliseconds capability_session_idle{30000};
     // False: peers may only read this agent's memory (KV pools): writes are refused.
     bool remote_writes = true;
     // Makes the transport for GPU memory; unset: cuda_ipc where the build and machine have CUDA.
@@ -236,6 +238,8 @@ class Agent {
 
   // Connections waiting for their hello at most; a new one closes the oldest.
   static constexpr size_t kMaxUnauthenticated = 64;
+  // Sessions of peers without the token (admitted by a capability) at most; more are refused.
+  static constexpr size_t kMaxCapabilitySessions = 256;
   struct AdmissionStats {
     uint64_t admitted = 0;
     uint64_t refused = 0;        // a bad hello: wrong token, no live capability, bad version

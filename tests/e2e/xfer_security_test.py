@@ -168,8 +168,12 @@ def test_a_capability_reaches_its_own_blocks_only(ctx):
         assert kind == READ_DATA and ident == 1 and len(data) == block_bytes * len(own), (kind, len(data))
         # Any other block (the victim's among them), or the pool at large: refused, no byte sent.
         others = [b for b in range(0, max(blocks) + 8) if b not in blocks]
+        above = max(blocks) + 1  # past the grant's end: the victim's blocks are allocated after ours
         for ident, rng in enumerate([(region, others[0] * block_bytes, block_bytes), (region, 0, layer_bytes),
-                                     (region, blocks[0] * block_bytes, 2 * block_bytes + 1)], start=2):
+                                     (region, blocks[0] * block_bytes, 2 * block_bytes + 1),
+                                     (region, above * block_bytes, block_bytes),
+                                     (region, (layer_bytes * 2) - block_bytes, block_bytes),
+                                     (region, above * block_bytes + 1, 1)], start=2):
             peer.send(frame(READ, ops(rng), ident))
             kind, got, payload = peer.recv()
             assert kind == ERROR and got == ident and b"not granted" in payload, (kind, payload)

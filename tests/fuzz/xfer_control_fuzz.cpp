@@ -17,39 +17,51 @@
 
 namespace {
 
+// An agent with one registered region between guard bytes.
 struct Target {
   std::unique_ptr<baton::xfer::Agent> agent;
   std::vector<char> region = std::vector<char>(4096 + 128, 'g');  // [64 guard][4096][64 guard]
-};
 
-Target& target() {
-  static Target t = [] {
-    Target t;
-    baton::log::set_level(baton::log::Level::kOff);  // every hostile peer is refused: that is expected
+  explicit Target(const std::string& token) {
     baton::xfer::Agent::Config c;
-    c.name = "fuzz-target";
+    c.name = token.empty() ? "fuzz-target" : "fuzz-trusted";
+    c.token = token;
     c.transports = {"tcp"};
     c.timeout = std::chrono::milliseconds(200);
     auto a = baton::xfer::Agent::create(c);
     assert(a.ok());
-    t.agent = std::move(*a);
-    auto r = t.agent->register_memory(t.region.data() + 64, 4096);
+    agent = std::move(*a);
+    auto r = agent->register_memory(region.data() + 64, 4096);
     assert(r.ok() && r->region == 1);
-    // The corpus's hellos present this capability: reads of the first half are served, the
-    // rest are refused as not granted.
-    t.agent->grant("fuzz-capability", {{1, 0, 2048}});
-    return t;
+  }
+  void drive(const uint8_t* data, size_t size) {
+    const baton::xfer::AgentDesc d = agent->describe();
+    baton::fuzz::send_and_drain(d.host, d.port, data, size, std::chrono::milliseconds(200));
+    for (int i = 0; i < 64; ++i) assert(region[i] == 'g' && region[64 + 4096 + i] == 'g');
+  }
+};
+
+// Every input goes to both: one without a token, whose region's first half is granted to the
+// capability the corpus's hellos present (the rest is refused as not granted), and one with the
+// token "fuzz-token", whose trusted peers may also write.
+struct Targets {
+  Target capability{""}, trusted{"fuzz-token"};
+  Targets() { capability.agent->grant("fuzz-capability", {{1, 0, 2048}}); }
+};
+
+Targets& targets() {
+  static Targets* t = [] {
+    baton::log::set_level(baton::log::Level::kOff);  // every hostile peer is refused: that is expected
+    return new Targets;
   }();
-  return t;
+  return *t;
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using namespace baton::xfer;
-  Target& t = target();
-  const AgentDesc d = t.agent->describe();
-  baton::fuzz::send_and_drain(d.host, d.port, data, size, std::chrono::milliseconds(200));
-  for (int i = 0; i < 64; ++i) assert(t.region[i] == 'g' && t.region[64 + 4096 + i] == 'g');
+  Targets& t = targets();
+  t.capability.drive(data, size);
+  t.trusted.drive(data, size);
   return 0;
 }

@@ -30,6 +30,7 @@ std::unique_ptr<Agent> make_agent(const std::string& name, const std::string& to
   c.token = token;
   c.timeout = timeout;
   c.hello_timeout = 300ms;
+  c.capability_session_idle = 300ms;
   auto a = Agent::create(c);
   EXPECT_TRUE(a.ok()) << (a.ok() ? "" : a.error());
   return a.ok() ? std::move(*a) : nullptr;
@@ -94,7 +95,9 @@ TEST(CapabilityTest, WithoutATokenOnlyALiveCapabilityIsAdmitted) {
   EXPECT_TRUE(pool.read(**s, 1024, 1024).ok());
   EXPECT_TRUE(std::equal(pool.dst.begin() + 1024, pool.dst.begin() + 2048, pool.src.begin() + 1024));
   // Outside the grant, or only partly inside: the owner refuses, and no byte moves.
-  for (auto [off, len] : {std::pair<uint64_t, uint64_t>{0, 1024}, {2048, 1024}, {512, 1024}, {1536, 1024}}) {
+  // (Past the grant's end too: an offset beyond it must not wrap the length check around.)
+  for (auto [off, len] : {std::pair<uint64_t, uint64_t>{0, 1024}, {2048, 1024}, {512, 1024}, {1536, 1024}, {3000, 100},
+                          {2560, 512}, {4095, 1}}) {
     std::fill(pool.dst.begin(), pool.dst.end(), 0);
     Status st = pool.read(**s, off, len);
     ASSERT_FALSE(st.ok()) << off << "+" << len;
@@ -139,6 +142,59 @@ TEST(CapabilityTest, AnUnknownCapabilityOnAnOpenSessionGrantsNothing) {
   EXPECT_NE(st.message().find("grants no access"), std::string::npos) << st.message();
   EXPECT_FALSE(b.read(**s, 0, 4096).ok());
   EXPECT_TRUE(a.read(**s, 0, 4096).ok()) << "the session itself is still good";
+}
+
+// A raw connection that has sent a hello with `capability`; the owner's first answer's type.
+int raw_hello(int port, const std::string& capability, MsgType* answer) {
+  const int fd = raw_connect(port);
+  if (fd < 0) return -1;
+  const std::string payload = "{\"agent\":\"raw\",\"version\":2,\"capability\":\"" + capability + "\"}";
+  FrameHeader h{MsgType::kHello, 0, 0, payload.size()};
+  (void)!::send(fd, &h, sizeof h, MSG_NOSIGNAL);
+  (void)!::send(fd, payload.data(), payload.size(), MSG_NOSIGNAL);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  FrameHeader got{};
+  *answer = ::recv(fd, &got, sizeof got, MSG_WAITALL) == ssize_t(sizeof got) ? got.type : MsgType{0};
+  return fd;
+}
+
+// Admission is for the transfers a capability names, not for good: once they are revoked, an
+// idle session is closed; and one capability (any HTTP client of a prefill can get one) opens
+// a bounded number of sessions.
+TEST(CapabilityTest, SessionsWithoutTheTokenAreBoundedAndEndAfterTheirGrants) {
+  auto owner = make_agent("owner");
+  std::vector<uint8_t> mem(4096);
+  auto region = owner->register_memory(mem.data(), mem.size());
+  const std::string cap = new_capability();
+  owner->grant(cap, {{region->region, 0, 4096}});
+  const int port = owner->describe().port;
+  std::vector<int> fds;
+  for (size_t i = 0; i < Agent::kMaxCapabilitySessions; ++i) {
+    MsgType answer;
+    fds.push_back(raw_hello(port, cap, &answer));
+    ASSERT_EQ(answer, MsgType::kWelcome) << i;
+  }
+  MsgType answer;
+  const int extra = raw_hello(port, cap, &answer);
+  EXPECT_EQ(answer, MsgType::kRefused) << "one capability opened more sessions than the bound";
+  ::close(extra);
+  EXPECT_EQ(owner->served_connections(), Agent::kMaxCapabilitySessions);
+  // Still granted: idle sessions stay. Revoked: each is closed once it idles.
+  std::this_thread::sleep_for(600ms);
+  EXPECT_EQ(owner->served_connections(), Agent::kMaxCapabilitySessions);
+  owner->revoke(cap);
+  size_t closed = 0;
+  for (int fd : fds) {
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) {  // the welcome's payload, then the end (5 s timeout)
+    }
+    closed += n == 0;
+    ::close(fd);
+  }
+  EXPECT_EQ(closed, fds.size());
+  EXPECT_TRUE(owner->deregister_memory(region->region).ok());
 }
 
 // A KV transfer grants one range per block and layer; a read coalesced over adjacent blocks
