@@ -54,6 +54,11 @@ class Throttle {
     if (level() > Level::kWarn) return;
     if (auto held = admit()) write(Level::kWarn, concat(args..., held_back_note(*held)));
   }
+  template <class... Args>
+  void info(const Args&... args) {
+    if (level() > Level::kInfo) return;
+    if (auto held = admit()) write(Level::kInfo, concat(args..., held_back_note(*held)));
+  }
 
  private:
   static std::string held_back_note(uint64_t n);

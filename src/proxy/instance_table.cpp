@@ -14,6 +14,22 @@ std::optional<char> parse_role(const std::string& s) {
   return std::nullopt;
 }
 
+// What /instances shows of a registration: the fields instances send, each small, never the
+// token. The rest of a sender's message is not kept (a registration is a few hundred bytes;
+// 64 KiB of nested maps would parse into megabytes a table entry).
+Json listed_info(const Json& m) {
+  Json info = Json::object();
+  for (const char* key : {"type", "role", "http_address", "handshake_address", "engine_id", "tp_size", "dp_size",
+                          "model", "kv_layout"}) {
+    auto it = m.find(key);
+    if (it == m.end()) continue;
+    if (it->is_object() ? it->dump(-1, ' ', false, Json::error_handler_t::replace).size() <= 16384
+                        : !it->is_array() && (!it->is_string() || it->get_ref<const std::string&>().size() <= 256))
+      info[key] = *it;
+  }
+  return info;
+}
+
 }  // namespace
 
 const char* update_name(Update u) {
@@ -38,6 +54,10 @@ Result<Update> InstanceTable::update(const Json& m, const std::string& peer, boo
   if (!m.is_object()) return make_error("registration: the message is not a map");
   const std::string what = "registration";
   BATON_ASSIGN_OR_RETURN(std::string addr, json_get<std::string>(m, "http_address", what));
+  // A host name and port in printable ASCII: the address is logged and listed, and a sender's
+  // bytes must not forge log lines or grow the table's entries.
+  if (addr.size() > 262 || !std::all_of(addr.begin(), addr.end(), [](char c) { return c > 0x20 && c < 0x7f; }))
+    return make_error(what, ": http_address is not a host:port");
   const size_t colon = addr.rfind(':');
   if (colon == std::string::npos || colon == 0) return make_error(what, ": http_address '", addr, "' is not host:port");
   int port = 0;
@@ -52,13 +72,15 @@ Result<Update> InstanceTable::update(const Json& m, const std::string& peer, boo
   if (!role && m.contains("role") && m["role"].is_string()) role = parse_role(m["role"].get<std::string>());
   if (type != "unregister" && !role) return make_error(what, ": no role (type or role must be P or D)");
 
+  // Joins and leaves are logged, at most 10 a second: without a token anyone may churn them.
+  static log::Throttle joins(std::chrono::milliseconds(100));
   std::lock_guard lock(mutex_);
   auto it = instances_.find(addr);
   if (it != instances_.end() && !trusted && it->second.peer != peer) return Update::kNotOwner;
   if (type == "unregister") {
     if (it == instances_.end()) return Update::kUnknown;
     instances_.erase(it);
-    log::info("proxy: ", addr, " unregistered");
+    joins.info("proxy: ", addr, " unregistered");
     return Update::kUnregistered;
   }
   const bool fresh = it == instances_.end() || it->second.role != *role;
@@ -71,17 +93,16 @@ Result<Update> InstanceTable::update(const Json& m, const std::string& peer, boo
     in.port = port;
     in.admitted = ++admissions_;
     it = instances_.insert_or_assign(addr, std::move(in)).first;
-    log::info("proxy: ", *role == 'P' ? "prefill " : "decode ", addr, " registered");
+    joins.info("proxy: ", *role == 'P' ? "prefill " : "decode ", addr, " registered");
   }
   Instance& in = it->second;
   const bool back = !in.reachable;
   // Only a trusted message gets here from another connection: a restarted token holder.
   const bool rebound = !fresh && in.peer != peer;
-  if (rebound) log::info("proxy: ", addr, " registered again from a new connection");
+  if (rebound) joins.info("proxy: ", addr, " registered again from a new connection");
   in.reachable = true;
   in.peer = peer;
-  in.info = m;
-  in.info.erase("token");  // /instances shows the info: never the secret
+  in.info = listed_info(m);
   in.last_seen = now;
   return fresh || back || rebound ? Update::kAdmitted : Update::kRefreshed;
 }
@@ -116,7 +137,16 @@ std::optional<Instance> InstanceTable::acquire(char role, const std::set<std::st
   best->outstanding_tokens += cost;
   ++best->in_flight;
   ++best->routed;
-  return *best;
+  Instance out;  // what the caller routes by (not the registration message: this runs per request)
+  out.id = best->id;
+  out.role = best->role;
+  out.host = best->host;
+  out.port = best->port;
+  out.admitted = best->admitted;
+  out.outstanding_tokens = best->outstanding_tokens;
+  out.in_flight = best->in_flight;
+  out.routed = best->routed;
+  return out;
 }
 
 void InstanceTable::release(const std::string& id, int64_t cost, bool failed) {

@@ -32,7 +32,7 @@ struct Instance {
   char role = 'P';
   std::string host;
   int port = 0;
-  Json info;              // the registration message (model, tp_size, kv_layout, ...), without its token
+  Json info;              // the registration's known fields (model, tp_size, kv_layout, ...), never its token
   std::string peer;       // routing id of the connection that speaks for it (never shown: see above)
   uint64_t admitted = 0;  // admission order: routing ties go to the instance serving longest
   Clock::time_point last_seen;

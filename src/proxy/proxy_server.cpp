@@ -168,7 +168,8 @@ Status ProxyServer::start() {
                       {"routed", in.routed},
                       {"failures", in.failures},
                       {"info", in.info}});
-    std::string body = list.dump();
+    // (A registration's strings are the sender's bytes: invalid UTF-8 is replaced, not fatal.)
+    std::string body = list.dump(-1, ' ', false, Json::error_handler_t::replace);
     co_await res.send(http::Status::ok, "application/json", std::move(body));
   });
   BATON_RETURN_IF_ERROR(http_.start());
@@ -189,8 +190,10 @@ void ProxyServer::registration_loop() {
   while (!stopping_) {
     zmq_pollitem_t item{zmq_socket_, 0, ZMQ_POLLIN, 0};
     const int rc = zmq_poll(&item, 1, 200);
-    const auto now = Clock::now();
-    while (rc > 0) {
+    // At most a batch of messages between evictions, each stamped when it is taken: a flood
+    // must neither hold evictions off nor make real heartbeats look old once it stops.
+    for (int n = 0; rc > 0 && n < 1024 && !stopping_; ++n) {
+      const auto now = Clock::now();
       // [routing id, payload]: the ROUTER puts the connection's id first; the last frame is the
       // msgpack map.
       std::string peer, payload;
@@ -209,7 +212,7 @@ void ProxyServer::registration_loop() {
       if (frames == 0) break;
       handle_registration(peer, payload, now);
     }
-    counters_->evictions += table_.evict(now, ms(config_.evict_after_s)).size();
+    counters_->evictions += table_.evict(Clock::now(), ms(config_.evict_after_s)).size();
   }
 }
 

@@ -136,6 +136,9 @@ std::variant<std::vector<std::vector<int>>, ApiError> OpenAiServer::prompts_of(c
 // coroutine so that no complex temporaries live across a co_await (g++ 12 destroys some twice).
 std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Request& req, Endpoint endpoint,
                                                                    std::shared_ptr<Channel> chan) {
+  // A caller without the key gets nothing done on its behalf, not even a release of the KV its
+  // kv_transfer_params name (those would reach whatever agent it names).
+  if (!authorized(req)) return api_error(401, "invalid or missing API key", "", "authentication_error");
   // Every return before the request is handed over (to the engine, or to the connector) is a
   // refusal: a decode request refused so must still let the prefill free the blocks it holds
   // for it (else they wait for kv_timeout_s).
@@ -147,7 +150,6 @@ std::variant<OpenAiServer::Started, ApiError> OpenAiServer::start(const http::Re
       if (!handed_over) server->release_refused(req);
     }
   } on_refusal{this, req};
-  if (!authorized(req)) return api_error(401, "invalid or missing API key", "", "authentication_error");
   auto parsed = openai::parse_request(req.body(), endpoint);
   if (auto* e = std::get_if<ApiError>(&parsed)) return *e;
   Started st;

@@ -14,16 +14,18 @@ against a real P/D fleet on 127.0.0.1, and fails if the attack succeeds:
 
 usage: xfer_security_test.py --bin-dir build/apps --models ../shared/models
 """
+import http.client
 import json
 import os
 import resource
 import socket
 import struct
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pd_test import Fleet, post  # noqa: E402
+from pd_test import Fleet, post, start_instance  # noqa: E402
 from server_util import metric, run_tests, wait_until  # noqa: E402
 
 TESTS = []
@@ -249,6 +251,61 @@ def test_connections_that_never_say_hello_are_bounded(ctx):
         completion(fleet, "still serving after the flood")
         assert metric(fleet.decodes[0].url, "baton:kv_transfers_total") == before + 1
         fleet.assert_no_leaks()
+
+
+def post_with_key(url, path, body, key):
+    host, port = url.replace("http://", "").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = "Bearer " + key
+    conn.request("POST", path, body=json.dumps(body), headers=headers)
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    return r.status
+
+
+@test
+def test_an_unauthenticated_request_makes_a_decode_reach_nothing(ctx):
+    """kv_transfer_params name the agent a decode connects to: a caller without the API key
+    must not make it connect anywhere (not even to release the prefill's blocks)."""
+    model = os.path.join(ctx["models"], "tiny-qwen3")
+    with Fleet(ctx["bin"], model) as fleet:
+        p = prefill_params(fleet, "bait for the decode")
+        release(p)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(1.5)
+        p["remote_ranks"][0]["agent"]["port"] = listener.getsockname()[1]
+        decode = start_instance(ctx["bin"], model, "kv_consumer", fleet.proxy.ping_port, extra=("--api-key", "k"))
+        try:
+            body = {"prompt": "bait for the decode", "max_tokens": 2, "temperature": 0, "kv_transfer_params": p}
+            assert post_with_key(decode.url, "/v1/completions", body, None) == 401
+            try:
+                listener.accept()[0].close()
+                raise AssertionError("the decode connected to the agent an unauthenticated caller named")
+            except socket.timeout:
+                pass
+            # With the key the decode does go there (so the check above can fail): it connects,
+            # finds no agent, and computes the prompt itself.
+            status = []
+            t = threading.Thread(target=lambda: status.append(post_with_key(decode.url, "/v1/completions", body, "k")))
+            t.start()
+            listener.settimeout(0.2)
+            reached, deadline = 0, time.time() + 60
+            while t.is_alive() and time.time() < deadline:
+                try:
+                    listener.accept()[0].close()  # (the read, then the release: both find no agent)
+                    reached += 1
+                except socket.timeout:
+                    pass
+            t.join(1)
+            assert reached >= 1 and status == [200], (reached, status)
+        finally:
+            decode.stop()
+            listener.close()
 
 
 @test

@@ -114,7 +114,35 @@ TEST(InstanceTableTest, MalformedMessagesAreErrors) {
   EXPECT_FALSE(t.update(registration("nohost"), "p", false, now).ok());
   EXPECT_FALSE(t.update(registration("h:99999"), "p", false, now).ok());
   EXPECT_FALSE(t.update(registration("h:80", "X"), "p", false, now).ok());
+  // An address is logged and listed: no control bytes (forged log lines), no spaces, no essays.
+  EXPECT_FALSE(t.update(registration("h\nW forged line:80"), "p", false, now).ok());
+  EXPECT_FALSE(t.update(registration("h\x01:80"), "p", false, now).ok());
+  EXPECT_FALSE(t.update(registration(std::string(300, 'h') + ":80"), "p", false, now).ok());
   EXPECT_TRUE(t.snapshot().empty());
+}
+
+// A table entry keeps the fields instances send, each small; the rest of a sender's message
+// (megabytes once parsed, at 64 KiB of msgpack) is not kept, and routing copies none of it.
+TEST(InstanceTableTest, EntriesKeepOnlyTheKnownSmallFields) {
+  InstanceTable t;
+  Json m = registration("10.0.0.1:8000");
+  m["model"] = "tiny";
+  m["tp_size"] = 2;
+  m["kv_layout"] = {{"dtype", "fp8"}};
+  m["padding"] = Json::array();
+  for (int i = 0; i < 1000; ++i) m["padding"].push_back(Json::object());
+  m["engine_id"] = std::string(10000, 'e');
+  ASSERT_TRUE(t.update(m, "p", false, Clock::now()).ok());
+  const Json info = t.snapshot()[0].info;
+  EXPECT_EQ(info.value("model", ""), "tiny");
+  EXPECT_EQ(info.value("tp_size", 0), 2);
+  EXPECT_TRUE(info.contains("kv_layout"));
+  EXPECT_FALSE(info.contains("padding"));
+  EXPECT_FALSE(info.contains("engine_id")) << "a 10,000-byte string";
+  auto routed = t.acquire('D', {}, 1);
+  ASSERT_TRUE(routed);
+  EXPECT_EQ(routed->id, "10.0.0.1:8000");
+  EXPECT_TRUE(routed->info.is_null());
 }
 
 TEST(InstanceTableTest, InfoNeverShowsTheToken) {
