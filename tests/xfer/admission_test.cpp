@@ -281,9 +281,11 @@ TEST(AdmissionTest, SilentConnectionsAreBoundedAndCostNoThread) {
   }
   EXPECT_LT(std::chrono::steady_clock::now(), deadline);
   EXPECT_EQ(closed, fds.size());
+  // Every silent one went by one of the two ways (how many each depends on the scheduler: under
+  // a sanitizer the 300 connects outlast the hello deadline), the reader by admission.
   const Agent::AdmissionStats st = owner->admission_stats();
-  EXPECT_GE(st.overflowed, 300u - Agent::kMaxUnauthenticated);
-  EXPECT_EQ(st.overflowed + st.timed_out + st.admitted, 301u);
+  EXPECT_EQ(st.admitted, 1u);
+  EXPECT_EQ(st.overflowed + st.timed_out, 300u);
 }
 
 TEST(AdmissionTest, AHelloTooLargeOrOfAnotherTypeIsDropped) {
@@ -306,32 +308,46 @@ TEST(AdmissionTest, AHelloTooLargeOrOfAnotherTypeIsDropped) {
 
 // Out of file descriptors, accept() fails until one is freed; the loop must wait, not spin.
 TEST(AdmissionTest, OutOfFileDescriptorsTheAcceptLoopBacksOff) {
-  auto owner = make_agent("owner");
-  const int port = owner->describe().port;
+  Agent::Config c;
+  c.name = "owner";
+  c.transports = {"tcp"};
+  c.hello_timeout = 30s;  // nothing the agent holds is freed while the test runs
+  auto owner = Agent::create(c);
+  ASSERT_TRUE(owner.ok()) << owner.error();
+  const int port = (*owner)->describe().port;
   rlimit old{};
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
   std::vector<int> fds;
   {
-    // This process's descriptors run out: the test's own sockets take the last ones, so the
-    // agent cannot accept the connections they made.
-    rlimit low = old;
+    // This process's descriptors run out: the test takes every one left, then gives one back
+    // for a connection, which the agent then cannot accept until the limit is raised again.
+    struct Restore {
+      rlimit limit;
+      ~Restore() { setrlimit(RLIMIT_NOFILE, &limit); }
+    } restore{old};
     const int lowest_free = ::dup(0);
     ASSERT_GE(lowest_free, 0);
     ::close(lowest_free);
-    low.rlim_cur = static_cast<rlim_t>(lowest_free) + 40;
+    rlimit low = old;
+    low.rlim_cur = static_cast<rlim_t>(lowest_free) + 16;
     ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
-    for (int fd; (fd = raw_connect(port)) >= 0;) fds.push_back(fd);
+    for (int fd; (fd = ::dup(0)) >= 0;) fds.push_back(fd);
+    ASSERT_FALSE(fds.empty());
+    ::close(fds.back());
+    fds.pop_back();
+    const int pending = raw_connect(port);
+    ASSERT_GE(pending, 0) << std::strerror(errno);
+    fds.push_back(pending);
     std::this_thread::sleep_for(1500ms);
-    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
   }
-  const uint64_t errors = owner->admission_stats().accept_errors;
+  const uint64_t errors = (*owner)->admission_stats().accept_errors;
   for (int fd : fds) ::close(fd);
   EXPECT_GE(errors, 1u) << "accept never ran out of descriptors: nothing was checked";
   EXPECT_LE(errors, 15u) << "the accept loop retried without backing off";
-  // Descriptors back: it accepts again (a trusted peer of a token agent would be admitted; here
-  // a capability-less hello is refused, which also proves the connection was taken).
+  // Descriptors back: it accepts again (a capability-less hello is refused, which also proves
+  // the connection was taken).
   auto reader = make_agent("reader");
-  auto s = reader->connect(owner->describe());
+  auto s = reader->connect((*owner)->describe());
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.error().find("no live capability"), std::string::npos) << s.error();
 }
