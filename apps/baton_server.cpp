@@ -55,8 +55,8 @@ void warn_about_exposure(const Options& o, const baton::KvTransferConfig& kv) {
     log::warn(
         "no \"token\" in --kv-transfer-config: the proxy accepts this instance's registration from anyone "
         "on the network, and the KV transfer plane relies on per-transfer capabilities alone (over TCP a peer "
-        "reads only blocks it was handed; over UCX or cuda_ipc, the KV region they are in). Set the same token on the proxy (--token) and every instance, and keep "
-        "the transfer ports on an isolated network");
+        "reads only blocks it was handed; over UCX or cuda_ipc, the KV region they are in). Set the same "
+        "token on the proxy (--token) and every instance, and keep the transfer ports on an isolated network");
   if (o.api_key.empty() && !is_loopback(o.host))
     log::warn("no --api-key while listening on ", o.host,
               ": anyone who reaches this server may send requests and read /metrics; set --api-key (and "
@@ -214,25 +214,22 @@ baton::Status run(int argc, char** argv) {
                 [c] { return double(c->stats().released_by_timeout); }, true);
     // The transfer plane's door: peers refused at the handshake (no live capability or token,
     // bad hello), silent ones closed, and accepts that failed (out of file descriptors).
-    auto admission = [&agents](uint64_t xfer::Agent::AdmissionStats::*field) {
-      return [&agents, field] {
+    using Admission = xfer::Agent::AdmissionStats;
+    auto summed = [&agents](uint64_t (*pick)(const Admission&)) {  // over every rank's agent
+      return [&agents, pick] {
         uint64_t n = 0;
-        for (const auto& a : agents) n += a->admission_stats().*field;
+        for (const auto& a : agents) n += pick(a->admission_stats());
         return double(n);
       };
     };
     m.add_gauge("baton:kv_peers_admitted_total", "Transfer-plane peers admitted (capability or token).",
-                admission(&xfer::Agent::AdmissionStats::admitted), true);
+                summed([](const Admission& s) { return s.admitted; }), true);
     m.add_gauge("baton:kv_peers_refused_total", "Transfer-plane hellos refused (no live capability or token).",
-                admission(&xfer::Agent::AdmissionStats::refused), true);
+                summed([](const Admission& s) { return s.refused; }), true);
     m.add_gauge("baton:kv_peers_dropped_total", "Transfer-plane connections closed before a hello.",
-                [&agents] {
-                  uint64_t n = 0;
-                  for (const auto& a : agents) n += a->admission_stats().timed_out + a->admission_stats().overflowed;
-                  return double(n);
-                }, true);
+                summed([](const Admission& s) { return s.timed_out + s.overflowed; }), true);
     m.add_gauge("baton:kv_accept_errors_total", "Transfer-plane accepts that failed (out of file descriptors).",
-                admission(&xfer::Agent::AdmissionStats::accept_errors), true);
+                summed([](const Admission& s) { return s.accept_errors; }), true);
   }
 
   http::ServerConfig hc;

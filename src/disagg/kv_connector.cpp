@@ -150,8 +150,8 @@ Json KvConnector::on_prefill_finished(const RequestOutput& out, int num_prompt_t
   {
     std::lock_guard lock(mutex_);
     transfer_id = engine_id_ + "-" + std::to_string(next_transfer_++);
-    const auto deadline =
-        Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(kv_timeout_s_));
+    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(kv_timeout_s_));
     held_[transfer_id] = Held{out.seq_id, deadline, capability};
   }
   cv_.notify_all();
@@ -219,8 +219,7 @@ void KvConnector::reaper_loop() {
     auto next = Clock::now() + std::chrono::seconds(1);
     for (auto it = held_.begin(); it != held_.end();) {
       if (it->second.deadline <= Clock::now()) {
-        log::warn("KV connector: transfer ", it->first, " was not read within ", kv_timeout_s_,
-                  " s; freeing its blocks");
+        log::warn("KV connector: transfer ", it->first, " was not read within ", kv_timeout_s_, " s; freeing its blocks");
         ++stats_.released_by_timeout;
         release_locked(it++);
       } else {

@@ -7,24 +7,10 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include <random>
-
 #include "common/log.h"
+#include "xfer/types.h"
 
 namespace baton {
-
-namespace {
-
-// 16 random bytes; libzmq reserves ids that begin with a zero byte for its own.
-std::string random_routing_id() {
-  std::random_device rd;
-  std::string id(16, '\0');
-  for (char& c : id) c = static_cast<char>(rd());
-  if (id[0] == '\0') id[0] = 1;
-  return id;
-}
-
-}  // namespace
 
 Result<std::unique_ptr<Registrar>> Registrar::start(const std::string& endpoint, Json message,
                                                     std::chrono::milliseconds interval) {
@@ -39,7 +25,8 @@ Result<std::unique_ptr<Registrar>> Registrar::start(const std::string& endpoint,
   // The proxy honours heartbeats and the goodbye for our address only from the connection that
   // registered it (proxy/instance_table.h). A routing id of our own, random and kept across
   // reconnects, keeps that binding through a dropped connection; the ROUTER's ids would change.
-  const std::string routing_id = random_routing_id();
+  // (128 random bits in hex: never the leading zero byte libzmq reserves for its own ids.)
+  const std::string routing_id = xfer::new_capability();
   zmq_setsockopt(r->socket_, ZMQ_ROUTING_ID, routing_id.data(), routing_id.size());
   if (zmq_connect(r->socket_, endpoint.c_str()) != 0)
     return make_error("registration: cannot connect to proxy ", endpoint, ": ", zmq_strerror(zmq_errno()));

@@ -399,9 +399,13 @@ void OpenAiServer::install(http::Server& server) {
       err = api_error(400, "this server is not a kv_producer");
     } else {
       auto j = parse_json(req.body(), "request body");
-      auto field = [&](const char* key) { return j.ok() && j->is_object() && j->contains(key) && (*j)[key].is_string(); };
+      auto field = [&](const char* key) {
+        return j.ok() && j->is_object() && j->contains(key) && (*j)[key].is_string();
+      };
       if (!field("transfer_id") || !field("capability")) {
-        err = api_error(400, "expected {\"transfer_id\": \"...\", \"capability\": \"...\"} (the transfer's remote_capability)",
+        err = api_error(400,
+                        "expected {\"transfer_id\": \"...\", \"capability\": \"...\"} (the transfer's "
+                        "remote_capability)",
                         field("transfer_id") ? "capability" : "transfer_id");
       } else {
         const bool released = connector_->release_transfer((*j)["transfer_id"].get<std::string>(),

@@ -410,9 +410,14 @@ void Agent::revoke(const std::string& capability) {
   grants_.erase(capability);
 }
 
-size_t Agent::grants() const {
+bool Agent::live(const std::string& capability) const {
   std::lock_guard lock(grants_mutex_);
-  return grants_.size();
+  return grants_.count(capability) > 0;
+}
+
+void Agent::tally(uint64_t AdmissionStats::*event) {
+  std::lock_guard lock(stats_mutex_);
+  ++(admission_.*event);
 }
 
 Agent::AdmissionStats Agent::admission_stats() const {
@@ -504,9 +509,13 @@ void Agent::accept_loop() {
   // coming (a descriptor freed now and then lets one accept through, which ends nothing).
   Clock::time_point accept_again{}, last_error{};
   milliseconds backoff(10);
-  auto count = [this](uint64_t AdmissionStats::*field) {
-    std::lock_guard lock(stats_mutex_);
-    ++(admission_.*field);
+  // A hello that receive() finished (1) or gave up on (-1) is admitted or refused.
+  auto conclude = [this](Hello& h, int got) {
+    if (got > 0) {
+      admit(std::move(h.socket), h.payload());
+    } else {
+      tally(&AdmissionStats::refused);
+    }
   };
   for (;;) {
     auto now = Clock::now();
@@ -515,7 +524,7 @@ void Agent::accept_loop() {
         ++it;
         continue;
       }
-      count(&AdmissionStats::timed_out);
+      tally(&AdmissionStats::timed_out);
       it = waiting.erase(it);
     }
     const bool accepting = now >= accept_again;
@@ -541,11 +550,7 @@ void Agent::accept_loop() {
       if (got == 0) continue;
       Hello h = std::move(waiting[i]);
       waiting.erase(waiting.begin() + static_cast<std::ptrdiff_t>(i));
-      if (got > 0) {
-        admit(std::move(h.socket), h.payload());
-      } else {
-        count(&AdmissionStats::refused);
-      }
+      conclude(h, got);
     }
     if (!(fds[1].revents & POLLIN)) continue;
     for (;;) {
@@ -553,7 +558,7 @@ void Agent::accept_loop() {
       if (!s.ok()) {
         // EMFILE and the like: the connection stays queued, and accepting again at once would
         // spin. Back off while it lasts, logging at most once a second.
-        count(&AdmissionStats::accept_errors);
+        tally(&AdmissionStats::accept_errors);
         const auto at = Clock::now();
         backoff =
             at - last_error < std::chrono::seconds(1) ? std::min(backoff * 2, milliseconds(1000)) : milliseconds(10);
@@ -567,11 +572,7 @@ void Agent::accept_loop() {
       // A peer of ours sends its hello as soon as it connects: it is often here already.
       Hello fresh{std::move(*s), Clock::now() + config_.hello_timeout, {}};
       if (const int got = fresh.receive(); got != 0) {
-        if (got > 0) {
-          admit(std::move(fresh.socket), fresh.payload());
-        } else {
-          count(&AdmissionStats::refused);
-        }
+        conclude(fresh, got);
         continue;
       }
       if (waiting.size() >= kMaxUnauthenticated) {
@@ -582,7 +583,7 @@ void Agent::accept_loop() {
         if (oldest.receive() > 0) {
           admit(std::move(oldest.socket), oldest.payload());
         } else {
-          count(&AdmissionStats::overflowed);
+          tally(&AdmissionStats::overflowed);
           g_refusal_log.warn("transfer agent ", config_.name, ": ", kMaxUnauthenticated,
                              " connections are waiting for their hello; closing the oldest");
         }
@@ -595,10 +596,7 @@ void Agent::accept_loop() {
 void Agent::admit(Socket socket, const std::string& payload) {
   std::string peer = "?";
   auto refuse = [&](const std::string& why) {
-    {
-      std::lock_guard lock(stats_mutex_);
-      ++admission_.refused;
-    }
+    tally(&AdmissionStats::refused);
     g_refusal_log.warn("transfer agent ", config_.name, ": refusing peer ", peer, ": ", why);
     (void)send_frame(socket, MsgType::kRefused, 0, why);  // non-blocking: a small frame, best effort
   };
@@ -616,11 +614,8 @@ void Agent::admit(Socket socket, const std::string& payload) {
                   std::to_string(kProtocolVersion) + ")");
   const bool trusted = !config_.token.empty() && secrets_equal(*token, config_.token);
   if (!config_.token.empty() && !trusted) return refuse("wrong or missing deployment token");
-  if (!trusted) {
-    std::lock_guard lock(grants_mutex_);
-    if (capability->empty() || !grants_.count(*capability))
-      return refuse("no live capability (a transfer's capability or the deployment token is required)");
-  }
+  if (!trusted && (capability->empty() || !live(*capability)))
+    return refuse("no live capability (a transfer's capability or the deployment token is required)");
   if (!socket.set_nonblocking(false).ok()) return;
   std::lock_guard lock(serve_mutex_);
   if (stopping_) return;
@@ -652,8 +647,7 @@ void Agent::admit(Socket socket, const std::string& payload) {
     return refuse(std::string("cannot serve another session: ") + e.what());
   }
   served_.push_back(std::move(conn));
-  std::lock_guard stats(stats_mutex_);
-  ++admission_.admitted;
+  tally(&AdmissionStats::admitted);
 }
 
 // One peer's control connection, served in order: requests on it complete in the order sent.
@@ -689,10 +683,9 @@ void Agent::serve(Served& conn) {
       pollfd p{socket.fd(), POLLIN, 0};
       const int ready = ::poll(&p, 1, static_cast<int>(config_.capability_session_idle.count()));
       if (ready == 0) {
-        bool live = false;
-        std::lock_guard lock(grants_mutex_);
-        for (const std::string& c : conn.capabilities) live = live || grants_.count(c);
-        if (!live) break;
+        if (std::none_of(conn.capabilities.begin(), conn.capabilities.end(),
+                         [&](const std::string& c) { return live(c); }))
+          break;
         continue;
       }
     }
@@ -761,20 +754,13 @@ void Agent::serve(Served& conn) {
       auto capability = recv_payload(socket, *h);
       if (!capability.ok()) break;
       if (!conn.trusted) {
-        bool live = false;
-        {
-          std::lock_guard lock(grants_mutex_);
-          live = grants_.count(*capability) > 0;
-        }
+        const bool presented_live = live(*capability);
         std::lock_guard lock(conn.send_mutex);
-        std::erase_if(conn.capabilities, [&](const std::string& c) {
-          std::lock_guard g(grants_mutex_);
-          return !grants_.count(c);  // revoked since: forgotten
-        });
-        if (live &&
+        std::erase_if(conn.capabilities, [&](const std::string& c) { return !live(c); });  // revoked: forgotten
+        if (presented_live &&
             std::find(conn.capabilities.begin(), conn.capabilities.end(), *capability) == conn.capabilities.end())
           conn.capabilities.push_back(std::move(*capability));
-        if (!live)
+        if (!presented_live)
           g_refusal_log.warn("transfer agent ", config_.name, ": peer ", peer, " presented no live capability");
       }
       if (!send_locked(MsgType::kRegions, 0, regions_json(conn).dump()).ok()) break;
@@ -827,8 +813,7 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer, const std
   if (!capability.empty()) session->presented_.push_back(capability);
   session->peer_writable_ =
       welcome.contains("writable") && welcome["writable"].is_boolean() && welcome["writable"].get<bool>();
-  if (rma_ && rma_degraded_)
-    log::warn("session to ", peer.name, ": UCX degraded by an earlier peer failure; using TCP");
+  if (rma_ && rma_degraded_) log::warn("session to ", peer.name, ": UCX degraded by an earlier peer failure; using TCP");
   if (rma_ && !rma_degraded_ && welcome.contains(rma_->name()) && welcome[rma_->name()].is_string()) {
     auto ep = rma_->connect(welcome[rma_->name()].get<std::string>());
     if (ep.ok()) {
@@ -963,9 +948,7 @@ Status Session::authorize(const std::string& capability, uint64_t region) {
   return {};
 }
 
-Result<TransferId> Session::read(const std::vector<TransferOp>& ops) {
-  return start(ops, true);
-}
+Result<TransferId> Session::read(const std::vector<TransferOp>& ops) { return start(ops, true); }
 Result<TransferId> Session::write(const std::vector<TransferOp>& ops) {
   if (!peer_writable_) return make_error("peer ", peer_, " takes no writes from this agent");
   return start(ops, false);

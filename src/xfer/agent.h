@@ -234,7 +234,6 @@ class Agent {
   // of this agent's regions, until revoke(). Granting the same capability again adds ranges.
   void grant(const std::string& capability, const std::vector<GrantRange>& ranges);
   void revoke(const std::string& capability);
-  size_t grants() const;
 
   // Connections waiting for their hello at most; a new one closes the oldest.
   static constexpr size_t kMaxUnauthenticated = 64;
@@ -288,6 +287,8 @@ class Agent {
   Json regions_json(const Served& conn) const;
   // Whether `conn` may read [offset, offset+len) of region.
   bool granted(const Served& conn, uint64_t region, uint64_t offset, uint64_t len) const;
+  bool live(const std::string& capability) const;  // granted and not revoked
+  void tally(uint64_t AdmissionStats::*event);     // counts one admission event
   // Validates [offset, offset+len) of a region; returns its memory (and, if asked, its kind) or
   // an error.
   Result<std::byte*> locate(uint64_t region, uint64_t offset, uint64_t len, MemoryKind* kind = nullptr) const;

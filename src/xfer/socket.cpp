@@ -101,18 +101,6 @@ Result<Socket> Socket::connect(const std::string& host, int port, std::chrono::m
   return s;
 }
 
-Socket Socket::accept() {
-  for (;;) {
-    int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd >= 0) {
-      tune(fd);
-      return Socket(fd);
-    }
-    if (errno == EINTR || errno == ECONNABORTED) continue;
-    return Socket();
-  }
-}
-
 Result<Socket> Socket::accept_nonblocking() {
   for (;;) {
     const int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);

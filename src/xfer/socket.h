@@ -33,8 +33,6 @@ class Socket {
 
   static Result<Socket> listen(const std::string& host, int port, int* bound_port);
   static Result<Socket> connect(const std::string& host, int port, std::chrono::milliseconds timeout);
-  // Accepts one connection; an invalid Socket when the listener was shut down.
-  Socket accept();
   // On a non-blocking listener: a waiting connection (itself non-blocking), an invalid Socket
   // when none waits, or the error (EMFILE, ENFILE, ...; the connection stays queued).
   Result<Socket> accept_nonblocking();

@@ -16,14 +16,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import traceback
 
 import openai
 from transformers import AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(__file__))
-from server_util import metric, start_server, wait_until  # noqa: E402
+from server_util import metric, run_each, start_server, wait_until  # noqa: E402
 
 TESTS = []
 
@@ -261,22 +259,13 @@ def main():
     server = start_server(a.bin_dir, model)
     ctx = {"bin": a.bin_dir, "model": model, "port": server.port, "url": server.url,
            "client": openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)}
-    passed = failed = 0
+    def healthy():
+        if not server.alive():
+            print("server died:\n" + "".join(server.stderr_lines[-30:]))
+        return server.alive()
+
     try:
-        for t in TESTS:
-            t0 = time.time()
-            try:
-                t(ctx)
-                passed += 1
-                print(f"PASS {t.__name__} ({time.time() - t0:.1f} s)", flush=True)
-            except Exception:
-                failed += 1
-                print(f"FAIL {t.__name__}")
-                traceback.print_exc()
-            if not server.alive():
-                print("server died:\n" + "".join(server.stderr_lines[-30:]))
-                failed += 1
-                break
+        passed, failed = run_each(TESTS, ctx, healthy=healthy)
     finally:
         rc = server.stop()
     if rc not in (0, None):

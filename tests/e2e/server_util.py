@@ -93,19 +93,13 @@ def wait_until(cond, timeout=30, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def run_tests(tests):
-    """The main() of a test file whose tests each take ctx {"bin", "models"}: runs them in order
-    (--only NAME picks those whose name contains NAME), prints PASS/FAIL lines and the closing
-    'N passed, N failed' line, and returns the exit status."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin-dir", required=True)
-    ap.add_argument("--models", required=True)
-    ap.add_argument("--only", default="")
-    a = ap.parse_args()
-    ctx = {"bin": a.bin_dir, "models": a.models}
+def run_each(tests, ctx, only="", healthy=None):
+    """Runs each test on ctx in order (only: those whose name contains it), printing a PASS or
+    FAIL line for each; stops, counting one more failure, once healthy() says the thing under
+    test is gone. Returns (passed, failed)."""
     passed = failed = 0
     for t in tests:
-        if a.only and a.only not in t.__name__:
+        if only and only not in t.__name__:
             continue
         t0 = time.time()
         try:
@@ -116,5 +110,21 @@ def run_tests(tests):
             failed += 1
             print(f"FAIL {t.__name__}", flush=True)
             traceback.print_exc()
+        if healthy and not healthy():
+            failed += 1
+            break
+    return passed, failed
+
+
+def run_tests(tests):
+    """The main() of a test file whose tests each take ctx {"bin", "models"}: runs them (--only
+    NAME picks those whose name contains NAME), prints the closing 'N passed, N failed' line, and
+    returns the exit status."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin-dir", required=True)
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--only", default="")
+    a = ap.parse_args()
+    passed, failed = run_each(tests, {"bin": a.bin_dir, "models": a.models}, a.only)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
