@@ -1,8 +1,9 @@
 // baton-bench: measurements.
-//   baton-bench xfer [--transport ucx|tcp] [--sizes 4096,...] [--batches 1,16,...] [--json FILE]
+//   baton-bench xfer [--transport auto|ucx|cuda_ipc|tcp] [--cuda] [--sizes 4096,...] [--batches 1,16,...]
+//                    [--kv-tokens 1024,8192 --kv-dtype fp8|bf16] [--json FILE]
 //     Bandwidth and latency of transfer-engine reads between two processes on this host: this
-//     process forks a peer that registers host memory, then reads batches of non-adjacent ranges
-//     from it. Prints a table and, with --json, writes the rows.
+//     process forks a peer that registers host (or GPU) memory, then reads batches of non-adjacent
+//     ranges from it, or one request's KV blocks. Prints a table and, with --json, writes the rows.
 //   baton-bench model --model DIR [--device cuda] ...   (apps/bench_model.cpp)
 //     Prefill, decode and generation speed of a model against the device's copy and GEMM rates.
 //   baton-bench serve --base-url URL ... / baton-bench report FILES   (apps/bench_serve.cpp)
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <vector>
@@ -71,23 +73,34 @@ Result<std::pair<int, double>> time_repeated(double seconds, F once) {
 }
 
 Status xfer_bench(int argc, char** argv) {
-  std::string transport = "ucx", sizes_s = "4096,16384,65536,262144,1048576,4194304,16777216,67108864",
+  std::string transport = "auto", kv_tokens_s, kv_dtype = "fp8", sizes_s = "4096,16384,65536,262144,1048576,4194304,16777216,67108864",
               batches_s = "1,16,128,1024", json_path;
   size_t region_bytes = size_t{1} << 30;
   double seconds = 0.5;
   bool shared = false, small_pages = false, memcpy_baseline = false;
   bool cuda = false;
   int owner_gpu = 0, reader_gpu = 0;
+  int kv_layers = 32, kv_heads = 8, head_dim = 128, block_tokens = 16;  // Llama-3.1-8B's KV
   ArgParser args("baton-bench xfer", "Transfer engine read bandwidth and latency between two local processes.");
-  args.add({"--transport"}, &transport, "ucx or tcp");
+  args.add({"--transport"}, &transport,
+           "auto (UCX, cuda_ipc for GPU memory on one host, TCP where neither serves), ucx (UCX alone, GPU memory "
+           "too), cuda_ipc (GPU memory; host memory over TCP) or tcp (GPU memory staged through host buffers)");
+  args.add({"--kv-tokens"}, &kv_tokens_s,
+           "instead of --sizes/--batches: read one request's KV of each of these token counts, as a decode does, "
+           "from a pool laid out as the backends lay it out (per layer [blocks][K,V][heads][block][head_dim]); "
+           "contiguous blocks (one get per layer) and every other block (one get per block)");
+  args.add({"--kv-layers"}, &kv_layers, "--kv-tokens: layers");
+  args.add({"--kv-heads"}, &kv_heads, "--kv-tokens: KV heads");
+  args.add({"--head-dim"}, &head_dim, "--kv-tokens: head dimension");
+  args.add({"--block-tokens"}, &block_tokens, "--kv-tokens: tokens per KV block");
+  args.add({"--kv-dtype"}, &kv_dtype, "--kv-tokens: fp8 or bf16");
   args.add({"--sizes"}, &sizes_s, "range sizes in bytes");
   args.add({"--batches"}, &batches_s, "ranges per batch");
   args.add({"--region-bytes"}, &region_bytes, "bytes the peer registers");
   args.add({"--seconds"}, &seconds, "time per measurement");
   args.add({"--json"}, &json_path, "write results here");
   args.add_flag({"--cuda"}, &cuda,
-                "GPU memory on both sides (cuda_ipc; with --transport tcp, staged through host memory over TCP as "
-                "between hosts), with an in-process cudaMemcpy baseline");
+                "GPU memory on both sides (moved as --transport says), with an in-process cudaMemcpy baseline");
   args.add({"--owner-gpu"}, &owner_gpu, "--cuda: the GPU of the peer's (owner's) memory");
   args.add({"--reader-gpu"}, &reader_gpu, "--cuda: the GPU of this (reading) process's memory");
   args.add_flag({"--shared"}, &shared, "regions from Agent::allocate_memory (UCX shared memory), as a KV pool uses");
@@ -98,9 +111,20 @@ Status xfer_bench(int argc, char** argv) {
                 "registered host regions on 4 KiB pages (default: transparent huge pages asked for, as numpy does)");
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
   if (args.help_requested()) return {};
-  if (transport != "ucx" && transport != "tcp") return make_error("--transport must be ucx or tcp");
-  const auto transports =
-      transport == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "cuda_ipc", "tcp"};
+  const std::map<std::string, std::vector<std::string>> transport_sets = {
+      {"auto", {"ucx", "cuda_ipc", "tcp"}}, {"ucx", {"ucx"}}, {"cuda_ipc", {"cuda_ipc", "tcp"}}, {"tcp", {"tcp"}}};
+  if (!transport_sets.count(transport)) return make_error("--transport must be auto, ucx, cuda_ipc or tcp");
+  const std::vector<std::string>& transports = transport_sets.at(transport);
+  if (kv_dtype != "fp8" && kv_dtype != "bf16") return make_error("--kv-dtype must be fp8 or bf16");
+  BATON_ASSIGN_OR_RETURN(auto kv_tokens, parse_uint_list(kv_tokens_s.empty() ? "0" : kv_tokens_s, "--kv-tokens"));
+  if (kv_tokens_s.empty()) kv_tokens.clear();
+  // One block of one layer (K and V), and the pool that holds twice the largest request's blocks
+  // (room for every other block).
+  const uint64_t kv_block_bytes =
+      uint64_t{2} * kv_heads * block_tokens * head_dim * (kv_dtype == "fp8" ? 1 : 2);
+  uint64_t kv_pool_blocks = 0;
+  for (uint64_t t : kv_tokens) kv_pool_blocks = std::max<uint64_t>(kv_pool_blocks, 2 * ((t + block_tokens - 1) / block_tokens));
+  if (!kv_tokens.empty()) region_bytes = kv_pool_blocks * kv_block_bytes * kv_layers;
 
   // The two processes are one deployment: a token of their own admits the reader to every
   // region, as in a fleet with a deployment token.
@@ -191,11 +215,67 @@ Status xfer_bench(int argc, char** argv) {
   BATON_ASSIGN_OR_RETURN(auto session, agent->connect(peer_agent));
 
   Json rows = Json::array();
-  // GPU memory moves by cuda_ipc, or with --transport tcp staged through host buffers over TCP.
-  const std::string moved_by = !cuda ? session->transport() : transport == "tcp" ? "tcp (staged)" : "cuda_ipc";
-  std::printf("transport: %s%s\n| size | batch | GB/s | us/batch | batches |\n|---|---|---|---|---|\n",
-              moved_by.c_str(), shared ? " (shared regions)" : "");
+  // GPU memory moves by cuda_ipc on one host unless --transport says otherwise.
+  const std::string moved_by = !cuda                 ? session->transport()
+                               : transport == "tcp"  ? "tcp (staged)"
+                               : transport == "ucx"  ? "ucx"
+                                                     : "cuda_ipc";
+  const char* tls = std::getenv("UCX_TLS");
+  std::printf("transport: %s%s%s%s\n", moved_by.c_str(), shared ? " (shared regions)" : "",
+              tls && moved_by == "ucx" ? ", UCX_TLS=" : "", tls && moved_by == "ucx" ? tls : "");
+  if (!kv_tokens.empty()) {
+    std::printf("| tokens | KV dtype | blocks | gets | bytes/get | MB | ms/request | GB/s | requests | %s |\n"
+                "|---|---|---|---|---|---|---|---|---|---|\n",
+                cuda ? "ratio to one in-process d2d copy of the bytes" : "");
+    for (uint64_t tokens : kv_tokens) {
+      const uint64_t blocks = (tokens + block_tokens - 1) / block_tokens;
+      for (uint64_t stride : {1, 2}) {  // contiguous blocks, every other block
+        std::vector<xfer::TransferOp> ops;
+        const uint64_t layer_bytes = kv_pool_blocks * kv_block_bytes;
+        for (int l = 0; l < kv_layers; ++l)
+          for (uint64_t b = 0; b < blocks; ++b) {
+            const uint64_t at = l * layer_bytes + stride * b * kv_block_bytes;
+            ops.push_back({mine.region, at, peer_region.region, at, kv_block_bytes});
+          }
+        const size_t gets = xfer::coalesce(ops).size();
+        auto run_once = [&]() -> Status {
+          BATON_ASSIGN_OR_RETURN(xfer::TransferId id, session->read(ops));
+          return session->wait(id);
+        };
+        BATON_ASSIGN_OR_RETURN(auto timed, time_repeated(seconds, run_once));
+        const auto [n, elapsed] = timed;
+        const uint64_t bytes = blocks * kv_block_bytes * kv_layers;
+        const double gbps = static_cast<double>(bytes) * n / elapsed / 1e9, ms = elapsed / n * 1e3;
+        // The device-to-device copy rate: one cudaMemcpy of the request's bytes on this GPU.
+        double d2d = 0;
+#if BATON_HAS_CUDA
+        if (cuda) {
+          auto copy_once = [&] {
+            cudaMemcpyAsync(static_cast<char*>(local_gpu) + region_bytes / 2, local_gpu, std::min(bytes, region_bytes / 2),
+                            cudaMemcpyDeviceToDevice, nullptr);
+            cudaStreamSynchronize(nullptr);
+            return Status{};
+          };
+          BATON_ASSIGN_OR_RETURN(auto copies, time_repeated(seconds, copy_once));
+          d2d = static_cast<double>(std::min(bytes, region_bytes / 2)) * copies.first / copies.second / 1e9;
+        }
+#endif
+        char ratio[64] = "";
+        if (d2d > 0) std::snprintf(ratio, sizeof ratio, "%.2f (d2d %.0f GB/s)", gbps / d2d, d2d);
+        std::printf("| %llu | %s | %s | %zu | %llu | %.1f | %.3f | %.2f | %d | %s |\n", static_cast<unsigned long long>(tokens),
+                    kv_dtype.c_str(), stride == 1 ? "contiguous" : "every other", gets,
+                    static_cast<unsigned long long>(bytes / gets), bytes / 1e6, ms, gbps, n, ratio);
+        std::fflush(stdout);
+        rows.push_back({{"transport", moved_by}, {"tokens", tokens}, {"kv_dtype", kv_dtype},
+                        {"contiguous", stride == 1}, {"gets", gets}, {"bytes", bytes}, {"ms_per_request", ms},
+                        {"gb_per_s", gbps}, {"requests", n}, {"d2d_gb_per_s", d2d}});
+      }
+    }
+  } else {
+    std::printf("| size | batch | GB/s | us/batch | batches |\n|---|---|---|---|---|\n");
+  }
   BATON_ASSIGN_OR_RETURN(auto sizes, parse_uint_list(sizes_s, "--sizes"));
+  if (!kv_tokens.empty()) sizes.clear();
   BATON_ASSIGN_OR_RETURN(auto batches, parse_uint_list(batches_s, "--batches"));
   for (uint64_t size : sizes) {
     for (uint64_t batch : batches) {

@@ -19,6 +19,7 @@
 #include "model/tokenizer.h"
 #include "server/http.h"
 #include "server/openai_server.h"
+#include "xfer/topology.h"
 
 namespace {
 
@@ -111,6 +112,10 @@ baton::Status run(int argc, char** argv) {
     std::snprintf(suffix, sizeof suffix, "%016llx", static_cast<unsigned long long>(std::random_device{}()) << 32 ^
                                                         static_cast<unsigned long long>(std::random_device{}()));
     engine_id = std::string(kv.role == KvRole::kProducer ? "prefill-" : "decode-") + suffix;
+    BATON_ASSIGN_OR_RETURN(const DeviceSpec spec, parse_device(o.backend.device));
+    if (kv.ucx_net_devices.size() > 1 && kv.ucx_net_devices.size() != static_cast<size_t>(o.backend.tp_size))
+      return make_error("--kv-transfer-config: ucx_net_devices has ", kv.ucx_net_devices.size(),
+                        " entries for -tp ", o.backend.tp_size, " (one for all ranks, or one per rank)");
     for (int r = 0; r < o.backend.tp_size; ++r) {
       xfer::Agent::Config ac;
       ac.name = engine_id + "-r" + std::to_string(r);
@@ -118,8 +123,15 @@ baton::Status run(int argc, char** argv) {
       ac.port = kv.handshake_port == 0 ? 0 : kv.handshake_port + r;
       ac.token = kv.token;
       ac.remote_writes = false;  // peers read KV pools; nobody writes into them
-      if (kv.transport == "tcp") ac.transports = {"tcp"};
-      if (kv.transport == "ucx") ac.transports = {"ucx", "cuda_ipc"};  // never falls back to TCP
+      if (kv.transport == "tcp") ac.transports = {"tcp"};  // GPU KV staged through host memory
+      if (kv.transport == "ucx") ac.transports = {"ucx"};  // UCX moves everything; never TCP
+      ac.ucx_net_devices = kv.ucx_net_devices_for(r);
+      if (ac.ucx_net_devices.empty() && spec.cuda) {
+        // The RDMA NICs nearest this rank's GPU; none (no RDMA here): UCX's default.
+        if (auto bus = xfer::cuda_pci_bus_id(spec.first_gpu + r); bus.ok())
+          ac.ucx_net_devices = xfer::nearest_rdma_devices(*bus);
+      }
+      if (!ac.ucx_net_devices.empty()) log::info("rank ", r, ": UCX net devices ", ac.ucx_net_devices);
       BATON_ASSIGN_OR_RETURN(auto agent, xfer::Agent::create(ac));
       agents.push_back(std::move(agent));
     }

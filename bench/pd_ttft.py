@@ -9,7 +9,12 @@ kv_transfers_total over the run).
 
 usage: bench/pd_ttft.py --bin-dir build/apps [--model DIR] [--prompt-lens 64,512,1536]
        [--requests 10] [--max-tokens 16] [--kv-cache-dtype bf16] [--threads 1] [--transport auto]
-Without --model it writes a random Llama model (hidden 512, 8 layers) to build/bench-model.
+       [--device cuda] [--shape 8b] [--kv-cache-memory BYTES] [--pd-env UCX_TLS=tcp,cuda_copy]
+Without --model it writes a random Llama model (hidden 512, 8 layers; --shape 8b: Llama-3.1-8B's
+layers, heads and sizes with a small vocabulary) to build/bench-model[-8b]. --pd-env sets
+variables for the prefill and decode servers only (e.g. to force UCX's between-host transports on
+one machine). Before the timings, each prompt length's greedy tokens from the P/D fleet must equal
+the colocated server's.
 """
 import argparse
 import json
@@ -59,17 +64,26 @@ def main():
     ap.add_argument("--kv-cache-dtype", default="bf16")
     ap.add_argument("--threads", default="1")
     ap.add_argument("--transport", default="auto")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shape", default="small", choices=["small", "8b"])
+    ap.add_argument("--kv-cache-memory", type=int, default=512 << 20)
+    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--pd-env", action="append", default=[], help="KEY=VALUE for the P/D servers")
     a = ap.parse_args()
     model = a.model
     if not model:
-        model = os.path.join(os.path.dirname(a.bin_dir.rstrip("/")), "bench-model")
+        shape = {"small": ["--hidden-size", "512", "--intermediate-size", "1408", "--num-layers", "8", "--num-heads",
+                           "8", "--num-kv-heads", "2"],
+                 "8b": ["--hidden-size", "4096", "--intermediate-size", "14336", "--num-layers", "32", "--num-heads",
+                        "32", "--num-kv-heads", "8", "--max-position-embeddings", "16384"]}[a.shape]
+        model = os.path.join(os.path.dirname(a.bin_dir.rstrip("/")), "bench-model" + ("" if a.shape == "small" else "-8b"))
         if not os.path.exists(os.path.join(model, "model.safetensors")):
-            subprocess.run([os.path.join(a.bin_dir, "baton-make-model"), "--out", model, "--hidden-size", "512",
-                            "--intermediate-size", "1408", "--num-layers", "8", "--num-heads", "8", "--num-kv-heads",
-                            "2"], check=True, capture_output=True)
-    common = ["--kv_cache_dtype", a.kv_cache_dtype, "--threads", a.threads, "--max-model-len", "4096",
-              "--kv-cache-memory", str(512 << 20), "--no-enable-prefix-caching"]
-    coloc = start_server(a.bin_dir, model, *common)
+            subprocess.run([os.path.join(a.bin_dir, "baton-make-model"), "--out", model, *shape], check=True,
+                           capture_output=True)
+    common = ["--kv_cache_dtype", a.kv_cache_dtype, "--threads", a.threads, "--max-model-len", str(a.max_model_len),
+              "--kv-cache-memory", str(a.kv_cache_memory), "--no-enable-prefix-caching", "--device", a.device]
+    pd_env = dict(os.environ, **dict(kv.split("=", 1) for kv in a.pd_env))
+    coloc = start_server(a.bin_dir, model, *common, start_timeout=300)
     proxy = Proc([os.path.join(a.bin_dir, "baton-proxy"), "--host", "127.0.0.1", "--port", "0", "--ping-port", "0",
                   "--log-level", "warning"], "baton-proxy")
     procs = [coloc, proxy]
@@ -77,7 +91,8 @@ def main():
         def instance(role):
             cfg = {"kv_role": role, "proxy_ip": "127.0.0.1", "proxy_ping_port": proxy.ping_port,
                    "transport": a.transport}
-            p = start_server(a.bin_dir, model, *common, "--kv-transfer-config", json.dumps(cfg))
+            p = start_server(a.bin_dir, model, *common, "--kv-transfer-config", json.dumps(cfg), env=pd_env,
+                             start_timeout=300)
             procs.append(p)
             return p
         prefill, decode = instance("kv_producer"), instance("kv_consumer")
@@ -90,8 +105,26 @@ def main():
             return ok
         wait_until(healthy, what="P/D fleet")
         vocab = json.load(open(os.path.join(model, "config.json")))["vocab_size"]
-        print(f"model {model}, KV {a.kv_cache_dtype}, {a.threads} compute thread(s) per instance, "
-              f"{a.requests} sequential streamed requests per row, max_tokens {a.max_tokens}, transport {a.transport}")
+        print(f"model {model}, KV {a.kv_cache_dtype}, device {a.device}, {a.threads} compute thread(s) per instance, "
+              f"{a.requests} sequential streamed requests per row, max_tokens {a.max_tokens}, transport {a.transport}"
+              + (f", P/D env {' '.join(a.pd_env)}" if a.pd_env else ""))
+        # P/D must answer what colocated answers (greedy), or its timings mean nothing.
+        for n in [int(x) for x in a.prompt_lens.split(",")]:
+            prompt = [(104729 * j + 3 * n) % (vocab - 10) + 5 for j in range(n)]
+            outs = []
+            for port in (coloc.port, proxy.port):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+                body = {"prompt": prompt, "max_tokens": a.max_tokens, "temperature": 0, "ignore_eos": True,
+                        "return_token_ids": True}
+                conn.request("POST", "/v1/completions", body=json.dumps(body),
+                             headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                data = r.read()
+                assert r.status == 200, data
+                outs.append(json.loads(data)["choices"][0]["token_ids"])
+                conn.close()
+            assert outs[0] == outs[1], f"{n} prompt tokens: colocated {outs[0]} but P/D {outs[1]}"
+        print(f"greedy outputs: P/D == colocated at every prompt length ({a.max_tokens} tokens each)")
         print()
         print("| prompt tokens | colocated TTFT p50 / p90 (ms) | P/D TTFT p50 / p90 (ms) | P/D / colocated TTFT | "
               "KV read per request (ms) | KV bytes per request | colocated e2e p50 (ms) | P/D e2e p50 (ms) |")

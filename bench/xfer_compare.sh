@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Transfer-engine reads between two processes on this host, side by side with ucx_perftest's
 # ucp_get on the same UCX transports (UCX_TLS=^tcp, as baton uses), at 16 KiB and 1 MiB.
-#   bench/xfer_compare.sh            (needs build/apps/baton-bench and ucx-utils; REPEATS=3; GRID=0
+#   bench/xfer_compare.sh            (needs build/apps/baton-bench and .venv/ucx from scripts/setup.sh; REPEATS=3; GRID=0
 #                                    skips the full grid; NIXL_PYTHON / MOONCAKE_PYTHON: pythons with
 #                                    nixl-cu13 / mooncake-transfer-engine for the peer comparisons,
 #                                    by default .venv-peers from bench/peers/venv.sh)
@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export UCX_TLS=${UCX_TLS:-^tcp}
 BENCH=${BUILD_DIR:-build}/apps/baton-bench
+export PATH=$PWD/.venv/ucx/bin:$PATH  # ucx_perftest on the UCX baton runs on
 if [ "${GRID:-1}" != 0 ]; then
   echo "## baton-bench xfer (ucx and tcp), full grid"
   "$BENCH" xfer --transport ucx --shared --json /tmp/xfer_ucx_shared.json 2>/dev/null

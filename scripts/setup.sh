@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Installs everything baton needs to build and test on Debian 12. Idempotent: a second run on a
 # ready machine installs nothing and takes a second or two.
-#   apt: compiler, CMake, Ninja, GoogleTest, Google Benchmark, JSON, PCRE2, ICU, Boost, UCX, ZeroMQ,
+#   apt: compiler, CMake, Ninja, GoogleTest, Google Benchmark, JSON, PCRE2, ICU, Boost, ZeroMQ,
 #        gnuplot (baton-bench serve plots)
-#   venv (.venv): the Python reference and client packages the tests compare against
+#   venv (.venv): the Python reference and client packages the tests compare against, and UCX
+#        (PyPI libucx-cu13's headers, nixl-cu13's CUDA- and verbs-capable libraries), laid out
+#        as one prefix in .venv/ucx by scripts/ucx_dir.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libpcre2-dev libicu-dev libboost1.81-dev libucx-dev ucx-utils libzmq3-dev
+  nlohmann-json3-dev libpcre2-dev libicu-dev libboost1.81-dev libzmq3-dev
   python3 python3-venv python3-pip clang curl gnuplot-nox
 )
 PY_PACKAGES=(tokenizers transformers jinja2 openai pyzmq msgpack)
@@ -38,4 +40,17 @@ if ! .venv/bin/python -c "import tokenizers, transformers, jinja2, openai, zmq, 
   echo "setup: installing ${PY_PACKAGES[*]} into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "${PY_PACKAGES[@]}"
+fi
+
+# UCX: pinned, since the headers (1.22) and the libraries (1.23) come from two wheels. nixl-cu13
+# without its dependencies: only its UCX is used, not NIXL (which would pull in PyTorch).
+UCX_HEADERS=libucx-cu13==1.22.0 UCX_LIBS=nixl-cu13==1.5.1
+site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+if ! .venv/bin/python -m pip show -q libucx-cu13 nixl-cu13 >/dev/null 2>&1; then
+  echo "setup: installing $UCX_HEADERS $UCX_LIBS into .venv"
+  .venv/bin/python -m pip install -q "$UCX_HEADERS"
+  .venv/bin/python -m pip install -q --no-deps "$UCX_LIBS"
+fi
+if [ ! -f .venv/ucx/lib/pkgconfig/ucx.pc ] || [ scripts/ucx_dir.sh -nt .venv/ucx/lib/pkgconfig/ucx.pc ]; then
+  bash scripts/ucx_dir.sh "$site" .venv/ucx
 fi

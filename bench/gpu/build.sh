@@ -15,6 +15,7 @@ if [ -f .device/boost.tar.xz ]; then
   [ -d .device/boost-include ] || { mkdir -p .device/boost-include && tar -xJf .device/boost.tar.xz -C .device/boost-include; }
   SERVERS=ON
 fi
+[ ! -f .device/ucx.tar.xz ] || [ -d .device/ucx ] || tar -xJf .device/ucx.tar.xz -C .device
 DIR=${BUILD_DIR:-build-gpu}
 cmake -S . -B "$DIR" -DCMAKE_BUILD_TYPE=Release -DBATON_SERVERS=$SERVERS -DBATON_DEPS_DIR="$PWD/.device" \
   -DBATON_NATIVE=OFF -DBATON_BUILD_BENCH=OFF ${NCCL_INC:+-DNCCL_INCLUDE_DIR=$NCCL_INC} ${CMAKE_EXTRA:-} > "$OUT/cmake.log" 2>&1 ||

@@ -2,7 +2,7 @@
 # Copies the dependencies that the GPU machine lacks into .device/ (git-ignored; name it in the
 # device tool's `carry`): nlohmann/json headers, GoogleTest sources, PCRE2 and ICU headers with
 # their static libraries (the tokenizer's regex and normalization), Boost headers (packed) and
-# ZeroMQ for the servers, and the small test models: ~55 MB.
+# ZeroMQ for the servers, UCX, and the small test models: ~60 MB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/setup.sh >/dev/null
@@ -28,6 +28,11 @@ for lib in $(ldd /usr/lib/x86_64-linux-gnu/libzmq.so.5 | awk '/=>/ {print $3}' |
   cp -L "$lib" .device/zmq/
 done
 cp -L /usr/lib/x86_64-linux-gnu/libzmq.so.5 .device/zmq/
+# UCX (scripts/ucx_dir.sh's prefix, real files: headers, CUDA- and verbs-capable libraries,
+# ucx_perftest), packed (~4 MB); bench/gpu/build.sh unpacks it to .device/ucx.
+site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+bash scripts/ucx_dir.sh "$site" /tmp/baton-device-ucx/ucx --copy
+tar -cJf .device/ucx.tar.xz -C /tmp/baton-device-ucx ucx && rm -rf /tmp/baton-device-ucx
 # The test models the CUDA tests compare with (BATON_MODELS_DIR), without the tokenizer-only dirs.
 mkdir -p .device/models
 cp -r ../shared/models/goldens.json ../shared/models/stories260k ../shared/models/tiny-* .device/models/

@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 
@@ -24,6 +25,12 @@ struct KvTransferConfig {
   double kv_timeout_s = 120;       // prefill keeps unread blocks this long
   double heartbeat_s = 2;          // registration refresh interval (the proxy evicts after ~5 missed)
   std::string token;               // deployment token (registration and transfer handshakes)
+  // The NICs UCX may use (UCX_NET_DEVICES syntax, "mlx5_0:1"): one entry for every rank, or one
+  // per TP rank (rank r uses entry r). Empty: each rank takes the RDMA NICs nearest its GPU on
+  // the PCIe tree (xfer/topology.h), or UCX's default where there are none.
+  std::vector<std::string> ucx_net_devices;
+  // Rank r's entry ("" when none is configured).
+  std::string ucx_net_devices_for(int rank) const;
 
   // Parses the JSON text ("" -> colocated). Unknown keys are refused, so that typos are seen.
   static Result<KvTransferConfig> parse(const std::string& json_text);

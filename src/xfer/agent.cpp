@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -161,7 +162,7 @@ Result<std::unique_ptr<Agent>> Agent::create(Config config) {
   a->wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (a->wake_fd_ < 0) return make_error("transfer agent ", a->config_.name, ": eventfd: ", std::strerror(errno));
   if (ucx_allowed) {
-    auto ucx = create_ucx_transport(a->config_.remote_writes);
+    auto ucx = create_ucx_transport({a->config_.remote_writes, a->config_.ucx_net_devices});
     if (ucx.ok()) {
       a->rma_ = std::move(*ucx);
     } else if (!a->config_.tcp_allowed()) {
@@ -221,8 +222,10 @@ AgentDesc Agent::describe() const {
 
 Result<MemoryDesc> Agent::register_memory(void* ptr, size_t n_bytes, MemoryKind kind, int device) {
   if (!ptr || n_bytes == 0) return make_error("register_memory: empty region");
-  if (kind == MemoryKind::kCuda && !gpu_)
-    return make_error("register_memory: GPU memory needs the cuda_ipc transport (a CUDA build on a GPU machine)");
+  const bool ucx_gpu = rma_ && rma_->registers(MemoryKind::kCuda);
+  if (kind == MemoryKind::kCuda && !gpu_ && !ucx_gpu)
+    return make_error("register_memory: GPU memory needs UCX with CUDA or the cuda_ipc transport (a CUDA build on a "
+                      "GPU machine)");
   std::unique_lock lock(regions_mutex_);
   const uint64_t id = next_region_++;
   MemoryDesc d;
@@ -233,8 +236,19 @@ Result<MemoryDesc> Agent::register_memory(void* ptr, size_t n_bytes, MemoryKind 
   d.kind = kind;
   d.device = device;
   if (kind == MemoryKind::kCuda) {
-    BATON_ASSIGN_OR_RETURN(std::string key, gpu_->register_region(id, ptr, n_bytes, kind));
-    d.keys[gpu_->name()] = key;
+    // Both where both exist: cuda_ipc serves peers on this host, UCX every other (and this host's
+    // where the peer has no cuda_ipc).
+    std::string why;
+    if (gpu_) {
+      auto key = gpu_->register_region(id, ptr, n_bytes, kind);
+      key.ok() ? void(d.keys[gpu_->name()] = *key) : void(why = key.error());
+    }
+    if (ucx_gpu) {
+      auto key = rma_->register_region(id, ptr, n_bytes, kind);
+      key.ok() ? void(d.keys[rma_->name()] = *key) : void(why += (why.empty() ? "" : "; ") + key.error());
+    }
+    if (d.keys.empty()) return make_error("register_memory: ", why);
+    if (!why.empty()) log::warn("GPU region ", id, ": ", why);
   } else if (rma_) {
     auto key = rma_->register_region(id, ptr, n_bytes, kind);
     if (key.ok()) {
@@ -307,11 +321,8 @@ Status Agent::deregister_memory(uint64_t region) {
     if (!s->quiesce_local(region, deadline)) stalled += (stalled.empty() ? "" : ", ") + s->peer();
   {
     std::unique_lock lock(regions_mutex_);  // the transports are (de)registered under it
-    if (gone.desc.kind == MemoryKind::kCuda) {
-      gpu_->deregister_region(region);
-    } else if (rma_) {
-      rma_->deregister_region(region);
-    }
+    if (gone.desc.kind == MemoryKind::kCuda && gpu_) gpu_->deregister_region(region);
+    if (rma_) rma_->deregister_region(region);
   }
   // Tell connected peers, so that they refuse RMA to it without asking.
   std::lock_guard lock(serve_mutex_);
@@ -836,7 +847,8 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer, const std
     if (ep.ok()) {
       session->gpu_ = std::move(*ep);
     } else {
-      log::info("session to ", peer.name, ": ", ep.error(), "; GPU memory moves over TCP, staged through host memory");
+      log::info("session to ", peer.name, ": ", ep.error(), "; its GPU memory moves ",
+                config_.stages_gpu_memory() ? "over TCP, staged through host memory" : "by UCX");
     }
   }
   session->set_regions(welcome.value("regions", Json::array()));
@@ -875,13 +887,18 @@ void Session::set_regions(const Json& regions) {
   }
   std::lock_guard lock(mutex_);
   publish_mapped(false);  // no copies in place while mappings change
-  auto ep_for = [&](const MemoryDesc& d) { return d.kind == MemoryKind::kCuda ? gpu_.get() : rma_.get(); };
+  // Host regions are known to UCX; GPU regions to cuda_ipc and UCX (each takes its own key).
+  auto endpoints = [&](const MemoryDesc& d) {
+    return std::array<RmaEndpoint*, 2>{rma_.get(), d.kind == MemoryKind::kCuda ? gpu_.get() : nullptr};
+  };
   for (const auto& [id, d] : regions_)
     if (!next.count(id))
-      if (RmaEndpoint* ep = ep_for(d)) ep->remove_region(id);
+      for (RmaEndpoint* ep : endpoints(d))
+        if (ep) ep->remove_region(id);
   for (const auto& [id, d] : next)
     if (!regions_.count(id))
-      if (RmaEndpoint* ep = ep_for(d)) (void)ep->add_region(d);
+      for (RmaEndpoint* ep : endpoints(d))
+        if (ep) (void)ep->add_region(d);
   regions_ = std::move(next);
   publish_mapped(true);
   cv_.notify_all();  // authorize() may wait for a region
@@ -999,7 +1016,7 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
   rma_ops.clear();
 
   // Check both ends of every op before anything moves.
-  bool gpu = false, remote_host = false;
+  bool gpu = false, remote_host = false, remote_ucx = true;
   std::shared_lock local_lock(agent_.regions_mutex_);
   std::unique_lock lock(mutex_);
   const TransferId id = next_id_++;
@@ -1017,25 +1034,38 @@ Result<TransferId> Session::start(const std::vector<TransferOp>& raw_ops, bool i
     if (!is_read) local.push_back({*p, op.length, local_kind == MemoryKind::kCuda});
     gpu = gpu || r->second.kind == MemoryKind::kCuda || local_kind == MemoryKind::kCuda;
     remote_host = remote_host || r->second.kind != MemoryKind::kCuda;
-    rma_ops.push_back({*p, r->second.address + op.remote_offset, op.remote_region, op.length});
+    remote_ucx = remote_ucx && r->second.keys.contains("ucx");
+    rma_ops.push_back({*p, r->second.address + op.remote_offset, op.remote_region, op.length, local_kind});
   }
-  // GPU memory moves by cuda_ipc on one host (which reaches the peer's GPU regions only);
-  // otherwise over the TCP path below, staged through host memory on each side.
-  if (RmaEndpoint* ep = !gpu ? rma_.get() : remote_host ? nullptr : gpu_.get()) {
+  // Host memory moves by UCX where both sides have it. GPU memory moves by cuda_ipc on one host
+  // (which reaches the peer's GPU regions only), else by UCX (cuda_ipc, RDMA or tcp, its choice);
+  // over the TCP path below, staged through host memory on each side, only where the agent was
+  // told to use TCP ("transport": "tcp").
+  RmaEndpoint* ep = !gpu                       ? rma_.get()
+                    : gpu_ && !remote_host     ? gpu_.get()
+                    : rma_ && remote_ucx       ? rma_.get()
+                                               : nullptr;
+  if (gpu && !ep && !agent_.config_.stages_gpu_memory())
+    return make_error("GPU memory of ", peer_, " is out of reach: ",
+                      !rma_                                  ? "no UCX session with it"
+                      : agent_.rma_->registers(MemoryKind::kCuda) ? "the peer registered it without UCX"
+                                                                  : "the UCX here has no CUDA transport",
+                      " and cuda_ipc cannot reach it (another host); \"transport\": \"tcp\" stages it through host "
+                      "memory");
+  if (ep) {
     auto handle = ep->start(rma_ops, !is_read);
     if (!handle.ok()) return handle.error().empty() ? make_error("transfer failed") : make_error(handle.error());
     if (*handle == RmaEndpoint::kDone) return id | kDoneAtStart;
     Transfer& t = transfers_[id];
     t.rma_handle = *handle;
-    t.on_gpu = gpu;
+    t.on_cuda_ipc = ep == gpu_.get();
     for (const TransferOp& op : ops)
       if (std::find(t.local_regions.begin(), t.local_regions.end(), op.local_region) == t.local_regions.end())
         t.local_regions.push_back(op.local_region);
     return id;
   }
   if (!agent_.config_.tcp_allowed())
-    return make_error("these ranges of ", peer_,
-                      " (GPU memory cuda_ipc cannot reach) would move over TCP, which is not allowed");
+    return make_error("these ranges of ", peer_, " would move over TCP, which is not allowed");
   transfers_[id];
   lock.unlock();
   // TCP: the peer serves the request on its connection thread, in order.
@@ -1144,7 +1174,7 @@ void Session::fail_all(const std::string& why) {
     gpu = std::move(gpu_);
     if (rma)
       for (auto& [id, t] : transfers_)
-        if (t.rma_handle && !t.on_gpu) agent_.rma_degraded_ = true;
+        if (t.rma_handle && !t.on_cuda_ipc) agent_.rma_degraded_ = true;
     cv_.notify_all();
   }
   // After the transfers are marked, so that they carry this reason rather than the reader
@@ -1204,7 +1234,7 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
   constexpr auto kTcpSpin = std::chrono::microseconds(200);
   if (id & kDoneAtStart) return {};
   std::optional<Clock::time_point> deadline, spin_until;  // the clock is read only if the transfer is not done yet
-  bool rma = false, on_gpu = false;                       // how it moves, looked up with the deadline
+  bool rma = false, on_cuda_ipc = false;                  // how it moves, looked up with the deadline
   std::string error;
   for (int spins = 0;; ++spins) {
     TransferState s = poll(id, &error);
@@ -1223,7 +1253,7 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
       deadline = now + timeout, spin_until = now + kTcpSpin;
       std::lock_guard lock(mutex_);
       if (auto it = transfers_.find(id); it != transfers_.end())
-        rma = it->second.rma_handle != 0, on_gpu = it->second.on_gpu;
+        rma = it->second.rma_handle != 0, on_cuda_ipc = it->second.on_cuda_ipc;
     }
     // A peer still sending (a long read over TCP) is not stalled: the timeout runs from the last
     // bytes that arrived.
@@ -1235,7 +1265,7 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
     }
     std::unique_lock lock(mutex_);
     if (rma) {
-      if (rma_ && !on_gpu) rma_->progress();
+      if (rma_ && !on_cuda_ipc) rma_->progress();
       lock.unlock();
       if (spins > 100000) std::this_thread::sleep_for(std::chrono::microseconds(20));
     } else if (now < *spin_until) {
@@ -1251,13 +1281,14 @@ Status Session::wait(TransferId id, std::chrono::milliseconds timeout) {
 
 Status Session::notify(const std::string& message) {
   if (broken_) return make_error("session to ", peer_, " is broken");
-  if (transport_ != "tcp") {
-    // RMA transfers complete on our side only: wait for them before telling the owner.
+  {
+    // RMA transfers (UCX, cuda_ipc) complete on our side only: wait for them before telling the
+    // owner. TCP transfers are answered on this connection, ahead of the notification.
     std::vector<TransferId> earlier;
     {
       std::lock_guard lock(mutex_);
       for (auto& [id, t] : transfers_)
-        if (t.state == TransferState::kPending) earlier.push_back(id);
+        if (t.state == TransferState::kPending && t.rma_handle) earlier.push_back(id);
     }
     for (TransferId id : earlier) {
       std::string err;

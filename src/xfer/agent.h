@@ -30,8 +30,10 @@
 // it names, not to its ranges (README, "Reliability and access control"). With remote_writes off, the agent refuses
 // every write and registers its memory with UCX for remote reads only. Bytes move over UCX when both sides have it
 // (shared memory on one host, RDMA where present), else over the control connection (TCP).
-// GPU memory moves by cuda_ipc between agents on one host; otherwise over TCP, staged through
-// pinned host buffers on each side (GPU memory of an agent on another host).
+// GPU memory is registered with UCX (memory type CUDA) and with cuda_ipc: it moves by cuda_ipc
+// between agents on one host, else by UCX (RDMA verbs with GPUDirect, or tcp with UCX's own
+// cuda_copy pipelining), GPU memory to GPU memory with no staging of ours. Only an agent told to
+// use TCP alone (Config::transports) stages GPU memory through pinned host buffers.
 // All methods are thread-safe. BATON_XFER_NO_UCX=1 in the environment disables UCX.
 //
 // Known limit: when a UCX transfer times out (a stalled owner), its session is closed, but a
@@ -67,7 +69,7 @@ namespace baton::xfer {
 class Agent;
 
 // A range of this agent's memory in a transfer over the TCP path; GPU ranges are staged through
-// host memory (GPU memory of an agent on another host, or where cuda_ipc cannot reach it).
+// host memory (an agent that moves GPU memory over TCP: Config::stages_gpu_memory).
 struct LocalRange {
   std::byte* ptr;
   uint64_t length;
@@ -129,7 +131,7 @@ class Session {
     TransferState state = TransferState::kPending;
     std::string error;
     uint64_t rma_handle = 0;  // RMA transfers (UCX or CUDA IPC)
-    bool on_gpu = false;      // rma_handle belongs to the cuda_ipc endpoint
+    bool on_cuda_ipc = false;  // rma_handle belongs to the cuda_ipc endpoint
     std::vector<uint64_t> local_regions;  // RMA transfers: the local regions they move bytes of
   };
 
@@ -161,7 +163,7 @@ class Session {
   std::mutex send_mutex_;
   std::unique_ptr<RmaEndpoint> rma_;  // host memory (UCX)
   std::unique_ptr<RmaEndpoint> gpu_;  // GPU memory (cuda_ipc)
-  RmaEndpoint* endpoint_of(const Transfer& t) const { return t.on_gpu ? gpu_.get() : rma_.get(); }
+  RmaEndpoint* endpoint_of(const Transfer& t) const { return t.on_cuda_ipc ? gpu_.get() : rma_.get(); }
 
   mutable std::mutex mutex_;
   std::condition_variable cv_;
@@ -192,15 +194,19 @@ class Agent {
     std::string host = "127.0.0.1";  // control address peers connect to
     int port = 0;                    // 0: any free port
     std::string token;               // deployment token; empty: none required
-    // How bytes may move: "ucx" (host memory), "cuda_ipc" (GPU memory on one host) and "tcp"
-    // (GPU memory over it is staged through host buffers). Without "tcp", an agent without UCX
-    // is not created, a session UCX cannot serve is not made, and a transfer that would need TCP
-    // is refused (the control connection is TCP regardless).
+    // How bytes may move: "ucx" (host and GPU memory), "cuda_ipc" (GPU memory on one host) and
+    // "tcp" (host memory where UCX cannot serve a peer). Without "tcp", an agent without UCX is
+    // not created, a session UCX cannot serve is not made, and a transfer that would need TCP is
+    // refused (the control connection is TCP regardless). GPU memory crosses TCP, staged through
+    // host buffers, only with "tcp" and without "ucx" ("transport": "tcp").
     std::vector<std::string> transports = {"ucx", "cuda_ipc", "tcp"};
     bool allows(std::string_view transport) const {
       return std::find(transports.begin(), transports.end(), transport) != transports.end();
     }
     bool tcp_allowed() const { return allows("tcp"); }
+    bool stages_gpu_memory() const { return tcp_allowed() && !allows("ucx"); }
+    // UCX_NET_DEVICES for this agent (a TP rank's NICs, nearest its GPU); empty: UCX's choice.
+    std::string ucx_net_devices;
     std::chrono::milliseconds timeout{10000};  // transfers and handshakes
     // A connection that has not sent a complete hello by then is closed.
     std::chrono::milliseconds hello_timeout{2000};
@@ -208,8 +214,8 @@ class Agent {
     std::chrono::milliseconds capability_session_idle{30000};
     // False: peers may only read this agent's memory (KV pools): writes are refused.
     bool remote_writes = true;
-    // Makes the transport for GPU memory; unset: cuda_ipc where the build and machine have CUDA.
-    // (Tests stand in a host-memory double to run the staged TCP path without a GPU.)
+    // Makes the cuda_ipc transport; unset: cuda_ipc where the build and machine have CUDA. (Tests
+    // stand in a host-memory double to run the staged TCP path without a GPU.)
     std::function<Result<std::unique_ptr<RmaTransport>>()> gpu_transport;
   };
 

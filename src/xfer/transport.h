@@ -23,6 +23,7 @@ struct RmaOp {
   uint64_t remote_address = 0;
   uint64_t remote_region = 0;
   uint64_t length = 0;
+  MemoryKind local_kind = MemoryKind::kHost;  // GPU ranges are never copied by the CPU
 };
 
 // A connection to one peer's RMA endpoint. Its owner (a Session) makes every call under the
@@ -65,12 +66,14 @@ class RmaTransport {
     (void)n;
     return make_error(name(), " cannot allocate shared regions");
   }
+  // Whether register_region takes memory of this kind (UCX: GPU memory where it has CUDA).
+  virtual bool registers(MemoryKind kind) const { return kind == MemoryKind::kHost; }
   virtual std::string address() const = 0;  // hex; peers connect with it
   virtual Result<std::unique_ptr<RmaEndpoint>> connect(const std::string& peer_address) = 0;
 
   // Host staging, for memory this transport registers that a peer can only reach over the
-  // agent's TCP path (GPU memory of an agent on another host): copies between such memory and
-  // host memory, and host buffers to stage through (pinned where that makes copies faster).
+  // agent's TCP path ("transport": "tcp": GPU memory without UCX): copies between such memory
+  // and host memory, and host buffers to stage through (pinned where that makes copies faster).
   virtual Status copy_to_host(void* host, const void* src, size_t n) {
     (void)host, (void)src, (void)n;
     return make_error(name(), " cannot copy its memory to the host");
@@ -84,10 +87,18 @@ class RmaTransport {
   }
 };
 
-// UCX (UCP RMA): shared memory on one host, RDMA verbs where present, TCP otherwise.
-// remote_writes = false registers memory for remote reads only (UCP_MEM_MAP_PROT_REMOTE_READ):
-// transports that enforce memory protection (RDMA verbs) then refuse peers' puts.
-Result<std::unique_ptr<RmaTransport>> create_ucx_transport(bool remote_writes = true);
+// UCX (UCP RMA) on host and GPU memory: shared memory and cuda_ipc on one host, RDMA verbs
+// (GPUDirect where the NIC and peer memory allow) where present, TCP (with cuda_copy for GPU
+// memory) otherwise; UCX picks per peer and memory type.
+struct UcxOptions {
+  // False registers memory for remote reads only (UCP_MEM_MAP_PROT_REMOTE_READ): transports
+  // that enforce memory protection (RDMA verbs) then refuse peers' puts.
+  bool remote_writes = true;
+  // UCX_NET_DEVICES for this agent alone ("mlx5_0:1,mlx5_1:1"); empty: UCX's default (all), or
+  // the UCX_NET_DEVICES of the environment.
+  std::string net_devices;
+};
+Result<std::unique_ptr<RmaTransport>> create_ucx_transport(const UcxOptions& options = {});
 // CUDA IPC: GPU memory of another process on this host (cudaIpc handles, async copies).
 Result<std::unique_ptr<RmaTransport>> create_cuda_ipc_transport();
 

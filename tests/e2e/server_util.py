@@ -13,7 +13,7 @@ import urllib.request
 class Proc:
     """A child process whose stdout is scanned for 'listening on HOST:PORT'."""
 
-    def __init__(self, args, name, env=None, preexec_fn=None):
+    def __init__(self, args, name, env=None, preexec_fn=None, start_timeout=60):
         self.name = name
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                      preexec_fn=preexec_fn)
@@ -23,7 +23,7 @@ class Proc:
         self._port_ready = threading.Event()
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
-        if not self._port_ready.wait(60):
+        if not self._port_ready.wait(start_timeout):
             self.stop()
             raise RuntimeError(f"{name} did not start: {''.join(self.stderr_lines[-20:])}")
         if self.port is None:
@@ -68,10 +68,10 @@ class Proc:
         return self.proc.returncode
 
 
-def start_server(bin_dir, model, *extra, preexec_fn=None):
+def start_server(bin_dir, model, *extra, preexec_fn=None, env=None, start_timeout=60):
     return Proc([os.path.join(bin_dir, "baton-server"), "--model", model, "--host", "127.0.0.1", "--port", "0",
                  "--kv-cache-memory", str(64 << 20), "--log-level", "warning", *extra], "baton-server",
-                preexec_fn=preexec_fn)
+                preexec_fn=preexec_fn, env=env, start_timeout=start_timeout)
 
 
 def metric(url, name, key=None):

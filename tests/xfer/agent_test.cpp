@@ -525,11 +525,11 @@ std::unique_ptr<Agent> make_staging_agent(const std::string& name, const std::st
   return a.ok() ? std::move(*a) : nullptr;
 }
 
-// GPU memory of agents on different hosts (no cuda_ipc between them) moves over TCP, staged
-// through host memory on each side: GPU -> host, GPU -> GPU, host and GPU ranges in one batch,
-// ranges larger than the staging buffer, and writes.
-TEST_P(XferTest, GpuMemoryOfAnotherHostIsStagedOverTcp) {
-  const std::string transport = GetParam();
+// GPU memory of agents on different hosts (no cuda_ipc between them), told to use TCP alone
+// ("transport": "tcp"), moves over TCP, staged through host memory on each side: GPU -> host,
+// GPU -> GPU, host and GPU ranges in one batch, ranges larger than the staging buffer, and writes.
+TEST(XferStagingTest, GpuMemoryOfAnotherHostIsStagedOverTcp) {
+  const std::string transport = "tcp";
   StagingDouble::Counters oc, rc;
   auto owner = make_staging_agent("owner", transport, &oc), reader = make_staging_agent("reader", transport, &rc);
   ASSERT_TRUE(owner && reader);
@@ -583,8 +583,8 @@ TEST_P(XferTest, GpuMemoryOfAnotherHostIsStagedOverTcp) {
 
 // On one host GPU ranges move directly (cuda_ipc), which reaches only the peer's GPU regions: a
 // batch that also reads the peer's host memory into GPU memory takes the staged TCP path.
-TEST_P(XferTest, BatchesWithPeerHostMemoryLeaveCudaIpcForStaging) {
-  const std::string transport = GetParam();
+TEST(XferStagingTest, BatchesWithPeerHostMemoryLeaveCudaIpcForStaging) {
+  const std::string transport = "tcp";
   const size_t n = 4 << 20;
   // Declared before the agents, so they outlive the owner's serving thread, which sends from them.
   std::vector<uint8_t> gpu_src(n), host_src(n), dst(2 * n, 0);
@@ -624,8 +624,8 @@ TEST_P(XferTest, BatchesWithPeerHostMemoryLeaveCudaIpcForStaging) {
 
 // A failed staging copy on the reader fails that transfer with the copy's error; the session
 // stays in step and moves the next batch. One on the owner drops the session; a new one works.
-TEST_P(XferTest, FailedStagingCopiesAreErrors) {
-  const std::string transport = GetParam();
+TEST(XferStagingTest, FailedStagingCopiesAreErrors) {
+  const std::string transport = "tcp";
   StagingDouble::Counters oc, rc;
   auto owner = make_staging_agent("owner", transport, &oc), reader = make_staging_agent("reader", transport, &rc);
   ASSERT_TRUE(owner && reader);
@@ -660,6 +660,39 @@ TEST_P(XferTest, FailedStagingCopiesAreErrors) {
   ASSERT_TRUE(id.ok()) << id.error();
   ASSERT_TRUE((*again)->wait(*id).ok());
   EXPECT_EQ(checksum(dst.data(), n), checksum(src.data(), n));
+}
+
+// By default (UCX allowed) GPU memory never takes the staged TCP path: what neither cuda_ipc
+// nor UCX can reach (here: the double's GPU regions of another host, which UCX without CUDA did
+// not register) is refused with an error that says how to stage it; nothing is copied. On one
+// host the double's GPU regions are still read directly.
+TEST(XferStagingTest, AgentsWithUcxNeverStageGpuMemory) {
+  const size_t n = 1 << 20;
+  std::vector<uint8_t> src(n), dst(n, 0);
+  fill(src, 41);
+  for (bool same_host : {false, true}) {
+    StagingDouble::Counters oc, rc;
+    oc.same_host = rc.same_host = same_host;
+    auto owner = make_staging_agent("owner", "ucx", &oc), reader = make_staging_agent("reader", "ucx", &rc);
+    ASSERT_TRUE(owner && reader);
+    auto rs = owner->register_memory(src.data(), n, MemoryKind::kCuda);
+    auto rd = reader->register_memory(dst.data(), n, MemoryKind::kCuda);
+    ASSERT_TRUE(rs.ok() && rd.ok());
+    auto session = reader->connect(owner->describe());
+    ASSERT_TRUE(session.ok()) << session.error();
+    auto id = (*session)->read(mixed_ops(rd->region, rs->region, n, 42));
+    if (same_host) {
+      ASSERT_TRUE(id.ok()) << id.error();
+      ASSERT_TRUE((*session)->wait(*id).ok());
+      EXPECT_EQ(dst, src);
+      EXPECT_EQ(rc.direct.load(), n);
+    } else {
+      ASSERT_FALSE(id.ok());
+      EXPECT_NE(id.error().find("out of reach"), std::string::npos) << id.error();
+      EXPECT_NE(id.error().find("\"transport\": \"tcp\""), std::string::npos) << id.error();
+    }
+    EXPECT_EQ(oc.to_host.load() + rc.from_host.load(), 0u) << "same host: " << same_host;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, XferTest, ::testing::Values("tcp", "ucx"));
@@ -916,10 +949,14 @@ TEST_P(XferTest, StalledPeerTimesOut) {
 // waits, the agent's other work goes on: registering memory does not wait for the timeout.
 TEST(XferDeregisterTest, StalledReadIntoADeregisteredDestinationFailsItsSession) {
   const size_t n = size_t{64} << 20;
+  // Without UCX's cma transport, which reads a stopped process's memory as well as a running
+  // one's (one-sided), so that the stopped peer does stall the read.
+  ::setenv("UCX_TLS", "^cma", 1);
   auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--transports", "ucx"});
   ASSERT_TRUE(peer);
   std::vector<uint8_t> dst(n);  // outlives the agent, as deregister_memory's error asks
   auto reader = make_agent("reader", "ucx", kTestToken, 1s);
+  ::unsetenv("UCX_TLS");
   auto rd = reader->register_memory(dst.data(), n);
   ASSERT_TRUE(rd.ok());
   ::setenv("BATON_XFER_NO_CMA", "1", 1);
@@ -1031,6 +1068,51 @@ TEST(CudaIpcTest, ReadsGpuMemoryOfAnotherProcess) {
   EXPECT_FALSE((*s)->read({{rd->region, 0, peer->region.region, n - 16, 64}}).ok());
   ASSERT_TRUE((*s)->notify("exit").ok());
   cudaFree(dst);
+}
+
+// GPU memory of another process read by UCX alone (no cuda_ipc transport of ours on either side),
+// GPU memory into GPU memory: as UCX picks on one host (its own cuda_ipc), and as between hosts
+// without RDMA (UCX_TLS=tcp,cuda_copy: UCX's tcp, its cuda_copy pipelining on both sides). With
+// RDMA verbs UCX takes the same path through ucp_get_nbx on the same keys.
+TEST(UcxGpuTest, ReadsGpuMemoryOfAnotherProcessThroughUcx) {
+  int n_dev = 0;
+  if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) GTEST_SKIP() << "no CUDA device";
+  const size_t n = size_t{64} << 20;
+  for (const char* tls : {"", "tcp,cuda_copy"}) {
+    SCOPED_TRACE(std::string("UCX_TLS=") + tls);
+    if (*tls) ::setenv("UCX_TLS", tls, 1);
+    auto peer = PeerProcess::spawn({"--bytes", std::to_string(n), "--cuda", "--seed", "11", "--transports", "ucx-only"});
+    Agent::Config c;
+    c.name = "reader";
+    c.token = kTestToken;
+    c.transports = {"ucx"};
+    auto reader = Agent::create(c);
+    ::unsetenv("UCX_TLS");
+    ASSERT_TRUE(peer);
+    ASSERT_TRUE(reader.ok()) << reader.error();
+    ASSERT_EQ(peer->region.kind, MemoryKind::kCuda);
+    ASSERT_TRUE(peer->region.keys.contains("ucx")) << "the peer's UCX did not register its GPU memory";
+    EXPECT_FALSE(peer->region.keys.contains("cuda_ipc"));
+    void* dst = nullptr;
+    ASSERT_EQ(cudaMalloc(&dst, n), cudaSuccess);
+    ASSERT_EQ(cudaMemset(dst, 0, n), cudaSuccess);
+    auto rd = (*reader)->register_memory(dst, n, MemoryKind::kCuda);
+    ASSERT_TRUE(rd.ok()) << rd.error();
+    auto s = (*reader)->connect(peer->agent);
+    ASSERT_TRUE(s.ok()) << s.error();
+    EXPECT_EQ((*s)->transport(), "ucx");
+    // Many gets in flight (ranges of 2 KiB .. 4 MiB), then a batch of single 16 KiB blocks.
+    auto id = (*s)->read(mixed_ops(rd->region, peer->region.region, n, 79));
+    ASSERT_TRUE(id.ok()) << id.error();
+    ASSERT_TRUE((*s)->wait(*id, 60s).ok());
+    std::vector<uint8_t> host(n);
+    ASSERT_EQ(cudaMemcpy(host.data(), dst, n, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(checksum(host.data(), n), pattern_checksum(n, 11));
+    EXPECT_FALSE((*s)->read({{rd->region, 0, peer->region.region, n - 16, 64}}).ok());
+    ASSERT_TRUE((*s)->notify("exit").ok());
+    ASSERT_TRUE((*reader)->deregister_memory(rd->region).ok());
+    cudaFree(dst);
+  }
 }
 #endif
 

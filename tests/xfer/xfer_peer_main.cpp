@@ -23,10 +23,10 @@ int main(int argc, char** argv) {
   ArgParser args("xfer_peer", "transfer engine test peer");
   args.add({"--bytes"}, &bytes, "region size");
   args.add({"--token"}, &token, "deployment token");
-  args.add({"--transports"}, &transports, "ucx,tcp or tcp");
+  args.add({"--transports"}, &transports, "ucx,tcp, ucx-only or tcp");
   args.add({"--name"}, &name, "agent name");
   args.add({"--seed"}, &seed, "pattern seed");
-  args.add_flag({"--cuda"}, &cuda, "register GPU memory holding the pattern (cuda_ipc)");
+  args.add_flag({"--cuda"}, &cuda, "register GPU memory holding the pattern (cuda_ipc and UCX)");
   if (auto s = args.parse(argc, argv); !s.ok()) {
     std::fprintf(stderr, "xfer_peer: %s\n", s.message().c_str());
     return 1;
@@ -34,8 +34,10 @@ int main(int argc, char** argv) {
   xfer::Agent::Config c;
   c.name = name;
   c.token = token;
-  c.transports =
-      transports == "tcp" ? std::vector<std::string>{"tcp"} : std::vector<std::string>{"ucx", "cuda_ipc", "tcp"};
+  // "tcp"; "ucx-only" (UCX moves host and GPU memory); otherwise the default set.
+  c.transports = transports == "tcp"        ? std::vector<std::string>{"tcp"}
+                 : transports == "ucx-only" ? std::vector<std::string>{"ucx"}
+                                            : std::vector<std::string>{"ucx", "cuda_ipc", "tcp"};
   auto agent = xfer::Agent::create(c);
   if (!agent.ok()) {
     std::fprintf(stderr, "xfer_peer: %s\n", agent.error().c_str());

@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "xfer/topology.h"
 #include "xfer/transport.h"
 
 namespace baton::xfer {
@@ -245,6 +246,17 @@ Result<std::unique_ptr<RmaTransport>> create_cuda_ipc_transport() {
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess || n == 0) return make_error("no CUDA device (", cuda_error(e), ")");
   return std::unique_ptr<RmaTransport>(std::make_unique<CudaIpcTransport>());
+}
+
+}  // namespace baton::xfer
+
+namespace baton::xfer {
+
+Result<std::string> cuda_pci_bus_id(int device) {
+  char id[32] = {};
+  cudaError_t e = cudaDeviceGetPCIBusId(id, sizeof id, device);
+  if (e != cudaSuccess) return make_error("CUDA device ", device, ": ", cudaGetErrorString(e));
+  return std::string(id);
 }
 
 }  // namespace baton::xfer

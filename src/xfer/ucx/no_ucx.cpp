@@ -3,8 +3,8 @@
 
 namespace baton::xfer {
 
-Result<std::unique_ptr<RmaTransport>> create_ucx_transport(bool) {
-  return make_error("this build has no UCX (install libucx-dev and rebuild)");
+Result<std::unique_ptr<RmaTransport>> create_ucx_transport(const UcxOptions&) {
+  return make_error("this build has no UCX (run scripts/setup.sh and rebuild)");
 }
 
 }  // namespace baton::xfer

@@ -1,7 +1,11 @@
 // The UCX transport: one UCP context and worker per agent, progressed by its own thread, RMA
-// get/put with packed rkeys.
+// get/put with packed rkeys, on host and GPU memory. GPU memory is registered with its memory
+// type (CUDA), so its rkey carries what each transport needs: an IPC handle for cuda_ipc on one
+// host, a memory key of the NIC for RDMA verbs (GPUDirect where the NIC and peer memory allow),
+// nothing for tcp, where UCX pipelines the bytes through its own cuda_copy staging. Gets name
+// their local memory type, so that UCX does not look it up per request.
 //
-// Two same-host shortcuts skip a UCX request per range:
+// Two same-host shortcuts, for host memory only, skip a UCX request per range:
 // - Shared regions (Agent::allocate_memory) are mapped into the reader by their rkey
 //   (ucp_rkey_ptr): a batch is a plain copy. The Session makes such copies itself, without its
 //   lock, from the mappings mapped() reports (agent.cpp, copy_in_place); start() copies the
@@ -108,9 +112,9 @@ class UcxEndpoint : public RmaEndpoint {
     if (st != UCS_OK) return make_error("cannot unpack UCX key of region ", remote.region, ": ", ucs_status_string(st));
     // Shared-memory regions (Agent::allocate_memory) are mapped into this process by the rkey:
     // their ranges move with a plain copy, without a UCX request per range.
-    Remote r{rkey, {}};
+    Remote r{rkey, {}, remote.kind == MemoryKind::kCuda};
     void* mapped = nullptr;
-    if (ucp_rkey_ptr(rkey, remote.address, &mapped) == UCS_OK && mapped)
+    if (!r.gpu && ucp_rkey_ptr(rkey, remote.address, &mapped) == UCS_OK && mapped)
       r.direct = {static_cast<std::byte*>(mapped), remote.address};
     if (auto old = remotes_.find(remote.region); old != remotes_.end()) ucp_rkey_destroy(old->second.rkey);
     remotes_[remote.region] = r;
@@ -137,7 +141,7 @@ class UcxEndpoint : public RmaEndpoint {
     // Each op's region looked up once (reads mostly come from one region, batch after batch:
     // the last lookup is reused, within a batch and across them).
     resolved_.resize(ops.size());
-    bool all_direct = !ops.empty();
+    bool all_direct = !ops.empty(), gpu = false;
     for (size_t i = 0; i < ops.size(); ++i) {
       const uint64_t region = ops[i].remote_region;
       if (!last_ || region != last_region_) {
@@ -148,8 +152,9 @@ class UcxEndpoint : public RmaEndpoint {
       }
       resolved_[i] = {last_->rkey, last_->direct.base ? &last_->direct : nullptr};
       all_direct = all_direct && last_->direct.base;
+      gpu = gpu || last_->gpu || ops[i].local_kind == MemoryKind::kCuda;
     }
-    if (all_direct || cma_ >= 0) {
+    if (!gpu && (all_direct || cma_ >= 0)) {
       // Every range in mapped shared memory (or reachable by CMA): copy now (under the session's
       // lock, so that the mapping cannot go away mid-copy) and hand back a handle that is already
       // complete.
@@ -187,6 +192,10 @@ class UcxEndpoint : public RmaEndpoint {
       p.cb.send = on_done;
       auto* ref = new std::shared_ptr<Batch>(batch);
       p.user_data = ref;
+      if (op.local_kind == MemoryKind::kCuda) {
+        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+        p.memory_type = UCS_MEMORY_TYPE_CUDA;
+      }
       ucp_rkey_h rkey = resolved_[i].rkey;
       ucs_status_ptr_t r = write ? ucp_put_nbx(ep_, op.local, op.length, op.remote_address, rkey, &p)
                                  : ucp_get_nbx(ep_, op.local, op.length, op.remote_address, rkey, &p);
@@ -257,6 +266,7 @@ class UcxEndpoint : public RmaEndpoint {
   struct Remote {
     ucp_rkey_h rkey;
     Direct direct;  // base null: not mapped here
+    bool gpu;       // GPU memory of the peer: never mapped, never read through CMA
   };
   std::unordered_map<uint64_t, Remote> remotes_;  // the peer's regions: key, and mapping when shared
   const Remote* last_ = nullptr;                  // remotes_[last_region_]; null after any change
@@ -272,7 +282,7 @@ class UcxEndpoint : public RmaEndpoint {
 
 class UcxTransport : public RmaTransport {
  public:
-  explicit UcxTransport(bool remote_writes) : remote_writes_(remote_writes) {}
+  explicit UcxTransport(UcxOptions options) : options_(std::move(options)) {}
   ~UcxTransport() override {
     stop_ = true;
     if (progress_.joinable()) progress_.join();
@@ -285,9 +295,13 @@ class UcxTransport : public RmaTransport {
     ucp_config_t* config = nullptr;
     ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
     if (st != UCS_OK) return make_error("UCX config: ", ucs_status_string(st));
-    // UCX's own TCP transport (1.13) trips internal assertions when peers die; our control
-    // connection already covers TCP. Use shared memory and RDMA unless the operator says else.
-    if (!std::getenv("UCX_TLS")) ucp_config_modify(config, "TLS", "^tcp");
+    if (!options_.net_devices.empty()) {
+      st = ucp_config_modify(config, "NET_DEVICES", options_.net_devices.c_str());
+      if (st != UCS_OK) {
+        ucp_config_release(config);
+        return make_error("UCX net devices '", options_.net_devices, "': ", ucs_status_string(st));
+      }
+    }
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
     params.features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
@@ -295,6 +309,11 @@ class UcxTransport : public RmaTransport {
     st = ucp_init(&params, config, &context_);
     ucp_config_release(config);
     if (st != UCS_OK) return make_error("UCX init: ", ucs_status_string(st));
+    // GPU memory is registered only where UCX found a CUDA transport (its cuda module loaded:
+    // a GPU driver is present).
+    ucp_context_attr_t attr{};
+    attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+    cuda_ = ucp_context_query(context_, &attr) == UCS_OK && (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA));
     ucp_worker_params_t wp{};
     wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
     wp.thread_mode = UCS_THREAD_MODE_MULTI;
@@ -335,6 +354,7 @@ class UcxTransport : public RmaTransport {
   }
 
   const char* name() const override { return "ucx"; }
+  bool registers(MemoryKind kind) const override { return kind == MemoryKind::kHost || cuda_; }
   std::string address() const override { return address_; }
 
   // Packs the key peers need for memh and keeps memh under `region`.
@@ -354,9 +374,11 @@ class UcxTransport : public RmaTransport {
   }
 
   Result<std::string> register_region(uint64_t region, void* addr, size_t len, MemoryKind kind) override {
-    if (kind != MemoryKind::kHost) return make_error("this UCX build registers host memory only");
+    if (!registers(kind)) return make_error("UCX has no CUDA transport here (no GPU driver, or a UCX without CUDA)");
     ucp_mem_map_params_t mp{};
-    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_PROT;
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_PROT |
+                    UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+    mp.memory_type = kind == MemoryKind::kCuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
     mp.prot = prot();
     mp.address = addr;
     mp.length = len;
@@ -433,10 +455,11 @@ class UcxTransport : public RmaTransport {
  private:
   unsigned prot() const {
     return UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_LOCAL_WRITE | UCP_MEM_MAP_PROT_REMOTE_READ |
-           (remote_writes_ ? unsigned{UCP_MEM_MAP_PROT_REMOTE_WRITE} : 0u);
+           (options_.remote_writes ? unsigned{UCP_MEM_MAP_PROT_REMOTE_WRITE} : 0u);
   }
 
-  const bool remote_writes_;
+  const UcxOptions options_;
+  bool cuda_ = false;  // GPU memory registers (UCX has a CUDA memory type here)
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   std::string address_;
@@ -450,8 +473,8 @@ class UcxTransport : public RmaTransport {
 
 }  // namespace
 
-Result<std::unique_ptr<RmaTransport>> create_ucx_transport(bool remote_writes) {
-  auto t = std::make_unique<UcxTransport>(remote_writes);
+Result<std::unique_ptr<RmaTransport>> create_ucx_transport(const UcxOptions& options) {
+  auto t = std::make_unique<UcxTransport>(options);
   BATON_RETURN_IF_ERROR(t->init());
   return std::unique_ptr<RmaTransport>(std::move(t));
 }
