@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (device tool, carry .device from bench/gpu/prepare_deps.sh): builds the
 # transfer engine alone, runs its tests (GPU test included) and the cuda_ipc benchmark against
-# an in-process cudaMemcpy of the same sizes, then the same reads staged over TCP (as between
-# hosts). Results go to $OUT (or ./out).
+# an in-process cudaMemcpy of the same sizes, then the same reads staged over TCP (transport tcp).
+# Results go to $OUT (or ./out). GPU memory through UCX: bench/gpu/ucx_gpu.sh.
 #   bash bench/gpu/xfer_gpu.sh
 #   PATCH=bench/gpu/experiments/SOME.patch bash bench/gpu/xfer_gpu.sh
 #       also builds a copy of the tree with PATCH applied and runs the single-range and batch-of-16
@@ -15,6 +15,7 @@ BUILD=${BUILD_DIR:-build-gpu-xfer}
 mkdir -p "$OUT"
 export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi -L | tee "$OUT/gpu.txt"
+[ ! -f .device/ucx.tar.xz ] || [ -d .device/ucx ] || tar -xJf .device/ucx.tar.xz -C .device
 build() {  # build SRC_DIR BUILD_DIR
   cmake -S "$1" -B "$2" -DCMAKE_BUILD_TYPE=Release -DBATON_XFER_ONLY=ON -DBATON_DEPS_DIR="$PWD/.device" \
     -DBATON_NATIVE=OFF > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
@@ -42,7 +43,7 @@ if [ -n "${PATCH:-}" ]; then
 fi
 "./$BUILD/apps/baton-bench" xfer --cuda --sizes 16384,262144,1048576,4194304,16777216,67108864 --batches 1,16,128 \
   --json "$OUT/xfer_cuda.json" 2>&1 | tee "$OUT/xfer_cuda.txt"
-# GPU memory between hosts without cuda_ipc: the same reads over TCP, staged through pinned host
-# buffers on both sides (here on one host, over loopback).
+# transport tcp: the same reads over TCP, staged through pinned host buffers on both sides (here
+# on one host, over loopback).
 "./$BUILD/apps/baton-bench" xfer --cuda --transport tcp --sizes 16384,1048576,16777216 --batches 1,16,128 \
   --json "$OUT/xfer_cuda_staged.json" 2>&1 | tee "$OUT/xfer_cuda_staged.txt"

@@ -2,6 +2,7 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -51,18 +52,27 @@ std::vector<TransferOp> coalesce(const std::vector<TransferOp>& ops) {
 
 void coalesce(const std::vector<TransferOp>& ops, std::vector<TransferOp>& out) {
   out.clear();
-  for (const TransferOp& op : ops) {
-    if (op.length == 0) continue;
-    if (!out.empty()) {
-      TransferOp& last = out.back();
+  for (const TransferOp& op : ops)
+    if (op.length) out.push_back(op);
+  // In the order of the peer's memory (a sequence's blocks come back from a free list tail first,
+  // so a request's block ids often run downwards): runs in either direction then merge.
+  const auto by_remote = [](const TransferOp& a, const TransferOp& b) {
+    return a.remote_region != b.remote_region ? a.remote_region < b.remote_region : a.remote_offset < b.remote_offset;
+  };
+  if (!std::is_sorted(out.begin(), out.end(), by_remote)) std::stable_sort(out.begin(), out.end(), by_remote);
+  size_t n = 0;
+  for (const TransferOp& op : out) {
+    if (n) {
+      TransferOp& last = out[n - 1];
       if (last.local_region == op.local_region && last.remote_region == op.remote_region &&
           last.local_offset + last.length == op.local_offset && last.remote_offset + last.length == op.remote_offset) {
         last.length += op.length;
         continue;
       }
     }
-    out.push_back(op);
+    out[n++] = op;
   }
+  out.resize(n);
 }
 
 std::string to_hex(const void* data, size_t n) {

@@ -63,8 +63,10 @@ using TransferId = uint64_t;
 
 enum class TransferState { kPending, kDone, kFailed };
 
-// Merges ops whose local and remote ranges both continue the previous op's (contiguous KV
-// blocks become one range). Keeps order otherwise.
+// Merges ops whose local and remote ranges are both adjacent (contiguous KV blocks become one
+// range, whichever order the blocks were listed in); the result is in the order of the peer's
+// memory. The ranges of a batch must not overlap: the order they move in is not kept (UCX
+// completes gets in any order).
 std::vector<TransferOp> coalesce(const std::vector<TransferOp>& ops);
 void coalesce(const std::vector<TransferOp>& ops, std::vector<TransferOp>& out);  // into out (cleared first)
 

@@ -703,6 +703,19 @@ TEST(XferCoalesceTest, ContiguousOpsMerge) {
   ASSERT_EQ(c.size(), 3u);
   EXPECT_EQ(c[0].length, 20u);
   EXPECT_EQ(c[1].remote_offset, 200u);
+  // Blocks listed last to first (ids handed out from a free list's tail) merge as well.
+  std::vector<TransferOp> down;
+  for (uint64_t b = 8; b-- > 0;) down.push_back({1, 1000 + 16 * b, 2, 5000 + 16 * b, 16});
+  down.push_back({1, 0, 2, 0, 16});  // and a range apart
+  c = coalesce(down);
+  ASSERT_EQ(c.size(), 2u);
+  EXPECT_EQ(c[0].remote_offset, 0u);
+  EXPECT_EQ(c[1].local_offset, 1000u);
+  EXPECT_EQ(c[1].remote_offset, 5000u);
+  EXPECT_EQ(c[1].length, 128u);
+  // Adjacent on one side only: not merged.
+  c = coalesce({{1, 0, 2, 16, 16}, {1, 16, 2, 0, 16}});
+  EXPECT_EQ(c.size(), 2u);
 }
 
 // ---- against a peer process -------------------------------------------------------------------
