@@ -824,8 +824,7 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer, const std
   if (!capability.empty()) session->presented_.push_back(capability);
   session->peer_writable_ =
       welcome.contains("writable") && welcome["writable"].is_boolean() && welcome["writable"].get<bool>();
-  if (rma_ && rma_degraded_) log::warn("session to ", peer.name, ": UCX degraded by an earlier peer failure; using TCP");
-  if (rma_ && !rma_degraded_ && welcome.contains(rma_->name()) && welcome[rma_->name()].is_string()) {
+  if (rma_ && welcome.contains(rma_->name()) && welcome[rma_->name()].is_string()) {
     auto ep = rma_->connect(welcome[rma_->name()].get<std::string>());
     if (ep.ok()) {
       session->rma_ = std::move(*ep);
@@ -837,7 +836,6 @@ Result<std::shared_ptr<Session>> Agent::connect(const AgentDesc& peer, const std
   if (!session->rma_ && !config_.tcp_allowed())
     return make_error("session to ", peer.name, ": UCX cannot reach it (",
                       !rma_                                           ? "UCX is off here"
-                      : rma_degraded_                                 ? "degraded by an earlier peer failure"
                       : !welcome.contains(rma_->name())               ? "the peer has no UCX"
                                                                       : "no UCX endpoint",
                       ") and TCP is not allowed");
@@ -1172,16 +1170,13 @@ void Session::fail_all(const std::string& why) {
     publish_mapped(false);  // before the endpoint and its mappings go
     rma = std::move(rma_);
     gpu = std::move(gpu_);
-    if (rma)
-      for (auto& [id, t] : transfers_)
-        if (t.rma_handle && !t.on_cuda_ipc) agent_.rma_degraded_ = true;
     cv_.notify_all();
   }
   // After the transfers are marked, so that they carry this reason rather than the reader
   // thread's "peer closed the connection".
   socket_.shutdown();
-  // Closing the endpoints stops their transfers: cuda_ipc's waits for its copies; UCX 1.13 may
-  // still deliver a late get answer of a stalled peer into local memory (agent.h, Known limit).
+  // Closing the endpoints stops their transfers: cuda_ipc's waits for its copies; UCX may still
+  // deliver a late get answer of a stalled peer into local memory (agent.h, Known limit).
   rma.reset();
   gpu.reset();
 }

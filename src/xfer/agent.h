@@ -38,8 +38,8 @@
 //
 // Known limit: when a UCX transfer times out (a stalled owner), its session is closed, but a
 // late reply may still land in the local destination once the owner resumes; destinations must
-// stay allocated (as a KV pool does) while the agent lives. After such a failure the agent opens
-// new sessions over TCP. deregister_memory() waits for the RMA transfers that move the region's
+// stay allocated (as a KV pool does) while the agent lives. New sessions use UCX as before
+// (XferDeregisterTest checks it). deregister_memory() waits for the RMA transfers that move the region's
 // bytes; those that do not finish within the timeout fail with their session, and it returns an
 // error saying that the memory must then be kept until the agent is destroyed.
 #pragma once
@@ -307,11 +307,8 @@ class Agent {
   int port_ = 0;
   Socket listener_;
   std::thread accept_thread_;
-  std::unique_ptr<RmaTransport> rma_;  // host memory: UCX
+  std::unique_ptr<RmaTransport> rma_;  // host and GPU memory: UCX
   std::unique_ptr<RmaTransport> gpu_;  // GPU memory: cuda_ipc (CUDA builds with a device)
-  // Set when an RMA session died with transfers in flight: UCX 1.13's worker can be left
-  // unable to reach new peers, so new sessions use TCP from then on.
-  std::atomic<bool> rma_degraded_{false};
 
   mutable std::shared_mutex regions_mutex_;  // shared while serving, exclusive to deregister
   std::map<uint64_t, Region> regions_;

@@ -840,6 +840,8 @@ TEST_P(XferTest, PeerKilledMidBatchFailsWithinTheTimeout) {
   ASSERT_TRUE(peer2);
   auto s2 = reader->connect(peer2->agent);
   ASSERT_TRUE(s2.ok()) << s2.error();
+  EXPECT_EQ((*s2)->transport(), transport) << "the dead peer took UCX away from new sessions";
+  EXPECT_EQ((*s2)->transport(), transport) << "the dead peer took UCX away from new sessions";
   auto id2 = (*s2)->read({{rd->region, 0, peer2->region.region, 0, 1 << 20}});
   ASSERT_TRUE(id2.ok());
   EXPECT_TRUE((*s2)->wait(*id2).ok());
@@ -876,6 +878,7 @@ TEST(XferCmaTest, PeerKilledIsAnErrorThroughCma) {
   ASSERT_TRUE(peer2);
   auto s2 = reader->connect(peer2->agent);
   ASSERT_TRUE(s2.ok()) << s2.error();
+  EXPECT_EQ((*s2)->transport(), "ucx") << "the dead peer took UCX away from new sessions";
   auto id2 = (*s2)->read({{rd->region, 0, peer2->region.region, 0, 1 << 20}});
   ASSERT_TRUE(id2.ok()) << id2.error();
   EXPECT_TRUE((*s2)->wait(*id2).ok());
@@ -1011,6 +1014,17 @@ TEST(XferDeregisterTest, StalledReadIntoADeregisteredDestinationFailsItsSession)
   Status read = (*s)->wait(*id);
   ASSERT_FALSE(read.ok());
   EXPECT_NE(read.message().find("deregistered"), std::string::npos) << read.message();
+  // The failed session leaves UCX usable: a new peer gets a UCX session that reads.
+  ::setenv("UCX_TLS", "^cma", 1);
+  auto peer2 = PeerProcess::spawn({"--bytes", std::to_string(1 << 20), "--transports", "ucx", "--name", "peer2"});
+  ::unsetenv("UCX_TLS");
+  ASSERT_TRUE(peer2);
+  auto s2 = reader->connect(peer2->agent);
+  ASSERT_TRUE(s2.ok()) << s2.error();
+  EXPECT_EQ((*s2)->transport(), "ucx") << "the stalled peer took UCX away from new sessions";
+  auto id2 = (*s2)->read({{ro->region, 0, peer2->region.region, 0, other.size()}});
+  ASSERT_TRUE(id2.ok()) << id2.error();
+  EXPECT_TRUE((*s2)->wait(*id2).ok());
 }
 
 // The timeout is for a peer that stopped sending: a read that takes longer than it but keeps
