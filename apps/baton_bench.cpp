@@ -18,7 +18,6 @@
 #include <cstring>
 #include <cstdlib>
 #include <fstream>
-#include <map>
 #include <memory>
 #include <sstream>
 #include <vector>
@@ -111,10 +110,9 @@ Status xfer_bench(int argc, char** argv) {
                 "registered host regions on 4 KiB pages (default: transparent huge pages asked for, as numpy does)");
   BATON_RETURN_IF_ERROR(args.parse(argc, argv));
   if (args.help_requested()) return {};
-  const std::map<std::string, std::vector<std::string>> transport_sets = {
-      {"auto", {"ucx", "cuda_ipc", "tcp"}}, {"ucx", {"ucx"}}, {"cuda_ipc", {"cuda_ipc", "tcp"}}, {"tcp", {"tcp"}}};
-  if (!transport_sets.count(transport)) return make_error("--transport must be auto, ucx, cuda_ipc or tcp");
-  const std::vector<std::string>& transports = transport_sets.at(transport);
+  auto named = xfer::Agent::Config::transports_named(transport);
+  if (!named.ok()) return make_error("--transport: ", named.error());
+  const std::vector<std::string> transports = std::move(*named);
   if (kv_dtype != "fp8" && kv_dtype != "bf16") return make_error("--kv-dtype must be fp8 or bf16");
   BATON_ASSIGN_OR_RETURN(auto kv_tokens, parse_uint_list(kv_tokens_s.empty() ? "0" : kv_tokens_s, "--kv-tokens"));
   if (kv_tokens_s.empty()) kv_tokens.clear();
@@ -229,9 +227,25 @@ Status xfer_bench(int argc, char** argv) {
                 cuda ? "ratio to one in-process d2d copy of the bytes" : "");
     for (uint64_t tokens : kv_tokens) {
       const uint64_t blocks = (tokens + block_tokens - 1) / block_tokens;
+      const uint64_t bytes = blocks * kv_block_bytes * kv_layers;
+      // The device-to-device copy rate: one cudaMemcpy of the request's bytes on this GPU.
+      double d2d = 0;
+#if BATON_HAS_CUDA
+      if (cuda) {
+        const uint64_t copied = std::min(bytes, region_bytes / 2);
+        auto copy_once = [&] {
+          cudaMemcpyAsync(static_cast<char*>(local_gpu) + region_bytes / 2, local_gpu, copied, cudaMemcpyDeviceToDevice,
+                          nullptr);
+          cudaStreamSynchronize(nullptr);
+          return Status{};
+        };
+        BATON_ASSIGN_OR_RETURN(auto copies, time_repeated(seconds, copy_once));
+        d2d = static_cast<double>(copied) * copies.first / copies.second / 1e9;
+      }
+#endif
+      const uint64_t layer_bytes = kv_pool_blocks * kv_block_bytes;
       for (uint64_t stride : {1, 2}) {  // contiguous blocks, every other block
         std::vector<xfer::TransferOp> ops;
-        const uint64_t layer_bytes = kv_pool_blocks * kv_block_bytes;
         for (int l = 0; l < kv_layers; ++l)
           for (uint64_t b = 0; b < blocks; ++b) {
             const uint64_t at = l * layer_bytes + stride * b * kv_block_bytes;
@@ -244,22 +258,7 @@ Status xfer_bench(int argc, char** argv) {
         };
         BATON_ASSIGN_OR_RETURN(auto timed, time_repeated(seconds, run_once));
         const auto [n, elapsed] = timed;
-        const uint64_t bytes = blocks * kv_block_bytes * kv_layers;
         const double gbps = static_cast<double>(bytes) * n / elapsed / 1e9, ms = elapsed / n * 1e3;
-        // The device-to-device copy rate: one cudaMemcpy of the request's bytes on this GPU.
-        double d2d = 0;
-#if BATON_HAS_CUDA
-        if (cuda) {
-          auto copy_once = [&] {
-            cudaMemcpyAsync(static_cast<char*>(local_gpu) + region_bytes / 2, local_gpu, std::min(bytes, region_bytes / 2),
-                            cudaMemcpyDeviceToDevice, nullptr);
-            cudaStreamSynchronize(nullptr);
-            return Status{};
-          };
-          BATON_ASSIGN_OR_RETURN(auto copies, time_repeated(seconds, copy_once));
-          d2d = static_cast<double>(std::min(bytes, region_bytes / 2)) * copies.first / copies.second / 1e9;
-        }
-#endif
         char ratio[64] = "";
         if (d2d > 0) std::snprintf(ratio, sizeof ratio, "%.2f (d2d %.0f GB/s)", gbps / d2d, d2d);
         std::printf("| %llu | %s | %s | %zu | %llu | %.1f | %.3f | %.2f | %d | %s |\n", static_cast<unsigned long long>(tokens),

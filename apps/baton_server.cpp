@@ -123,8 +123,7 @@ baton::Status run(int argc, char** argv) {
       ac.port = kv.handshake_port == 0 ? 0 : kv.handshake_port + r;
       ac.token = kv.token;
       ac.remote_writes = false;  // peers read KV pools; nobody writes into them
-      if (kv.transport == "tcp") ac.transports = {"tcp"};  // GPU KV staged through host memory
-      if (kv.transport == "ucx") ac.transports = {"ucx"};  // UCX moves everything; never TCP
+      BATON_ASSIGN_OR_RETURN(ac.transports, xfer::Agent::Config::transports_named(kv.transport));
       ac.ucx_net_devices = kv.ucx_net_devices_for(r);
       if (ac.ucx_net_devices.empty() && spec.cuda) {
         // The RDMA NICs nearest this rank's GPU; none (no RDMA here): UCX's default.

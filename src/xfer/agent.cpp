@@ -144,6 +144,14 @@ Status drain(Socket& socket, uint64_t n) {
 
 // ---- Agent -----------------------------------------------------------------------------------
 
+Result<std::vector<std::string>> Agent::Config::transports_named(std::string_view name) {
+  if (name == "auto") return Config{}.transports;
+  if (name == "ucx") return std::vector<std::string>{"ucx"};
+  if (name == "cuda_ipc") return std::vector<std::string>{"cuda_ipc", "tcp"};
+  if (name == "tcp") return std::vector<std::string>{"tcp"};
+  return make_error("transport '", name, "' is not one of auto, ucx, cuda_ipc, tcp");
+}
+
 Result<std::unique_ptr<Agent>> Agent::create(Config config) {
   if (config.name.empty()) return make_error("transfer agent needs a name");
   // BATON_XFER_NO_UCX=1 keeps bytes off UCX (operators debugging a fabric; ThreadSanitizer runs,

@@ -205,6 +205,10 @@ class Agent {
     }
     bool tcp_allowed() const { return allows("tcp"); }
     bool stages_gpu_memory() const { return tcp_allowed() && !allows("ucx"); }
+    // The transports of a named choice (--kv-transfer-config's and baton-bench's "transport"):
+    // auto (the default set), ucx (UCX alone, GPU memory too), cuda_ipc (cuda_ipc, and TCP for
+    // host memory) and tcp (TCP alone: GPU memory staged through host buffers).
+    static Result<std::vector<std::string>> transports_named(std::string_view name);
     // UCX_NET_DEVICES for this agent (a TP rank's NICs, nearest its GPU); empty: UCX's choice.
     std::string ucx_net_devices;
     std::chrono::milliseconds timeout{10000};  // transfers and handshakes

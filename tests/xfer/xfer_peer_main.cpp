@@ -35,9 +35,9 @@ int main(int argc, char** argv) {
   c.name = name;
   c.token = token;
   // "tcp"; "ucx-only" (UCX moves host and GPU memory); otherwise the default set.
-  c.transports = transports == "tcp"        ? std::vector<std::string>{"tcp"}
-                 : transports == "ucx-only" ? std::vector<std::string>{"ucx"}
-                                            : std::vector<std::string>{"ucx", "cuda_ipc", "tcp"};
+  c.transports = *xfer::Agent::Config::transports_named(transports == "tcp"        ? "tcp"
+                                                        : transports == "ucx-only" ? "ucx"
+                                                                                   : "auto");
   auto agent = xfer::Agent::create(c);
   if (!agent.ok()) {
     std::fprintf(stderr, "xfer_peer: %s\n", agent.error().c_str());
