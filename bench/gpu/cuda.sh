@@ -8,22 +8,16 @@
 #   bash bench/gpu/cuda.sh all     both
 #   bash bench/gpu/cuda.sh greedy  bench's greedy checks alone: free-running and teacher-forced
 #                                  against transformers fp32 (hf_reference.py compare --forced)
-#   bash bench/gpu/cuda.sh profile where a step's time goes, kernel by kernel (BATON_CUDA_PROFILE=1);
-#                                  PROFILE_MODELS="qwen2.5-0.5b llama3.2-1b", PROFILE_ARGS="ARGS|ARGS"
 #   bash bench/gpu/cuda.sh trace   the decode step inside its CUDA graph, kernel by kernel, from an
 #                                  Nsight Systems trace (bench/gpu/nsys_sum.py); TRACE_MODELS,
-#                                  TRACE_BATCHES="1 8 64", TRACE_CONFIGS="default;BATON_CUDA_PDL=0"
+#                                  TRACE_BATCHES="1 8 64", TRACE_CONFIGS="default;BATON_CUDA_GEMV=0"
 #   bash bench/gpu/cuda.sh ncu     one kernel of the decode step under Nsight Compute's full set: its
 #                                  sections and the source lines it stalls on most (build with
 #                                  CUDAFLAGS=-lineinfo for CUDA lines); NCU_MODEL=llama3.2-1b,
 #                                  NCU_KERNEL=regex:decode_kernel, NCU_BATCH=1, NCU_SKIP=200
-#   bash bench/gpu/cuda.sh stamps  the decode step's timeline CTA by CTA (phases inside the decode
-#                                  kernels, src/backend/cuda/stamps.cuh) from a BATON_STAMPS build in
-#                                  build-stamps/ (bench/gpu/stamps.py); STAMP_MODELS, STAMP_BATCHES="1",
-#                                  STAMP_CONFIGS="default;...", STAMP_LAUNCHES=12
-#   bash bench/gpu/cuda.sh ab      decode step time with our skinny GEMMs and programmatic dependent
-#                                  launch, each turned off in turn (BATON_CUDA_GEMV=0, BATON_CUDA_PDL=0);
-#                                  AB_CONFIGS="default;BATON_CUDA_PDL=0" picks configurations,
+#   bash bench/gpu/cuda.sh ab      decode step time on the default path and on the backend's
+#                                  alternate paths (the BATON_CUDA_* switches, backend.h: CudaPaths);
+#                                  AB_CONFIGS="default;BATON_CUDA_GEMV=0" picks configurations,
 #                                  AB_ROUNDS=2 runs the list that many times, interleaved; AB_ARGS
 #                                  go to baton-bench model (e.g. "--batches 8 --prefill 256"); a
 #                                  configuration "bin=PATH ..." runs another build's baton-bench
@@ -35,10 +29,10 @@ MODE=${1:-all}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 T0=$(date +%s)
-# stamps builds its own tree; bench only the two programs it runs (a full build takes ~190 s there).
+# bench builds only the two programs it runs (a full build takes ~190 s there).
 [[ $MODE != bench ]] || export BUILD_TARGET=${BUILD_TARGET:-baton-bench baton-generate}
 [[ $MODE != greedy ]] || export BUILD_TARGET=${BUILD_TARGET:-baton-generate}
-[[ $MODE == stamps ]] || bash bench/gpu/build.sh
+bash bench/gpu/build.sh
 echo "build: $(( $(date +%s) - T0 )) s"
 
 if [[ $MODE == test || $MODE == all ]]; then
@@ -70,20 +64,6 @@ if [[ $MODE == bench || $MODE == all || $MODE == greedy ]]; then
         --json "$OUT/$m.$kv.bench.json" 2>&1 | tee "$OUT/$m.$kv.bench.txt"
     done
     python3 bench/gpu/hf_reference.py generate "$MODELS/$m" --json "$OUT/$m.hf_generate.json" 2>&1 | grep -v Warn
-  done
-fi
-if [[ $MODE == profile || $MODE == all ]]; then
-  # Where a step's time goes: kernels timed one by one (no graphs), by default on the Llama-shaped model.
-  MODELS=/tmp/baton-models
-  python3 bench/gpu/hf_reference.py make "$MODELS" > /dev/null 2>&1
-  # PROFILE_ARGS picks the runs ("|" between them); the default: decode at batch 1 and a prefill-bound run.
-  IFS='|' read -r -a runs <<< "${PROFILE_ARGS:---batches 1 --steps 20 --prefill 16|--batches 1 --steps 1 --context 16 --prefill 2048}"
-  for m in ${PROFILE_MODELS:-llama3.2-1b}; do
-    for args in "${runs[@]}"; do
-      echo "profile: $m $args"
-      BATON_CUDA_PROFILE=1 ./build-gpu/apps/baton-bench model --model "$MODELS/$m" --device cuda $args \
-        --gen-batches "" 2>&1 | grep -vE "cuda backend:|^device|^model" | tail -30
-    done
   done
 fi
 if [[ $MODE == trace ]]; then
@@ -137,26 +117,10 @@ if [[ $MODE == ncu ]]; then
     python3 bench/gpu/ncu_source.py /tmp/kernel.$src.csv ${NCU_LINES:-40} || true
   done
 fi
-if [[ $MODE == stamps ]]; then
-  MODELS=/tmp/baton-models
-  python3 bench/gpu/hf_reference.py make "$MODELS" > /dev/null 2>&1
-  BUILD_DIR=build-stamps CMAKE_EXTRA="-DBATON_STAMPS=ON -DBATON_BUILD_TESTS=OFF" BUILD_TARGET=baton-bench bash bench/gpu/build.sh
-  echo "stamps build: $(( $(date +%s) - T0 )) s"
-  for m in ${STAMP_MODELS:-llama3.2-1b qwen2.5-0.5b}; do
-    IFS=';' read -r -a sconfigs <<< "${STAMP_CONFIGS:-default}"
-    for b in ${STAMP_BATCHES:-1}; do for cfg in "${sconfigs[@]}"; do
-      [[ $cfg == default ]] && cfg=""
-      echo "== stamps $m batch $b ${cfg:-default}"
-      env $cfg BATON_STAMPS_OUT=/tmp/stamps.bin ./build-stamps/apps/baton-bench model --model "$MODELS/$m" --device cuda \
-        --kv-cache-dtype bf16 --batches "$b" --steps 8 --prefill 256 --gen-batches "" 2>&1 | grep "^decode" || true
-      python3 bench/gpu/stamps.py /tmp/stamps.bin "${STAMP_LAUNCHES:-12}"
-    done; done
-  done
-fi
 if [[ $MODE == ab ]]; then
   MODELS=/tmp/baton-models
   python3 bench/gpu/hf_reference.py make "$MODELS" > /dev/null 2>&1
-  IFS=';' read -r -a configs <<< "${AB_CONFIGS:-default;BATON_CUDA_PDL=0;BATON_CUDA_GEMV=0;BATON_CUDA_GEMV=0 BATON_CUDA_PDL=0}"
+  IFS=';' read -r -a configs <<< "${AB_CONFIGS:-default;BATON_CUDA_GEMV=0;BATON_CUDA_GEMM_TUNE=0;BATON_CUDA_ATTN_MMA_TOKENS=0}"
   for m in qwen2.5-0.5b llama3.2-1b; do
     for round in $(seq "${AB_ROUNDS:-1}"); do
       for cfg in "${configs[@]}"; do
@@ -169,7 +133,7 @@ if [[ $MODE == ab ]]; then
           [[ $cfg == *" "* ]] && cfg=${cfg#* } || cfg=""
         fi
         env $cfg "$bin" model --model "$MODELS/$m" --device cuda --kv-cache-dtype bf16 \
-          --gen-batches "" --json "$OUT/ab.$m.$label.json" ${AB_ARGS:-} 2>&1 | awk '!/cuda backend:/ || /decode graph/ || /one-kernel/' ||
+          --gen-batches "" --json "$OUT/ab.$m.$label.json" ${AB_ARGS:-} 2>&1 | awk '!/cuda backend:/ || /decode graph/' ||
           echo "(this configuration failed)"
       done
     done

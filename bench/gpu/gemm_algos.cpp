@@ -1,5 +1,5 @@
 // The decode step's cuBLAS GEMMs at 9+ rows, against every algorithm cuBLASLt's heuristic offers for
-// the same shape: is a tuned choice worth building (bench/RESULTS.md, session 29)? Standalone, on the
+// the same shape: is a tuned choice worth building (bench/RESULTS.md: yes, tuned cuBLASLt GEMMs)? Standalone, on the
 // lent GPU machine:
 //   nvcc -O2 -std=c++17 bench/gpu/gemm_algos.cpp -lcublasLt -lcublas -o /tmp/gemm_algos && /tmp/gemm_algos [M,...]
 // Row-major C[m, n] (fp32) = A[m, k] (bf16) W[n, k]^T (bf16), as CudaBackend::gemm calls cublasGemmEx

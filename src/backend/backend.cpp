@@ -1,5 +1,9 @@
 #include "backend/backend.h"
 
+#include <unistd.h>
+
+#include <string>
+
 #include "common/cli.h"
 
 namespace baton {
@@ -48,6 +52,49 @@ void add_backend_flags(ArgParser& args, BackendOptions& o) {
   args.add_flag({"--rope-bf16-frequencies"}, &o.rope_bf16_frequencies,
                 "bf16 checkpoints: RoPE frequencies rounded to bf16, as transformers had them for the "
                 "test goldens (default: fp32, as transformers computes them and vLLM uses them)");
+}
+
+std::string CudaPaths::describe() const {
+  const CudaPaths d;
+  std::string out;
+  auto add = [&out](const std::string& kv) { out += (out.empty() ? "" : " ") + kv; };
+  if (skinny_gemms != d.skinny_gemms) add("BATON_CUDA_GEMV=0");
+  if (time_skinny_graphs != d.time_skinny_graphs) add("BATON_CUDA_TUNE=0");
+  if (gemm_tune != d.gemm_tune) add(gemm_tune == GemmTune::kOff ? "BATON_CUDA_GEMM_TUNE=0" : "BATON_CUDA_GEMM_TUNE=require");
+  if (attn_group_heads != d.attn_group_heads) add("BATON_CUDA_ATTN_GROUP=" + std::to_string(attn_group_heads));
+  if (attn_mma_tokens != d.attn_mma_tokens) add("BATON_CUDA_ATTN_MMA_TOKENS=" + std::to_string(attn_mma_tokens));
+  return out;
+}
+
+Result<CudaPaths> cuda_paths_from_env() {
+  CudaPaths p;
+  auto number = [](const char* name, const std::string& v, int lo, int hi) -> Result<int> {
+    if (v.empty() || v.size() > 6 || v.find_first_not_of("0123456789") != std::string::npos || std::stoi(v) < lo ||
+        std::stoi(v) > hi)
+      return make_error(name, "=", v, ": expected a number in ", lo, "..", hi);
+    return std::stoi(v);
+  };
+  for (char** e = environ; *e; ++e) {
+    const std::string kv = *e;
+    if (kv.rfind("BATON_CUDA_", 0) != 0) continue;
+    const size_t eq = kv.find('=');
+    const std::string name = kv.substr(0, eq), v = eq == std::string::npos ? "" : kv.substr(eq + 1);
+    if (name == "BATON_CUDA_GEMV" || name == "BATON_CUDA_TUNE") {
+      if (v != "0" && v != "1") return make_error(name, "=", v, ": expected 0 or 1");
+      (name == "BATON_CUDA_GEMV" ? p.skinny_gemms : p.time_skinny_graphs) = v == "1";
+    } else if (name == "BATON_CUDA_GEMM_TUNE") {
+      if (v != "0" && v != "1" && v != "require") return make_error(name, "=", v, ": expected 0, 1 or require");
+      p.gemm_tune = v == "0" ? CudaPaths::GemmTune::kOff : v == "1" ? CudaPaths::GemmTune::kOn : CudaPaths::GemmTune::kRequire;
+    } else if (name == "BATON_CUDA_ATTN_GROUP") {
+      BATON_ASSIGN_OR_RETURN(p.attn_group_heads, number(name.c_str(), v, 1, 4));
+    } else if (name == "BATON_CUDA_ATTN_MMA_TOKENS") {
+      BATON_ASSIGN_OR_RETURN(p.attn_mma_tokens, number(name.c_str(), v, 0, 1 << 20));
+    } else {
+      return make_error(name, " is not a switch of this baton (BATON_CUDA_GEMV, BATON_CUDA_TUNE, ",
+                        "BATON_CUDA_GEMM_TUNE, BATON_CUDA_ATTN_GROUP, BATON_CUDA_ATTN_MMA_TOKENS)");
+    }
+  }
+  return p;
 }
 
 Result<DeviceSpec> parse_device(const std::string& device) {

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -65,6 +66,27 @@ struct KvMemory {
   int device = -1;
 };
 
+// The CUDA backend's alternate paths: kept because tests check them against the default path
+// and benchmarks A/B them (bench/gpu/cuda.sh ab). Every other choice of the backend is settled
+// and has no switch (bench/RESULTS.md says what measured it).
+struct CudaPaths {
+  bool skinny_gemms = true;  // BATON_CUDA_GEMV=0: decode steps' GEMMs on cuBLAS, not gemv.cu's
+  // BATON_CUDA_TUNE=0: skinny GEMMs for every decode graph they take, without timing the 5-8 row
+  // graphs against cuBLAS (the faster is kept by default).
+  bool time_skinny_graphs = true;
+  // BATON_CUDA_GEMM_TUNE=0 | 1 | require: decode graphs on cuBLAS captured a second time on
+  // cuBLASLt algorithms timed per GEMM shape, the faster kept (1); require (tests): the tuned
+  // graph whenever it captures, on each shape's fastest cuBLASLt algorithm.
+  enum class GemmTune { kOff, kOn, kRequire } gemm_tune = GemmTune::kOn;
+  int attn_group_heads = 4;  // BATON_CUDA_ATTN_GROUP=N: query heads of a KV group per decode CTA (1-4)
+  int attn_mma_tokens = 32;  // BATON_CUDA_ATTN_MMA_TOKENS=N: decode steps of >= N tokens on tensor cores (0: never)
+  // The switches that differ from the defaults, as "BATON_CUDA_GEMV=0 ..." ("" for none).
+  std::string describe() const;
+};
+// CudaPaths from the environment's BATON_CUDA_* variables; an unknown BATON_CUDA_* name or a bad
+// value is an error naming it.
+Result<CudaPaths> cuda_paths_from_env();
+
 struct BackendOptions {
   std::string device = "cpu";  // cpu | cuda | cuda:N (ranks on GPUs N, N+1, ...); see parse_device
   KvAllocator kv_allocator;  // host pools only; empty: the backend allocates the pool itself
@@ -87,6 +109,8 @@ struct BackendOptions {
   // explicit dtype and as vLLM uses them. Rounded frequencies are off by up to 2^-9 relative: a
   // rotation error of position x frequency x 2^-9 radians, 1.3 rad at 1000 tokens for frequency 0.66.
   bool rope_bf16_frequencies = false;
+  // CUDA: unset reads them from the environment once, when the backend is made (cuda_paths_from_env).
+  std::optional<CudaPaths> cuda_paths;
 };
 
 // Sampling on the device for one row: greedy when temperature is 0, else top-k (0: off) then

@@ -30,6 +30,7 @@ BackendOptions cuda_options(const std::string& kv_dtype = "auto") {
   o.device = "cuda";
   o.kv_dtype = kv_dtype;
   o.kv_cache_bytes = size_t{64} << 20;
+  o.cuda_paths = CudaPaths{};  // the default paths, whatever BATON_CUDA_* the environment has
   return o;
 }
 
@@ -265,29 +266,16 @@ TEST_P(CudaVsCpuTest, PrefillAndDecodeLogitsMatchCpu) {
     cpu_o.kv_dtype = kv;
     auto cpu_kv = make(dir_.path(), cpu_o);
     // The decode step below is one token: its attention takes the KV group's query heads
-    // together, as every step does by default, or (BATON_CUDA_ATTN_GROUP=1) one head per CTA, as
-    // models whose groups the grouped kernel does not take do, or (BATON_CUDA_ATTN_MMA_TOKENS=1)
-    // runs on tensor cores, as steps of many tokens do.
-    // "one kernel": the decode step's layers in one kernel (mega.cu; required where it takes the
-    // shape, 10 query heads per KV head is not taken and falls back); "one kernel, 8-key splits":
-    // more splits than it may have (s_max), so that some would have no keys (split_of drops them:
-    // the group's last split merges the partials of every other).
-    const HeadShape& h = GetParam();
-    for (const std::string mode :
-         {"a head per CTA", "grouped", "tensor cores", "one kernel", "one kernel, 8-key splits"}) {
+    // together, as every step does by default, or (attn_group_heads 1) one head per CTA, as
+    // models whose groups the grouped kernel does not take do, or (attn_mma_tokens 1) runs on
+    // tensor cores, as steps of many tokens do.
+    for (const std::string mode : {"a head per CTA", "grouped", "tensor cores"}) {
       for (int max_batch_tokens : {2048, 64}) {  // 64: the prompt runs as several passes
         BackendOptions o = cuda_options(kv);
         o.max_batch_tokens = max_batch_tokens;
-        if (mode == "a head per CTA") setenv("BATON_CUDA_ATTN_GROUP", "1", 1);
-        if (mode == "tensor cores") setenv("BATON_CUDA_ATTN_MMA_TOKENS", "1", 1);
-        const bool one_kernel = mode.starts_with("one kernel");
-        setenv("BATON_CUDA_MEGA", !one_kernel ? "0" : h.heads / h.kv_heads <= 8 ? "require" : "1", 1);
-        if (mode == "one kernel, 8-key splits") setenv("BATON_CUDA_MEGA_SPLIT_KEYS", "8", 1);
+        if (mode == "a head per CTA") o.cuda_paths->attn_group_heads = 1;
+        if (mode == "tensor cores") o.cuda_paths->attn_mma_tokens = 1;
         auto gpu = make(dir_.path(), o);
-        unsetenv("BATON_CUDA_ATTN_GROUP");
-        unsetenv("BATON_CUDA_ATTN_MMA_TOKENS");
-        unsetenv("BATON_CUDA_MEGA");
-        unsetenv("BATON_CUDA_MEGA_SPLIT_KEYS");
         ASSERT_TRUE(gpu && cpu_kv);
         for (int len : {1, 17, 300, 700}) {
           SCOPED_TRACE("prompt of " + std::to_string(len) + ", passes of " + std::to_string(max_batch_tokens) +
@@ -501,7 +489,7 @@ TEST(CudaSamplingTest, FollowsTheDistribution) {
 }
 
 // Steps of up to 8 tokens run their GEMMs through our skinny GEMM kernels (norm and SiLU fused
-// in) instead of cuBLAS; BATON_CUDA_GEMV=0 turns them off. Both paths must give the same logits
+// in) instead of cuBLAS; CudaPaths::skinny_gemms (BATON_CUDA_GEMV=0) turns them off. Both paths must give the same logits
 // up to summation order, for every step size 1..8, for decode steps (graphs) and for a mixed step
 // whose logits rows are a subset (the fused final norm gathers rows). Two shapes with ragged
 // ends: hidden 264 / intermediate 776 are not multiples of the 256 elements a warp loads at once
@@ -549,14 +537,11 @@ void expect_decode_steps_match(Backend& ref, Backend& gpu, const std::vector<int
 TEST_P(CudaSkinnyTest, MatchesCublas) {
   BackendOptions o = cuda_options("bf16");
   o.max_graph_batch = 8;
-  ::setenv("BATON_CUDA_GEMV", "0", 1);
-  ::setenv("BATON_CUDA_MEGA", "0", 1);  // both: batch 1 as kernels per layer
-  auto ref = make(dir_.path(), o);
-  ::unsetenv("BATON_CUDA_GEMV");
-  ::setenv("BATON_CUDA_TUNE", "0", 1);  // the 8-row decode graph on skinny GEMMs even if cuBLAS times faster
+  BackendOptions r = o;
+  r.cuda_paths->skinny_gemms = false;
+  auto ref = make(dir_.path(), r);
+  o.cuda_paths->time_skinny_graphs = false;  // the 8-row decode graph on skinny GEMMs even if cuBLAS times faster
   auto gpu = make(dir_.path(), o);
-  ::unsetenv("BATON_CUDA_TUNE");
-  ::unsetenv("BATON_CUDA_MEGA");
   ASSERT_TRUE(ref && gpu);
   const int V = gpu->config().vocab_size;
 
@@ -592,18 +577,18 @@ TEST_P(CudaSkinnyTest, MatchesCublas) {
 }
 
 // Decode graphs of 9+ rows on cuBLASLt algorithms chosen per GEMM shape by timing
-// (BATON_CUDA_GEMM_TUNE, gemm_tune.h; require: the fastest cuBLASLt candidate of every shape, even
+// (CudaPaths::gemm_tune, gemm_tune.h; require: the fastest cuBLASLt candidate of every shape, even
 // where cublasGemmEx was faster, so the tuned path runs whatever the timings say) against the same
 // steps on cublasGemmEx: decode steps of 9, 16, 17 and 24 sequences (graphs of 16 and 24 rows,
 // padded), then the 16-row graph again (replayed, not captured), each within summation-order noise.
 TEST_P(CudaSkinnyTest, TunedGemmsMatchCublas) {
   BackendOptions o = cuda_options("bf16");
   o.max_graph_batch = 24;
-  ::setenv("BATON_CUDA_GEMM_TUNE", "0", 1);  // cublasGemmEx only (tuning is on by default)
-  auto ref = make(dir_.path(), o);
-  ::setenv("BATON_CUDA_GEMM_TUNE", "require", 1);
+  BackendOptions r = o;
+  r.cuda_paths->gemm_tune = CudaPaths::GemmTune::kOff;  // cublasGemmEx only (tuning is on by default)
+  auto ref = make(dir_.path(), r);
+  o.cuda_paths->gemm_tune = CudaPaths::GemmTune::kRequire;
   auto gpu = make(dir_.path(), o);
-  ::unsetenv("BATON_CUDA_GEMM_TUNE");
   ASSERT_TRUE(ref && gpu);
   const int V = gpu->config().vocab_size;
   const int n_seqs = 24, per_seq = 8;  // blocks of 16 per sequence, disjoint
@@ -621,54 +606,6 @@ TEST_P(CudaSkinnyTest, TunedGemmsMatchCublas) {
     past[i] = int(toks.size());
   }
   ASSERT_NO_FATAL_FAILURE(expect_decode_steps_match(*ref, *gpu, {9, 16, 17, 24, 16}, tables, past));
-}
-
-// A one-token decode step's layers in one kernel (BATON_CUDA_MEGA, mega.cu) against the same steps
-// on cuBLAS: 24 steps after a prompt of 40, each step's logits within summation-order noise, bf16
-// and fp8 caches; ragged hidden sizes (264, 288: a row is not a whole number of a warp's loads);
-// and with the ring's copies under the normal L2 policy (BATON_CUDA_EVICT=0) and 8-key splits
-// (several of the 40-64 keys' splits merged).
-TEST_P(CudaSkinnyTest, OneKernelStepMatchesCublas) {
-  struct Case {
-    std::string kv;
-    std::vector<std::pair<const char*, const char*>> env;
-  };
-  const std::vector<Case> cases{{"bf16", {}},
-                                {"fp8", {}},
-                                {"bf16", {{"BATON_CUDA_EVICT", "0"}}},
-                                {"fp8", {{"BATON_CUDA_MEGA_SPLIT_KEYS", "8"}}}};
-  for (const auto& [kv, env] : cases) {
-    std::string what = kv + " cache";
-    for (const auto& [k, v] : env) what += std::string(", ") + k + "=" + v;
-    SCOPED_TRACE(what);
-    BackendOptions o = cuda_options(kv);
-    ::setenv("BATON_CUDA_GEMV", "0", 1);
-    ::setenv("BATON_CUDA_MEGA", "0", 1);
-    auto ref = make(dir_.path(), o);
-    ::unsetenv("BATON_CUDA_GEMV");
-    ::setenv("BATON_CUDA_MEGA", "require", 1);
-    for (const auto& [k, v] : env) ::setenv(k, v, 1);
-    auto gpu = make(dir_.path(), o);
-    ::unsetenv("BATON_CUDA_MEGA");
-    for (const auto& [k, v] : env) ::unsetenv(k);
-    ASSERT_TRUE(ref && gpu);
-    const int V = gpu->config().vocab_size;
-    std::vector<int32_t> table{3, 1, 4, 0, 2};  // 80 slots, out of order
-    std::vector<int32_t> toks;
-    for (int v : some_prompt(40, 5)) toks.push_back(v);
-    SeqBatch s{int(toks.size()), 0, table, true};
-    std::vector<float> a(V), b(V);
-    ASSERT_TRUE(ref->forward({toks, std::span<const SeqBatch>(&s, 1)}, a).ok());
-    ASSERT_TRUE(gpu->forward({toks, std::span<const SeqBatch>(&s, 1)}, b).ok());
-    for (int step = 0; step < 24; ++step) {
-      SCOPED_TRACE("decode step " + std::to_string(step));
-      std::vector<int32_t> tok{int32_t(argmax(a) % 400)};
-      SeqBatch d{1, 40 + step, table, true};
-      ASSERT_TRUE(ref->forward({tok, std::span<const SeqBatch>(&d, 1)}, a).ok());
-      ASSERT_TRUE(gpu->forward({tok, std::span<const SeqBatch>(&d, 1)}, b).ok());
-      EXPECT_LT(max_rel_diff(b, a), 5e-3);
-    }
-  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaSkinnyTest, ::testing::Values(std::pair{264, 776}, std::pair{288, 800}),

@@ -122,15 +122,12 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
-// L2 cache policies (createpolicy, sm_80+) for weights, which a decode step reads once: marked
-// evict-first they leave L2 to what is read again (the KV cache, activations). evict_first = false
-// gives the normal policy (A/B runs).
-__device__ __forceinline__ uint64_t weight_l2_policy(bool evict_first) {
+// The L2 cache policy (createpolicy, sm_80+) for weights, which a decode step reads once: marked
+// evict-first they leave L2 to what is read again (the KV cache, activations; 1B shape batch 1
+// 0.927 -> 0.912 ms, batch 8 1.121 -> 1.092 on the H200).
+__device__ __forceinline__ uint64_t weight_l2_policy() {
   uint64_t p;
-  if (evict_first)
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
-  else
-    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(p));
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
   return p;
 }
 // __ldg of 16 bytes under an L2 cache policy.

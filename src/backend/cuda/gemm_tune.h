@@ -1,5 +1,6 @@
 // Decode graphs' cuBLAS GEMMs on cuBLASLt algorithms chosen by timing (on by default at tp = 1,
-// BATON_CUDA_GEMM_TUNE=0 turns it off; measured in bench/RESULTS.md, session 30).
+// CudaPaths::gemm_tune, BATON_CUDA_GEMM_TUNE=0, turns it off; 1B shape batch 64 1.597 -> 1.581 ms,
+// batch 128 2.077 -> 2.018 on the H200).
 //
 // Why: cublasGemmEx picks one kernel per shape by heuristic. In the Llama-3.2-1B shape's batch-64
 // decode step on the H200 the small GEMMs ran at 0.25-0.5 of the copy rate (QKV 7.8 us for 12.6 MB,
@@ -8,7 +9,7 @@
 // is an empirical question, so each shape's candidates are timed once, on the step's own buffers
 // with the weights of every layer in turn (cold in L2, as in a step).
 //
-// Use (CudaBackend::decode_graph): while a decode graph is captured on cublasGemmEx, note() each
+// Use (DecodeGraphs, graphs.h): while a decode graph is captured on cublasGemmEx, note() each
 // GEMM; after the capture, tune() times the noted shapes not tuned before; while the tuned variant
 // is captured, run() enqueues a shape's chosen algorithm (false: cublasGemmEx was as fast, and the
 // caller runs that). The backend keeps whichever of the two graphs replays faster.
@@ -41,7 +42,7 @@ class TunedGemms {
   Status init(cudaStream_t stream, void* ws, size_t ws_bytes, float* scratch, size_t scratch_floats, bool always);
 
   // Row-major C[m, n] (fp32) = beta C + A[m, k] W[n, k]^T (bf16, contiguous rows), as
-  // CudaBackend::gemm calls cublasGemmEx.
+  // Linear::gemm calls cublasGemmEx.
   using Gemm = std::function<Status(const bf16_t* a, const bf16_t* w, float* c, int m, int n, int k, float beta)>;
   void note(const bf16_t* a, const bf16_t* w, float* c, int m, int n, int k, float beta);
   // Times the noted shapes not tuned before: `gemm_ex` (the cublasGemmEx call, the baseline)

@@ -16,7 +16,6 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
-#include "backend/cuda/stamps.cuh"
 
 namespace baton::cuda {
 namespace {
@@ -126,8 +125,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
   const uint4* w = reinterpret_cast<const uint4*>(a.w);
   const int stride = gridDim.x * kWarps;
   int n = blockIdx.x * kWarps + warp;
-  const uint64_t pol = weight_l2_policy(a.evict_first);
-  BATON_STAMP_BEGIN();
+  const uint64_t pol = weight_l2_policy();
 
   // The weights depend on no earlier kernel: this warp's first loads go out before the wait (and
   // its second row is asked of L2), so they overlap the previous kernel's tail and the staging.
@@ -143,12 +141,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
   if constexpr (kNorm)  // the norm's weights too: constant, and read right after the wait
     for (int off = threadIdx.x * 128; off < a.K * 4; off += blockDim.x * 128)
       prefetch_l1(reinterpret_cast<const char*>(a.norm_w) + off);
-  BATON_STAMP();
   pdl_wait();
-  BATON_STAMP();
 
   stage_inputs<M, kNorm>(a, reinterpret_cast<__nv_bfloat16*>(xs), a.K, M, partial);
-  BATON_STAMP();
 
   for (; n < a.N; n += stride) {
     // The residual this row adds to, read now rather than after the sums (lane m: row m's).
@@ -191,7 +186,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs a) {
     for (int m = 0; m < M; ++m)
       if (lane == m) store_output<kKind>(a, static_cast<int64_t>(m) * a.N + n, acc[0][m], acc[R - 1][m], resid);
   }
-  BATON_STAMP_END(10 + static_cast<int>(kKind));
 }
 
 // 5 to 8 input rows: the per-row dot products above would spend more instructions on the inputs
@@ -222,8 +216,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
   __shared__ float4 sums[kWarps][R][32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int slices = a.K >> 5, stride = a.K + 8, tiles = (a.N + kMmaRows - 1) / kMmaRows;
-  const uint64_t pol = weight_l2_policy(a.evict_first);
-  BATON_STAMP_BEGIN();
+  const uint64_t pol = weight_l2_policy();
   // This lane's two weight rows (per R) of a tile, clamped into the matrix (rows past N compute
   // garbage that is never stored).
   const __nv_bfloat16* wrow[R][2];
@@ -273,16 +266,13 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
   if constexpr (kNorm)
     for (int off = threadIdx.x * 128; off < a.K * 4; off += blockDim.x * 128)
       prefetch_l1(reinterpret_cast<const char*>(a.norm_w) + off);
-  BATON_STAMP();
   pdl_wait();
-  BATON_STAMP();
   // Staged once per CTA; a CTA takes tile, tile + gridDim.x, ... (the grid fills the GPU once).
   __nv_bfloat16* xb = reinterpret_cast<__nv_bfloat16*>(xs);
   if constexpr (kDirect)
     load_x(first);
   else
     stage_inputs<M, kNorm>(a, xb, stride, 8, partial);
-  BATON_STAMP();
 
   for (; tile < tiles; tile += gridDim.x) {
     float c[R][4] = {};
@@ -332,7 +322,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(GemvArgs a) {
     }
     __syncthreads();  // sums is rewritten for the next tile
   }
-  BATON_STAMP_END(20 + static_cast<int>(kKind));
 }
 
 // Dynamic shared memory of the kernel for M rows of K inputs: the staged inputs (none for the
@@ -398,8 +387,6 @@ void allow_smem(int bytes) {
 
 }  // namespace
 
-BATON_STAMP_ATTACH(stamps_attach_gemv)
-
 void gemv_init() {
   int device = 0, optin = 48 << 10;
   cudaGetDevice(&device);
@@ -420,7 +407,6 @@ bool gemv_supported(int M, int K) {
 void gemv(const GemvArgs& args, cudaStream_t s) {
   if (args.M == 0 || args.N == 0) return;
   GemvArgs a = args;
-  a.evict_first = weights_evict_first();
   switch (a.kind) {
     case GemvKind::kNormStore:
       launch_kind<GemvKind::kNormStore>(a, s);

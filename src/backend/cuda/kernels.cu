@@ -37,7 +37,7 @@ __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, const float*
 // The same for hidden % 4 == 0, in one pass: each thread holds its kVec float4s of the row (and
 // of w) in registers from one burst of loads, so the row is read once and the norm's reduction
 // waits on a single round trip; bf16 out in 8-byte stores. A decode step of the 1B shape spends
-// two of these a layer (bench/RESULTS.md, session 30).
+// two of these a layer (one pass measured 4-7% faster at batch 16-128 than two).
 template <int kVec>
 __global__ void rmsnorm_vec_kernel(const float* x, const int32_t* rows, const float* w, __nv_bfloat16* out, int hidden,
                                    float eps) {
@@ -119,17 +119,7 @@ __global__ void tree_sum_kernel(const float* parts, int n, size_t stride, float*
   }
 }
 
-// BATON_CUDA_RMSNORM_VEC=0: the two-pass rmsnorm_kernel everywhere (an A/B switch).
-bool rmsnorm_vec_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("BATON_CUDA_RMSNORM_VEC");
-    return !(v && std::string(v) == "0");
-  }();
-  return on;
-}
-
 thread_local bool t_pdl = false;
-thread_local bool t_evict_first = true;
 
 }  // namespace
 
@@ -144,12 +134,6 @@ bool pdl_enabled() {
 }
 void set_pdl(bool on) {
   t_pdl = on;
-}
-bool weights_evict_first() {
-  return t_evict_first;
-}
-void set_weights_evict_first(bool on) {
-  t_evict_first = on;
 }
 
 void embed(const int32_t* tokens, const bf16_t* table, float* x, int T, int hidden, cudaStream_t s) {
@@ -167,7 +151,7 @@ void rmsnorm(const float* x, const int32_t* rows, const float* w, bf16_t* out, i
   auto warps32 = [](int n) { return (n + 31) / 32 * 32; };
   const int threads = n4 <= 128 ? warps32(n4) : std::clamp(warps32((n4 + 7) / 8), 128, 1024);
   const int vec = (n4 + threads - 1) / threads;
-  if (hidden % 4 != 0 || n4 == 0 || vec > 8 || !rmsnorm_vec_on())
+  if (hidden % 4 != 0 || n4 == 0 || vec > 8)
     launch(rmsnorm_kernel, n_rows, hidden >= 1024 ? 512 : 256, 0, s, x, rows, w, o, hidden, eps);
   else if (vec == 1)
     launch(rmsnorm_vec_kernel<1>, n_rows, threads, 0, s, x, rows, w, o, hidden, eps);

@@ -60,10 +60,11 @@ struct AttnArgs {
   float scale;             // 1 / sqrt(D)
   float k_scale, v_scale;  // KV dequantization (1 for bf16)
   int heads_per_cta = 1;   // attention_decode: query heads (of one KV group) a CTA takes
-  bool early_loads = true;  // fused decode: the cached keys' first loads before the PDL wait
   bool mma = false;         // fused decode: the tensor-core kernel (decode_mma_supported), a CTA per KV group
-  int min_split_keys = 256;  // its splits take at least this many keys each (and at least 64)
 };
+// The tensor-core decode kernel's splits take at least this many keys each: 256 measured 1-4%
+// faster than 64 at batch 32 and 64 (fewer partials to merge).
+constexpr int kMmaSplitKeys = 256;
 // Decode-shaped (any T, best when each sequence adds one token): one CTA per (a.heads_per_cta
 // query heads of one KV group, token, split), which reads each K/V row once for all of them; the
 // keys of a row are cut into n_splits ranges whose partial softmaxes are merged through
@@ -124,7 +125,6 @@ struct GemvArgs {
   float beta;
   bf16_t* act;  // kNormSiluMul: [M, N] bf16
   int in_stride;  // kAccumulate: elements between rows of `in` (0: K)
-  bool evict_first = false;  // set by gemv(): the weights' L2 policy (set_weights_evict_first)
 };
 // Whether gemv() takes M rows of K inputs (K a multiple of 8, of 32 above kGemvDotRows rows; the
 // rows fit in shared memory).
@@ -133,87 +133,9 @@ void gemv(const GemvArgs& a, cudaStream_t s);
 // Once per device, before the first gemv() on it (allows the shared memory large inputs need).
 void gemv_init();
 
-// One kernel for every layer of a decode step of one token (mega.cu): the weights stream into
-// each SM's shared memory through bulk copies (cp.async.bulk, a ring of stages) that run ahead of
-// the arithmetic across every phase and layer, and the phases (RMSNorm + QKV, attention, O + the
-// residual, RMSNorm + gate/up + SiLU, down + the residual) meet at grid-wide barriers instead of
-// kernel boundaries. For a step whose batch-1 time is mostly the kernels' fixed chains (wait,
-// staging, last rows) rather than bytes (bench/RESULTS.md, sessions 22 and 24). One CTA per SM,
-// launched cooperatively so that all of them are resident; tp = 1 only. Off by default (slower so
-// far: mega.cu says where it stands).
-struct MegaLayer {
-  const bf16_t *w_qkv, *wo, *w_gate_up, *w_down;
-  const float *attn_norm, *mlp_norm, *b_qkv, *q_norm, *k_norm;  // b_qkv, q_norm, k_norm may be null
-  float k_scale, v_scale;                                        // fp8 KV: dequantization scales
-};
-constexpr int kMegaMarks = 22;
-struct MegaArgs {
-  // The model (set once).
-  const MegaLayer* layers;  // device array [n_layers]
-  int n_layers, H, NH, KVH, D, I, block_size, window;
-  float eps;
-  bool fp8;
-  const float* inv_freq;
-  void* kv_base;
-  size_t kv_layer_bytes;
-  // Buffers (device): x [H] in and out; qkv [(NH + 2 KVH) D]; act [I] bf16; ws [NH * s_max *
-  // (D + 2)] (the attention's partials); attn [NH D] bf16 (its output); barrier [1 + KVH] (the
-  // grid's arrivals, then each KV group's splits'): zeroed by decode_mega.
-  float *x, *qkv, *ws;
-  bf16_t *act, *attn;
-  unsigned* barrier;
-  // The step's inputs (device; token 0 only, its block table the first row of tables).
-  const int32_t *positions, *slots, *tables;
-  // BATON_CUDA_MEGA_TIMES (bench/gpu/mega_times.py): [CTA][layer][kMegaMarks]: thread 0 of every
-  // CTA records %globaltimer at 17 points of each layer, then its SM clock at the layer's start and
-  // the cycles threads 0 and 32 spent waiting for stages and in the sums (mega.cu: ChunkClock);
-  // null: off.
-  unsigned long long* times;
-  // The plan (mega_prepare); max_stages caps the ring (0: as many as fit; A/B runs).
-  int max_stages;
-  // BATON_CUDA_MEGA_PROBE (measurements only; the step's results are garbage): 1 streams the
-  // weights through the ring and nothing else (no staging, sums or barriers), 2 also does the sums.
-  int probe;
-  // The ring's copies evict-first in L2, else under the normal policy (BATON_CUDA_EVICT=0, as the
-  // GEMV kernels' weight loads).
-  bool evict_first;
-  // Keys per attention split (BATON_CUDA_MEGA_SPLIT_KEYS, A/B runs; 0: 32):
-  // more splits, each shorter, merged by the group's last.
-  int split_keys;
-  // Query heads per KV group the attention's code takes (mega_prepare: 4 where the model's groups
-  // have at most 4, else 8); BATON_CUDA_MEGA_GROUP=8 forces 8 (A/B runs).
-  int group_heads;
-  int grid, stages, stage_bytes, s_max;
-  int ring_off, xs_off, parts_off, kvs_off, layers_off, tbl_off, own_off, smem_bytes;
-};
-// Checks the shape and fills the plan fields for the current device: "" when the kernel takes
-// the model, else why not (one line).
-std::string mega_prepare(MegaArgs& a);
-// Zeroes the barrier and launches the kernel (cooperative) for one token at positions[0].
-void decode_mega(const MegaArgs& a, cudaStream_t s);
-
-// Timeline stamps (stamps.cuh, BATON_STAMPS builds only): a CTA's record in the ring.
-struct StampRec {
-  uint64_t grid;   // %gridid (a graph's replays share it; stamps.py splits them by time)
-  uint32_t seq;    // the ring's sequence number (records in order of CTA entry)
-  uint32_t block;  // linear CTA index
-  uint32_t kind;   // the kernel (bench/gpu/stamps.py names them)
-  uint32_t marks;  // t[0 .. marks) are set
-  uint64_t t[8];   // ns: entry, the kernel's marks, exit
-};
-constexpr uint32_t kStampRing = 1u << 20;
-#ifdef BATON_STAMPS
-void stamps_attach_gemv(StampRec* ring, uint32_t* count);
-void stamps_attach_attention(StampRec* ring, uint32_t* count);
-#endif
-
 // Whether our kernels launched from this thread use programmatic dependent launch (common.cuh);
 // off until set.
 void set_pdl(bool on);
-// Whether the GEMV kernels launched from this thread load their weights evict-first in L2
-// (common.cuh: weight_l2_policy; else the normal policy); on until set.
-void set_weights_evict_first(bool on);
-bool weights_evict_first();
 
 // out[i] = (add ? out[i] : 0) + the pairwise tree sum ((p0 + p1) + (p2 + p3)) + ... of
 // parts[p * stride + i], p < n (n a power of two <= 8): --tp-invariant's sum of GEMM slices.
@@ -239,8 +161,7 @@ constexpr int kGreedySplits = 16;
 struct SampleScratch {
   float2* best;
   int* arrivals;
-  int splits = 0;  // CTAs per greedy row, 1..kGreedySplits; 0: from the rows and `sms`
-  int sms = 0;     // the device's multiprocessors
+  int sms = 0;  // the device's multiprocessors: CTAs per greedy row follow from them and the rows
 };
 void sample(const float* logits, const SampleParams* params, int32_t* out, int rows, int V, SampleScratch ws,
             cudaStream_t s);

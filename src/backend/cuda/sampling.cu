@@ -3,7 +3,7 @@
 // Greedy: argmax, first maximum on ties. A row is cut into up to kGreedySplits slices, one CTA
 // each, as many as keep the launch near one wave of CTAs (one CTA for a whole vocabulary row of
 // 150k logits took ~65 us with scalar loads; a 64-row batch in 16 slices a row, four waves, 25 us
-// for the 1B shape, session 29's trace); each writes its slice's best
+// for the 1B shape, in a trace); each writes its slice's best
 // (value, index) and the last slice of the row to finish (an arrival counter) picks the winner in
 // slice order. Otherwise one CTA (1024 threads) per row: the top-k and top-p cut-offs are found by
 // radix selection over the logits' order-preserving bit patterns: four passes of 8 bits, each a
@@ -232,9 +232,7 @@ void sample(const float* logits, const SampleParams* params, int32_t* out, int r
             cudaStream_t s) {
   if (rows == 0) return;
   // Enough CTAs for about one wave (two of 1024 threads per SM): a row of a big batch is one slice.
-  const int splits = ws.splits >= 1 && ws.splits <= kGreedySplits
-                         ? ws.splits
-                         : std::clamp(2 * std::max(ws.sms, 1) / rows, 1, kGreedySplits);
+  const int splits = std::clamp(2 * std::max(ws.sms, 1) / rows, 1, kGreedySplits);
   sample_kernel<<<dim3(rows, splits), kThreads, 0, s>>>(logits, params, out, V, ws);
 }
 
