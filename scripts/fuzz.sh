@@ -25,7 +25,7 @@ case "$TARGET" in
   proxy_request) SRCS="src/proxy/relay_plan.cpp" ;;
   http_server) SRCS="src/server/http.cpp src/server/openai_protocol.cpp src/xfer/socket.cpp"
                LIBS="-DBOOST_ASIO_NO_DEPRECATED" ;;
-  xfer_control) SRCS="src/xfer/agent.cpp src/xfer/read_section.cpp src/xfer/socket.cpp src/xfer/types.cpp src/xfer/ucx/no_ucx.cpp src/xfer/cuda_ipc/no_cuda_ipc.cpp" ;;
+  xfer_control) SRCS="src/xfer/agent.cpp src/xfer/agent_serve.cpp src/xfer/agent_wire.cpp src/xfer/session.cpp src/xfer/read_section.cpp src/xfer/socket.cpp src/xfer/types.cpp src/xfer/ucx/no_ucx.cpp src/xfer/cuda_ipc/no_cuda_ipc.cpp" ;;
   *) echo "fuzz.sh: unknown target '$TARGET' (request_parser, chat_template, safetensors, tokenizer, pd_messages, proxy_request, xfer_control, http_server)" >&2
      exit 2 ;;
 esac

@@ -1,6 +1,6 @@
 // One-sided (RMA) transports behind one interface (DESIGN.md section 2). The agent's control
 // channel carries handshakes, descriptors and notifications; an RMA transport moves the bytes
-// without the owner's CPU. The built-in TCP path (agent.cpp) serves when no RMA transport can.
+// without the owner's CPU. The built-in TCP path (agent_serve.cpp, session.cpp) serves when no RMA transport can.
 #pragma once
 
 #include <cstddef>

@@ -8,7 +8,7 @@
 // Two same-host shortcuts, for host memory only, skip a UCX request per range:
 // - Shared regions (Agent::allocate_memory) are mapped into the reader by their rkey
 //   (ucp_rkey_ptr): a batch is a plain copy. The Session makes such copies itself, without its
-//   lock, from the mappings mapped() reports (agent.cpp, copy_in_place); start() copies the
+//   lock, from the mappings mapped() reports (session.cpp, copy_in_place); start() copies the
 //   batches it cannot (more regions than its table holds, mixed with CMA ranges).
 // - Ordinary registered memory of a peer process on this host is read and written with cross
 //   memory attach (process_vm_readv / writev), one system call per IOV_MAX ranges, from the
