@@ -17,7 +17,8 @@ OUT=$ROOT/$TARGET
 mkdir -p "$OUT/corpus"
 case "$TARGET" in
   request_parser) SRCS="src/server/openai_protocol.cpp" ;;
-  chat_template) SRCS="src/model/chat_template.cpp" ;;
+  chat_template) SRCS="src/model/chat_template.cpp src/model/jinja/ast.cpp src/model/jinja/builtins.cpp
+                      src/model/jinja/lexer.cpp src/model/jinja/parser.cpp src/model/jinja/value.cpp" ;;
   safetensors) SRCS="src/model/safetensors.cpp" ;;
   tokenizer) SRCS="src/model/tokenizer.cpp src/model/bpe.cpp src/model/tokenizer_stages.cpp src/model/regex.cpp"
              LIBS="-lpcre2-8 -licuuc" ;;
