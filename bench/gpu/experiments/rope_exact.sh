@@ -2,8 +2,8 @@
 # Session 31: which RoPE frequencies transformers uses for a bf16 checkpoint loaded as fp32 or
 # bf16, and baton's agreement with transformers fp32 (free-running and teacher-forced) with the
 # frequencies in fp32 (now the default) or rounded to bf16 (--rope-bf16-frequencies; baton's rule
-# for bf16 checkpoints before this session). The run recorded in
-# bench/results/gpu_h200_session31/runs.txt used a one-off switch for the fp32 ones instead.
+# for bf16 checkpoints before this session). The run recorded in `git show
+# 455d66a:bench/results/gpu_h200_session31/runs.txt` used a one-off switch for the fp32 ones instead.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-out}
