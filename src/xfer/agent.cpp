@@ -54,10 +54,13 @@ Result<std::unique_ptr<Agent>> Agent::create(Config config) {
       log::warn("transfer agent ", a->config_.name, ": UCX unavailable (", ucx.error(), "); using TCP");
     }
   }
+  // cuda_ipc where it is allowed, or where GPU memory is staged over TCP (its copies run on it);
+  // "ucx" alone leaves GPU memory to UCX.
+  const bool cuda_ipc_wanted = a->config_.allows("cuda_ipc") || a->config_.stages_gpu_memory();
   if (a->config_.gpu_transport) {
     BATON_ASSIGN_OR_RETURN(a->gpu_, a->config_.gpu_transport());
-  } else if (auto cuda = create_cuda_ipc_transport(); cuda.ok()) {
-    a->gpu_ = std::move(*cuda);
+  } else if (cuda_ipc_wanted) {
+    if (auto cuda = create_cuda_ipc_transport(); cuda.ok()) a->gpu_ = std::move(*cuda);
   }
   a->accept_thread_ = std::thread([p = a.get()] { p->accept_loop(); });
   return a;

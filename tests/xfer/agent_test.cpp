@@ -746,7 +746,10 @@ struct PeerProcess {
     close(out[1]);
     FILE* f = fdopen(out[0], "r");
     char line[8192];
-    bool got = fgets(line, sizeof line, f) != nullptr;
+    // The peer's description is its first JSON line; UCX logs to stdout too (warnings, or all of
+    // it at UCX_LOG_LEVEL=debug), so other lines are skipped.
+    bool got = false;
+    while (!got && fgets(line, sizeof line, f) != nullptr) got = line[0] == '{';
     fclose(f);
     if (!got) return std::nullopt;
     Json j = Json::parse(line);
