@@ -38,7 +38,6 @@ namespace asio = boost::asio;
 using asio::awaitable;
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // ---- statistics ----
 

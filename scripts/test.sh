@@ -6,16 +6,33 @@
 #   BATON_SANITIZERS=0 scripts/test.sh     # skip the sanitizer builds
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# Per-phase wall time, printed at the end whether the run passes or fails (scripts/sanitize.sh
+# appends its build and test phases to the same log).
+export BATON_PHASE_LOG=${BATON_PHASE_LOG:-$(mktemp)}
+: > "$BATON_PHASE_LOG"
+phase() {  # phase NAME CMD...: runs CMD, logs how long it took
+  local name=$1 t0=$SECONDS rc=0
+  shift
+  "$@" || rc=$?
+  printf '%-24s %5d s%s\n' "$name" $((SECONDS - t0)) "$([ $rc = 0 ] || echo "  (failed: $rc)")" >> "$BATON_PHASE_LOG"
+  return $rc
+}
+summary() {
+  echo "== test.sh phases"
+  cat "$BATON_PHASE_LOG"
+  printf '%-24s %5d s\n' total $SECONDS
+}
+trap summary EXIT
+phase setup bash scripts/setup.sh
 BUILD_DIR=${BUILD_DIR:-build}
 SANITIZERS=0
 [ $# -eq 0 ] && [ "${BATON_SANITIZERS:-1}" != 0 ] && SANITIZERS=1
 # The fuzz corpora replay in the ASan build when it runs (scripts/sanitize.sh), else here.
 CORPUS=ON
 [ "$SANITIZERS" = 1 ] && CORPUS=OFF
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBATON_CORPUS_TESTS=$CORPUS
-cmake --build "$BUILD_DIR" -j "$(nproc)"
-(cd "$BUILD_DIR" && ctest --output-on-failure -j "$(nproc)" "$@")
+phase "release configure" cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBATON_CORPUS_TESTS=$CORPUS
+phase "release build" cmake --build "$BUILD_DIR" -j "$(nproc)"
+phase "release tests" ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$(nproc)" "$@"
 if [ "$SANITIZERS" = 1 ]; then
   bash scripts/sanitize.sh asan
   bash scripts/sanitize.sh tsan

@@ -7,7 +7,6 @@ namespace baton::http {
 namespace http = beast::http;
 using asio::awaitable;
 using asio::use_awaitable;
-constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
 awaitable<void> Responder::send(Status status, std::string content_type, std::string body) {
   http::response<http::string_body> res{status, req_.version()};

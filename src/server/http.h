@@ -24,6 +24,8 @@ namespace beast = boost::beast;
 using tcp = asio::ip::tcp;
 using Request = beast::http::request<beast::http::string_body>;
 using Status = beast::http::status;
+// co_await an operation with this token to get its error code in a tuple instead of a throw.
+inline constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
 // What a handler uses to answer. Exactly one of send() or start_stream()..end_stream().
 class Responder {

@@ -4,7 +4,6 @@ namespace baton::http {
 
 namespace bhttp = beast::http;
 using asio::awaitable;
-constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
 awaitable<baton::Status> ClientCall::start(std::string host, int port, std::string method, std::string target,
                                            std::string body, std::chrono::milliseconds connect_timeout,
