@@ -43,12 +43,6 @@ export UCX_MEM_MALLOC_HOOKS=no UCX_MEM_EVENTS=no
 BUILD_DIR=build-$MODE
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
   -DBATON_SANITIZE="$SAN" -DBATON_SANITIZE_SKIP="$SKIP" -DBATON_BUILD_BENCH=OFF -DBATON_NATIVE=OFF -DBATON_CUDA=OFF >/dev/null
-t0=$SECONDS
-cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${TARGETS[@]}"
-[ -z "${BATON_PHASE_LOG:-}" ] || printf '%-24s %5d s\n' "$MODE build" $((SECONDS - t0)) >> "$BATON_PHASE_LOG"
-t0=$SECONDS
-rc=0
-ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$(nproc)" "${TESTS[@]}" "$@" || rc=$?
-[ -z "${BATON_PHASE_LOG:-}" ] ||
-  printf '%-24s %5d s%s\n' "$MODE tests" $((SECONDS - t0)) "$([ $rc = 0 ] || echo "  (failed: $rc)")" >> "$BATON_PHASE_LOG"
-exit $rc
+source scripts/phase.sh
+phase "$MODE build" cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${TARGETS[@]}"
+phase "$MODE tests" ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$(nproc)" "${TESTS[@]}" "$@"

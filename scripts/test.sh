@@ -10,13 +10,7 @@ cd "$(dirname "$0")/.."
 # appends its build and test phases to the same log).
 export BATON_PHASE_LOG=${BATON_PHASE_LOG:-$(mktemp)}
 : > "$BATON_PHASE_LOG"
-phase() {  # phase NAME CMD...: runs CMD, logs how long it took
-  local name=$1 t0=$SECONDS rc=0
-  shift
-  "$@" || rc=$?
-  printf '%-24s %5d s%s\n' "$name" $((SECONDS - t0)) "$([ $rc = 0 ] || echo "  (failed: $rc)")" >> "$BATON_PHASE_LOG"
-  return $rc
-}
+source scripts/phase.sh
 summary() {
   echo "== test.sh phases"
   cat "$BATON_PHASE_LOG"
