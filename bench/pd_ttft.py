@@ -10,11 +10,13 @@ kv_transfers_total over the run).
 usage: bench/pd_ttft.py --bin-dir build/apps [--model DIR] [--prompt-lens 64,512,1536]
        [--requests 10] [--max-tokens 16] [--kv-cache-dtype bf16] [--threads 1] [--transport auto]
        [--device cuda] [--shape 8b] [--kv-cache-memory BYTES] [--pd-env UCX_TLS=tcp,cuda_copy]
+       [--fleet 'ucx UCX_TLS=tcp,cuda_copy' --fleet cuda_ipc ...]
 Without --model it writes a random Llama model (hidden 512, 8 layers; --shape 8b: Llama-3.1-8B's
 layers, heads and sizes with a small vocabulary) to build/bench-model[-8b]. --pd-env sets
 variables for the prefill and decode servers only (e.g. to force UCX's between-host transports on
-one machine). Before the timings, each prompt length's greedy tokens from the P/D fleet must equal
-the colocated server's.
+one machine). --fleet measures several P/D fleets, one after another, against one colocated
+server (each fleet's servers are started and stopped in turn). Before the timings, each prompt
+length's greedy tokens from the P/D fleet must equal the colocated server's.
 """
 import argparse
 import json
@@ -69,6 +71,8 @@ def main():
     ap.add_argument("--kv-cache-memory", type=int, default=512 << 20)
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--pd-env", action="append", default=[], help="KEY=VALUE for the P/D servers")
+    ap.add_argument("--fleet", action="append", default=[],
+                    help="'TRANSPORT [KEY=VALUE ...]': a P/D fleet to measure (repeatable; replaces --transport/--pd-env)")
     a = ap.parse_args()
     model = a.model
     if not model:
@@ -82,15 +86,30 @@ def main():
                            capture_output=True)
     common = ["--kv_cache_dtype", a.kv_cache_dtype, "--threads", a.threads, "--max-model-len", str(a.max_model_len),
               "--kv-cache-memory", str(a.kv_cache_memory), "--no-enable-prefix-caching", "--device", a.device]
-    pd_env = dict(os.environ, **dict(kv.split("=", 1) for kv in a.pd_env))
+    # Each fleet: a transport and the variables its prefill and decode servers get.
+    fleets = [(f.split()[0], f.split()[1:]) for f in a.fleet] or [(a.transport, a.pd_env)]
+    lens = [int(x) for x in a.prompt_lens.split(",")]
+    vocab = json.load(open(os.path.join(model, "config.json")))["vocab_size"]
     coloc = start_server(a.bin_dir, model, *common, start_timeout=300)
+    try:
+        print(f"model {model}, KV {a.kv_cache_dtype}, device {a.device}, {a.threads} compute thread(s) per instance, "
+              f"{a.requests} sequential streamed requests per row, max_tokens {a.max_tokens}")
+        # The colocated server answers each fleet's warm-up and correctness requests too; its timings
+        # are taken beside each fleet's, so a drift of the machine shows in both columns.
+        for transport, env in fleets:
+            run_fleet(a, model, common, coloc, transport, env, lens, vocab)
+    finally:
+        coloc.stop()
+
+
+def run_fleet(a, model, common, coloc, transport, env, lens, vocab):
+    pd_env = dict(os.environ, **dict(kv.split("=", 1) for kv in env))
     proxy = Proc([os.path.join(a.bin_dir, "baton-proxy"), "--host", "127.0.0.1", "--port", "0", "--ping-port", "0",
                   "--log-level", "warning"], "baton-proxy")
-    procs = [coloc, proxy]
+    procs = [proxy]
     try:
         def instance(role):
-            cfg = {"kv_role": role, "proxy_ip": "127.0.0.1", "proxy_ping_port": proxy.ping_port,
-                   "transport": a.transport}
+            cfg = {"kv_role": role, "proxy_ip": "127.0.0.1", "proxy_ping_port": proxy.ping_port, "transport": transport}
             p = start_server(a.bin_dir, model, *common, "--kv-transfer-config", json.dumps(cfg), env=pd_env,
                              start_timeout=300)
             procs.append(p)
@@ -104,12 +123,10 @@ def main():
             conn.close()
             return ok
         wait_until(healthy, what="P/D fleet")
-        vocab = json.load(open(os.path.join(model, "config.json")))["vocab_size"]
-        print(f"model {model}, KV {a.kv_cache_dtype}, device {a.device}, {a.threads} compute thread(s) per instance, "
-              f"{a.requests} sequential streamed requests per row, max_tokens {a.max_tokens}, transport {a.transport}"
-              + (f", P/D env {' '.join(a.pd_env)}" if a.pd_env else ""))
+        print()
+        print(f"## P/D transport {transport}" + (f", P/D env {' '.join(env)}" if env else ""))
         # P/D must answer what colocated answers (greedy), or its timings mean nothing.
-        for n in [int(x) for x in a.prompt_lens.split(",")]:
+        for n in lens:
             prompt = [(104729 * j + 3 * n) % (vocab - 10) + 5 for j in range(n)]
             outs = []
             for port in (coloc.port, proxy.port):
@@ -129,7 +146,7 @@ def main():
         print("| prompt tokens | colocated TTFT p50 / p90 (ms) | P/D TTFT p50 / p90 (ms) | P/D / colocated TTFT | "
               "KV read per request (ms) | KV bytes per request | colocated e2e p50 (ms) | P/D e2e p50 (ms) |")
         print("|---|---|---|---|---|---|---|---|")
-        for n in [int(x) for x in a.prompt_lens.split(",")]:
+        for n in lens:
             res = {}
             t_before = metric(decode.url, "baton:kv_transfer_seconds_total")
             n_before = metric(decode.url, "baton:kv_transfers_total")
@@ -158,7 +175,6 @@ def main():
     finally:
         for p in procs:
             p.stop()
-
 
 if __name__ == "__main__":
     main()
