@@ -54,3 +54,18 @@ fi
 if [ ! -f .venv/ucx/lib/pkgconfig/ucx.pc ] || [ scripts/ucx_dir.sh -nt .venv/ucx/lib/pkgconfig/ucx.pc ]; then
   bash scripts/ucx_dir.sh "$site" .venv/ucx
 fi
+
+# Real chat templates as the Hub ships them (tests/model/chat_template_test.cpp): llama.cpp keeps
+# copies fetched from the Hub in models/templates, inside llama-cpp-python's source package.
+HUB_TEMPLATES_FROM=llama-cpp-python==0.3.36
+HUB_TEMPLATES_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+if [ ! -f .venv/hub-templates/.from ] || [ "$(cat .venv/hub-templates/.from)" != "$HUB_TEMPLATES_FROM" ]; then
+  echo "setup: extracting chat templates from $HUB_TEMPLATES_FROM into .venv/hub-templates"
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download -q --no-deps --no-binary :all: "$HUB_TEMPLATES_FROM" -d "$tmp"
+  echo "$HUB_TEMPLATES_SHA256  $(ls "$tmp"/llama_cpp_python-*.tar.gz)" | sha256sum -c --quiet
+  rm -rf .venv/hub-templates && mkdir -p .venv/hub-templates
+  tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C .venv/hub-templates --strip-components=5 --wildcards '*/vendor/llama.cpp/models/templates/*.jinja'
+  echo "$HUB_TEMPLATES_FROM" > .venv/hub-templates/.from
+  rm -rf "$tmp"
+fi

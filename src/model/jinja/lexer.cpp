@@ -85,6 +85,33 @@ Result<std::vector<Token>> lex_expression(std::string_view src, int line) {
   return out;
 }
 
+namespace {
+
+// Where a tag's closing delimiter starts, as Jinja's lexer finds it: in {{ }} and {% %}, not inside
+// a string literal and not inside brackets ({{ {'a': 1}}} ends at the last two braces); comments
+// end at the first "#}". npos when it is missing.
+size_t find_tag_end(std::string_view src, size_t from, char kind) {
+  const char* close = kind == '{' ? "}}" : kind == '%' ? "%}" : "#}";
+  if (kind == '#') return src.find(close, from);
+  int depth = 0;
+  for (size_t i = from; i < src.size(); ++i) {
+    const char c = src[i];
+    if (depth == 0 && src.compare(i, 2, close) == 0) return i;
+    if (c == '\'' || c == '"') {
+      for (++i; i < src.size() && src[i] != c; ++i)
+        if (src[i] == '\\') ++i;
+      if (i >= src.size()) return std::string_view::npos;
+    } else if (c == '(' || c == '[' || c == '{') {
+      ++depth;
+    } else if ((c == ')' || c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return std::string_view::npos;
+}
+
+}  // namespace
+
 Result<std::vector<Piece>> split_template(std::string_view src) {
   std::vector<Piece> pieces;
   size_t i = 0;
@@ -121,7 +148,7 @@ Result<std::vector<Piece>> split_template(std::string_view src) {
       if (ch == '\n') ++line;
     const char* close = kind == '{' ? "}}" : kind == '%' ? "%}" : "#}";
     size_t body_begin = open + 2 + ((strip_before || keep_lstrip) ? 1 : 0);
-    size_t end = src.find(close, body_begin);
+    size_t end = find_tag_end(src, body_begin, kind);
     if (end == std::string_view::npos) return error_at(line, std::string("missing '") + close + "'");
     size_t body_end = end;
     if (body_end > body_begin && src[body_end - 1] == '-') {
