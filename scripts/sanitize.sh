@@ -2,8 +2,10 @@
 # Builds baton with sanitizers and runs the tests that matter for them (called by scripts/test.sh):
 #   scripts/sanitize.sh asan   # AddressSanitizer + UndefinedBehaviorSanitizer: unit and e2e tests
 #   scripts/sanitize.sh tsan   # ThreadSanitizer: engine/scheduler, transfer engine, server, proxy, P/D
-# Extra arguments go to ctest. The build is -O1 -g1 (line tables: enough for the reports' stacks,
-# and 20% less compile time than -g) in build-asan/ or build-tsan/.
+# Extra arguments go to ctest. The build is -O0 -g1 in build-asan/ or build-tsan/: line tables are
+# enough for the reports' stacks (10% less compile time than -g), and -O0 compiles in half the
+# time of -O1 (src/server/http.cpp under ASan: 32 s against 64); src/CMakeLists.txt keeps the
+# code the tests spend their time in at -O1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:?usage: scripts/sanitize.sh asan|tsan [ctest args]}
@@ -14,7 +16,10 @@ case "$MODE" in
         # half as long again over the whole build (src/server/http.cpp: 72 s with them, 49-51
         # without, 48 for ASan alone). A null dereference still stops the run here (ASan reports
         # the SEGV with its stack); both checks stay on in scripts/fuzz.sh's full UBSan (clang).
-        SKIP="null,alignment"
+        # vptr: its check reads the object's memory through a pipe, which fails once a test has
+        # used up the file descriptors (AdmissionTest, e2e_security's fd exhaustion) and is then
+        # reported as an invalid vptr; ASan still sees bad accesses through a dangling object.
+        SKIP="null,alignment,vptr"
         # The fuzz corpora replay here (corpus_*); libFuzzer runs (fuzz_*, -DBATON_CTEST_LIBFUZZER)
         # are sanitized already; the Python reference diffs test the tokenizer, which the unit
         # tests cover under ASan too.
@@ -41,7 +46,7 @@ export BATON_SANITIZER_RUN=1  # e2e tests cover fewer configurations (tests/e2e/
 # UCX patches malloc/mmap to track memory types; that fights the sanitizers' own interceptors.
 export UCX_MEM_MALLOC_HOOKS=no UCX_MEM_EVENTS=no
 BUILD_DIR=build-$MODE
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O0 -g1" \
   -DBATON_SANITIZE="$SAN" -DBATON_SANITIZE_SKIP="$SKIP" -DBATON_BUILD_BENCH=OFF -DBATON_NATIVE=OFF -DBATON_CUDA=OFF >/dev/null
 source scripts/phase.sh
 phase "$MODE build" cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${TARGETS[@]}"
