@@ -5,7 +5,8 @@
 #        gnuplot (baton-bench serve plots)
 #   venv (.venv): the Python reference and client packages the tests compare against, and UCX
 #        (PyPI libucx-cu13's headers, nixl-cu13's CUDA- and verbs-capable libraries), laid out
-#        as one prefix in .venv/ucx by scripts/ucx_dir.sh
+#        as one prefix in .venv/ucx by scripts/ucx_dir.sh; real chat templates from the Hub
+#        (llama-cpp-python's source package) in .venv/hub-templates
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
