@@ -112,6 +112,10 @@ awaitable<void> Server::accept_loop() {
 }
 
 awaitable<void> Server::serve(tcp::socket socket) {
+  // Streams send one small chunk per token: without TCP_NODELAY, Nagle holds each chunk until
+  // the client's (delayed, ~40 ms) ACK of the previous one.
+  boost::system::error_code nodelay_ec;
+  socket.set_option(tcp::no_delay(true), nodelay_ec);
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
   for (;;) {

@@ -15,6 +15,8 @@ awaitable<baton::Status> ClientCall::start(std::string host, int port, std::stri
   stream_.expires_after(connect_timeout);
   auto [cec] = co_await stream_.async_connect(ep, kNoThrow);
   if (cec) co_return make_error("cannot connect to ", host, ":", port, ": ", cec.message());
+  boost::system::error_code nodelay_ec;  // the proxy relays small stream chunks: no Nagle delay
+  stream_.socket().set_option(tcp::no_delay(true), nodelay_ec);
   bhttp::request<bhttp::string_body> req{bhttp::string_to_verb(method), target, 11};
   req.set(bhttp::field::host, host + ":" + std::to_string(port));
   req.set(bhttp::field::content_type, "application/json");
