@@ -272,11 +272,6 @@ TEST(OpenAiRequestTest, UnimplementedFeaturesAreRefusedByName) {
 }
 
 // Pinned as it is: a field the parser does not know is ignored (as vLLM does), not refused.
-TEST(OpenAiRequestTest, UnknownFieldsAreIgnored) {
-  const ApiRequest r = accepted(completion_with(R"("x_client_tag":{"a":[1]},"max_tokens":3)"));
-  EXPECT_EQ(r.params.max_tokens, 3);
-}
-
 TEST(OpenAiRequestTest, StopStringsAndTokenIds) {
   EXPECT_EQ(accepted(completion_with(R"("stop":"\n")")).params.stop, std::vector<std::string>{"\n"});
   EXPECT_EQ(accepted(completion_with(R"("stop":["a","bc"])")).params.stop, (std::vector<std::string>{"a", "bc"}));
