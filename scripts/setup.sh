@@ -3,10 +3,10 @@
 # ready machine installs nothing and takes a second or two.
 #   apt: compiler, CMake, Ninja, GoogleTest, Google Benchmark, JSON, PCRE2, ICU, Boost, ZeroMQ,
 #        gnuplot (baton-bench serve plots)
-#   venv (.venv): the Python reference and client packages the tests compare against, and UCX
-#        (PyPI libucx-cu13's headers, nixl-cu13's CUDA- and verbs-capable libraries), laid out
-#        as one prefix in .venv/ucx by scripts/ucx_dir.sh; real chat templates from the Hub
-#        (llama-cpp-python's source package) in .venv/hub-templates
+#   venv (.venv): the Python reference and client packages the tests compare against, pytest
+#        (which runs the e2e tests), and UCX (PyPI libucx-cu13's headers, nixl-cu13's CUDA- and
+#        verbs-capable libraries), laid out as one prefix in .venv/ucx by scripts/ucx_dir.sh; real
+#        chat templates from the Hub (llama-cpp-python's source package) in .venv/hub-templates
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +16,7 @@ APT_PACKAGES=(
   nlohmann-json3-dev libpcre2-dev libicu-dev libboost1.81-dev libzmq3-dev
   python3 python3-venv python3-pip clang curl gnuplot-nox
 )
-PY_PACKAGES=(tokenizers transformers jinja2 openai pyzmq msgpack)
+PY_PACKAGES=(tokenizers transformers jinja2 openai pyzmq msgpack pytest)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
@@ -37,7 +37,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import tokenizers, transformers, jinja2, openai, zmq, msgpack" 2>/dev/null; then
+if ! .venv/bin/python -c "import tokenizers, transformers, jinja2, openai, zmq, msgpack, pytest" 2>/dev/null; then
   echo "setup: installing ${PY_PACKAGES[*]} into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "${PY_PACKAGES[@]}"
