@@ -42,7 +42,7 @@ case "$MODE" in
         export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/scripts/tsan.supp" ;;
   *) echo "sanitize.sh: mode must be asan or tsan" >&2; exit 2 ;;
 esac
-export BATON_SANITIZER_RUN=1  # e2e tests cover fewer configurations (tests/e2e/pd_test.py)
+export BATON_SANITIZER_RUN=1  # e2e tests cover fewer configurations (tests/e2e/server_util.py)
 # UCX patches malloc/mmap to track memory types; that fights the sanitizers' own interceptors.
 export UCX_MEM_MALLOC_HOOKS=no UCX_MEM_EVENTS=no
 BUILD_DIR=build-$MODE

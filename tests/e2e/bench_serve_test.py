@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """e2e: baton-bench serve against a real baton-server and a baton-proxy P/D pair.
 
 - the result JSON has the documented schema; its numbers agree with each other (totals, rates,
@@ -10,28 +9,18 @@
 - the PNGs (serve's CDFs, report's sweep) are valid images: every chunk's CRC, IHDR size, IDAT
   inflates to exactly the rows the header promises
 
-usage: bench_serve_test.py --bin-dir build/apps --models ../shared/models
+usage: pytest tests/e2e/bench_serve_test.py [--bin-dir build/apps] [--models ../shared/models]
 """
-import argparse
 import json
 import os
 import struct
 import subprocess
-import sys
-import tempfile
-import traceback
 import zlib
 
-sys.path.insert(0, os.path.dirname(__file__))
-from pd_test import Fleet, free_port  # noqa: E402
-from server_util import metric, start_server  # noqa: E402
+import pytest
+from tokenizers import Tokenizer
 
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
+from server_util import Fleet, free_port, metric, start_server
 
 
 def check_png(path, want_size=None):
@@ -58,8 +47,8 @@ def check_png(path, want_size=None):
     return width, height
 
 
-def run_bench(ctx, *args, expect_rc=0):
-    out = subprocess.run([os.path.join(ctx["bin"], "baton-bench"), "serve", *args], capture_output=True, text=True,
+def run_bench(bin_dir, *args, expect_rc=0):
+    out = subprocess.run([os.path.join(bin_dir, "baton-bench"), "serve", *args], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == expect_rc, f"rc {out.returncode}: {out.stdout[-2000:]} {out.stderr[-2000:]}"
     return out
@@ -106,82 +95,96 @@ def check_result(j, n, in_range, out_range):
     assert j["itl_ms"]["count"] >= 1
 
 
-@test
-def colocated_numbers_are_consistent_with_the_server(ctx):
-    with start_server(ctx["bin"], ctx["model"], "--threads", "1") as srv:
-        res = os.path.join(ctx["tmp"], "colocated.json")
-        png = os.path.join(ctx["tmp"], "colocated.png")
-        out = run_bench(ctx, "--base-url", srv.url, "--num-prompts", "24", "--request-rate", "40",
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("bench"))
+
+
+@pytest.fixture(scope="module")
+def colocated_run(bin_dir, tiny_qwen3, tmp):
+    """(server, bench output, result JSON, CDF plot) of a run against a colocated server, which
+    stays up for the module and served nothing else before."""
+    with start_server(bin_dir, tiny_qwen3, "--threads", "1") as srv:
+        res = os.path.join(tmp, "colocated.json")
+        png = os.path.join(tmp, "colocated.png")
+        out = run_bench(bin_dir, "--base-url", srv.url, "--num-prompts", "24", "--request-rate", "40",
                         "--max-concurrency", "8", "--random-input-len", "64", "--random-output-len", "16",
                         "--random-range-ratio", "0.5", "--random-prefix-ratio", "0.5", "--seed", "3",
                         "--slo", "ttft=30s,tpot=10s", "--label", "colocated", "--json", res, "--plot", png)
-        assert "Successful requests:" in out.stdout and "Median ttft" in out.stdout, out.stdout
-        j = json.load(open(res))
-        check_result(j, 24, (33, 96), (8, 24))
-        assert j["label"] == "colocated" and j["request_rate"] == 40 and j["max_concurrency"] == 8
-        assert j["model"] == "tiny-qwen3", j["model"]  # found through /v1/models
-        assert j["goodput"]["good_requests"] == 24 and j["goodput"]["fraction"] == 1.0
-        # The server counted the same tokens (nothing else ran on it).
-        assert metric(srv.url, "baton:generation_tokens_total") == j["total_output_tokens"]
-        # The shared prefix (32 tokens: two whole blocks) shows up as prefix-cache hits, and the
-        # server computed the rest of the prompts.
-        hits = metric(srv.url, "baton:prefix_cache_hit_blocks_total")
-        assert hits >= 2 and metric(srv.url, "baton:prompt_tokens_total") + 16 * hits == j["total_input_tokens"]
-        check_png(png, (1200, 900))
-        ctx["results"].append(res)
-
-        # An SLO nobody meets: no goodput, and the same requests still complete.
-        tight = os.path.join(ctx["tmp"], "tight.json")
-        run_bench(ctx, "--base-url", srv.url, "--num-prompts", "4", "--random-input-len", "16",
-                  "--random-output-len", "4", "--slo", "ttft=1us", "--json", tight)
-        t = json.load(open(tight))
-        assert t["completed"] == 4 and t["goodput"]["good_requests"] == 0 and t["goodput"]["requests_per_s"] == 0
-
-        # Chat with text prompts drawn from the tokenizer's vocabulary, and a file dataset.
-        chat = os.path.join(ctx["tmp"], "chat.json")
-        run_bench(ctx, "--base-url", srv.url, "--endpoint", "/v1/chat/completions", "--tokenizer", ctx["model"],
-                  "--num-prompts", "6", "--random-input-len", "20", "--random-output-len", "6", "--json", chat)
-        c = json.load(open(chat))
-        assert c["completed"] == 6 and all(r["completion_tokens"] == 6 for r in c["requests"]), c["requests"]
-        ds = os.path.join(ctx["tmp"], "ds.jsonl")
-        with open(ds, "w") as f:
-            f.write(json.dumps({"prompt": "Once upon a time", "max_tokens": 5}) + "\n")
-            f.write(json.dumps({"conversations": [{"from": "human", "value": "Hi"},
-                                                  {"from": "gpt", "value": "Hello there, friend"}]}) + "\n")
-        fr = os.path.join(ctx["tmp"], "file.json")
-        run_bench(ctx, "--base-url", srv.url, "--dataset", "file", "--dataset-path", ds, "--tokenizer", ctx["model"],
-                  "--num-prompts", "4", "--json", fr)
-        lens = sorted(r["completion_tokens"] for r in json.load(open(fr))["requests"])
-        from tokenizers import Tokenizer
-        reply = len(Tokenizer.from_file(os.path.join(ctx["model"], "tokenizer.json"))
-                    .encode("Hello there, friend", add_special_tokens=False).ids)
-        assert lens == sorted([5, 5, reply, reply]), (lens, reply)
+        yield srv, out, res, png
 
 
-@test
-def pd_through_the_proxy(ctx):
-    with Fleet(ctx["bin"], ctx["model"]) as fleet:
-        res = os.path.join(ctx["tmp"], "pd.json")
-        run_bench(ctx, "--base-url", fleet.url, "--num-prompts", "16", "--request-rate", "inf",
+@pytest.fixture(scope="module")
+def pd_run(bin_dir, tiny_qwen3, tmp):
+    """(fleet, result JSON) of a run through a proxy + prefill + decode, which stay up for the module."""
+    with Fleet(bin_dir, tiny_qwen3) as fleet:
+        res = os.path.join(tmp, "pd.json")
+        run_bench(bin_dir, "--base-url", fleet.url, "--num-prompts", "16", "--request-rate", "inf",
                   "--max-concurrency", "4", "--random-input-len", "40", "--random-output-len", "12",
                   "--label", "pd", "--json", res)
-        j = json.load(open(res))
-        check_result(j, 16, (40, 40), (12, 12))
-        # The decode read the prompts' KV rather than computing them.
-        decode = fleet.decodes[0]
-        assert metric(decode.url, "baton:kv_transfers_total") >= 16
-        # The prefill made each request's first token, the decode the rest; the client saw them all.
-        prefill = fleet.prefills[0]
-        assert metric(prefill.url, "baton:generation_tokens_total") == 16
-        assert metric(decode.url, "baton:generation_tokens_total") + 16 == j["total_output_tokens"]
-        fleet.assert_no_leaks()
-        ctx["results"].append(res)
+        yield fleet, res
 
 
-@test
-def failures_are_counted_not_hidden(ctx):
-    res = os.path.join(ctx["tmp"], "dead.json")
-    out = run_bench(ctx, "--base-url", f"http://127.0.0.1:{free_port()}", "--num-prompts", "5", "--json", res,
+def test_colocated_numbers_are_consistent_with_the_server(bin_dir, tiny_qwen3, tmp, colocated_run):
+    srv, out, res, png = colocated_run
+    assert "Successful requests:" in out.stdout and "Median ttft" in out.stdout, out.stdout
+    j = json.load(open(res))
+    check_result(j, 24, (33, 96), (8, 24))
+    assert j["label"] == "colocated" and j["request_rate"] == 40 and j["max_concurrency"] == 8
+    assert j["model"] == "tiny-qwen3", j["model"]  # found through /v1/models
+    assert j["goodput"]["good_requests"] == 24 and j["goodput"]["fraction"] == 1.0
+    # The server counted the same tokens (nothing else ran on it).
+    assert metric(srv.url, "baton:generation_tokens_total") == j["total_output_tokens"]
+    # The shared prefix (32 tokens: two whole blocks) shows up as prefix-cache hits, and the
+    # server computed the rest of the prompts.
+    hits = metric(srv.url, "baton:prefix_cache_hit_blocks_total")
+    assert hits >= 2 and metric(srv.url, "baton:prompt_tokens_total") + 16 * hits == j["total_input_tokens"]
+    check_png(png, (1200, 900))
+
+    # An SLO nobody meets: no goodput, and the same requests still complete.
+    tight = os.path.join(tmp, "tight.json")
+    run_bench(bin_dir, "--base-url", srv.url, "--num-prompts", "4", "--random-input-len", "16",
+              "--random-output-len", "4", "--slo", "ttft=1us", "--json", tight)
+    t = json.load(open(tight))
+    assert t["completed"] == 4 and t["goodput"]["good_requests"] == 0 and t["goodput"]["requests_per_s"] == 0
+
+    # Chat with text prompts drawn from the tokenizer's vocabulary, and a file dataset.
+    chat = os.path.join(tmp, "chat.json")
+    run_bench(bin_dir, "--base-url", srv.url, "--endpoint", "/v1/chat/completions", "--tokenizer", tiny_qwen3,
+              "--num-prompts", "6", "--random-input-len", "20", "--random-output-len", "6", "--json", chat)
+    c = json.load(open(chat))
+    assert c["completed"] == 6 and all(r["completion_tokens"] == 6 for r in c["requests"]), c["requests"]
+    ds = os.path.join(tmp, "ds.jsonl")
+    with open(ds, "w") as f:
+        f.write(json.dumps({"prompt": "Once upon a time", "max_tokens": 5}) + "\n")
+        f.write(json.dumps({"conversations": [{"from": "human", "value": "Hi"},
+                                              {"from": "gpt", "value": "Hello there, friend"}]}) + "\n")
+    fr = os.path.join(tmp, "file.json")
+    run_bench(bin_dir, "--base-url", srv.url, "--dataset", "file", "--dataset-path", ds, "--tokenizer", tiny_qwen3,
+              "--num-prompts", "4", "--json", fr)
+    lens = sorted(r["completion_tokens"] for r in json.load(open(fr))["requests"])
+    reply = len(Tokenizer.from_file(os.path.join(tiny_qwen3, "tokenizer.json"))
+                .encode("Hello there, friend", add_special_tokens=False).ids)
+    assert lens == sorted([5, 5, reply, reply]), (lens, reply)
+
+
+def test_pd_through_the_proxy(pd_run):
+    fleet, res = pd_run
+    j = json.load(open(res))
+    check_result(j, 16, (40, 40), (12, 12))
+    # The decode read the prompts' KV rather than computing them.
+    decode = fleet.decodes[0]
+    assert metric(decode.url, "baton:kv_transfers_total") >= 16
+    # The prefill made each request's first token, the decode the rest; the client saw them all.
+    prefill = fleet.prefills[0]
+    assert metric(prefill.url, "baton:generation_tokens_total") == 16
+    assert metric(decode.url, "baton:generation_tokens_total") + 16 == j["total_output_tokens"]
+    fleet.assert_no_leaks()
+
+
+def test_failures_are_counted_not_hidden(bin_dir, tmp):
+    res = os.path.join(tmp, "dead.json")
+    out = run_bench(bin_dir, "--base-url", f"http://127.0.0.1:{free_port()}", "--num-prompts", "5", "--json", res,
                     expect_rc=1)
     assert "every request failed" in out.stderr and "Failed requests:" in out.stdout, out
     j = json.load(open(res))
@@ -190,41 +193,18 @@ def failures_are_counted_not_hidden(ctx):
     for bad, msg in [(["--request-rate", "fast"], "--request-rate"), (["--slo", "ttft=3"], "unit"),
                      (["--endpoint", "/v1/embeddings"], "--endpoint"), (["--base-url", "http://host.invalid:1"], "cannot resolve host"),
                      (["--base-url", "https://127.0.0.1:1"], "only http://"), (["--timeout-s", "0"], "--timeout-s")]:
-        out = run_bench(ctx, *bad, expect_rc=1)
+        out = run_bench(bin_dir, *bad, expect_rc=1)
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and msg in lines[0], (bad, out.stderr)
 
 
-@test
-def report_compares_runs(ctx):
-    assert len(ctx["results"]) == 2, "the colocated and P/D runs feed the report"
-    table, png = os.path.join(ctx["tmp"], "sweep.md"), os.path.join(ctx["tmp"], "sweep.png")
-    out = subprocess.run([os.path.join(ctx["bin"], "baton-bench"), "report", *ctx["results"], "--table", table,
+def test_report_compares_runs(bin_dir, tmp, colocated_run, pd_run):
+    results = [colocated_run[2], pd_run[1]]
+    assert all(os.path.exists(r) for r in results), "the colocated and P/D runs feed the report"
+    table, png = os.path.join(tmp, "sweep.md"), os.path.join(tmp, "sweep.png")
+    out = subprocess.run([os.path.join(bin_dir, "baton-bench"), "report", *results, "--table", table,
                           "--plot", png], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     rows = [line for line in open(table) if line.startswith("| colocated") or line.startswith("| pd")]
     assert len(rows) == 2 and "| 40 |" in rows[0] and "| inf |" in rows[1], rows
     check_png(png, (1400, 1000))
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin-dir", required=True)
-    ap.add_argument("--models", required=True)
-    args = ap.parse_args()
-    failed = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = {"bin": args.bin_dir, "model": os.path.join(args.models, "tiny-qwen3"), "tmp": tmp, "results": []}
-        for fn in TESTS:
-            try:
-                fn(ctx)
-                print(f"[ OK ] {fn.__name__}")
-            except Exception:
-                failed += 1
-                print(f"[FAIL] {fn.__name__}")
-                traceback.print_exc()
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

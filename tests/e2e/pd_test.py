@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """e2e: P/D disaggregation with real processes on 127.0.0.1 (baton-proxy + prefill + decode).
 
 - greedy outputs through the proxy equal colocated outputs, completions and chat, streamed and
@@ -10,176 +9,39 @@
   gets an error); a proxy restart (instances re-register); a client that disconnects; a KV
   layout mismatch (refused with a clear error)
 
-usage: pd_test.py --bin-dir build/apps --models ../shared/models
+usage: pytest tests/e2e/pd_test.py [--bin-dir build/apps] [--models ../shared/models]
 """
 import asyncio
 import http.client
 import json
 import os
 import signal
-import socket
-import sys
 import time
 
 import openai
+import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from server_util import Proc, metric, run_tests, start_server, wait_until  # noqa: E402
+from server_util import (PROMPTS, SANITIZED, Fleet, answer, free_port, instances, metric, open_long_stream, post,
+                         start_instance, start_proxy, start_server, wait_until)
 
-TESTS = []
 # The equality test's cases: (prefill tp, decode tp, model, KV dtype).
 EQUAL_CASES = [(p_tp, d_tp, model, kv) for p_tp, d_tp in [(1, 1), (2, 2), (2, 1), (1, 2), (4, 1)]
                for model, kv in [("tiny-qwen3", "bf16"), ("tiny-llama3", "fp8")]]
 N_CONCURRENT = 200
-SANITIZED = bool(os.environ.get("BATON_SANITIZER_RUN"))
 if SANITIZED:  # sanitizers are 5-20x slower: fewer configurations
     # TP slices and fp8 scales in one case; tp 1 -> 1 runs in every test below.
     EQUAL_CASES = [(2, 1, "tiny-llama3", "fp8")]
     N_CONCURRENT = 32
 
 
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def start_proxy(bin_dir, port=0, ping_port=0, *extra):
-    return Proc([os.path.join(bin_dir, "baton-proxy"), "--host", "127.0.0.1", "--port", str(port), "--ping-port",
-                 str(ping_port), "--log-level", "warning", *extra], "baton-proxy")
-
-
-def start_instance(bin_dir, model, role, ping_port, tp=1, kv_dtype="auto", kv_timeout_s=60, extra=(), token=None):
-    cfg = {"kv_role": role, "proxy_ip": "127.0.0.1", "proxy_ping_port": ping_port, "kv_timeout_s": kv_timeout_s,
-           "heartbeat_s": 0.5}
-    if token is not None:
-        cfg["token"] = token
-    return start_server(bin_dir, model, "--kv_cache_dtype", kv_dtype, "--block-size", "16", "-tp", str(tp),
-                        "--threads", "1", "--kv-transfer-config", json.dumps(cfg), *extra)
-
-
-def instances(proxy, key=None):
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    conn.request("GET", "/instances", headers={"Authorization": f"Bearer {key}"} if key else {})
-    data = json.loads(conn.getresponse().read())
-    conn.close()
-    return data
-
-
-class Fleet:
-    def __init__(self, bin_dir, model, p_tps=(1,), d_tps=(1,), kv_dtype="auto", kv_timeout_s=60, proxy_args=(),
-                 p_dtype=None, token=None):
-        self.bin_dir, self.model = bin_dir, model
-        if token is not None:
-            proxy_args = (*proxy_args, "--token", token)
-        self.proxy = start_proxy(bin_dir, 0, 0, *proxy_args)
-        self.prefills, self.decodes = [], []
-        try:
-            for tp in p_tps:
-                self.prefills.append(start_instance(bin_dir, model, "kv_producer", self.proxy.ping_port, tp,
-                                                    p_dtype or kv_dtype, kv_timeout_s, token=token))
-            for tp in d_tps:
-                self.decodes.append(start_instance(bin_dir, model, "kv_consumer", self.proxy.ping_port, tp, kv_dtype,
-                                                   kv_timeout_s, token=token))
-            want = len(p_tps) + len(d_tps)
-            wait_until(lambda: len(instances(self.proxy)) == want, what="instances registered")
-        except Exception:
-            self.stop()
-            raise
-
-    @property
-    def url(self):
-        return self.proxy.url
-
-    def all(self):
-        return self.prefills + self.decodes
-
-    def assert_no_leaks(self):
-        for inst in self.all():
-            if not inst.alive():
-                continue
-            try:
-                wait_until(lambda: metric(inst.url, "baton:kv_blocks_used") == 0 and
-                           metric(inst.url, "baton:kv_held_transfers") == 0 and
-                           metric(inst.url, "baton:num_requests_running") == 0, timeout=30,
-                           what=f"instance {inst.port} to free every block")
-            except AssertionError:
-                print("".join(inst.stderr_lines[-20:]))
-                raise
-
-    def stop(self):
-        for p in self.all() + [self.proxy]:
-            p.stop()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-def post(url, path, body, timeout=120):
-    host, port = url.replace("http://", "").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
-    r = conn.getresponse()
-    data = r.read()
-    conn.close()
-    return r.status, data
-
-
-def open_long_stream(port, extra_headers=""):
-    """A raw socket with a long streamed completion request sent on it (the test reads it)."""
-    s = socket.create_connection(("127.0.0.1", port))
-    body = json.dumps({"prompt": "go", "max_tokens": 1900, "ignore_eos": True, "stream": True})
-    s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\n{extra_headers}Content-Type: application/json\r\n"
-              f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
-    return s
-
-
-def answer(url, path, body):
-    """Text and finish reason of a completion or chat answer, whole or streamed."""
-    status, data = post(url, path, body)
-    assert status == 200, (status, data[:500])
-    chat = path.endswith("chat/completions")
-    if not body.get("stream"):
-        j = json.loads(data)
-        c = j["choices"][0]
-        return (c["message"]["content"] if chat else c["text"]), c["finish_reason"], j["usage"]["completion_tokens"]
-    text, finish, usage = "", None, None
-    lines = data.decode().split("\n\n")
-    assert lines[-2] == "data: [DONE]", lines[-3:]
-    for block in lines:
-        if not block.startswith("data: ") or block == "data: [DONE]":
-            continue
-        j = json.loads(block[6:])
-        assert "error" not in j, j
-        if j.get("usage"):
-            usage = j["usage"]["completion_tokens"]
-        for c in j["choices"]:
-            text += (c["delta"].get("content") or "") if chat else c["text"]
-            finish = c["finish_reason"] or finish
-    return text, finish, usage
-
-
-PROMPTS = ["1 2 3 4 5", "Once upon a time there was a robot who counted sheep: one, two, three, four, five, six, "
-           "seven, eight, nine, ten, and then it counted them all again backwards",
-           "x" * 5, "日本語 🤖 " * 12]
-
-
-def check_equal(ctx, model_name, kv_dtype, p_tp, d_tp):
-    model = os.path.join(ctx["models"], model_name)
+@pytest.mark.parametrize("p_tp, d_tp, model_name, kv_dtype", EQUAL_CASES,
+                         ids=[f"tp{p}-{d}-{m}-{kv}" for p, d, m, kv in EQUAL_CASES])
+def test_pd_equals_colocated(bin_dir, models_dir, p_tp, d_tp, model_name, kv_dtype):
+    model = os.path.join(models_dir, model_name)
     # Sanitized runs: the two prompts that differ most (a long ASCII one, a multi-byte one).
     prompts = [PROMPTS[1], PROMPTS[3]] if SANITIZED else PROMPTS
-    with (start_server(ctx["bin"], model, "--kv_cache_dtype", kv_dtype, "--threads", "1") as ref,
-          Fleet(ctx["bin"], model, (p_tp,), (d_tp,), kv_dtype) as fleet):
+    with (start_server(bin_dir, model, "--kv_cache_dtype", kv_dtype, "--threads", "1") as ref,
+          Fleet(bin_dir, model, (p_tp,), (d_tp,), kv_dtype) as fleet):
         for prompt in prompts:
             for stream in (False, True):
                 body = {"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": stream}
@@ -202,16 +64,8 @@ def check_equal(ctx, model_name, kv_dtype, p_tp, d_tp):
         assert metric(fleet.prefills[0].url, "baton:kv_released_by_reader_total") == len(prompts) * 4
 
 
-@test
-def pd_equals_colocated(ctx):
-    for p_tp, d_tp, model_name, kv_dtype in EQUAL_CASES:
-        check_equal(ctx, model_name, kv_dtype, p_tp, d_tp)
-
-
-@test
-def two_by_two_200_concurrent(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    with Fleet(ctx["bin"], model, (1, 1), (1, 1)) as fleet:
+def test_two_by_two_200_concurrent(bin_dir, tiny_qwen3):
+    with Fleet(bin_dir, tiny_qwen3, (1, 1), (1, 1)) as fleet:
         client = openai.AsyncOpenAI(base_url=fleet.url + "/v1", api_key="none", max_retries=0, timeout=300)
 
         async def one(i):
@@ -236,10 +90,8 @@ def two_by_two_200_concurrent(ctx):
         fleet.assert_no_leaks()
 
 
-@test
-def held_blocks_time_out(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    with Fleet(ctx["bin"], model, kv_timeout_s=1.5) as fleet:
+def test_held_blocks_time_out(bin_dir, tiny_qwen3):
+    with Fleet(bin_dir, tiny_qwen3, kv_timeout_s=1.5) as fleet:
         p = fleet.prefills[0]
         status, data = post(p.url, "/v1/completions", {"prompt": "never read " * 20, "max_tokens": 1,
                                                         "kv_transfer_params": {"do_remote_decode": True}})
@@ -254,10 +106,8 @@ def held_blocks_time_out(ctx):
         fleet.assert_no_leaks()
 
 
-@test
-def prefill_killed_after_answer_decode_recomputes(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    with start_server(ctx["bin"], model, "--threads", "1") as ref, Fleet(ctx["bin"], model) as fleet:
+def test_prefill_killed_after_answer_decode_recomputes(bin_dir, tiny_qwen3):
+    with start_server(bin_dir, tiny_qwen3, "--threads", "1") as ref, Fleet(bin_dir, tiny_qwen3) as fleet:
         p, d = fleet.prefills[0], fleet.decodes[0]
         body = {"prompt": PROMPTS[1], "max_tokens": 20, "temperature": 0}
         status, data = post(p.url, "/v1/completions", dict(body, max_tokens=1,
@@ -271,10 +121,8 @@ def prefill_killed_after_answer_decode_recomputes(ctx):
         fleet.assert_no_leaks()
 
 
-@test
-def prefill_killed_before_answer_proxy_retries(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    with Fleet(ctx["bin"], model, (1, 1), (1,), proxy_args=("--evict-after-s", "60")) as fleet:
+def test_prefill_killed_before_answer_proxy_retries(bin_dir, tiny_qwen3):
+    with Fleet(bin_dir, tiny_qwen3, (1, 1), (1,), proxy_args=("--evict-after-s", "60")) as fleet:
         fleet.prefills[0].stop(signal.SIGKILL)  # still registered: the proxy finds out per request
         for i in range(6):
             text, finish, _ = answer(fleet.url, "/v1/completions", {"prompt": f"retry {i}", "max_tokens": 5,
@@ -284,13 +132,10 @@ def prefill_killed_before_answer_proxy_retries(ctx):
         fleet.assert_no_leaks()
 
 
-@test
-def decode_killed_mid_stream_client_gets_error(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    with Fleet(ctx["bin"], model) as fleet:
+def test_decode_killed_mid_stream_client_gets_error(bin_dir, tiny_qwen3):
+    with Fleet(bin_dir, tiny_qwen3) as fleet:
         d = fleet.decodes[0]
-        host, port = "127.0.0.1", fleet.proxy.port
-        conn = http.client.HTTPConnection(host, port, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", fleet.proxy.port, timeout=60)
         conn.request("POST", "/v1/completions", body=json.dumps(
             {"prompt": "long", "max_tokens": 1900, "temperature": 0, "ignore_eos": True, "stream": True}),
             headers={"Content-Type": "application/json"})
@@ -316,18 +161,16 @@ def decode_killed_mid_stream_client_gets_error(ctx):
         fleet.assert_no_leaks()  # the prefill was read before the kill, or frees by timeout
 
 
-@test
-def proxy_restart_instances_reregister(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
+def test_proxy_restart_instances_reregister(bin_dir, tiny_qwen3):
     port, ping = free_port(), free_port()
-    proxy = start_proxy(ctx["bin"], port, ping)
-    p = start_instance(ctx["bin"], model, "kv_producer", ping)
-    d = start_instance(ctx["bin"], model, "kv_consumer", ping)
+    proxy = start_proxy(bin_dir, port, ping)
+    p = start_instance(bin_dir, tiny_qwen3, "kv_producer", ping)
+    d = start_instance(bin_dir, tiny_qwen3, "kv_consumer", ping)
     try:
         wait_until(lambda: len(instances(proxy)) == 2, what="registration")
         assert answer(proxy.url, "/v1/completions", {"prompt": "a", "max_tokens": 3, "ignore_eos": True})[1] == "length"
         proxy.stop(signal.SIGKILL)
-        proxy = start_proxy(ctx["bin"], port, ping)
+        proxy = start_proxy(bin_dir, port, ping)
         wait_until(lambda: len(instances(proxy)) == 2, timeout=15, what="re-registration")
         assert answer(proxy.url, "/v1/completions", {"prompt": "b", "max_tokens": 3, "ignore_eos": True})[1] == "length"
         # A clean shutdown unregisters at once.
@@ -343,10 +186,8 @@ def proxy_restart_instances_reregister(ctx):
             x.stop()
 
 
-@test
-def client_disconnect_aborts_both_sides(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    with Fleet(ctx["bin"], model) as fleet:
+def test_client_disconnect_aborts_both_sides(bin_dir, tiny_qwen3):
+    with Fleet(bin_dir, tiny_qwen3) as fleet:
         s = open_long_stream(fleet.proxy.port)
         got = b""
         while b"data: " not in got:
@@ -361,10 +202,8 @@ def client_disconnect_aborts_both_sides(ctx):
         assert metric(fleet.url, "baton_proxy:client_aborts_total") == 1
 
 
-@test
-def layout_mismatch_is_refused(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    with Fleet(ctx["bin"], model, kv_dtype="fp8", p_dtype="bf16") as fleet:
+def test_layout_mismatch_is_refused(bin_dir, tiny_qwen3):
+    with Fleet(bin_dir, tiny_qwen3, kv_dtype="fp8", p_dtype="bf16") as fleet:
         status, data = post(fleet.url, "/v1/completions", {"prompt": "a b c", "max_tokens": 4})
         assert status == 400, (status, data)
         msg = json.loads(data)["error"]["message"]
@@ -372,10 +211,8 @@ def layout_mismatch_is_refused(ctx):
         fleet.assert_no_leaks()  # the decode side told the prefill to let go
 
 
-@test
-def bad_requests_through_proxy(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    with Fleet(ctx["bin"], model) as fleet:
+def test_bad_requests_through_proxy(bin_dir, tiny_qwen3):
+    with Fleet(bin_dir, tiny_qwen3) as fleet:
         status, data = post(fleet.url, "/v1/completions", {"prompt": "a", "max_tokens": -3})
         assert status == 400 and json.loads(data)["error"]["param"] == "max_tokens", data
         status, data = post(fleet.url, "/v1/completions", {"prompt": "a", "max_tokens": 100000})
@@ -391,16 +228,14 @@ def bad_requests_through_proxy(ctx):
         fleet.assert_no_leaks()
 
 
-@test
-def api_key_token_and_limits(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    proxy = start_proxy(ctx["bin"], 0, 0, "--api-key", "k3y", "--token", "t0ken", "--max-concurrent-requests", "2")
+def test_api_key_token_and_limits(bin_dir, tiny_qwen3):
+    proxy = start_proxy(bin_dir, 0, 0, "--api-key", "k3y", "--token", "t0ken", "--max-concurrent-requests", "2")
     procs = [proxy]
     try:
         for role in ("kv_producer", "kv_consumer"):
-            procs.append(start_instance(ctx["bin"], model, role, proxy.ping_port, token="t0ken",
+            procs.append(start_instance(bin_dir, tiny_qwen3, role, proxy.ping_port, token="t0ken",
                                         extra=("--api-key", "k3y", "--max-concurrent-requests", "1")))
-        intruder = start_instance(ctx["bin"], model, "kv_consumer", proxy.ping_port, token="wrong")
+        intruder = start_instance(bin_dir, tiny_qwen3, "kv_consumer", proxy.ping_port, token="wrong")
         procs.append(intruder)
         wait_until(lambda: len(instances(proxy, key="k3y")) == 2, what="registration")
         time.sleep(1.5)  # the intruder has heartbeated meanwhile: still not admitted
@@ -437,7 +272,3 @@ def api_key_token_and_limits(ctx):
     finally:
         for p in procs:
             p.stop()
-
-
-if __name__ == "__main__":
-    sys.exit(run_tests(TESTS))

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """e2e: the attacks of the security issue, played against baton-proxy and baton-server on
 127.0.0.1, with the default configuration (no token, no key) and with a token and keys. Each
 check fails if the attack succeeds.
@@ -21,50 +20,25 @@ check fails if the attack succeeds.
 - /metrics and /instances need --api-key; --metrics-key opens /metrics alone, without the
   prefix-cache counters; /health stays open
 
-usage: security_test.py --bin-dir build/apps --models ../shared/models
+usage: pytest tests/e2e/security_test.py [--bin-dir build/apps] [--models ../shared/models]
 """
 import http.client
 import json
-import os
 import resource
 import signal
 import socket
-import sys
 import threading
 import time
 
 import msgpack
+import pytest
 import zmq
 
-sys.path.insert(0, os.path.dirname(__file__))
-from pd_test import free_port, instances, start_instance, start_proxy  # noqa: E402
-from server_util import metric, run_tests, start_server, wait_until  # noqa: E402
+from server_util import (SANITIZED, free_port, instances, metric, request, start_instance, start_proxy, start_server,
+                         wait_until)
 
-TESTS = []
 TOKEN = "t0ken"
-# Sanitizers hold freed memory in quarantine (ASan: up to 256 MB), so RSS says nothing there.
-SANITIZED = bool(os.environ.get("BATON_SANITIZER_RUN"))
 NESTED = b'{"prompt":' + b"[" * 100000 + b"]" * 100000 + b"}"
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def request(port, method, path, body=None, key=None, timeout=30):
-    """(status, body bytes) of one request; `body` is sent as is (bytes) or as JSON."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    if body is not None and not isinstance(body, bytes):
-        body = json.dumps(body).encode()
-    conn.request(method, path, body=body, headers=headers)
-    r = conn.getresponse()
-    data = r.read()
-    conn.close()
-    return r.status, data
 
 
 def assert_auth_error(status, data):
@@ -125,8 +99,8 @@ def rejected(proxy, key=None):
     return metric(proxy.url, "baton_proxy:registrations_rejected_total", key=key)
 
 
-def complete(port, key=None, timeout=30):
-    status, data = request(port, "POST", "/v1/completions",
+def complete(url, key=None, timeout=30):
+    status, data = request(url, "POST", "/v1/completions",
                            {"prompt": "hello", "max_tokens": 3, "temperature": 0, "ignore_eos": True}, key=key,
                            timeout=timeout)
     assert status == 200 and json.loads(data)["usage"]["completion_tokens"] == 3, (status, data[:300])
@@ -140,15 +114,14 @@ def rss_kb(pid):
     raise KeyError("VmRSS")
 
 
-def check_fleet(ctx, token):
+def check_fleet(bin_dir, tiny_qwen3, token):
     """Every registration-plane and body attack against one proxy + prefill + decode."""
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    proxy = start_proxy(ctx["bin"], 0, 0, *(("--token", TOKEN) if token else ()))
+    proxy = start_proxy(bin_dir, 0, 0, *(("--token", TOKEN) if token else ()))
     procs = [proxy]
     rogue_p, rogue_d, rogue = RogueHttp(), RogueHttp(), Registrar(proxy.ping_port)
     try:
         for role in ("kv_producer", "kv_consumer"):
-            procs.append(start_instance(ctx["bin"], model, role, proxy.ping_port, token=TOKEN if token else None))
+            procs.append(start_instance(bin_dir, tiny_qwen3, role, proxy.ping_port, token=TOKEN if token else None))
         wait_until(lambda: len(instances(proxy)) == 2, what="real instances registered")
         real = {i["role"]: i["id"] for i in instances(proxy)}
         if not token:  # the warning at start says what is open
@@ -174,7 +147,7 @@ def check_fleet(ctx, token):
         assert listed.get(real["D"]) == "D" and listed.get(real["P"]) == "P", listed
         # Idle real instances win every tie: the rogue sees no request.
         for _ in range(8):
-            complete(proxy.port)
+            complete(proxy.url)
         reached = rogue_p.connections + rogue_d.connections
         assert reached == 0, f"{reached} connections reached the rogues"
         routed = {i["id"]: i["routed"] for i in instances(proxy)}
@@ -183,10 +156,10 @@ def check_fleet(ctx, token):
         # 3. Bodies nested 100,000 deep, to the proxy and to the decode server itself.
         # (The proxy overflowed its stack dumping the first; the server, copying the tools.)
         tools = b'{"messages":[{"role":"user","content":"hi"}],"tools":' + b"[" * 100000 + b"]" * 100000 + b"}"
-        for port, path, body in [(proxy.port, "/v1/completions", NESTED), (proxy.port, "/v1/chat/completions", tools),
-                                 (procs[2].port, "/v1/completions", NESTED), (procs[2].port, "/v1/chat/completions", tools)]:
-            status, data = request(port, "POST", path, body)
-            assert status == 400 and "nested deeper than" in json.loads(data)["error"]["message"], (port, status, data)
+        for url, path, body in [(proxy.url, "/v1/completions", NESTED), (proxy.url, "/v1/chat/completions", tools),
+                                (procs[2].url, "/v1/completions", NESTED), (procs[2].url, "/v1/chat/completions", tools)]:
+            status, data = request(url, "POST", path, body, timeout=30)
+            assert status == 400 and "nested deeper than" in json.loads(data)["error"]["message"], (url, status, data)
         # 4. Registrations nested 60,000 deep (refused while parsed), and one of 1 MB (over ZMQ's
         # limit: the proxy drops the connection without reading it into memory).
         before = rejected(proxy)
@@ -202,7 +175,7 @@ def check_fleet(ctx, token):
         for p in procs:
             assert p.alive(), f"{p.name} died: {''.join(p.stderr_lines[-5:])}"
         assert not token or not any("no --token" in line for line in proxy.stderr_lines)
-        complete(proxy.port)
+        complete(proxy.url)
         assert rogue_p.connections + rogue_d.connections == 0
         # Refusals were logged, but not one line each.
         assert len(proxy.stderr_lines) < 20, proxy.stderr_lines
@@ -214,51 +187,46 @@ def check_fleet(ctx, token):
             p.stop()
 
 
-@test
-def fleet_default_configuration(ctx):
-    check_fleet(ctx, token=False)
+def test_fleet_default_configuration(bin_dir, tiny_qwen3):
+    check_fleet(bin_dir, tiny_qwen3, token=False)
 
 
-@test
-def fleet_with_token(ctx):
-    check_fleet(ctx, token=True)
+def test_fleet_with_token(bin_dir, tiny_qwen3):
+    check_fleet(bin_dir, tiny_qwen3, token=True)
 
 
-@test
-def restart_on_the_same_address_is_readmitted(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    for token in (None, TOKEN):
-        proxy = start_proxy(ctx["bin"], 0, 0, "--evict-after-s", "1.5", *(("--token", TOKEN) if token else ()))
-        port = free_port()
-        cfg = {"kv_role": "kv_consumer", "proxy_ip": "127.0.0.1", "proxy_ping_port": proxy.ping_port,
-               "heartbeat_s": 0.5, "http_port": port, **({"token": token} if token else {})}
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["no_token", "token"])
+def test_restart_on_the_same_address_is_readmitted(bin_dir, tiny_qwen3, token):
+    proxy = start_proxy(bin_dir, 0, 0, "--evict-after-s", "1.5", *(("--token", TOKEN) if token else ()))
+    port = free_port()
+    cfg = {"kv_role": "kv_consumer", "proxy_ip": "127.0.0.1", "proxy_ping_port": proxy.ping_port,
+           "heartbeat_s": 0.5, "http_port": port, **({"token": token} if token else {})}
 
-        def decode():
-            return start_server(ctx["bin"], model, "--threads", "1", "--kv-transfer-config", json.dumps(cfg))
-        procs = [proxy, start_instance(ctx["bin"], model, "kv_producer", proxy.ping_port, token=token), decode()]
-        try:
-            wait_until(lambda: len(instances(proxy)) == 2, what="registered")
-            complete(proxy.port)
-            procs[2].stop(signal.SIGKILL)
-            procs[2] = decode()  # a new process: a new connection, the same address
-            wait_until(lambda: metric(proxy.url, "baton_proxy:registrations_total") == 3, timeout=20,
-                       what="the restarted decode re-admitted")
-            complete(proxy.port)
-            evicted = metric(proxy.url, "baton_proxy:evictions_total")
-            if token:  # the token moved the binding to the new connection: no wait for eviction
-                assert evicted == 0, evicted
-            else:  # refused until the dead one's entry was evicted
-                assert evicted == 1 and rejected(proxy) >= 1, (evicted, rejected(proxy))
-        finally:
-            for p in procs:
-                p.stop()
+    def decode():
+        return start_server(bin_dir, tiny_qwen3, "--threads", "1", "--kv-transfer-config", json.dumps(cfg))
+    procs = [proxy, start_instance(bin_dir, tiny_qwen3, "kv_producer", proxy.ping_port, token=token), decode()]
+    try:
+        wait_until(lambda: len(instances(proxy)) == 2, what="registered")
+        complete(proxy.url)
+        procs[2].stop(signal.SIGKILL)
+        procs[2] = decode()  # a new process: a new connection, the same address
+        wait_until(lambda: metric(proxy.url, "baton_proxy:registrations_total") == 3, timeout=20,
+                   what="the restarted decode re-admitted")
+        complete(proxy.url)
+        evicted = metric(proxy.url, "baton_proxy:evictions_total")
+        if token:  # the token moved the binding to the new connection: no wait for eviction
+            assert evicted == 0, evicted
+        else:  # refused until the dead one's entry was evicted
+            assert evicted == 1 and rejected(proxy) >= 1, (evicted, rejected(proxy))
+    finally:
+        for p in procs:
+            p.stop()
 
 
-@test
-def registration_floods_are_bounded(ctx):
+def test_registration_floods_with_a_token_leave_nothing(bin_dir):
     n = 10000 if SANITIZED else 50000
     # With a token: 50,000 bad-token registrations of distinct addresses leave nothing behind.
-    with start_proxy(ctx["bin"], 0, 0, "--token", TOKEN) as proxy:
+    with start_proxy(bin_dir, 0, 0, "--token", TOKEN) as proxy:
         flood = Registrar(proxy.ping_port)
         try:
             def send(first, count):
@@ -271,14 +239,18 @@ def registration_floods_are_bounded(ctx):
             grown_kb = rss_kb(proxy.proc.pid) - rss0
             print(f"  proxy RSS {rss0} kB, +{grown_kb} kB after {n} bad-token registrations", flush=True)
             token_lines = [line for line in proxy.stderr_lines if "deployment token" in line]
+            # Sanitizers hold freed memory in quarantine (ASan: up to 256 MB): RSS says nothing there.
             assert SANITIZED or grown_kb < 4096, f"RSS grew {grown_kb} kB over {n} bad-token registrations"
             assert 1 <= len(token_lines) < 20, len(token_lines)
             assert "more like it" in "".join(token_lines[1:]) or len(token_lines) == 1, token_lines
             assert len(instances(proxy)) == 0
         finally:
             flood.close()
+
+
+def test_registration_floods_without_a_token_stop_at_max_instances(bin_dir):
     # Without a token they are admitted, up to --max-instances.
-    with start_proxy(ctx["bin"], 0, 0, "--max-instances", "256") as proxy:
+    with start_proxy(bin_dir, 0, 0, "--max-instances", "256") as proxy:
         flood = Registrar(proxy.ping_port)
         try:
             for i in range(5000):
@@ -290,16 +262,14 @@ def registration_floods_are_bounded(ctx):
             flood.close()
 
 
-@test
-def fd_exhaustion_backs_off(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
+def test_fd_exhaustion_backs_off(bin_dir, tiny_qwen3):
     limit = 96
 
     def low_fd_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-    with start_server(ctx["bin"], model, "--threads", "1", preexec_fn=low_fd_limit) as srv:
-        complete(srv.port)
+    with start_server(bin_dir, tiny_qwen3, "--threads", "1", preexec_fn=low_fd_limit) as srv:
+        complete(srv.url)
         held = []
         try:
             # More connections than the server has descriptors left: the kernel queues the rest.
@@ -317,7 +287,7 @@ def fd_exhaustion_backs_off(ctx):
         # Once the connections are gone it serves again (the longest pause is 1 s).
         def serves():
             try:
-                complete(srv.port, timeout=5)
+                complete(srv.url, timeout=5)
                 return True
             except (OSError, http.client.HTTPException):
                 return False
@@ -326,45 +296,39 @@ def fd_exhaustion_backs_off(ctx):
         assert sum("Too many open files" in line for line in srv.stderr_lines) < 10
 
 
-@test
-def metrics_and_instances_need_a_key(ctx):
-    model = os.path.join(ctx["models"], "tiny-qwen3")
+def test_metrics_and_instances_need_a_key(bin_dir, tiny_qwen3):
     api, scrape = "k3y", "scr4pe"
     keys = ("--api-key", api, "--metrics-key", scrape)
-    with start_proxy(ctx["bin"], 0, 0, "--token", TOKEN, *keys) as proxy, \
-            start_server(ctx["bin"], model, "--threads", "1", *keys) as srv:
+    with start_proxy(bin_dir, 0, 0, "--token", TOKEN, *keys) as proxy, \
+            start_server(bin_dir, tiny_qwen3, "--threads", "1", *keys) as srv:
         for key in (None, "wrong", scrape):
-            assert_auth_error(*request(proxy.port, "GET", "/instances", key=key))
+            assert_auth_error(*request(proxy.url, "GET", "/instances", key=key))
         for key in (None, "wrong"):
-            assert_auth_error(*request(proxy.port, "GET", "/metrics", key=key))
-            assert_auth_error(*request(srv.port, "GET", "/metrics", key=key))
-        status, data = request(proxy.port, "GET", "/instances", key=api)
+            assert_auth_error(*request(proxy.url, "GET", "/metrics", key=key))
+            assert_auth_error(*request(srv.url, "GET", "/metrics", key=key))
+        status, data = request(proxy.url, "GET", "/instances", key=api)
         assert status == 200 and json.loads(data) == [], data
         for key in (scrape, api):
-            status, data = request(proxy.port, "GET", "/metrics", key=key)
+            status, data = request(proxy.url, "GET", "/metrics", key=key)
             assert status == 200 and b"baton_proxy:registrations_rejected_total" in data, data[:200]
         # /health is open (the proxy's says 503 while no instance is registered).
-        status, data = request(proxy.port, "GET", "/health")
+        status, data = request(proxy.url, "GET", "/health")
         assert status == 503 and json.loads(data)["status"] == "unavailable", (status, data)
-        status, data = request(srv.port, "GET", "/health")
+        status, data = request(srv.url, "GET", "/health")
         assert status == 200, (status, data)
 
         # The same prompt twice: the second hits the prefix cache.
         prompt = "a secret prompt that nobody else should learn was sent " * 4
         for _ in range(2):
-            status, data = request(srv.port, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": 1}, key=api)
+            status, data = request(srv.url, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": 1}, key=api)
             assert status == 200, data
         # Stats are published after the step that answered: wait for them.
         wait_until(lambda: metric(srv.url, "baton:prefix_cache_hit_blocks_total", key=api) >= 1 and
                    metric(srv.url, "baton:prompt_tokens_total", key=api) > 0, timeout=10, what="cache hits counted")
-        status, data = request(srv.port, "GET", "/metrics", key=scrape)
+        status, data = request(srv.url, "GET", "/metrics", key=scrape)
         text = data.decode()
         assert status == 200 and "baton:generation_tokens_total" in text, text[:200]
         assert "prefix_cache_hit" not in text and "baton:prompt_tokens_total" not in text, text
     # No key at all: everything is open, and the API shows any caller its own cached tokens anyway.
-    with start_server(ctx["bin"], model, "--threads", "1") as srv:
+    with start_server(bin_dir, tiny_qwen3, "--threads", "1") as srv:
         assert metric(srv.url, "baton:prefix_cache_hit_blocks_total") == 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_tests(TESTS))

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Soak under chaos: streamed requests at high concurrency through baton-proxy -> 2 prefill -> 2
 decode (tiny-qwen3, 127.0.0.1) while a chaos loop kill -9s one instance at a time and restarts it.
 
@@ -6,23 +5,18 @@ Afterwards, every request must have either completed with exactly the colocated 
 ended with a clear error (an HTTP error status with OpenAI error JSON, or an SSE error event
 followed by [DONE]); none may hang or end silently; survivors must hold no KV blocks.
 
-usage: soak_test.py --bin-dir build/apps --models ../shared/models [--requests 1000]
-       [--concurrency 64] [--chaos-interval-s 1.0] [--json out.json]
+usage: pytest tests/e2e/soak_test.py [--bin-dir build/apps] [--models ../shared/models]
+       [--soak-requests 1000] [--soak-concurrency 64] [--soak-chaos-interval-s 0.5]
+       [--soak-kv-timeout-s 10] [--soak-json out.json]   (-s shows the result line)
 """
-import argparse
 import asyncio
 import json
-import os
 import random
 import signal
-import socket
-import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from pd_test import free_port, instances, start_instance, start_proxy  # noqa: E402
-from server_util import metric, start_server, wait_until  # noqa: E402
+from server_util import free_port, instances, metric, start_instance, start_proxy, start_server, wait_until
 
 PROMPTS = [f"Soak prompt {i}: " + " ".join(str((i * 7 + j) % 97) for j in range(i % 23)) for i in range(40)]
 
@@ -76,21 +70,16 @@ def classify(status, body, want):
     return "ok" if text == want else "mismatch"
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin-dir", required=True)
-    ap.add_argument("--models", required=True)
-    ap.add_argument("--requests", type=int, default=1000)
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--chaos-interval-s", type=float, default=1.0)
-    ap.add_argument("--kv-timeout-s", type=float, default=10)
-    ap.add_argument("--json", default="")
-    a = ap.parse_args()
-    model = os.path.join(a.models, "tiny-qwen3")
+def test_soak_under_chaos(bin_dir, tiny_qwen3, pytestconfig):
+    requests = pytestconfig.getoption("--soak-requests")
+    concurrency = pytestconfig.getoption("--soak-concurrency")
+    chaos_interval_s = pytestconfig.getoption("--soak-chaos-interval-s")
+    kv_timeout_s = pytestconfig.getoption("--soak-kv-timeout-s")
+    json_path = pytestconfig.getoption("--soak-json")
     rng = random.Random(7)
     max_tokens = {p: 8 + (i * 5) % 40 for i, p in enumerate(PROMPTS)}
 
-    ref = start_server(a.bin_dir, model, "--threads", "1")
+    ref = start_server(bin_dir, tiny_qwen3, "--threads", "1")
     want = {}
     try:
         async def refs():
@@ -104,13 +93,13 @@ def main():
         ref.stop()
 
     port, ping = free_port(), free_port()
-    proxy = start_proxy(a.bin_dir, port, ping, "--evict-after-s", "3", "--connect-timeout-s", "5")
+    proxy = start_proxy(bin_dir, port, ping, "--evict-after-s", "3", "--connect-timeout-s", "5")
     fleet = {}
     lock = threading.Lock()
 
     def launch(name):
         role = "kv_producer" if name.startswith("P") else "kv_consumer"
-        fleet[name] = start_instance(a.bin_dir, model, role, ping, kv_timeout_s=a.kv_timeout_s)
+        fleet[name] = start_instance(bin_dir, tiny_qwen3, role, ping, kv_timeout_s=kv_timeout_s)
 
     for name in ("P0", "P1", "D0", "D1"):
         launch(name)
@@ -120,7 +109,7 @@ def main():
     kills = []
 
     def chaos():
-        while not done.wait(a.chaos_interval_s):
+        while not done.wait(chaos_interval_s):
             name = rng.choice(sorted(fleet))
             with lock:
                 fleet[name].stop(signal.SIGKILL)
@@ -133,7 +122,7 @@ def main():
     t0 = time.time()
 
     async def client():
-        sem = asyncio.Semaphore(a.concurrency)
+        sem = asyncio.Semaphore(concurrency)
 
         async def one(i):
             p = PROMPTS[i % len(PROMPTS)]
@@ -148,7 +137,7 @@ def main():
                     kind = "broken"
             outcomes[kind] = outcomes.get(kind, 0) + 1
 
-        await asyncio.gather(*[one(i) for i in range(a.requests)])
+        await asyncio.gather(*[one(i) for i in range(requests)])
 
     chaos_thread = threading.Thread(target=chaos, daemon=True)
     chaos_thread.start()
@@ -163,11 +152,11 @@ def main():
         for name, inst in fleet.items():
             try:
                 wait_until(lambda: metric(inst.url, "baton:kv_blocks_used") == 0 and
-                           metric(inst.url, "baton:kv_held_transfers") == 0, timeout=a.kv_timeout_s + 15,
+                           metric(inst.url, "baton:kv_held_transfers") == 0, timeout=kv_timeout_s + 15,
                            what=f"{name} to free its blocks")
             except AssertionError:
                 leaked += int(metric(inst.url, "baton:kv_blocks_used"))
-        result = {"requests": a.requests, "concurrency": a.concurrency, "kills": len(kills),
+        result = {"requests": requests, "concurrency": concurrency, "kills": len(kills),
                   "completed_identical": outcomes.get("ok", 0), "clear_errors": outcomes.get("error", 0),
                   "mismatched": outcomes.get("mismatch", 0), "hung": outcomes.get("hung", 0),
                   "broken_or_unclear": outcomes.get("broken", 0) + outcomes.get("unclear-error", 0),
@@ -175,19 +164,13 @@ def main():
                   "proxy_prefill_retries": metric(proxy.url, "baton_proxy:prefill_retries_total"),
                   "proxy_decode_retries": metric(proxy.url, "baton_proxy:decode_retries_total")}
         print(json.dumps(result))
-        if a.json:
-            with open(a.json, "w") as f:
+        if json_path:
+            with open(json_path, "w") as f:
                 json.dump(result, f, indent=1)
         lost = result["mismatched"] + result["hung"] + result["broken_or_unclear"]
-        ok = (lost == 0 and leaked == 0 and result["completed_identical"] + result["clear_errors"] == a.requests
-              and result["kills"] >= 1 and result["completed_identical"] >= a.requests // 5)
-        print("PASS" if ok else "FAIL")
-        return 0 if ok else 1
+        assert (lost == 0 and leaked == 0 and result["completed_identical"] + result["clear_errors"] == requests
+                and result["kills"] >= 1 and result["completed_identical"] >= requests // 5), result
     finally:
         done.set()
         for inst in list(fleet.values()) + [proxy]:
             inst.stop()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

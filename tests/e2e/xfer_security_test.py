@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """e2e: the transfer plane as an attacker on the network meets it (README, "Reliability and
 access control"). Each test plays an attack with a raw-socket client of the control protocol
 against a real P/D fleet on 127.0.0.1, and fails if the attack succeeds:
@@ -12,32 +11,20 @@ against a real P/D fleet on 127.0.0.1, and fails if the attack succeeds:
   thread count and memory bounded and its log short, and P/D requests still work afterwards;
 - with a deployment token: a capability alone is refused, the token admits.
 
-usage: xfer_security_test.py --bin-dir build/apps --models ../shared/models
+usage: pytest tests/e2e/xfer_security_test.py [--bin-dir build/apps] [--models ../shared/models]
 """
-import http.client
 import json
-import os
 import resource
 import socket
 import struct
-import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from pd_test import Fleet, post, start_instance  # noqa: E402
-from server_util import metric, run_tests, wait_until  # noqa: E402
+from server_util import SANITIZED, Fleet, metric, post, start_instance, wait_until
 
-TESTS = []
-SANITIZED = bool(os.environ.get("BATON_SANITIZER_RUN"))
 HEADER = struct.Struct("<IIQQ")  # type, status, id, payload length (src/xfer/socket.h)
 HELLO, WELCOME, REFUSED, READ, READ_DATA, WRITE, WRITE_DONE, NOTIFY, REGIONS_REQ, REGIONS, ERROR, AUTHORIZE = range(1, 13)
 VERSION = 2
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
 
 
 def frame(kind, payload=b"", ident=0):
@@ -128,9 +115,8 @@ def proc_status(pid, field):
     raise AssertionError(f"{field} not in /proc/{pid}/status")
 
 
-@test
-def test_default_config_refuses_peers_without_a_capability(ctx):
-    with Fleet(ctx["bin"], os.path.join(ctx["models"], "tiny-qwen3")) as fleet:
+def test_default_config_refuses_peers_without_a_capability(bin_dir, tiny_qwen3):
+    with Fleet(bin_dir, tiny_qwen3) as fleet:
         p = prefill_params(fleet, "who may read this")
         agent = p["remote_ranks"][0]["agent"]
         for cap in (None, "", "0" * 32, p["remote_capability"][:-1] + "x"):
@@ -148,9 +134,8 @@ def test_default_config_refuses_peers_without_a_capability(ctx):
         peer.close()
 
 
-@test
-def test_a_capability_reaches_its_own_blocks_only(ctx):
-    with Fleet(ctx["bin"], os.path.join(ctx["models"], "tiny-qwen3")) as fleet:
+def test_a_capability_reaches_its_own_blocks_only(bin_dir, tiny_qwen3):
+    with Fleet(bin_dir, tiny_qwen3) as fleet:
         victim = "the victim's prompt, long enough to fill more than one KV block of sixteen tokens " * 2
         expected = completion(fleet, victim)
         p = prefill_params(fleet, "the attacker's own short prompt")
@@ -209,9 +194,8 @@ def test_a_capability_reaches_its_own_blocks_only(ctx):
         fleet.assert_no_leaks()
 
 
-@test
-def test_connections_that_never_say_hello_are_bounded(ctx):
-    with Fleet(ctx["bin"], os.path.join(ctx["models"], "tiny-qwen3")) as fleet:
+def test_connections_that_never_say_hello_are_bounded(bin_dir, tiny_qwen3):
+    with Fleet(bin_dir, tiny_qwen3) as fleet:
         # This client may hold more descriptors than the servers it started (which keep the
         # usual limit of 1,024).
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -253,25 +237,10 @@ def test_connections_that_never_say_hello_are_bounded(ctx):
         fleet.assert_no_leaks()
 
 
-def post_with_key(url, path, body, key):
-    host, port = url.replace("http://", "").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = "Bearer " + key
-    conn.request("POST", path, body=json.dumps(body), headers=headers)
-    r = conn.getresponse()
-    r.read()
-    conn.close()
-    return r.status
-
-
-@test
-def test_an_unauthenticated_request_makes_a_decode_reach_nothing(ctx):
+def test_an_unauthenticated_request_makes_a_decode_reach_nothing(bin_dir, tiny_qwen3):
     """kv_transfer_params name the agent a decode connects to: a caller without the API key
     must not make it connect anywhere (not even to release the prefill's blocks)."""
-    model = os.path.join(ctx["models"], "tiny-qwen3")
-    with Fleet(ctx["bin"], model) as fleet:
+    with Fleet(bin_dir, tiny_qwen3) as fleet:
         p = prefill_params(fleet, "bait for the decode")
         release(p)
         listener = socket.socket()
@@ -279,10 +248,10 @@ def test_an_unauthenticated_request_makes_a_decode_reach_nothing(ctx):
         listener.listen(16)
         listener.settimeout(1.5)
         p["remote_ranks"][0]["agent"]["port"] = listener.getsockname()[1]
-        decode = start_instance(ctx["bin"], model, "kv_consumer", fleet.proxy.ping_port, extra=("--api-key", "k"))
+        decode = start_instance(bin_dir, tiny_qwen3, "kv_consumer", fleet.proxy.ping_port, extra=("--api-key", "k"))
         try:
             body = {"prompt": "bait for the decode", "max_tokens": 2, "temperature": 0, "kv_transfer_params": p}
-            assert post_with_key(decode.url, "/v1/completions", body, None) == 401
+            assert post(decode.url, "/v1/completions", body, timeout=60)[0] == 401
             try:
                 listener.accept()[0].close()
                 raise AssertionError("the decode connected to the agent an unauthenticated caller named")
@@ -291,7 +260,8 @@ def test_an_unauthenticated_request_makes_a_decode_reach_nothing(ctx):
             # With the key the decode does go there (so the check above can fail): it connects,
             # finds no agent, and computes the prompt itself.
             status = []
-            t = threading.Thread(target=lambda: status.append(post_with_key(decode.url, "/v1/completions", body, "k")))
+            t = threading.Thread(target=lambda: status.append(post(decode.url, "/v1/completions", body, key="k",
+                                                                   timeout=60)[0]))
             t.start()
             listener.settimeout(0.2)
             reached, deadline = 0, time.time() + 60
@@ -308,10 +278,9 @@ def test_an_unauthenticated_request_makes_a_decode_reach_nothing(ctx):
             listener.close()
 
 
-@test
-def test_with_a_token_a_capability_alone_is_refused(ctx):
+def test_with_a_token_a_capability_alone_is_refused(bin_dir, tiny_qwen3):
     token = "deployment-secret"
-    with Fleet(ctx["bin"], os.path.join(ctx["models"], "tiny-qwen3"), token=token) as fleet:
+    with Fleet(bin_dir, tiny_qwen3, token=token) as fleet:
         p = prefill_params(fleet, "token deployments")
         agent = p["remote_ranks"][0]["agent"]
         for cap, tok in ((p["remote_capability"], None), (p["remote_capability"], "guess"), (None, "")):
@@ -329,7 +298,3 @@ def test_with_a_token_a_capability_alone_is_refused(ctx):
         completion(fleet, "a token fleet serves P/D")
         assert metric(fleet.decodes[0].url, "baton:kv_transfers_total") == before + 1
         fleet.assert_no_leaks()
-
-
-if __name__ == "__main__":
-    sys.exit(run_tests(TESTS))
