@@ -50,4 +50,5 @@ cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CX
   -DBATON_SANITIZE="$SAN" -DBATON_SANITIZE_SKIP="$SKIP" -DBATON_BUILD_BENCH=OFF -DBATON_NATIVE=OFF -DBATON_CUDA=OFF >/dev/null
 source scripts/phase.sh
 phase "$MODE build" cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${TARGETS[@]}"
+seed_costs "$BUILD_DIR" "$MODE"
 phase "$MODE tests" ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$(nproc)" "${TESTS[@]}" "$@"
