@@ -1,28 +1,39 @@
 #include "common/json.h"
 
+#include <string>
+#include <unordered_map>
+#include <vector>
+
 namespace baton {
 
 namespace {
 
-// nlohmann's own DOM builder behind a SAX filter that stops the parse at the first container
-// past max_depth. One pass: the limit costs a counter, and nothing deeper is ever built (the
-// MessagePack reader recurses per level itself, so a check after parsing would come too late).
+// Builds the DOM from nlohmann's SAX events, stopping the parse at the first container past
+// max_depth: one pass, and nothing deeper is ever built (the MessagePack reader recurses per level
+// itself, so a check after parsing would come too late). Not nlohmann's json_sax_dom_parser: it
+// adds each key with ordered_json's operator[], which compares the key with every key before it,
+// and a tokenizer.json vocabulary of 128K tokens (Llama 3's) is one object: 8e9 comparisons. Here
+// an object past kIndexFrom keys gets a hash index, so a key costs O(1). As there, a repeated key
+// keeps its first position and takes the last value.
 class DepthLimitedDom {
  public:
-  DepthLimitedDom(Json& out, int max_depth) : dom_(out, /*allow_exceptions=*/false), max_depth_(max_depth) {}
+  DepthLimitedDom(Json& out, int max_depth) : root_(out), max_depth_(max_depth) {}
 
-  bool null() { return dom_.null(); }
-  bool boolean(bool v) { return dom_.boolean(v); }
-  bool number_integer(Json::number_integer_t v) { return dom_.number_integer(v); }
-  bool number_unsigned(Json::number_unsigned_t v) { return dom_.number_unsigned(v); }
-  bool number_float(Json::number_float_t v, const Json::string_t& s) { return dom_.number_float(v, s); }
-  bool string(Json::string_t& v) { return dom_.string(v); }
-  bool binary(Json::binary_t& v) { return dom_.binary(v); }
-  bool key(Json::string_t& v) { return dom_.key(v); }
-  bool start_object(std::size_t n) { return enter() && dom_.start_object(n); }
-  bool start_array(std::size_t n) { return enter() && dom_.start_array(n); }
-  bool end_object() { return leave() && dom_.end_object(); }
-  bool end_array() { return leave() && dom_.end_array(); }
+  bool null() { return put(Json(nullptr)); }
+  bool boolean(bool v) { return put(Json(v)); }
+  bool number_integer(Json::number_integer_t v) { return put(Json(v)); }
+  bool number_unsigned(Json::number_unsigned_t v) { return put(Json(v)); }
+  bool number_float(Json::number_float_t v, const Json::string_t&) { return put(Json(v)); }
+  bool string(Json::string_t& v) { return put(Json(std::move(v))); }
+  bool binary(Json::binary_t& v) {
+    auto& bytes = static_cast<Json::binary_t::container_type&>(v);
+    return put(v.has_subtype() ? Json::binary(std::move(bytes), v.subtype()) : Json::binary(std::move(bytes)));
+  }
+  bool key(Json::string_t& k);
+  bool start_object(std::size_t) { return enter() && open(Json::object()); }
+  bool start_array(std::size_t) { return enter() && open(Json::array()); }
+  bool end_object() { return close(); }
+  bool end_array() { return close(); }
   bool parse_error(std::size_t byte, const std::string&, const Json::exception& e) {
     error_byte_ = byte;
     error_ = e.what();
@@ -34,23 +45,79 @@ class DepthLimitedDom {
   std::size_t error_byte() const { return error_byte_; }
 
  private:
+  static constexpr size_t kIndexFrom = 16;
+  struct Open {
+    Json* value;
+    std::unordered_map<std::string, size_t> index;  // key -> position, once the object is large
+  };
+
+  // Places a finished value: the root, the next array element, or the value of the last key.
+  Json* place(Json&& v) {
+    if (stack_.empty()) {
+      root_ = std::move(v);
+      return &root_;
+    }
+    Json& top = *stack_.back().value;
+    if (top.is_array()) {
+      auto& a = top.get_ref<Json::array_t&>();
+      a.push_back(std::move(v));
+      return &a.back();
+    }
+    *element_ = std::move(v);
+    return element_;
+  }
+  bool put(Json&& v) {
+    place(std::move(v));
+    return true;
+  }
+  bool open(Json&& container) {
+    stack_.push_back({place(std::move(container)), {}});
+    return true;
+  }
+  bool close() {
+    --depth_;
+    stack_.pop_back();
+    return true;
+  }
   bool enter() {
     if (++depth_ <= max_depth_) return true;
     too_deep_ = true;
     return false;
   }
-  bool leave() {
-    --depth_;
-    return true;
-  }
 
-  nlohmann::detail::json_sax_dom_parser<Json> dom_;
+  Json& root_;
+  std::vector<Open> stack_;
+  Json* element_ = nullptr;
   const int max_depth_;
   int depth_ = 0;
   bool too_deep_ = false;
   std::string error_;
   std::size_t error_byte_ = 0;
 };
+
+bool DepthLimitedDom::key(Json::string_t& k) {
+  Open& o = stack_.back();
+  auto& obj = o.value->get_ref<Json::object_t&>();
+  if (obj.size() < kIndexFrom) {
+    for (auto& [name, value] : obj)
+      if (name == k) {
+        element_ = &value;
+        return true;
+      }
+  } else {
+    if (o.index.empty())
+      for (size_t i = 0; i < obj.size(); ++i) o.index.emplace((obj.begin() + i)->first, i);
+    auto [it, added] = o.index.emplace(k, obj.size());
+    if (!added) {
+      element_ = &(obj.begin() + it->second)->second;
+      return true;
+    }
+  }
+  // ordered_map is a vector of pairs: appending skips its own linear search for the key.
+  obj.Container::emplace_back(std::move(k), nullptr);
+  element_ = &obj.back().second;
+  return true;
+}
 
 Result<Json> parse_limited(std::string_view input, Json::input_format_t format, const std::string& what,
                            int max_depth) {

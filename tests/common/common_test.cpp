@@ -130,6 +130,26 @@ TEST(ParseJsonTest, ErrorsSayWhere) {
   EXPECT_EQ(j.dump(), R"({"b":[1,{"c":null}],"a":"x"})");  // keys keep their order
 }
 
+// parse_json builds its own DOM (an index per large object); it must equal nlohmann's, key order
+// and repeated keys (first position, last value) included, on both sides of the index threshold.
+TEST(ParseJsonTest, DomEqualsNlohmannsOnLargeObjectsAndRepeatedKeys) {
+  for (int keys : {3, 15, 16, 17, 40, 5000}) {
+    std::string text = "{";
+    for (int i = 0; i < keys; ++i) text += "\"k" + std::to_string((i * 7919) % keys) + "\": [" + std::to_string(i) + ", {}],";
+    text += R"("k1": "again", "nested": {"x": {"y": [true, null, 2.5, -3, 18446744073709551615]}}, "k0": 0})";
+    const Json want = Json::parse(text);
+    const Json got = parse_json(text, "doc").value();
+    EXPECT_EQ(got, want) << keys << " keys";
+    EXPECT_EQ(got.dump(), want.dump()) << keys << " keys";
+    EXPECT_EQ(got["k1"], "again");
+    EXPECT_EQ(got.size(), static_cast<size_t>(std::max(keys, 2)) + 1);
+  }
+  const std::vector<uint8_t> bin = Json::to_msgpack(Json{{"b", Json::binary({1, 2, 3}, 7)}, {"u", Json::binary({4})}});
+  const Json m = parse_msgpack(std::string_view(reinterpret_cast<const char*>(bin.data()), bin.size()), "m").value();
+  EXPECT_EQ(m["b"].get_binary(), Json::binary_t({1, 2, 3}, 7));
+  EXPECT_FALSE(m["u"].get_binary().has_subtype());
+}
+
 TEST(ParseMsgpackTest, RoundTripAndDepthLimit) {
   const Json m = {{"type", "register"}, {"role", "D"}, {"tp_size", 2}, {"layout", {{"heads", {1, 2}}}}};
   const std::vector<uint8_t> bytes = Json::to_msgpack(m);
