@@ -14,7 +14,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libpcre2-dev libicu-dev libboost1.81-dev libzmq3-dev
-  python3 python3-venv python3-pip clang curl gnuplot-nox
+  python3 python3-venv python3-pip clang clang-tidy curl gnuplot-nox
 )
 PY_PACKAGES=(tokenizers transformers jinja2 openai pyzmq msgpack pytest)
 

@@ -30,6 +30,8 @@ CORPUS=ON
 [ "$SANITIZERS" = 1 ] && CORPUS=OFF
 phase "release configure" cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBATON_CORPUS_TESTS=$CORPUS
 phase "release build" cmake --build "$BUILD_DIR" -j "$(nproc)"
+# clang-tidy (.clang-tidy's checks) on the C++ sources the last commit touched.
+phase tidy bash scripts/tidy.sh "$BUILD_DIR"
 seed_costs "$BUILD_DIR" release
 phase "release tests" ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$(nproc)" "$@"
 if [ "$SANITIZERS" = 1 ]; then
